@@ -1,0 +1,43 @@
+# Quick start: `make demo` and `make test`. Both create .venv if it is absent.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all test-network venv clean bench-p1 bench-p2 bench-throughput bench-scaling
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m polyrec.demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+test-network: $(STAMP)
+	$(PY) -m pytest tests -m network
+
+test-all: $(STAMP)
+	$(PY) -m pytest tests -m ""
+
+bench-p1: $(STAMP)
+	$(PY) benchmarks/p1_ml1m_gender.py
+
+bench-p2: $(STAMP)
+	$(PY) benchmarks/p2_ml1m_age3.py
+
+bench-throughput: $(STAMP)
+	$(PY) benchmarks/throughput.py
+
+bench-scaling: $(STAMP)
+	$(PY) benchmarks/domain_scaling.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

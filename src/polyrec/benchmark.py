@@ -1,0 +1,91 @@
+"""Multi-seed benchmark runs of a protocol: ``results.json`` (every run) and ``results.md`` (mean ± std)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from .data.dataset import build_dataset
+from .data.protocols import preset as get_preset
+from .evaluation.report import per_domain_table, results_table
+from .experiment import environment, make_config, run_experiment
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def run_benchmark(
+    protocol: str,
+    models: Iterable[str],
+    seeds: int | Iterable[int] = 5,
+    out_dir: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    model_overrides: dict[str, list[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """Train every model with every seed on ``protocol``; the data split is the same for all runs.
+
+    Args:
+        protocol: a preset name (``ml1m-gender``, ``ml1m-age3``, ...).
+        models: registered model names.
+        seeds: a number of seeds (0..n-1) or the seeds themselves (model seeds; the split seed is the preset's).
+        out_dir: where ``results.json`` and ``results.md`` are written (after every run, atomically).
+        overrides: dotted overrides applied to every run (``train.max_epochs=5``).
+        model_overrides: extra overrides per model name.
+    """
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    models = list(models)
+    out = Path(out_dir) if out_dir else None
+    runs: list[dict[str, Any]] = []
+    if out is not None and (out / "results.json").exists():
+        runs = json.loads((out / "results.json").read_text())  # resume: keep finished runs
+    done = {(r["model"], r["seed"]) for r in runs}
+    first = make_config(protocol, models[0], overrides=overrides)
+    t0 = time.perf_counter()
+    dataset = build_dataset(first.data)
+    prep = {"cache": dataset.report.get("cache"), "s": round(time.perf_counter() - t0, 3)}
+    print(f"[{protocol}] data ready in {prep['s']}s ({prep['cache']}): {dataset.summary()}", file=sys.stderr)
+    for model in models:
+        for seed in seeds:
+            if (model, seed) in done:
+                continue
+            extra = list(overrides) + (model_overrides or {}).get(model, []) + [f"train.seed={seed}"]
+            cfg = make_config(protocol, model, overrides=extra)
+            if cfg.data != first.data:
+                raise ValueError("overrides must not change the data config between models of one benchmark")
+            record = run_experiment(cfg, dataset=dataset, progress=False)
+            runs.append(record)
+            m = record["metrics"]
+            print(f"[{protocol}] {model} seed {seed}: wauc {m.get('wauc', float('nan')):.4f} "
+                  f"auc {m.get('auc_overall', float('nan')):.4f} ({record['wall_s']:.0f}s, "
+                  f"{record['train_samples_per_s']:,.0f} rows/s)", file=sys.stderr)
+            if out is not None:
+                write_results(out, protocol, runs)
+    if out is not None:
+        write_results(out, protocol, runs)
+    return runs
+
+
+def write_results(out: Path, protocol: str, runs: list[dict[str, Any]]) -> None:
+    _atomic_write_text(out / "results.json", json.dumps(runs, indent=1, default=float))
+    try:
+        p = get_preset(protocol)
+    except KeyError:
+        p = {}
+    ref = p.get("reference", {})
+    primary = p.get("primary_metric", "auc_overall")
+    lines = [f"# {protocol}: {len(runs)} runs", ""]
+    lines.append(results_table(runs, reference=ref.get(primary), reference_metric=primary))
+    lines += ["", "## Per-domain test AUC (×100)", "", per_domain_table(runs, "auc_per_domain")]
+    env = runs[0].get("environment", environment()) if runs else environment()
+    lines += ["", f"Environment: {json.dumps(env)}", ""]
+    _atomic_write_text(out / "results.md", "\n".join(lines))

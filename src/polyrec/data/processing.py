@@ -1,0 +1,170 @@
+"""Feature processing fitted on the training split only: vocabularies with OOV, dense scaling.
+
+All encoders are vectorised (pandas categoricals, numpy), never a Python loop over rows. The fitted
+state is plain data (lists and floats) so it can be saved as JSON beside the encoded tensors and reused
+to encode new rows at evaluation or serving time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .config import FeatureConfig
+from .schema import FIRST_INDEX, OOV_INDEX, PAD_INDEX
+
+
+def _as_str(values: pd.Series) -> pd.Series:
+    # Ids are compared as strings so that 1, "1" and 1.0 read from different files agree.
+    if pd.api.types.is_float_dtype(values) and values.dropna().apply(float.is_integer).all():
+        values = values.astype("Int64")
+    return values.astype(str)
+
+
+@dataclass
+class Vocabulary:
+    """Id vocabulary of one sparse or multi-valued feature.
+
+    Order is deterministic: by descending training count, ties broken by the id's string value, so the
+    same training data always gives the same indices. Index 0 is padding, 1 is OOV.
+    """
+
+    name: str
+    tokens: list[str]
+    min_count: int = 1
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens) + FIRST_INDEX
+
+    @classmethod
+    def fit(cls, name: str, values: pd.Series, min_count: int = 1) -> "Vocabulary":
+        if min_count < 1:
+            raise ValueError(f"feature {name!r}: min_count must be >= 1, got {min_count}")
+        counts = _as_str(values).value_counts(sort=False)
+        counts = counts[counts >= min_count]
+        frame = pd.DataFrame({"tok": counts.index.astype(str), "n": counts.to_numpy()})
+        frame = frame.sort_values(["n", "tok"], ascending=[False, True], kind="mergesort")
+        return cls(name=name, tokens=frame["tok"].tolist(), min_count=min_count)
+
+    def encode(self, values: pd.Series) -> tuple[np.ndarray, int]:
+        """Map raw ids to indices; returns (indices int64, number of OOV rows)."""
+        codes = pd.Categorical(_as_str(values), categories=self.tokens).codes.astype(np.int64)
+        oov = codes < 0
+        codes += FIRST_INDEX
+        codes[oov] = OOV_INDEX
+        return codes, int(oov.sum())
+
+
+def split_multi(values: pd.Series, sep: str) -> pd.Series:
+    """A column of ``sep``-joined id strings -> exploded Series of ids, indexed by row position."""
+    s = values.fillna("").astype(str).reset_index(drop=True)
+    exploded = s.str.split(sep, regex=False).explode()
+    return exploded[exploded.astype(bool)]
+
+
+def encode_multi(vocab: Vocabulary, values: pd.Series, sep: str, max_len: int) -> tuple[np.ndarray, int]:
+    """Encode a multi-valued column into a padded ``[N, max_len]`` array (0 = padding).
+
+    Lists longer than ``max_len`` keep their first ``max_len`` ids; the caller reports how many rows
+    were truncated (nothing is dropped silently).
+    """
+    n = len(values)
+    exploded = split_multi(values, sep)
+    rows = exploded.index.to_numpy()
+    codes, oov = vocab.encode(exploded)
+    out = np.full((n, max_len), PAD_INDEX, dtype=np.int64)
+    if len(rows):
+        # Position of each id within its row: running count since the row started.
+        starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
+        pos = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+        keep = pos < max_len
+        out[rows[keep], pos[keep]] = codes[keep]
+    return out, oov
+
+
+@dataclass
+class DenseScaler:
+    """Dense feature scaling fitted on training rows only."""
+
+    name: str
+    transform: str
+    a: float = 0.0  # shift
+    b: float = 1.0  # scale
+
+    @staticmethod
+    def _check(name: str, values: np.ndarray) -> np.ndarray:
+        bad = ~np.isfinite(values)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"dense feature {name!r} has {int(bad.sum())} NaN/inf value(s) (first at row {first}: "
+                f"{values[first]}); clean or impute the column before encoding"
+            )
+        return values
+
+    @classmethod
+    def fit(cls, name: str, values: np.ndarray, transform: str) -> "DenseScaler":
+        v = cls._check(name, np.asarray(values, dtype=np.float64))
+        if transform == "log1p_minmax":
+            if (v < 0).any():
+                raise ValueError(f"dense feature {name!r}: log1p_minmax needs values >= 0, min is {v.min()}")
+            v = np.log1p(v)
+        if transform in ("minmax", "log1p_minmax"):
+            lo, hi = float(v.min()), float(v.max())
+            return cls(name, transform, a=lo, b=(hi - lo) or 1.0)
+        if transform == "standard":
+            return cls(name, transform, a=float(v.mean()), b=float(v.std()) or 1.0)
+        if transform == "none":
+            return cls(name, transform)
+        raise ValueError(f"dense feature {name!r}: unknown transform {transform!r}")
+
+    def transform_values(self, values: np.ndarray) -> np.ndarray:
+        v = self._check(self.name, np.asarray(values, dtype=np.float64))
+        if self.transform == "log1p_minmax":
+            v = np.log1p(np.maximum(v, 0))
+        return ((v - self.a) / self.b).astype(np.float32)
+
+
+@dataclass
+class FittedProcessing:
+    """Fitted state of every feature: vocabularies and scalers (plain data, JSON-serialisable)."""
+
+    vocabularies: dict[str, Vocabulary] = field(default_factory=dict)
+    scalers: dict[str, DenseScaler] = field(default_factory=dict)
+    max_lens: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "vocabularies": {k: {"tokens": v.tokens, "min_count": v.min_count} for k, v in self.vocabularies.items()},
+            "scalers": {k: {"transform": s.transform, "a": s.a, "b": s.b} for k, s in self.scalers.items()},
+            "max_lens": dict(self.max_lens),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FittedProcessing":
+        return cls(
+            vocabularies={k: Vocabulary(k, v["tokens"], v["min_count"]) for k, v in d["vocabularies"].items()},
+            scalers={k: DenseScaler(k, s["transform"], s["a"], s["b"]) for k, s in d["scalers"].items()},
+            max_lens=dict(d["max_lens"]),
+        )
+
+
+def fit_processing(frame: pd.DataFrame, features: tuple[FeatureConfig, ...], train_rows: np.ndarray) -> FittedProcessing:
+    """Fit vocabularies and scalers of ``features`` on ``frame.iloc[train_rows]`` only."""
+    train = frame.iloc[train_rows]
+    fitted = FittedProcessing()
+    for fc in features:
+        col = train[fc.source_column]
+        if fc.kind == "sparse":
+            fitted.vocabularies[fc.name] = Vocabulary.fit(fc.name, col, fc.min_count)
+        elif fc.kind == "multi":
+            exploded = split_multi(col, fc.sep)
+            fitted.vocabularies[fc.name] = Vocabulary.fit(fc.name, exploded, fc.min_count)
+            longest = int(exploded.index.value_counts().max()) if len(exploded) else 1
+            fitted.max_lens[fc.name] = fc.max_len or max(longest, 1)
+        else:
+            fitted.scalers[fc.name] = DenseScaler.fit(fc.name, col.to_numpy(), fc.transform)
+    return fitted

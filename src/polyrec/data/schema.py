@@ -1,0 +1,185 @@
+"""Frozen, JSON-serialisable descriptions of an encoded data set.
+
+A :class:`DatasetSchema` is what a model needs to know about its data: the features (kind, vocabulary
+size), the domains (names, in index order), the label and the optional user field. It holds no modules and
+no tensors, is saved as JSON next to the encoded data and inside every checkpoint, and two schemas compare
+equal exactly when a model built for one can read the other.
+
+Index convention for sparse features: 0 is padding (used only by multi-valued features), 1 is the reserved
+out-of-vocabulary (OOV) bucket, and 2.. are the vocabulary in its deterministic order.
+
+Example:
+    >>> s = DatasetSchema(features=(FeatureSpec("user_id", "sparse", vocab_size=10),),
+    ...                   domain=DomainSpec("gender", ("F", "M")))
+    >>> DatasetSchema.from_json(s.to_json()) == s
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+PAD_INDEX = 0
+OOV_INDEX = 1
+FIRST_INDEX = 2
+
+FeatureKind = Literal["sparse", "multi", "dense"]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One input feature after encoding.
+
+    Args:
+        name: feature name, unique in the schema.
+        kind: ``sparse`` (one id per row), ``multi`` (a padded list of ids per row) or ``dense`` (a float).
+        vocab_size: number of embedding rows including padding and OOV (sparse and multi only).
+        max_len: padded length of a multi-valued feature.
+    """
+
+    name: str
+    kind: FeatureKind
+    vocab_size: int = 0
+    max_len: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("sparse", "multi", "dense"):
+            raise ValueError(f"feature {self.name!r}: kind {self.kind!r} is not one of sparse, multi, dense")
+        if self.kind != "dense" and self.vocab_size < FIRST_INDEX:
+            raise ValueError(
+                f"feature {self.name!r}: vocab_size {self.vocab_size} must be >= {FIRST_INDEX} "
+                "(padding and OOV rows are reserved)"
+            )
+        if self.kind == "multi" and self.max_len < 1:
+            raise ValueError(f"feature {self.name!r}: a multi-valued feature needs max_len >= 1, got {self.max_len}")
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """The domain field: its source name and the domain names in index order."""
+
+    name: str
+    values: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.values) < 1:
+            raise ValueError(f"domain field {self.name!r} has no domains")
+        if len(set(self.values)) != len(self.values):
+            raise ValueError(f"domain field {self.name!r} has duplicate domain names: {list(self.values)}")
+
+    @property
+    def num_domains(self) -> int:
+        return len(self.values)
+
+    def index(self, name: str) -> int:
+        """Index of domain ``name``; unknown names raise with the valid ones."""
+        try:
+            return self.values.index(name)
+        except ValueError:
+            raise KeyError(f"unknown domain {name!r}; the schema's domains are {list(self.values)}") from None
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    """Everything a model needs to know about its input.
+
+    Args:
+        features: the features in batch order (sparse ones first in ``Batch.sparse`` column order, then
+            multi-valued ones, then dense ones in ``Batch.dense`` column order).
+        domain: the domain field.
+        label: name of the label (binary, {0, 1}).
+        user_feature: name of the sparse feature that identifies users (for GAUC), if any.
+        domain_feature: name of the sparse feature that carries the domain indicator, if the data set
+            exposes the domain as an input feature.
+    """
+
+    features: tuple[FeatureSpec, ...]
+    domain: DomainSpec
+    label: str = "label"
+    user_feature: str | None = None
+    domain_feature: str | None = None
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.features]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate feature names in schema: {sorted(dup)}")
+        for ref in ("user_feature", "domain_feature"):
+            value = getattr(self, ref)
+            if value is not None and value not in self.sparse_names:
+                raise ValueError(f"{ref} {value!r} is not a sparse feature; sparse features: {self.sparse_names}")
+
+    # Views by kind, in batch column order.
+    @property
+    def sparse(self) -> tuple[FeatureSpec, ...]:
+        return tuple(f for f in self.features if f.kind == "sparse")
+
+    @property
+    def multi(self) -> tuple[FeatureSpec, ...]:
+        return tuple(f for f in self.features if f.kind == "multi")
+
+    @property
+    def dense(self) -> tuple[FeatureSpec, ...]:
+        return tuple(f for f in self.features if f.kind == "dense")
+
+    @property
+    def sparse_names(self) -> list[str]:
+        return [f.name for f in self.sparse]
+
+    @property
+    def num_domains(self) -> int:
+        return self.domain.num_domains
+
+    def feature(self, name: str) -> FeatureSpec:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(f"unknown feature {name!r}; the schema has {[f.name for f in self.features]}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DatasetSchema":
+        return cls(
+            features=tuple(FeatureSpec(**f) for f in data["features"]),
+            domain=DomainSpec(data["domain"]["name"], tuple(data["domain"]["values"])),
+            label=data.get("label", "label"),
+            user_feature=data.get("user_feature"),
+            domain_feature=data.get("domain_feature"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "DatasetSchema":
+        return cls.from_dict(json.loads(text))
+
+    def fingerprint(self) -> str:
+        """Short content hash, recorded with checkpoints to detect a model/data mismatch."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def check_compatible(self, other: "DatasetSchema", what: str = "data") -> None:
+        """Raise ValueError naming the first difference if a model built for ``self`` cannot read ``other``."""
+        if self == other:
+            return
+        mine = {f.name: f for f in self.features}
+        theirs = {f.name: f for f in other.features}
+        for name in mine.keys() | theirs.keys():
+            if mine.get(name) != theirs.get(name):
+                raise ValueError(
+                    f"schema mismatch between the model and the {what}: feature {name!r} is "
+                    f"{mine.get(name)} in the model and {theirs.get(name)} in the {what}; "
+                    "encode the data with the model's processing (the run directory's schema.json)"
+                )
+        if self.domain != other.domain:
+            raise ValueError(
+                f"schema mismatch between the model and the {what}: domains {list(self.domain.values)} "
+                f"vs {list(other.domain.values)}; use data encoded with the same domain rule"
+            )
+        raise ValueError(f"schema mismatch between the model and the {what}: {self} vs {other}")

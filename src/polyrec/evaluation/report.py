@@ -1,0 +1,211 @@
+"""Markdown tables summarising experiment runs across seeds.
+
+A *run* is one training + evaluation, recorded as a dict like::
+
+    {"protocol": "star-10", "model": "STAR", "strategy": "joint", "seed": 0,
+     "split_hash": "a1b2c3", "train_samples_per_s": 51234.0, "wall_s": 812.5,
+     "metrics": {"wauc": 0.7312, "auc_overall": 0.7401,
+                 "auc_per_domain": {"d0": 0.72, "d1": 0.75}, ...}}
+
+Runs sharing the ``group_by`` keys (e.g. the same model under the same
+protocol and training strategy, different seeds) become one table row showing
+``mean ± std`` (sample std) over the seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .metrics import summarize_runs
+
+__all__ = ["results_table", "per_domain_table"]
+
+_MISSING = "-"
+
+
+def _is_auc_like(key: str) -> bool:
+    # AUC-type metrics (auc_*, wauc, gauc, ...) are conventionally shown x100.
+    return "auc" in key.lower()
+
+
+def _cell(text: Any) -> str:
+    # A literal '|' would split a Markdown cell.
+    return str(text).replace("|", "\\|")
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def _group_runs(
+    runs: Sequence[Mapping[str, Any]], group_by: Sequence[str]
+) -> Dict[Tuple[Any, ...], List[Mapping[str, Any]]]:
+    if isinstance(runs, Mapping):
+        raise TypeError("runs must be a list of run dicts, got a single dict; wrap it in a list: [run].")
+    groups: Dict[Tuple[Any, ...], List[Mapping[str, Any]]] = {}
+    for i, run in enumerate(runs):
+        if not isinstance(run, Mapping):
+            raise TypeError(f"runs[{i}] is a {type(run).__name__}; expected a dict describing one run.")
+        key = tuple(run.get(k, _MISSING) for k in group_by)
+        groups.setdefault(key, []).append(run)  # dicts keep first-seen group order
+    return groups
+
+
+def _lookup(run: Mapping[str, Any], key: str) -> Optional[float]:
+    """Metric ``key`` from ``run["metrics"]``, falling back to a top-level run field."""
+    metrics = run.get("metrics") or {}
+    value = metrics.get(key, run.get(key))
+    if value is None or isinstance(value, Mapping):
+        return None
+    return float(value)
+
+
+def _mean_std(values: Sequence[float], n_runs: int, scale: float, decimals: int) -> str:
+    if not values:
+        return _MISSING
+    mean, std = summarize_runs(values)
+    text = f"{mean * scale:.{decimals}f} ± {std * scale:.{decimals}f}"
+    if len(values) < n_runs:
+        # Make partial coverage visible instead of silently averaging fewer seeds.
+        text += f" (n={len(values)})"
+    return text
+
+
+def _format_reference(value: Any) -> str:
+    if value is None:
+        return _MISSING
+    if isinstance(value, float):
+        return f"{value:g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def results_table(
+    runs: Sequence[Mapping[str, Any]],
+    metric_keys: Sequence[str] = ("wauc", "auc_overall", "auc_mean", "logloss_overall"),
+    group_by: Sequence[str] = ("protocol", "model", "strategy"),
+    reference: Optional[Mapping[str, Any]] = None,
+    scale: float = 100.0,
+    decimals: Optional[int] = None,
+) -> str:
+    """Markdown table with one row per group of runs and mean ± std per metric.
+
+    Args:
+        runs: run dicts (see module docstring). A metric is read from
+            ``run["metrics"]`` or, failing that, from the run itself, so
+            top-level fields such as ``"train_samples_per_s"`` can be listed
+            in ``metric_keys`` too.
+        metric_keys: metrics to show, one column each.
+        group_by: run fields that identify a row; runs missing a field are
+            grouped under ``-``.
+        reference: optional ``{model name: published number}``; adds a
+            ``paper`` column, printed as given.
+        scale: multiplier for AUC-like metrics (any key containing "auc");
+            other metrics are printed unscaled.
+        decimals: digits after the point; default 2 for scaled AUC-like
+            metrics and 4 otherwise.
+
+    Returns:
+        The table as a Markdown string. A cell averaged over fewer runs than
+        the row has is suffixed ``(n=k)``; groups that mix different
+        ``split_hash`` values get a note under the table, since their seeds
+        were not evaluated on the same data split.
+
+    Example:
+        >>> runs = [{"model": "STAR", "seed": s, "metrics": {"wauc": w}}
+        ...         for s, w in enumerate([0.70, 0.72])]
+        >>> print(results_table(runs, metric_keys=["wauc"], group_by=["model"]))
+        | model | n | wauc |
+        |---|---|---|
+        | STAR | 2 | 71.00 ± 1.41 |
+    """
+    groups = _group_runs(runs, group_by)
+    header = list(group_by) + ["n"] + list(metric_keys)
+    if reference is not None:
+        header.append("paper")
+
+    rows, notes = [], []
+    for key, members in groups.items():
+        row: List[Any] = list(key) + [len(members)]
+        for metric in metric_keys:
+            values = [v for v in (_lookup(r, metric) for r in members) if v is not None]
+            auc_like = _is_auc_like(metric)
+            k_scale = scale if auc_like else 1.0
+            k_dec = decimals if decimals is not None else (2 if auc_like and scale != 1 else 4)
+            row.append(_mean_std(values, len(members), k_scale, k_dec))
+        if reference is not None:
+            model = key[list(group_by).index("model")] if "model" in group_by else None
+            row.append(_format_reference(reference.get(model)) if model is not None else _MISSING)
+        rows.append(row)
+
+        hashes = {r.get("split_hash") for r in members if r.get("split_hash") is not None}
+        if len(hashes) > 1:
+            label = ", ".join(f"{k}={v}" for k, v in zip(group_by, key))
+            notes.append(f"- note: {label} mixes split_hash values {sorted(map(str, hashes))}")
+
+    table = _markdown(header, rows)
+    return table + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def per_domain_table(
+    runs: Sequence[Mapping[str, Any]],
+    key: str = "auc_per_domain",
+    group_by: Sequence[str] = ("protocol", "model", "strategy"),
+    scale: Optional[float] = None,
+    decimals: Optional[int] = None,
+) -> str:
+    """Markdown table of a per-domain metric: one row per group, one column per domain.
+
+    Args:
+        runs: run dicts whose ``metrics[key]`` is ``{domain name: float}``.
+        key: which per-domain metric to show (e.g. ``"auc_per_domain"``,
+            ``"logloss_per_domain"``, ``"pcoc_per_domain"``).
+        group_by: run fields that identify a row (model, and by default also
+            protocol and strategy so different setups are never pooled).
+        scale: multiplier; default 100 for AUC-like keys and 1 otherwise.
+        decimals: digits after the point; default 2 when scaled, else 4.
+
+    Returns:
+        The table as a Markdown string; domains appear in first-seen order.
+
+    Example:
+        >>> runs = [{"model": "STAR", "metrics": {"auc_per_domain": {"a": 0.7, "b": 0.8}}}]
+        >>> print(per_domain_table(runs, group_by=["model"]))
+        | model | n | a | b |
+        |---|---|---|---|
+        | STAR | 1 | 70.00 ± 0.00 | 80.00 ± 0.00 |
+    """
+    if scale is None:
+        scale = 100.0 if _is_auc_like(key) else 1.0
+    if decimals is None:
+        decimals = 2 if scale != 1 else 4
+    groups = _group_runs(runs, group_by)
+
+    domains: List[str] = []
+    for members in groups.values():
+        for run in members:
+            per_domain = (run.get("metrics") or {}).get(key) or {}
+            if not isinstance(per_domain, Mapping):
+                raise TypeError(
+                    f"metrics[{key!r}] must map domain name -> value, got {type(per_domain).__name__}. "
+                    f"Pass the key of a per-domain metric such as 'auc_per_domain'."
+                )
+            domains.extend(d for d in per_domain if d not in domains)
+
+    header = list(group_by) + ["n"] + domains
+    rows = []
+    for group_key, members in groups.items():
+        row: List[Any] = list(group_key) + [len(members)]
+        for domain in domains:
+            values = []
+            for run in members:
+                value = ((run.get("metrics") or {}).get(key) or {}).get(domain)
+                if value is not None:
+                    values.append(float(value))
+            row.append(_mean_std(values, len(members), scale, decimals))
+        rows.append(row)
+    return _markdown(header, rows)

@@ -1,0 +1,183 @@
+"""Domain parameter banks: routing rows to per-domain parameters without running absent domains.
+
+Per-domain parameters are stacked tensors ``[D, ...]``. Large ones (STAR's per-domain weight matrices)
+are applied by sorting the batch by domain once (:class:`DomainSegments`) and running one matmul per
+domain present; small ones (biases, norm scales) are gathered per row. Either way the cost of a step
+depends on the domains present in the batch, never on the total number of domains D, and a domain's
+parameters receive gradient only from its own rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .mlp import MLP
+
+
+@dataclass
+class DomainSegments:
+    """A batch's rows grouped by domain.
+
+    Args:
+        perm: permutation that sorts rows by domain (``None`` when one domain is present: no reordering).
+        inverse: inverse of ``perm``.
+        domains: the S domains present, ascending.
+        counts: rows of each present domain (Python ints, used to split tensors).
+        local: segment index (0..S-1) of every sorted row.
+
+    Shape:
+        perm, inverse, local ``[B]``; domains ``[S]``.
+    """
+
+    perm: Tensor | None
+    inverse: Tensor | None
+    domains: Tensor
+    counts: list[int]
+    local: Tensor
+
+    @classmethod
+    def from_domain(cls, domain: Tensor) -> "DomainSegments":
+        perm = torch.argsort(domain, stable=True)
+        d_sorted = domain.index_select(0, perm)
+        domains, counts = torch.unique_consecutive(d_sorted, return_counts=True)
+        if len(domains) == 1:
+            perm = inverse = None
+        else:
+            inverse = torch.empty_like(perm)
+            inverse[perm] = torch.arange(len(perm), device=perm.device)
+        local = torch.repeat_interleave(torch.arange(len(domains), device=domain.device), counts)
+        return cls(perm, inverse, domains, counts.tolist(), local)
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.counts)
+
+    @property
+    def sorted_domain(self) -> Tensor:
+        return self.domains.index_select(0, self.local)
+
+    def sort(self, x: Tensor) -> Tensor:
+        return x if self.perm is None else x.index_select(0, self.perm)
+
+    def unsort(self, x: Tensor) -> Tensor:
+        return x if self.inverse is None else x.index_select(0, self.inverse)
+
+
+def segment_linear(x: Tensor, seg: DomainSegments, weight: Tensor, bias: Tensor, loop_max: int = 16) -> Tensor:
+    """Apply a different linear map to each domain's rows of a domain-sorted batch.
+
+    Args:
+        x: rows sorted by domain.
+        seg: the segments of ``x``.
+        weight: per present domain weights ``[S, D_in, D_out]``.
+        bias: per present domain biases ``[S, D_out]``.
+        loop_max: up to this many segments, one matmul per segment; beyond it, one padded batched matmul
+            (many small segments are faster as a single ``bmm`` than as a Python loop).
+
+    Shape:
+        x ``[B, D_in]`` -> ``[B, D_out]``.
+    """
+    if seg.num_segments == 1:
+        return torch.addmm(bias[0], x, weight[0])
+    if seg.num_segments <= loop_max:
+        parts = torch.split(x, seg.counts)
+        return torch.cat([torch.addmm(bias[i], p, weight[i]) for i, p in enumerate(parts)], dim=0)
+    counts = torch.tensor(seg.counts, device=x.device)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(x.shape[0], device=x.device) - starts.index_select(0, seg.local)
+    padded = x.new_zeros(seg.num_segments, max(seg.counts), x.shape[1])
+    padded[seg.local, pos] = x
+    out = torch.baddbmm(bias.unsqueeze(1), padded, weight)
+    return out[seg.local, pos]
+
+
+class StarLinear(nn.Module):
+    """Star-topology fully-connected layer (STAR, Sheng et al., CIKM 2021, eq. 5-6).
+
+    Domain p uses the weight ``W ⊙ W_p`` and the bias ``b + b_p``: the shared ``W, b`` learn from every
+    row, ``W_p, b_p`` only from rows of domain p. ``W_p`` starts at ones and ``b_p`` at zeros, so an
+    untrained STAR layer is the shared layer.
+
+    Args:
+        in_dim: D_in.
+        out_dim: D_out.
+        num_domains: D.
+
+    Shape:
+        forward(x, seg): x ``[B, D_in]`` sorted by domain -> ``[B, D_out]``.
+
+    Example:
+        >>> layer = StarLinear(8, 4, num_domains=3)             # doctest: +SKIP
+        >>> seg = DomainSegments.from_domain(domain)             # doctest: +SKIP
+        >>> y = seg.unsort(layer(seg.sort(x), seg))              # doctest: +SKIP
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, num_domains: int) -> None:
+        super().__init__()
+        if num_domains < 1:
+            raise ValueError(f"num_domains must be >= 1, got {num_domains}")
+        self.in_dim, self.out_dim, self.num_domains = in_dim, out_dim, num_domains
+        self.weight = nn.Parameter(torch.empty(in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(out_dim))
+        self.domain_weight = nn.Parameter(torch.ones(num_domains, in_dim, out_dim))
+        self.domain_bias = nn.Parameter(torch.zeros(num_domains, out_dim))
+        nn.init.kaiming_uniform_(self.weight.T, a=math.sqrt(5))  # nn.Linear's default, on [out, in]
+
+    def combined(self, domains: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-domain ``(W ⊙ W_p, b + b_p)`` for ``domains`` (all domains by default): ``[S, D_in, D_out]``, ``[S, D_out]``."""
+        if domains is None:
+            return self.domain_weight * self.weight, self.domain_bias + self.bias
+        return (
+            self.domain_weight.index_select(0, domains) * self.weight,
+            self.domain_bias.index_select(0, domains) + self.bias,
+        )
+
+    def forward(self, x: Tensor, seg: DomainSegments) -> Tensor:
+        w, b = self.combined(seg.domains)
+        return segment_linear(x, seg, w, b)
+
+    def extra_repr(self) -> str:
+        return f"in_dim={self.in_dim}, out_dim={self.out_dim}, num_domains={self.num_domains}"
+
+
+class AuxiliaryDomainNetwork(nn.Module):
+    """STAR's auxiliary network (STAR §3.5, eq. 7): a small MLP on the domain indicator.
+
+    The domain indicator gets its own embedding; it is concatenated with optional other features that
+    describe the domain and fed to a two-layer MLP whose one-dimensional output is added to the main
+    network's logit, so the domain directly shifts the prediction.
+
+    Args:
+        num_domains: D.
+        embedding_dim: size of the domain indicator embedding.
+        hidden_units: hidden sizes of the MLP (the paper: one hidden layer, then the output layer).
+        extra_dim: width of the extra domain-feature input (0 for none).
+        activation: hidden activation.
+
+    Shape:
+        forward(domain ``[B]``, extra ``[B, extra_dim]`` or None) -> ``[B]`` logit contribution.
+    """
+
+    def __init__(
+        self,
+        num_domains: int,
+        embedding_dim: int,
+        hidden_units: tuple[int, ...] = (32,),
+        extra_dim: int = 0,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_domains, embedding_dim)
+        nn.init.normal_(self.embedding.weight, std=1e-2)
+        self.mlp = MLP(embedding_dim + extra_dim, hidden_units, activation=activation, output_dim=1)
+
+    def forward(self, domain: Tensor, extra: Tensor | None = None) -> Tensor:
+        h = self.embedding(domain)
+        if extra is not None:
+            h = torch.cat([h, extra], dim=1)
+        return self.mlp(h).squeeze(-1)

@@ -1,0 +1,200 @@
+"""STAR: Star Topology Adaptive Recommender (Sheng et al., CIKM 2021).
+
+Embeddings → Partitioned Normalization (§3.3) → star-topology FCN (§3.4) → logit, plus the auxiliary
+network on the domain indicator (§3.5) whose logit is added (eq. 7). The final layer is star-topology
+too and has no activation or normalisation: its output is the logit.
+
+Readings of the paper made here:
+
+- PN's batch statistics are computed per domain present in the batch. The paper samples every batch from
+  one domain, where this is exactly eq. 3; with mixed batches (the ``mixed`` sampler) it keeps each
+  domain's rows normalised by that domain's moments rather than the whole batch's.
+- PN is applied to the FCN's input representation z, as in §3.3; ``norm_hidden`` optionally adds PN after
+  each hidden star layer.
+- ``W_p`` is initialised to ones and ``b_p`` to zeros, so training starts from the shared network.
+
+At serving time :meth:`StarModel.fold` precomputes each domain's ``W ⊙ W_p``, ``b + b_p`` and PN affine
+(§4.4), so inference costs what a single shared network costs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+from ...data.batch import Batch
+from ...layers.domain import AuxiliaryDomainNetwork, DomainSegments, StarLinear, segment_linear
+from ...layers.embedding import EmbeddingCollection
+from ...layers.mlp import activation as make_activation
+from ...layers.norm import PartitionedNorm
+from .._registry import register_model
+from ..base import Model, ModelOutput
+
+
+@dataclass(frozen=True)
+class StarConfig:
+    """Config of :class:`StarModel`.
+
+    Args:
+        embedding_dim: E for every sparse feature.
+        hidden_units: hidden sizes of the star-topology FCN (an output layer of size 1 follows).
+        activation: hidden activation φ.
+        dropout: dropout after each hidden activation.
+        partitioned_norm: PN on the FCN input (§3.3).
+        norm_hidden: also PN after each hidden star layer, before the activation.
+        pn_momentum: weight of the batch in PN's moving statistics.
+        pn_eps: PN's ε.
+        aux_network: add the auxiliary network's logit (§3.5).
+        aux_hidden: hidden sizes of the auxiliary network (paper: a two-layer network, i.e. one hidden layer).
+        aux_embedding_dim: size of the domain indicator embedding (0: ``embedding_dim``).
+        aux_features: other features that describe the domain, whose embeddings also feed the auxiliary
+            network.
+    """
+
+    embedding_dim: int = 16
+    hidden_units: tuple[int, ...] = (256, 128, 64)
+    activation: str = "relu"
+    dropout: float = 0.0
+    partitioned_norm: bool = True
+    norm_hidden: bool = False
+    pn_momentum: float = 0.1
+    pn_eps: float = 1e-5
+    aux_network: bool = True
+    aux_hidden: tuple[int, ...] = (32,)
+    aux_embedding_dim: int = 0
+    aux_features: tuple[str, ...] = ()
+
+
+@register_model("star")
+class StarModel(Model):
+    """STAR: partitioned normalization, star-topology FCN and auxiliary domain network.
+
+    Shape:
+        forward(batch) -> logits ``[B]``; rows of any mix of domains, each through its own domain's
+        network, at a cost that depends only on the domains present.
+
+    Example:
+        >>> model = create_model("star", schema, hidden_units=[128, 64, 32])   # doctest: +SKIP
+        >>> out = model(batch); out.logits.shape                                # doctest: +SKIP
+    """
+
+    Config = StarConfig
+
+    def __init__(self, schema, config: StarConfig) -> None:
+        super().__init__(schema, config)
+        D = schema.num_domains
+        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
+        in_dim = self.embeddings.output_dim + len(schema.dense)
+        self.pn = PartitionedNorm(in_dim, D, config.pn_eps, config.pn_momentum) if config.partitioned_norm else None
+        sizes = [in_dim, *config.hidden_units, 1]
+        self.layers = nn.ModuleList(StarLinear(a, b, D) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.hidden_norms = nn.ModuleList(
+            PartitionedNorm(h, D, config.pn_eps, config.pn_momentum) for h in config.hidden_units
+        ) if config.norm_hidden else None
+        self.act = make_activation(config.activation)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.aux = None
+        if config.aux_network:
+            fields = self.embeddings.sparse_names + self.embeddings.multi_names
+            for name in config.aux_features:
+                if name not in fields:
+                    raise ValueError(f"star.aux_features: {name!r} is not an embedded feature; valid: {fields}")
+            self.register_buffer(
+                "aux_fields", torch.tensor([fields.index(n) for n in config.aux_features], dtype=torch.long),
+                persistent=False,
+            )
+            self.aux = AuxiliaryDomainNetwork(
+                D,
+                config.aux_embedding_dim or config.embedding_dim,
+                config.aux_hidden,
+                extra_dim=len(config.aux_features) * config.embedding_dim,
+                activation=config.activation,
+            )
+
+    def _inputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        emb = self.embeddings(batch)
+        z = torch.cat([emb.flatten(1), batch.dense], dim=1) if batch.dense.shape[1] else emb.flatten(1)
+        return emb, z
+
+    def _aux_logit(self, batch: Batch, emb: Tensor) -> Tensor:
+        extra = emb.index_select(1, self.aux_fields).flatten(1) if len(self.aux_fields) else None
+        return self.aux(batch.domain, extra)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        emb, z = self._inputs(batch)
+        seg = DomainSegments.from_domain(batch.domain)
+        h = seg.sort(z)
+        if self.pn is not None:
+            h = self.pn(h, seg.local, seg.domains)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = layer(h, seg)
+            if i < last:
+                if self.hidden_norms is not None:
+                    h = self.hidden_norms[i](h, seg.local, seg.domains)
+                h = self.dropout(self.act(h))
+        logits = seg.unsort(h.squeeze(-1))
+        if self.aux is not None:
+            logits = logits + self._aux_logit(batch, emb)
+        return ModelOutput(logits)
+
+    @torch.no_grad()
+    def fold(self) -> "FoldedStar":
+        """An inference-only copy with every domain's weights and PN affine precomputed (STAR §4.4)."""
+        return FoldedStar(self)
+
+
+class FoldedStar(nn.Module):
+    """STAR with per-domain ``W ⊙ W_p``, ``b + b_p`` and PN affine precomputed, for serving.
+
+    Produces the same logits as the unfolded model in eval mode (to float rounding); it shares the
+    embedding tables and auxiliary network with the model it was folded from. Rebuild it after further
+    training.
+
+    Shape:
+        forward(batch) -> ModelOutput with logits ``[B]``.
+    """
+
+    def __init__(self, model: StarModel) -> None:
+        super().__init__()
+        self.schema = model.schema
+        self.model = model  # embeddings and auxiliary network are used as they are
+        with torch.no_grad():
+            if model.pn is not None:
+                scale, shift = model.pn.folded_affine()
+                self.register_buffer("pn_scale", scale.clone())
+                self.register_buffer("pn_shift", shift.clone())
+            else:
+                self.pn_scale = self.pn_shift = None
+            self.weights = [layer.combined() for layer in model.layers]
+            self.hidden_affine = [n.folded_affine() for n in model.hidden_norms] if model.hidden_norms is not None else None
+        self.act = model.act
+
+    @torch.no_grad()
+    def forward(self, batch: Batch) -> ModelOutput:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            emb, z = model._inputs(batch)
+            if self.pn_scale is not None:
+                z = torch.addcmul(self.pn_shift.index_select(0, batch.domain), z, self.pn_scale.index_select(0, batch.domain))
+            seg = DomainSegments.from_domain(batch.domain)
+            h = seg.sort(z)
+            last = len(self.weights) - 1
+            for i, (w, b) in enumerate(self.weights):
+                h = segment_linear(h, seg, w.index_select(0, seg.domains), b.index_select(0, seg.domains))
+                if i < last:
+                    if self.hidden_affine is not None:
+                        sc, sh = self.hidden_affine[i]
+                        h = torch.addcmul(sh[seg.sorted_domain], h, sc[seg.sorted_domain])
+                    h = self.act(h)
+            logits = seg.unsort(h.squeeze(-1))
+            if model.aux is not None:
+                logits = logits + model._aux_logit(batch, emb)
+            return ModelOutput(logits)
+        finally:
+            model.train(was_training)

@@ -1,0 +1,131 @@
+"""The Strategy seam: how one epoch of optimisation steps uses the domains.
+
+A strategy wraps any conforming model. It receives a :class:`TrainContext` that knows how to make
+batches (any sampler, any subset of rows) and how to take a standard step, and owns only the order and
+the form of the steps: joint training on mixed batches, domain-batched steps, domain after domain
+(Alternate), and later meta-learning (MAMDR, Reptile), gradient surgery (PCGrad), two-phase adapters or
+DFEI's cyclic schedule.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from ...config import from_dict
+from ...data.batch import Batch
+from ...data.dataset import EncodedDataset
+from ...data.samplers import epoch_batches
+from ..task import BinaryTask
+
+
+@dataclass
+class TrainContext:
+    """Everything a strategy may use during an epoch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    task: BinaryTask
+    dataset: EncodedDataset
+    rows: Tensor
+    batch_size: int
+    sampler: str
+    seed: int
+    device: torch.device
+    grad_clip: float = 0.0
+    samples_seen: int = 0
+    on_step: Callable[[dict[str, float]], None] | None = None
+
+    def batches(self, epoch: int, sampler: str | None = None, rows: Tensor | None = None) -> Iterator[Batch]:
+        """Batches of one epoch with the configured (or the given) sampler over ``rows``."""
+        for idx in epoch_batches(
+            sampler or self.sampler,
+            self.rows if rows is None else rows,
+            self.dataset.domain,
+            self.dataset.schema.num_domains,
+            self.batch_size,
+            seed=self.seed,
+            epoch=epoch,
+        ):
+            yield self.dataset.batch(idx).to(self.device)
+
+    def domain_rows(self, domain: int) -> Tensor:
+        """Training rows of one domain."""
+        return self.rows[self.dataset.domain.index_select(0, self.rows) == domain]
+
+    def compute_loss(self, batch: Batch) -> dict[str, Tensor]:
+        return self.task.losses(self.model(batch), batch)
+
+    def step(self, batch: Batch, optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
+        """One standard step: forward, loss, backward, optional clipping, optimiser step."""
+        opt = optimizer or self.optimizer
+        opt.zero_grad(set_to_none=True)
+        losses = self.compute_loss(batch)
+        losses["loss"].backward()
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        opt.step()
+        self.samples_seen += len(batch)
+        stats = {k: float(v.detach()) for k, v in losses.items()}
+        if self.on_step is not None:
+            self.on_step(stats)
+        return stats
+
+
+class Strategy:
+    """Base class. Subclasses set ``default_sampler`` and implement :meth:`run_epoch`.
+
+    ``Config`` is a dataclass of the strategy's options (``train.strategy_options`` in configs).
+    """
+
+    name: str = ""
+    default_sampler: str = "mixed"
+
+    @dataclass(frozen=True)
+    class Config:
+        pass
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def setup(self, ctx: TrainContext) -> None:
+        """Called once before the first epoch (for example to build extra optimisers)."""
+
+    def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
+        raise NotImplementedError
+
+
+_STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
+    def deco(cls: type[Strategy]) -> type[Strategy]:
+        cls.name = name
+        _STRATEGIES[name] = cls
+        return cls
+
+    return deco
+
+
+def list_strategies() -> list[str]:
+    return sorted(_STRATEGIES)
+
+
+def create_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
+    """Strategy ``name`` with validated options; unknown names raise with the valid ones."""
+    if name not in _STRATEGIES:
+        close = difflib.get_close_matches(name, _STRATEGIES, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise KeyError(f"unknown strategy {name!r}.{hint} Valid strategies: {', '.join(list_strategies())}")
+    cls = _STRATEGIES[name]
+    return cls(from_dict(cls.Config, options or {}, path=f"train.strategy_options"))
+
+
+def mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:
+    if not stats:
+        return {}
+    return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
