@@ -411,6 +411,9 @@ def test_atomic_errors(tmp_path):
     _write_atomic(tmp_path / "d", "d", ["user_id:token\tx:int", "u1\t1"])
     with pytest.raises(ValueError, match=r"unknown type 'int'"):
         load_atomic(tmp_path / "d")
+    (tmp_path / "d" / "d.inter").write_bytes("user_id:token\ttitle:token\r\nu1\tMisérables\r\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        load_atomic(tmp_path / "d")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_atomic(tmp_path / "nowhere")
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from polyrec.evaluation.report import per_domain_table, results_table
+from polyrec.evaluation.report import metrics_table, per_domain_table, results_table
 
 
 def _run(model, seed, wauc, strategy="joint", split="h1", **extra):
@@ -60,3 +60,26 @@ def test_per_domain_table():
     assert rows[2] == ["STAR", "2", "71.00 ± 1.41", "73.00 ± 1.41"]
     with pytest.raises(TypeError, match="per-domain"):
         per_domain_table(runs, key="wauc")
+
+
+def test_results_table_reference_metric_is_scaled_and_case_insensitive():
+    runs = [_run("STAR", 0, 0.70), _run("mlp", 0, 0.65)]
+    rows = _rows(results_table(runs, metric_keys=["wauc"], reference={"star": 0.8018}, reference_metric="wauc"))
+    assert rows[0][-1] == "paper wauc"
+    assert rows[2][-1] == "80.18" and rows[3][-1] == "-"
+
+
+def test_metrics_table_from_evaluator_output():
+    import torch
+
+    from polyrec.evaluation.metrics import MultiDomainEvaluator
+
+    ev = MultiDomainEvaluator(["a", "b"])
+    ev.update(torch.tensor([0.5, -0.5, 1.0, 0.2]), torch.tensor([1.0, 0.0, 1.0, 1.0]),
+              torch.tensor([0, 0, 1, 1]), users=torch.tensor([1, 1, 2, 2]))
+    table = metrics_table(ev.compute())
+    rows = _rows(table)
+    assert ["auc_overall", "100.00"] in rows and ["n", "4"] in rows
+    assert rows[rows.index(["domain", "n", "pos", "auc", "logloss", "pcoc", "gauc"]) + 2][:4] == [
+        "a", "2", "1", "100.00"]
+    assert ["b", "2", "2", "nan"] == rows[-1][:4]

@@ -369,7 +369,9 @@ def encode_frame(frame: pd.DataFrame, cfg: DataConfig) -> EncodedDataset:
 
 
 def _from_arrays(schema, arrays, splits, fitted, report) -> EncodedDataset:
-    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    # Arrays from pandas may be read-only views; torch needs writable memory.
+    t = {k: torch.from_numpy(v if v.flags.writeable and v.flags.c_contiguous else np.array(v, order="C"))
+         for k, v in arrays.items()}
     ds = EncodedDataset(
         schema=schema,
         sparse=t["sparse"].long(),

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .metrics import summarize_runs
 
-__all__ = ["results_table", "per_domain_table"]
+__all__ = ["results_table", "per_domain_table", "metrics_table"]
 
 _MISSING = "-"
 
@@ -76,12 +76,30 @@ def _mean_std(values: Sequence[float], n_runs: int, scale: float, decimals: int)
     return text
 
 
-def _format_reference(value: Any) -> str:
+def _format_reference(value: Any, scale: float, decimals: Optional[int]) -> str:
     if value is None:
         return _MISSING
-    if isinstance(value, float):
-        return f"{value:g}" if math.isfinite(value) else str(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = float(value) * scale
+        if decimals is not None and math.isfinite(value):
+            return f"{value:.{decimals}f}"
+        return f"{value:g}"
     return str(value)
+
+
+def _reference_value(reference: Mapping[str, Any], model: Any) -> Any:
+    # Presets key references by registry name ("star"); runs may carry "STAR".
+    if model in reference:
+        return reference[model]
+    lowered = {str(k).lower(): v for k, v in reference.items()}
+    return lowered.get(str(model).lower())
+
+
+def _fmt(value: Any, decimals: int) -> str:
+    if value is None:
+        return _MISSING
+    value = float(value)
+    return f"{value:.{decimals}f}" if math.isfinite(value) else "nan"
 
 
 def results_table(
@@ -91,6 +109,7 @@ def results_table(
     reference: Optional[Mapping[str, Any]] = None,
     scale: float = 100.0,
     decimals: Optional[int] = None,
+    reference_metric: Optional[str] = None,
 ) -> str:
     """Markdown table with one row per group of runs and mean ± std per metric.
 
@@ -103,7 +122,10 @@ def results_table(
         group_by: run fields that identify a row; runs missing a field are
             grouped under ``-``.
         reference: optional ``{model name: published number}``; adds a
-            ``paper`` column, printed as given.
+            ``paper`` column (model names match case-insensitively).
+        reference_metric: which metric the published numbers are; the column
+            is then headed ``paper <metric>`` and scaled like that metric.
+            Without it the numbers are printed as given.
         scale: multiplier for AUC-like metrics (any key containing "auc");
             other metrics are printed unscaled.
         decimals: digits after the point; default 2 for scaled AUC-like
@@ -125,8 +147,13 @@ def results_table(
     """
     groups = _group_runs(runs, group_by)
     header = list(group_by) + ["n"] + list(metric_keys)
+    ref_scale, ref_dec = 1.0, None
     if reference is not None:
-        header.append("paper")
+        header.append("paper" if reference_metric is None else f"paper {reference_metric}")
+        if reference_metric is not None:
+            auc_like = _is_auc_like(reference_metric)
+            ref_scale = scale if auc_like else 1.0
+            ref_dec = decimals if decimals is not None else (2 if auc_like and scale != 1 else 4)
 
     rows, notes = [], []
     for key, members in groups.items():
@@ -139,7 +166,8 @@ def results_table(
             row.append(_mean_std(values, len(members), k_scale, k_dec))
         if reference is not None:
             model = key[list(group_by).index("model")] if "model" in group_by else None
-            row.append(_format_reference(reference.get(model)) if model is not None else _MISSING)
+            value = _reference_value(reference, model) if model is not None else None
+            row.append(_format_reference(value, ref_scale, ref_dec))
         rows.append(row)
 
         hashes = {r.get("split_hash") for r in members if r.get("split_hash") is not None}
@@ -209,3 +237,53 @@ def per_domain_table(
             row.append(_mean_std(values, len(members), scale, decimals))
         rows.append(row)
     return _markdown(header, rows)
+
+
+def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
+    """Markdown summary of one :meth:`MultiDomainEvaluator.compute` result.
+
+    Args:
+        metrics: the dict returned by ``MultiDomainEvaluator.compute()``.
+        scale: multiplier for AUC-like numbers (100 shows them as percent).
+
+    Returns:
+        A table of the overall metrics followed by a per-domain table
+        (rows, positives, AUC, logloss, PCOC and GAUC when present).
+
+    Example:
+        >>> m = {"auc_overall": 0.75, "logloss_overall": 0.5, "n": 4,
+        ...      "auc_per_domain": {"a": 0.75}, "count_per_domain": {"a": {"n": 4, "pos": 2, "neg": 2}}}
+        >>> print(metrics_table(m).splitlines()[2])
+        | auc_overall | 75.00 |
+    """
+    dec_auc = 2 if scale != 1 else 4
+    scalar_keys = [k for k in ("auc_overall", "wauc", "auc_mean", "gauc", "logloss_overall", "n") if k in metrics]
+    rows = []
+    for key in scalar_keys:
+        if key == "n":
+            rows.append([key, int(metrics[key])])
+        elif _is_auc_like(key):
+            value = metrics[key]
+            rows.append([key, _fmt(None if value is None else float(value) * scale, dec_auc)])
+        else:
+            rows.append([key, _fmt(metrics[key], 4)])
+    parts = [_markdown(["metric", "value"], rows)]
+
+    per_auc = metrics.get("auc_per_domain") or {}
+    counts = metrics.get("count_per_domain") or {}
+    names = list(dict.fromkeys(list(counts) + list(per_auc)))
+    if names:
+        columns = [("auc_per_domain", "auc", scale, dec_auc), ("logloss_per_domain", "logloss", 1.0, 4),
+                   ("pcoc_per_domain", "pcoc", 1.0, 4), ("gauc_per_domain", "gauc", scale, dec_auc)]
+        columns = [c for c in columns if c[0] in metrics]
+        header = ["domain", "n", "pos"] + [c[1] for c in columns]
+        domain_rows = []
+        for name in names:
+            count = counts.get(name, {})
+            row: List[Any] = [name, count.get("n", _MISSING), count.get("pos", _MISSING)]
+            for key, _, col_scale, col_dec in columns:
+                value = metrics[key].get(name)
+                row.append(_fmt(None if value is None else float(value) * col_scale, col_dec))
+            domain_rows.append(row)
+        parts.append(_markdown(header, domain_rows))
+    return "\n\n".join(parts)

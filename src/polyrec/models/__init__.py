@@ -2,8 +2,8 @@
 
 from ._registry import create_model, describe_model, get_model_class, list_models, model_config, register_model
 from .base import Model, ModelOutput
-from .ctr import mlp as _mlp  # noqa: F401  (registers "mlp")
-from .multidomain import star as _star  # noqa: F401  (registers "star")
+from . import ctr as _ctr  # noqa: F401,E402  (registers the single-domain backbones)
+from . import multidomain as _multidomain  # noqa: F401,E402  (registers the multi-domain models)
 
 __all__ = ["Model", "ModelOutput", "create_model", "describe_model", "get_model_class", "list_models",
            "model_config", "register_model"]

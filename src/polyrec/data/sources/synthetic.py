@@ -194,35 +194,42 @@ def make_synthetic(
     domain = np.repeat(np.arange(n_domains, dtype=np.int64), sizes_arr)
     users = rng.choice(n_users, size=n_rows, p=p_user)
     items = rng.choice(n_items, size=n_rows, p=p_item)
+    # Rows are generated grouped by domain and shuffled at the end. Dense
+    # features are drawn directly in the final order (they are i.i.d.), and
+    # only their 1-D effect is scattered back, which avoids permuting a
+    # (rows x n_dense) matrix.
+    order = rng.permutation(n_rows)
     dense = rng.standard_normal((n_rows, n_dense), dtype=np.float32)
+    dense_effect = np.empty(n_rows)
+    # Same-dtype operands keep the product on the BLAS fast path.
+    dense_effect[order] = dense @ w_dense.astype(np.float32)
 
     u_vec = U[users]
     v_vec = V[items]
     logit = shared_strength * np.einsum("nk,nk->n", u_vec, v_vec)
-    logit += dense @ w_dense + tag_effect[items]
+    logit += dense_effect + tag_effect[items]
     for d in range(n_domains):
-        # Rows are grouped by domain until the final shuffle, so each domain
-        # is one contiguous slice: one matrix product per domain.
+        # Before the shuffle each domain is one contiguous slice: one matrix
+        # product per domain.
         s = slice(starts[d], starts[d + 1])
         logit[s] += specific_strength * np.einsum("nk,nk->n", u_vec[s], v_vec[s] @ M[d].T)
         logit[s] += _calibrate_bias(logit[s], float(rates[d]))
     label = (rng.random(n_rows) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
 
-    order = rng.permutation(n_rows)
+    users, items = users[order].astype(np.int64), items[order].astype(np.int64)
     columns = {
-        "user_id": users[order].astype(np.int64),
-        "item_id": items[order].astype(np.int64),
+        "user_id": users,
+        "item_id": items,
         "domain": domain[order],
-        "user_group": user_group[users[order]].astype(np.int64),
-        "item_cat": item_cat[items[order]].astype(np.int64),
+        "user_group": user_group[users].astype(np.int64),
+        "item_cat": item_cat[items].astype(np.int64),
     }
     if multi_valued:
         vocab = np.array([f"t{j}" for j in range(_TAG_VOCAB)], dtype=object)
         tags = vocab[tag_ids[:, 0]]
         tags = np.where(n_tags >= 2, tags + "|" + vocab[tag_ids[:, 1]], tags)
         tags = np.where(n_tags >= 3, tags + "|" + vocab[tag_ids[:, 2]], tags)
-        columns["tags"] = pd.Series(tags[items[order]]).astype(str)
-    dense = dense[order]
+        columns["tags"] = pd.Series(tags[items]).astype(str)
     for j in range(n_dense):
         columns[f"dense_{j}"] = dense[:, j]
     columns["label"] = label[order]

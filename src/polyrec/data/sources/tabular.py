@@ -130,6 +130,8 @@ def _read_atomic(
         frame = _parse(dtypes)
     except pd.errors.ParserError as exc:
         raise ValueError(f"{label}: malformed atomic file ({exc}). Fields must be tab separated.") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{label}: not valid UTF-8 ({exc}); RecBole atomic files are UTF-8, re-encode the file.") from exc
     except ValueError:
         # A numeric column holds text. Re-read it as strings only to report
         # which column and which values are at fault.

@@ -1,0 +1,3 @@
+"""Multi-domain models with per-domain parameter banks."""
+
+from . import star  # noqa: F401
