@@ -1,0 +1,221 @@
+"""STAR: tests that fail on the known defects of other ports (whole-batch PN, ReLU on the logit,
+per-domain towers run on every row) and check the paper's equations."""
+
+import pytest
+import torch
+from torch import nn
+
+from polyrec import create_model
+from polyrec.data.batch import Batch
+from polyrec.data.schema import DatasetSchema, DomainSpec, FeatureSpec
+from polyrec.layers.domain import DomainSegments, StarLinear, segment_linear
+from polyrec.layers.norm import PartitionedNorm
+
+
+def make_schema(num_domains=3):
+    return DatasetSchema(
+        features=(
+            FeatureSpec("user", "sparse", vocab_size=50),
+            FeatureSpec("item", "sparse", vocab_size=40),
+            FeatureSpec("tags", "multi", vocab_size=12, max_len=3),
+            FeatureSpec("price", "dense"),
+        ),
+        domain=DomainSpec("d", tuple(f"d{i}" for i in range(num_domains))),
+    )
+
+
+def make_batch(n=64, num_domains=3, seed=0, domains=None):
+    g = torch.Generator().manual_seed(seed)
+    dom = torch.randint(0, num_domains, (n,), generator=g) if domains is None else torch.as_tensor(domains)
+    n = len(dom)
+    return Batch(
+        sparse=torch.stack([torch.randint(2, 50, (n,), generator=g), torch.randint(2, 40, (n,), generator=g)], 1),
+        dense=torch.randn(n, 1, generator=g) * 3 + 1,
+        multi={"tags": torch.randint(0, 12, (n, 3), generator=g)},
+        label=torch.randint(0, 2, (n,), generator=g).float(),
+        domain=dom,
+    )
+
+
+def perturb(model, seed=0):
+    """Move every parameter away from its initial value so that domain banks differ per domain."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+def train_steps(model, n=5, seed=1):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for i in range(n):
+        b = make_batch(128, model.num_domains, seed=seed + i)
+        loss = nn.functional.binary_cross_entropy_with_logits(model(b).logits, b.label)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+@pytest.mark.parametrize("norm_hidden", [False, True])
+def test_eval_prediction_of_a_row_does_not_depend_on_its_batch(norm_hidden):
+    torch.manual_seed(0)
+    model = train_steps(create_model("star", make_schema(), embedding_dim=4, hidden_units=[16, 8],
+                                     norm_hidden=norm_hidden))
+    model.eval()
+    b = make_batch(90, seed=5)
+    full = model(b).logits
+    for idx in (torch.arange(7), torch.tensor([3]), torch.nonzero(b.domain == 1).squeeze(1), torch.arange(89, -1, -1)):
+        part = model(b.select(idx)).logits
+        torch.testing.assert_close(part, full[idx], atol=1e-5, rtol=1e-5)
+
+
+def test_domain_parameters_get_gradient_only_from_their_rows():
+    torch.manual_seed(0)
+    model = perturb(create_model("star", make_schema(4), embedding_dim=4, hidden_units=[16, 8]))
+    model.train()
+    b = make_batch(60, 4, domains=[0, 2] * 30)
+    model(b).logits.sum().backward()
+    for layer in model.layers:
+        assert layer.domain_weight.grad[1].abs().sum() == 0 and layer.domain_weight.grad[3].abs().sum() == 0
+        assert layer.domain_bias.grad[1].abs().sum() == 0
+        assert layer.domain_weight.grad[0].abs().sum() > 0 and layer.domain_weight.grad[2].abs().sum() > 0
+    assert model.pn.domain_gamma.grad[1].abs().sum() == 0 and model.pn.domain_gamma.grad[0].abs().sum() > 0
+
+
+def test_domain_gradient_equals_gradient_from_that_domain_alone():
+    """With per-domain PN statistics, the rows of other domains cannot influence domain p's gradient.
+
+    Whole-batch normalisation (a known defect of other ports) fails this test."""
+    torch.manual_seed(0)
+    model = perturb(create_model("star", make_schema(), embedding_dim=4, hidden_units=[16, 8], aux_network=False))
+    model.train()
+    b = make_batch(96, seed=3)
+    model(b).logits.sum().backward()
+    mixed = model.layers[0].domain_weight.grad[1].clone()
+    model.zero_grad()
+    model(b.select(torch.nonzero(b.domain == 1).squeeze(1))).logits.sum().backward()
+    alone = model.layers[0].domain_weight.grad[1]
+    torch.testing.assert_close(mixed, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_single_domain_star_equals_mlp_with_elementwise_product_weights():
+    torch.manual_seed(0)
+    model = perturb(create_model("star", make_schema(1), embedding_dim=4, hidden_units=[16, 8],
+                                 partitioned_norm=False, aux_network=False))
+    model.eval()
+    b = make_batch(32, 1)
+    linears = []
+    for layer in model.layers:
+        lin = nn.Linear(layer.in_dim, layer.out_dim)
+        with torch.no_grad():
+            lin.weight.copy_((layer.weight * layer.domain_weight[0]).T)
+            lin.bias.copy_(layer.bias + layer.domain_bias[0])
+        linears.append(lin)
+    mlp = nn.Sequential(linears[0], nn.ReLU(), linears[1], nn.ReLU(), linears[2])
+    z = torch.cat([model.embeddings(b).flatten(1), b.dense], 1)
+    torch.testing.assert_close(model(b).logits, mlp(z).squeeze(-1), atol=1e-6, rtol=1e-5)
+
+
+def test_logit_has_no_activation():
+    """The final star layer's output is the logit: it can be negative (no ReLU/BN on the logit)."""
+    torch.manual_seed(0)
+    model = create_model("star", make_schema(), embedding_dim=4, hidden_units=[8], aux_network=False)
+    with torch.no_grad():
+        model.layers[-1].bias.fill_(-3.0)
+    model.eval()
+    assert (model(make_batch(32)).logits < 0).all()
+
+
+@pytest.mark.parametrize("norm_hidden", [False, True])
+def test_folded_model_matches_unfolded(norm_hidden):
+    torch.manual_seed(0)
+    model = perturb(train_steps(create_model("star", make_schema(), embedding_dim=4, hidden_units=[16, 8],
+                                             norm_hidden=norm_hidden, aux_features=("item",))))
+    model.eval()
+    b = make_batch(200, seed=9)
+    folded = model.fold()
+    torch.testing.assert_close(folded(b).logits, model(b).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_partitioned_norm_uses_domain_statistics():
+    torch.manual_seed(0)
+    pn = PartitionedNorm(3, 2, momentum=1.0)  # momentum 1: running stats = last batch's unbiased stats
+    x = torch.cat([torch.randn(50, 3) * 2 + 5, torch.randn(50, 3) * 0.5 - 1])
+    domain = torch.tensor([0] * 50 + [1] * 50)
+    seg = DomainSegments.from_domain(domain)
+    y = pn(x, seg.local, seg.domains)
+    for d in (0, 1):
+        rows = y[domain == d]
+        torch.testing.assert_close(rows.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+        torch.testing.assert_close(rows.var(0, unbiased=False), torch.ones(3), atol=1e-3, rtol=0)
+        torch.testing.assert_close(pn.running_mean[d], x[domain == d].mean(0))
+        torch.testing.assert_close(pn.running_var[d], x[domain == d].var(0))
+    pn.eval()
+    with torch.no_grad():
+        pn.domain_gamma[1].fill_(2.0)
+        pn.domain_beta[1].fill_(0.5)
+    out = pn(x[domain == 1], torch.zeros(50, dtype=torch.long), torch.tensor([1]))
+    expected = 2.0 * (x[domain == 1] - pn.running_mean[1]) / torch.sqrt(pn.running_var[1] + pn.eps) + 0.5
+    torch.testing.assert_close(out, expected)
+
+
+def test_singleton_domain_in_training_batch_uses_running_stats():
+    pn = PartitionedNorm(2, 2)
+    x = torch.randn(5, 2)
+    domain = torch.tensor([0, 0, 0, 0, 1])
+    seg = DomainSegments.from_domain(domain)
+    y = pn(x, seg.local, seg.domains)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y[4], x[4] / torch.sqrt(torch.tensor(1.0 + pn.eps)))
+    assert pn.num_batches_tracked.tolist() == [1, 0]
+
+
+def test_segment_linear_paths_agree_and_handle_many_domains():
+    torch.manual_seed(0)
+    layer = StarLinear(6, 5, num_domains=10_000)
+    with torch.no_grad():
+        layer.domain_weight.normal_()
+        layer.domain_bias.normal_()
+    domain = torch.randint(0, 10_000, (300,))
+    x = torch.randn(300, 6)
+    seg = DomainSegments.from_domain(domain)
+    w, b = layer.combined(seg.domains)
+    looped = segment_linear(seg.sort(x), seg, w, b, loop_max=10**9)
+    padded = segment_linear(seg.sort(x), seg, w, b, loop_max=0)
+    torch.testing.assert_close(looped, padded)
+    expected = torch.stack([x[i] @ (layer.weight * layer.domain_weight[d]) + layer.bias + layer.domain_bias[d]
+                            for i, d in enumerate(domain.tolist())])
+    torch.testing.assert_close(seg.unsort(padded), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_domain_batched_and_mixed_batches_both_train():
+    torch.manual_seed(0)
+    model = create_model("star", make_schema(), embedding_dim=4, hidden_units=[8])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for b in (make_batch(64, domains=[2] * 64), make_batch(64)):
+        loss = nn.functional.binary_cross_entropy_with_logits(model(b).logits, b.label)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
+
+
+def test_aux_network_adds_a_domain_logit():
+    torch.manual_seed(0)
+    on = create_model("star", make_schema(), embedding_dim=4, hidden_units=[8], aux_network=True)
+    off = create_model("star", make_schema(), embedding_dim=4, hidden_units=[8], aux_network=False)
+    off.load_state_dict({k: v for k, v in on.state_dict().items() if not k.startswith("aux.")})
+    on.eval(), off.eval()
+    b = make_batch(20)
+    torch.testing.assert_close(on(b).logits - off(b).logits, on.aux(b.domain))
+
+
+def test_star_config_errors():
+    with pytest.raises(ValueError, match="aux_features"):
+        create_model("star", make_schema(), aux_features=("nope",))
+    from polyrec import ConfigError
+
+    with pytest.raises(ConfigError, match="hiden_units"):
+        create_model("star", make_schema(), hiden_units=[8])
