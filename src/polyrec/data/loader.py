@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .batch import Batch
 from .dataset import EncodedDataset
-from .samplers import epoch_batches
+from .samplers import SAMPLERS, epoch_batches
 
 
 class BatchLoader:
@@ -45,7 +45,12 @@ class BatchLoader:
             if rows not in dataset.splits:
                 raise KeyError(f"unknown split {rows!r}; valid splits: {sorted(dataset.splits)}")
             rows = dataset.splits[rows]
-        self.rows = rows
+        # Fail here rather than at the first epoch.
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.rows = torch.as_tensor(rows, dtype=torch.long)
         self.batch_size = batch_size
         self.sampler = sampler
         self.seed = seed

@@ -17,9 +17,21 @@ from .schema import FIRST_INDEX, OOV_INDEX, PAD_INDEX
 
 
 def _as_str(values: pd.Series) -> pd.Series:
-    # Ids are compared as strings so that 1, "1" and 1.0 read from different files agree.
-    if pd.api.types.is_float_dtype(values) and values.dropna().apply(float.is_integer).all():
-        values = values.astype("Int64")
+    """Ids as strings, so that 1, "1" and 1.0 read from different files agree; missing stays missing.
+
+    The conversion is element-wise (an integral float is written as an int, any other float as itself),
+    so a value's string never depends on which other rows are in the column: the training subset and the
+    full column give the same string for the same id. Vectorised, no per-row Python.
+    """
+    if pd.api.types.is_float_dtype(values):
+        v = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        missing = np.isnan(v)
+        integral = np.isfinite(v) & (v == np.round(v)) & (np.abs(v) < 2.0**63)
+        out = np.full(len(v), np.nan, dtype=object)
+        out[integral] = v[integral].astype(np.int64).astype(str)
+        other = ~integral & ~missing
+        out[other] = v[other].astype(str)
+        return pd.Series(out, index=values.index).astype(str)
     return values.astype(str)
 
 
@@ -61,27 +73,43 @@ class Vocabulary:
 def split_multi(values: pd.Series, sep: str) -> pd.Series:
     """A column of ``sep``-joined id strings -> exploded Series of ids, indexed by row position."""
     s = values.fillna("").astype(str).reset_index(drop=True)
+    if not sep:
+        raise ValueError("a multi-valued feature needs a non-empty separator (FeatureConfig.sep)")
     exploded = s.str.split(sep, regex=False).explode()
-    return exploded[exploded.astype(bool)]
+    return exploded[exploded.str.len() > 0]
 
 
-def encode_multi(vocab: Vocabulary, values: pd.Series, sep: str, max_len: int) -> tuple[np.ndarray, int]:
+def encode_multi(
+    vocab: Vocabulary, values: pd.Series, sep: str, max_len: int, *, return_truncated: bool = False
+) -> tuple[np.ndarray, int] | tuple[np.ndarray, int, np.ndarray]:
     """Encode a multi-valued column into a padded ``[N, max_len]`` array (0 = padding).
 
-    Lists longer than ``max_len`` keep their first ``max_len`` ids; the caller reports how many rows
-    were truncated (nothing is dropped silently).
+    Lists longer than ``max_len`` keep their first ``max_len`` ids. With ``return_truncated`` a third
+    value, a boolean ``[N]`` array of the truncated rows, is returned so the caller can report them
+    (nothing is dropped silently).
+
+    Returns:
+        (ids ``[N, max_len]`` int64, number of OOV ids kept[, truncated rows ``[N]`` bool]).
     """
+    if max_len < 1:
+        raise ValueError(f"feature {vocab.name!r}: max_len must be >= 1, got {max_len}")
     n = len(values)
     exploded = split_multi(values, sep)
     rows = exploded.index.to_numpy()
-    codes, oov = vocab.encode(exploded)
+    codes, _ = vocab.encode(exploded)
     out = np.full((n, max_len), PAD_INDEX, dtype=np.int64)
+    truncated = np.zeros(n, dtype=bool)
+    oov = 0
     if len(rows):
         # Position of each id within its row: running count since the row started.
         starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
         pos = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
         keep = pos < max_len
         out[rows[keep], pos[keep]] = codes[keep]
+        truncated[rows[~keep]] = True
+        oov = int((codes[keep] == OOV_INDEX).sum())
+    if return_truncated:
+        return out, oov, truncated
     return out, oov
 
 
@@ -124,7 +152,13 @@ class DenseScaler:
     def transform_values(self, values: np.ndarray) -> np.ndarray:
         v = self._check(self.name, np.asarray(values, dtype=np.float64))
         if self.transform == "log1p_minmax":
-            v = np.log1p(np.maximum(v, 0))
+            neg = v < 0
+            if neg.any():
+                raise ValueError(
+                    f"dense feature {self.name!r}: log1p_minmax needs values >= 0, but {int(neg.sum())} value(s) "
+                    f"are negative (min {v.min()}); use transform minmax or standard for this column"
+                )
+            v = np.log1p(v)
         return ((v - self.a) / self.b).astype(np.float32)
 
 

@@ -47,6 +47,8 @@ class FeatureSpec:
     max_len: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"feature name must be a non-empty string, got {self.name!r}")
         if self.kind not in ("sparse", "multi", "dense"):
             raise ValueError(f"feature {self.name!r}: kind {self.kind!r} is not one of sparse, multi, dense")
         if self.kind != "dense" and self.vocab_size < FIRST_INDEX:
@@ -56,6 +58,13 @@ class FeatureSpec:
             )
         if self.kind == "multi" and self.max_len < 1:
             raise ValueError(f"feature {self.name!r}: a multi-valued feature needs max_len >= 1, got {self.max_len}")
+        if self.kind == "dense" and (self.vocab_size or self.max_len):
+            raise ValueError(
+                f"feature {self.name!r}: a dense feature has no vocabulary or length "
+                f"(got vocab_size={self.vocab_size}, max_len={self.max_len}); leave both at 0"
+            )
+        if self.kind == "sparse" and self.max_len:
+            raise ValueError(f"feature {self.name!r}: max_len applies to multi-valued features only, got {self.max_len}")
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class DomainSpec:
     values: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        # A list would make the frozen spec unhashable and compare unequal to its JSON round trip.
+        object.__setattr__(self, "values", tuple(self.values))
         if len(self.values) < 1:
             raise ValueError(f"domain field {self.name!r} has no domains")
         if len(set(self.values)) != len(self.values):
@@ -104,6 +115,7 @@ class DatasetSchema:
     domain_feature: str | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
         names = [f.name for f in self.features]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -168,18 +180,32 @@ class DatasetSchema:
         """Raise ValueError naming the first difference if a model built for ``self`` cannot read ``other``."""
         if self == other:
             return
+        fix = "encode the data with the model's processing (the run directory's schema.json)"
         mine = {f.name: f for f in self.features}
         theirs = {f.name: f for f in other.features}
-        for name in mine.keys() | theirs.keys():
+        # Walk the names in schema order so the first difference reported is always the same one.
+        names = [f.name for f in self.features] + [f.name for f in other.features if f.name not in mine]
+        for name in names:
             if mine.get(name) != theirs.get(name):
                 raise ValueError(
                     f"schema mismatch between the model and the {what}: feature {name!r} is "
-                    f"{mine.get(name)} in the model and {theirs.get(name)} in the {what}; "
-                    "encode the data with the model's processing (the run directory's schema.json)"
+                    f"{mine.get(name)} in the model and {theirs.get(name)} in the {what}; {fix}"
                 )
+        if [f.name for f in self.features] != [f.name for f in other.features]:
+            raise ValueError(
+                f"schema mismatch between the model and the {what}: feature order "
+                f"{[f.name for f in self.features]} vs {[f.name for f in other.features]}; {fix}"
+            )
         if self.domain != other.domain:
             raise ValueError(
-                f"schema mismatch between the model and the {what}: domains {list(self.domain.values)} "
-                f"vs {list(other.domain.values)}; use data encoded with the same domain rule"
+                f"schema mismatch between the model and the {what}: domains {self.domain.name!r} "
+                f"{list(self.domain.values)} vs {other.domain.name!r} {list(other.domain.values)}; "
+                "use data encoded with the same domain rule"
             )
+        for ref in ("label", "user_feature", "domain_feature"):
+            if getattr(self, ref) != getattr(other, ref):
+                raise ValueError(
+                    f"schema mismatch between the model and the {what}: {ref} is {getattr(self, ref)!r} in the "
+                    f"model and {getattr(other, ref)!r} in the {what}; {fix}"
+                )
         raise ValueError(f"schema mismatch between the model and the {what}: {self} vs {other}")

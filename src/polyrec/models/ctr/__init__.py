@@ -1,3 +1,3 @@
 """Single-domain CTR backbones (the domain enters only as a feature)."""
 
-from . import mlp  # noqa: F401
+from . import autoint, dcn, dcnv2, deepfm, fibinet, mlp, nfm, pnn, wdl, xdeepfm  # noqa: F401
