@@ -188,3 +188,19 @@ def test_config_is_strict_frozen_and_described(name: str) -> None:
     assert isinstance(info["defaults"], dict)
     # The model remembers the config it was built with, and the defaults reproduce the default model.
     assert build(name).config == cls.Config()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_runs_on_data_encoded_by_the_pipeline(name: str, tiny_dataset) -> None:
+    # The shared fixture from tests/conftest.py: real encoder output (OOV ids, the domain as a feature,
+    # padded multi-valued ids, min-max scaled dense values).
+    torch.manual_seed(0)
+    model = create_model(name, tiny_dataset.schema)
+    batch = tiny_dataset.batch(tiny_dataset.splits["train"][:96])
+    model.check_batch(batch)
+    model.train()
+    loss_of(model, batch).backward()
+    model.eval()
+    with torch.no_grad():
+        logits = model(tiny_dataset.batch(tiny_dataset.splits["test"][:64])).logits
+    assert logits.shape == (64,) and torch.isfinite(logits).all()

@@ -145,13 +145,15 @@ def make_splits(
         ``train`` / ``val`` / ``test`` -> sorted int64 row indices; disjoint, covering every row.
     """
     ratios = tuple(ratios)
-    # Written as "not ok" so that NaN ratios fail too (every comparison with NaN is False).
-    ok = len(ratios) == 3 and all(np.isfinite(r) and r >= 0 for r in ratios) and abs(sum(ratios) - 1.0) <= 1e-6
+    # Written as "ok" so that NaN ratios fail too (every comparison with NaN is False). A tiny negative
+    # from float arithmetic (1 - 0.8 - 0.2 = -5.6e-17) counts as 0.
+    ok = len(ratios) == 3 and all(np.isfinite(r) and r >= -1e-9 for r in ratios) and abs(sum(ratios) - 1.0) <= 1e-6
     if not ok:
         raise ValueError(
             f"split.ratios {list(ratios)} must be three non-negative fractions summing to 1 "
             "(train, val, test), for example [0.8, 0.1, 0.1]"
         )
+    ratios = tuple(max(float(r), 0.0) for r in ratios)
     if ratios[0] <= 0:
         raise ValueError(f"split.ratios {list(ratios)}: the training fraction must be > 0 (processing is fitted on it)")
     n = len(label)
@@ -285,14 +287,15 @@ def derive_domain(frame: pd.DataFrame, rule) -> tuple[np.ndarray, tuple[str, ...
             names = tuple(_as_str(pd.Series(np.sort(raw.unique()))).tolist())
         else:
             names = tuple(sorted(keys.unique().tolist()))
-        codes = pd.Categorical(keys, categories=list(names)).codes.astype(np.int64)
+        codes = pd.Index(list(names), dtype=str).get_indexer(keys).astype(np.int64)
         return codes, names
     names = tuple(rule.groups)
     if not names:
         raise ValueError("data.domain.groups is empty; name at least one domain, or leave groups unset")
     mapping: dict[str, int] = {}
     for i, (name, values) in enumerate(rule.groups.items()):
-        for key in _as_str(pd.Series(list(values), dtype=object)).tolist():
+        # Inferred dtype, so [1, 18] and [1.0, 18.0] give the same keys as an int or float column.
+        for key in _as_str(pd.Series(list(values))).tolist():
             if key in mapping:
                 raise ValueError(
                     f"data.domain.groups: raw value {key!r} is in two domains "
@@ -409,6 +412,11 @@ def encode_frame(frame: pd.DataFrame, cfg: DataConfig) -> EncodedDataset:
     t0 = time.perf_counter()
     if len(frame) == 0:
         raise ValueError("the source has no rows; check data.source")
+    for fc in cfg.features:
+        if fc.source_column not in frame.columns:
+            raise KeyError(
+                f"feature {fc.name!r}: column {fc.source_column!r} is not in the data; columns: {list(frame.columns)}"
+            )
     label = derive_label(frame, cfg.label)
     domain, names = derive_domain(frame, cfg.domain)
     users = None

@@ -63,7 +63,10 @@ class Vocabulary:
 
     def encode(self, values: pd.Series) -> tuple[np.ndarray, int]:
         """Map raw ids to indices; returns (indices int64, number of OOV rows)."""
-        codes = pd.Categorical(_as_str(values), categories=self.tokens).codes.astype(np.int64)
+        # A hash lookup; ids not in the vocabulary (and missing values) give -1. (pd.Categorical with
+        # unknown values is deprecated and will raise in pandas 4.)
+        codes = pd.Index(self.tokens, dtype=str).get_indexer(_as_str(values))
+        codes = codes.astype(np.int64)
         oov = codes < 0
         codes += FIRST_INDEX
         codes[oov] = OOV_INDEX

@@ -66,7 +66,8 @@ def epoch_batches(
     g = _generator(seed, epoch)
 
     def cut(rows: Tensor) -> list[Tensor]:
-        parts = list(torch.split(rows, batch_size))
+        # torch.split of an empty tensor gives one empty chunk; an absent domain must give no batch.
+        parts = [p for p in torch.split(rows, batch_size) if len(p)]
         if drop_last and parts and len(parts[-1]) < batch_size:
             parts.pop()
         return parts

@@ -167,6 +167,7 @@ class Trainer:
         self.bad_epochs = 0
         self.train_time = 0.0
         self.samples = 0
+        self._optimizer_state: dict | None = None  # a resumed optimiser state, loaded in fit() after setup
         if resume and self.out_dir is not None and (self.out_dir / "checkpoint.pt").exists():
             self._restore(load_checkpoint(self.out_dir / "checkpoint.pt"))
 
@@ -192,7 +193,7 @@ class Trainer:
         if saved is not None and saved != self.dataset.schema.to_json():
             raise ValueError("checkpoint was written for a different data schema; resume with the same data config")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._optimizer_state = state["optimizer"]  # the strategy may rebuild the optimiser in setup()
         for k in ("epoch", "best", "best_epoch", "best_state", "bad_epochs", "history", "train_time", "samples"):
             setattr(self, k, state[k])
 
@@ -236,6 +237,11 @@ class Trainer:
             bar = tqdm(total=len(ctx.rows), unit="row", leave=False)
             ctx.on_step = lambda s: (bar.update(cfg.batch_size), bar.set_postfix(loss=f"{s['loss']:.4f}"))
         self.strategy.setup(ctx)
+        # A strategy may replace the optimiser (DFEI's per-group learning rates): checkpoint the one it uses.
+        self.optimizer = ctx.optimizer
+        if self._optimizer_state is not None:
+            self.optimizer.load_state_dict(self._optimizer_state)
+            self._optimizer_state = None
         while self.epoch < cfg.max_epochs:
             if bar is not None:
                 bar.reset()

@@ -1,0 +1,215 @@
+"""DFEI: Automatic Domain Feature Extraction and Personalized Integration (Meituan, 2024).
+
+The input embedding ``e`` (eq. 2: every feature's embedding, concatenated, with the dense values) goes
+through a shared tower ``s = f(e)`` and the row's own domain tower ``u = f_d(e)`` (eq. 3). Every domain
+keeps a *domain feature* ``v_d``: the moving average, over training steps, of the mean of its tower's
+outputs on the domain's rows of the batch (eq. 4). Each row then attends over all D domain features,
+query ``h2(e)``, keys ``h3(v_d)``, values ``h1(v_d)`` (eq. 5-6), giving the personalised integration
+``z``; the logit is ``MLP([s, u, v_d, z])`` with ``v_d`` the row's own domain feature (eq. 7). The paper
+trains it with Algorithm 1 (one batch per domain in turn, shared parameters at lr/D): the
+``dfei_cyclic`` strategy.
+
+Readings of the paper made here:
+
+- Eq. 3 names the domain tower's output ``u_d`` and eq. 5 the integrated feature ``z_d``, so eq. 7's
+  ``[s_d, u_d, v_d, z_d]`` is [shared tower output, own domain tower output, own domain feature,
+  attention output].
+- Eq. 4 is applied per training step to the domains present in the batch; absent domains keep their
+  value. The first batch of a domain sets ``v_d^0 = pooling(u_d^0)`` exactly as the paper says (a
+  persistent per-domain flag, ``v_initialized``, remembers which domains have been seen); after that
+  ``v_d ← α v_d + (1 − α) mean``. The history is detached; the current batch's mean term carries gradient
+  (it is computed in the graph, as eq. 4 at step t is) but only into the loss of rows of that same
+  domain (``mean_gradient``): a row sees the other domains' features as constants. With the paper's
+  single-domain batches this is exactly eq. 4 in the graph; with mixed batches it keeps a domain tower
+  from learning from other domains' rows.
+- The authors' released code never writes the moving average back, so its inference uses the initial
+  value of the variable; polyrec writes it back (a persistent buffer, saved in the state_dict) and uses
+  ``v_d = v_d^T`` at inference, as the paper's text says. Nothing is updated in eval mode.
+- ``h1``, ``h2``, ``h3`` are "single-layer MLPs with dimension k": one linear layer each, no activation
+  (as the attention of AITM, which the paper follows).
+- θ^s is "E, f, h1, h2, h3" and "the other parameters" are θ^u_d, so the prediction MLP of eq. 7 is
+  per domain (``domain_head=True``, a bank like the towers); ``domain_head=False`` shares one head.
+  :meth:`DFEIModel.parameter_groups` gives this split to the ``dfei_cyclic`` strategy.
+
+Shape:
+    forward(batch) -> logits ``[B]``; the towers and heads cost one matmul per domain present, the
+    attention O(D) per row (it reads all D domain features by definition).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...config import ConfigError
+from ...data.batch import Batch
+from ...layers.domain import AuxiliaryDomainNetwork, DomainMLPBank, DomainSegments
+from ...layers.embedding import EmbeddingCollection
+from ...layers.mlp import MLP
+from .._registry import register_model
+from ..base import Model, ModelOutput
+
+
+@dataclass(frozen=True)
+class DFEIConfig:
+    """Config of :class:`DFEIModel`.
+
+    Args:
+        embedding_dim: E for every sparse feature (paper: 16).
+        shared_units: hidden sizes of the shared tower f (paper: 128, 64, 32).
+        domain_units: hidden sizes of every domain tower f_d; the last size is the size of u_d and v_d.
+        head_units: hidden sizes of the prediction MLP of eq. 7 (an output layer of size 1 follows).
+        domain_head: one prediction MLP per domain (θ^u_d, the paper's split) instead of one shared.
+        attention_dim: k, the size of h1, h2, h3 and the √k of eq. 6 (paper: 32).
+        alpha: decay α of the domain-feature moving average, eq. 4 (paper: 0.9).
+        mean_gradient: let the current batch's mean term of eq. 4 carry gradient to the rows of its own
+            domain (False: v_d is a constant for the loss).
+        activation: hidden activation of towers and head.
+        dropout: dropout after each hidden activation of towers and head.
+        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
+        aux_hidden: hidden sizes of the auxiliary network.
+    """
+
+    embedding_dim: int = 16
+    shared_units: tuple[int, ...] = (128, 64, 32)
+    domain_units: tuple[int, ...] = (128, 64, 32)
+    head_units: tuple[int, ...] = (32,)
+    domain_head: bool = True
+    attention_dim: int = 32
+    alpha: float = 0.9
+    mean_gradient: bool = True
+    activation: str = "relu"
+    dropout: float = 0.0
+    aux_network: bool = False
+    aux_hidden: tuple[int, ...] = (32,)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"dfei.alpha must be in [0, 1], got {self.alpha}")
+        if self.attention_dim < 1:
+            raise ConfigError(f"dfei.attention_dim must be >= 1, got {self.attention_dim}")
+        if not self.shared_units or not self.domain_units:
+            raise ConfigError("dfei.shared_units and dfei.domain_units need at least one layer each")
+
+
+@register_model("dfei")
+class DFEIModel(Model):
+    """DFEI: shared and domain towers, moving-average domain features and attention over all domains.
+
+    Buffers:
+        v: ``[D, U]`` domain features (U = ``domain_units[-1]``), persistent.
+        v_initialized: ``[D]`` whether domain d has had its first training batch (eq. 4's v_d^0).
+
+    Shape:
+        forward(batch) -> logits ``[B]``.
+
+    Example:
+        >>> model = create_model("dfei", schema, attention_dim=32, alpha=0.9)   # doctest: +SKIP
+        >>> out = model(batch); out.logits.shape                                # doctest: +SKIP
+    """
+
+    Config = DFEIConfig
+
+    def __init__(self, schema, config: DFEIConfig) -> None:
+        super().__init__(schema, config)
+        D, k = schema.num_domains, config.attention_dim
+        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
+        in_dim = self.embeddings.output_dim + len(schema.dense)
+        self.shared_tower = MLP(in_dim, config.shared_units, config.activation, config.dropout)
+        self.domain_towers = DomainMLPBank(in_dim, config.domain_units, D, config.activation, config.dropout)
+        feat = config.domain_units[-1]
+        self.h1 = nn.Linear(feat, k)  # values
+        self.h2 = nn.Linear(in_dim, k)  # query
+        self.h3 = nn.Linear(feat, k)  # keys
+        head_in = config.shared_units[-1] + 2 * feat + k
+        if config.domain_head:
+            self.head = DomainMLPBank(head_in, config.head_units, D, config.activation, config.dropout, output_dim=1)
+        else:
+            self.head = MLP(head_in, config.head_units, config.activation, config.dropout, output_dim=1)
+        self.aux = (
+            AuxiliaryDomainNetwork(D, config.embedding_dim, config.aux_hidden, activation=config.activation)
+            if config.aux_network
+            else None
+        )
+        self.register_buffer("v", torch.zeros(D, feat))
+        self.register_buffer("v_initialized", torch.zeros(D, dtype=torch.bool))
+        self.scale = 1.0 / math.sqrt(k)
+
+    # ------------------------------------------------------------------------------------ pieces
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """θ^u (``domain``: domain towers, per-domain heads, the auxiliary network's domain embedding) and
+        θ^s (``shared``: everything else), for the ``dfei_cyclic`` strategy's learning rates."""
+        domain = list(self.domain_towers.parameters())
+        if self.config.domain_head:
+            domain += list(self.head.parameters())
+        if self.aux is not None:
+            domain.append(self.aux.embedding.weight)
+        ids = {id(p) for p in domain}
+        shared = [p for p in self.parameters() if id(p) not in ids]
+        return {"shared": shared, "domain": domain}
+
+    def _domain_features(self, u: Tensor, seg: DomainSegments) -> Tensor:
+        """Eq. 4 on the domains present: the ``[D, U]`` features this step uses (and, in training, the new
+        buffer value). ``u`` is the domain towers' output on the domain-sorted batch."""
+        if not self.training:
+            return self.v
+        counts = torch.tensor(seg.counts, device=u.device, dtype=u.dtype).unsqueeze(1)
+        mean = u.new_zeros(seg.num_segments, u.shape[1]).index_add(0, seg.local, u) / counts
+        if not self.config.mean_gradient:
+            mean = mean.detach()
+        old = self.v.index_select(0, seg.domains)
+        # v_d^0 = pooling(u_d^0): a domain's first batch sets its feature (α_eff = 0), later ones decay.
+        alpha = torch.where(self.v_initialized.index_select(0, seg.domains), self.config.alpha, 0.0).unsqueeze(1)
+        new = alpha * old + (1.0 - alpha) * mean
+        v = self.v.detach().index_copy(0, seg.domains, new)
+        with torch.no_grad():
+            self.v.index_copy_(0, seg.domains, new.detach())
+            self.v_initialized[seg.domains] = True
+        return v
+
+    def attention(self, x: Tensor, v: Tensor, domain: Tensor) -> tuple[Tensor, Tensor]:
+        """Personalised integration (eq. 5-6) of rows ``x`` over the domain features ``v``.
+
+        The own domain's feature enters with its gradient (if it has one); the other domains' features
+        as constants, so the loss of a row never trains another domain's tower.
+
+        Shape:
+            x ``[B, D_in]``, v ``[D, U]``, domain ``[B]`` -> z ``[B, k]``, weights w ``[B, D]`` (rows sum to 1).
+        """
+        q = self.h2(x)
+        v_const = v.detach()
+        keys, values = self.h3(v_const), self.h1(v_const)
+        scores = q @ keys.T
+        if v.requires_grad:
+            own = F.one_hot(domain, v.shape[0]).bool()
+            v_own = v.index_select(0, domain)
+            own_score = (q * self.h3(v_own)).sum(1, keepdim=True)
+            scores = torch.where(own, own_score, scores)
+        w = torch.softmax(scores * self.scale, dim=1)
+        if v.requires_grad:
+            w_own = w.gather(1, domain.unsqueeze(1))
+            z = w.masked_fill(own, 0.0) @ values + w_own * self.h1(v_own)
+        else:
+            z = w @ values
+        return z, w
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        emb = self.embeddings(batch)
+        x = torch.cat([emb.flatten(1), batch.dense], dim=1) if batch.dense.shape[1] else emb.flatten(1)
+        seg = DomainSegments.from_domain(batch.domain)
+        x = seg.sort(x)
+        domain = seg.sorted_domain
+        s = self.shared_tower(x)
+        u = self.domain_towers(x, seg)
+        v = self._domain_features(u, seg)
+        z, _ = self.attention(x, v, domain)
+        h = torch.cat([s, u, v.index_select(0, domain), z], dim=1)
+        out = self.head(h, seg) if self.config.domain_head else self.head(h)
+        logits = seg.unsort(out.squeeze(-1))
+        if self.aux is not None:
+            logits = logits + self.aux(batch.domain)
+        return ModelOutput(logits)

@@ -1,0 +1,125 @@
+"""MuLANN: multi-domain adversarial learning (Schoenauer-Sebag et al., "Multi-Domain Adversarial Learning",
+ICLR 2019), as the STAR paper's baseline (§4.1).
+
+A shared feature extractor (embeddings → MLP) feeds the click predictor and a domain discriminator. The
+discriminator is a D-way classifier of the row's domain, trained with cross-entropy; a gradient-reversal
+layer (Ganin & Lempitsky, 2015) sits between it and the extractor, so minimising the one total loss trains
+the discriminator to tell the domains apart and the extractor to make them indistinguishable (MuLANN's
+multi-domain generalisation of DANN). The discriminator's loss, multiplied by ``adversarial_weight``, is
+returned as ``ModelOutput.aux_losses["domain_adversarial"]`` for the Task to add; ``reversal_scale`` (λ)
+scales only the reversed gradient reaching the extractor.
+
+Readings chosen:
+
+- Click predictor. ``domain_heads=True`` (default): one head per domain on the shared features
+  (:class:`~polyrec.layers.domain.DomainMLPBank`, each row through its own domain's head). The STAR paper's
+  MuLANN is "the Base model plus a domain discriminator", i.e. one shared head: ``domain_heads=False``.
+- MuLANN's known/unknown-class discriminator handles classes unlabelled in some domains; CTR labels exist
+  in every domain, so it has nothing to do here and is left out.
+- λ is constant (no DANN warm-up schedule): the schedule depends on training progress, which belongs to
+  the training loop, not the model.
+- The adversarial loss is computed in eval mode too (it is then only reported, never minimised).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...config import ConfigError
+from ...data.batch import Batch
+from ...layers.domain import AuxiliaryDomainNetwork, DomainMLPBank, DomainSegments
+from ...layers.embedding import EmbeddingCollection
+from ...layers.experts import grad_reverse
+from ...layers.mlp import MLP
+from .._registry import register_model
+from ..base import Model, ModelOutput
+
+
+@dataclass(frozen=True)
+class MuLANNConfig:
+    """Config of :class:`MuLANNModel`.
+
+    Args:
+        embedding_dim: E for every sparse feature.
+        hidden_units: hidden sizes of the shared feature extractor.
+        tower_units: hidden sizes of the click head(s) (a ``Linear(·, 1)`` output layer follows).
+        domain_heads: one head per domain (True) or one shared head (False, the STAR paper's MuLANN).
+        discriminator_units: hidden sizes of the domain discriminator (a ``Linear(·, D)`` output follows).
+        adversarial_weight: weight of the discriminator's cross-entropy in ``aux_losses``.
+        reversal_scale: λ, the factor of the reversed gradient that reaches the extractor.
+        activation: hidden activation.
+        dropout: dropout after each hidden activation.
+        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
+        aux_hidden: hidden sizes of the auxiliary network.
+    """
+
+    embedding_dim: int = 16
+    hidden_units: tuple[int, ...] = (128, 64)
+    tower_units: tuple[int, ...] = (32,)
+    domain_heads: bool = True
+    discriminator_units: tuple[int, ...] = (32,)
+    adversarial_weight: float = 0.1
+    reversal_scale: float = 1.0
+    activation: str = "relu"
+    dropout: float = 0.0
+    aux_network: bool = False
+    aux_hidden: tuple[int, ...] = (32,)
+
+
+@register_model("mulann")
+class MuLANNModel(Model):
+    """MuLANN: shared extractor, click head(s) and a domain discriminator behind gradient reversal.
+
+    Shape:
+        forward(batch) -> logits ``[B]``, aux_losses ``{"domain_adversarial": []}``.
+
+    Example:
+        >>> model = create_model("mulann", schema, adversarial_weight=0.1)   # doctest: +SKIP
+        >>> out = model(batch); out.aux_losses["domain_adversarial"]        # doctest: +SKIP
+    """
+
+    Config = MuLANNConfig
+
+    def __init__(self, schema, config: MuLANNConfig) -> None:
+        super().__init__(schema, config)
+        if config.adversarial_weight < 0 or config.reversal_scale < 0:
+            raise ConfigError(
+                f"mulann.adversarial_weight and mulann.reversal_scale must be >= 0, got "
+                f"{config.adversarial_weight} and {config.reversal_scale}"
+            )
+        D = schema.num_domains
+        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
+        in_dim = self.embeddings.output_dim + len(schema.dense)
+        self.extractor = MLP(in_dim, config.hidden_units, config.activation, config.dropout)
+        feat_dim = self.extractor.output_dim
+        if config.domain_heads:
+            self.heads = DomainMLPBank(feat_dim, config.tower_units, D, config.activation, config.dropout, output_dim=1)
+        else:
+            self.heads = MLP(feat_dim, config.tower_units, config.activation, config.dropout, output_dim=1)
+        self.discriminator = MLP(feat_dim, config.discriminator_units, config.activation, config.dropout, output_dim=D)
+        self.aux = (
+            AuxiliaryDomainNetwork(D, config.embedding_dim, config.aux_hidden, activation=config.activation)
+            if config.aux_network
+            else None
+        )
+
+    def features(self, batch: Batch) -> Tensor:
+        """The shared extractor's output: ``[B, hidden_units[-1]]``."""
+        return self.extractor(torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1))
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        h = self.features(batch)
+        if self.config.domain_heads:
+            seg = DomainSegments.from_domain(batch.domain)
+            logits = seg.unsort(self.heads(seg.sort(h), seg).squeeze(-1))
+        else:
+            logits = self.heads(h).squeeze(-1)
+        if self.aux is not None:
+            logits = logits + self.aux(batch.domain)
+        domain_logits = self.discriminator(grad_reverse(h, self.config.reversal_scale))
+        adversarial = F.cross_entropy(domain_logits, batch.domain) * self.config.adversarial_weight
+        return ModelOutput(logits, {"domain_adversarial": adversarial})

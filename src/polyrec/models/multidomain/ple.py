@@ -1,0 +1,136 @@
+"""PLE: Progressive Layered Extraction (Tang et al., "Progressive Layered Extraction (PLE): A Novel
+Multi-Task Learning (MTL) Model for Personalized Recommendations", RecSys 2020), with each domain as a task.
+
+``num_levels`` stacked extraction levels (CGC, §4.2; PLE, §4.3). At every level each domain d has
+``num_specific_experts`` experts of its own and a gate mixing them with the ``num_shared_experts`` shared
+experts (eq. 2-4); every level but the last also has a shared gate that mixes *all* experts into the next
+level's shared input (§4.3). Domain d's specific experts at level j read domain d's output of level j-1; the
+shared experts read the shared output. Domain towers on the last level's output give the logit (eq. 6).
+
+Cost, and what runs on which rows:
+
+- ``num_levels=1`` (CGC, the Scenario-Wise-Rec configuration) and the last level of any PLE: each row runs
+  only its own domain's specific experts, gate and tower (on the domain-sorted batch) plus the shared
+  experts, so absent domains cost nothing.
+- An intermediate level's shared gate needs, by PLE's definition, every domain's specific experts on every
+  row; they run as one batched matmul over the stacked expert bank (cost O(D) in that level's specific
+  experts). With three or more levels, the levels before the second-to-last also produce every domain's
+  gated output for every row (the next level's specific experts read them).
+
+Defaults: 2 levels, 1 shared and 2 specific experts per domain, experts ``[16]`` and towers ``[8]``
+(Scenario-Wise-Rec's MovieLens run uses the same expert counts and sizes with ``num_levels=1``, and BatchNorm
+in its MLPs, left out here). ``num_levels=1, num_specific_experts=0`` is MMoE with ``num_shared_experts``
+experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ...config import ConfigError
+from ...data.batch import Batch
+from ...layers.domain import AuxiliaryDomainNetwork, DomainMLPBank, DomainSegments
+from ...layers.embedding import EmbeddingCollection
+from ...layers.experts import ExtractionLayer
+from .._registry import register_model
+from ..base import Model, ModelOutput
+
+
+@dataclass(frozen=True)
+class PLEConfig:
+    """Config of :class:`PLEModel`.
+
+    Args:
+        embedding_dim: E for every sparse feature.
+        num_levels: extraction levels (1 = CGC).
+        num_shared_experts: shared experts per level.
+        num_specific_experts: experts per domain per level.
+        expert_units: hidden sizes of every expert (every level's experts output ``expert_units[-1]``).
+        tower_units: hidden sizes of each domain's tower (a ``Linear(·, 1)`` output layer follows).
+        activation: hidden activation.
+        dropout: dropout after each hidden activation.
+        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
+        aux_hidden: hidden sizes of the auxiliary network.
+    """
+
+    embedding_dim: int = 16
+    num_levels: int = 2
+    num_shared_experts: int = 1
+    num_specific_experts: int = 2
+    expert_units: tuple[int, ...] = (16,)
+    tower_units: tuple[int, ...] = (8,)
+    activation: str = "relu"
+    dropout: float = 0.0
+    aux_network: bool = False
+    aux_hidden: tuple[int, ...] = (32,)
+
+
+@register_model("ple")
+class PLEModel(Model):
+    """PLE: stacked CGC levels of shared and per-domain experts with per-domain gates, then domain towers.
+
+    Shape:
+        forward(batch) -> logits ``[B]``.
+
+    Example:
+        >>> model = create_model("ple", schema, num_levels=1)   # doctest: +SKIP  (CGC)
+        >>> model(batch).logits.shape                          # doctest: +SKIP
+        torch.Size([B])
+    """
+
+    Config = PLEConfig
+
+    def __init__(self, schema, config: PLEConfig) -> None:
+        super().__init__(schema, config)
+        if config.num_levels < 1:
+            raise ConfigError(f"ple.num_levels must be >= 1, got {config.num_levels}")
+        if config.num_shared_experts < 0 or config.num_specific_experts < 0:
+            raise ConfigError(
+                f"ple expert counts must be >= 0, got num_shared_experts={config.num_shared_experts}, "
+                f"num_specific_experts={config.num_specific_experts}"
+            )
+        if config.num_shared_experts + config.num_specific_experts < 1:
+            raise ConfigError("ple needs at least one expert: set num_shared_experts or num_specific_experts >= 1")
+        if not config.expert_units:
+            raise ConfigError("ple.expert_units must name at least one layer size")
+        D = schema.num_domains
+        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
+        in_dim = self.embeddings.output_dim + len(schema.dense)
+        L = config.num_levels
+        self.levels = nn.ModuleList(
+            ExtractionLayer(
+                in_dim if i == 0 else config.expert_units[-1],
+                config.expert_units,
+                D,
+                config.num_shared_experts,
+                config.num_specific_experts,
+                shared_gate=i < L - 1,
+                activation=config.activation,
+                dropout=config.dropout,
+            )
+            for i in range(L)
+        )
+        self.towers = DomainMLPBank(
+            config.expert_units[-1], config.tower_units, D, config.activation, config.dropout, output_dim=1
+        )
+        self.aux = (
+            AuxiliaryDomainNetwork(D, config.embedding_dim, config.aux_hidden, activation=config.activation)
+            if config.aux_network
+            else None
+        )
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        z = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        seg = DomainSegments.from_domain(batch.domain)
+        shared, domain = seg.sort(z), None  # domain None: every domain reads the shared input (level 1)
+        L = len(self.levels)
+        for i, level in enumerate(self.levels):
+            # Every domain's output is needed only when the next level is itself an intermediate level.
+            domain, shared = level(shared, domain, seg, all_outputs=i + 2 < L)
+        logits = seg.unsort(self.towers(domain, seg).squeeze(-1))
+        if self.aux is not None:
+            logits = logits + self.aux(batch.domain)
+        return ModelOutput(logits)
