@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polyrec.data import dataset as dataset_mod
-from polyrec.data.config import DomainRule, FeatureConfig, SplitConfig
+from polyrec.data.config import DomainRule
 from polyrec.data.dataset import (
     SPLITS,
     EncodedDataset,

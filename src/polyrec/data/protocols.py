@@ -18,6 +18,13 @@ import copy
 import difflib
 from typing import Any
 
+class UnknownPresetError(KeyError):
+    """An unknown preset name (a KeyError whose message prints as written, without KeyError's quoting)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 _ML1M_SOURCE = {"kind": "movielens", "name": "ml-1m"}
 
 _P1_TRAIN = {
@@ -104,5 +111,5 @@ def preset(name: str) -> dict[str, Any]:
     if name not in _PRESETS:
         close = difflib.get_close_matches(name, _PRESETS, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown preset {name!r}.{hint} Valid presets: {', '.join(list_presets())}")
+        raise UnknownPresetError(f"unknown preset {name!r}.{hint} Valid presets: {', '.join(list_presets())}")
     return copy.deepcopy(_PRESETS[name])

@@ -121,5 +121,8 @@ class MuLANNModel(Model):
         if self.aux is not None:
             logits = logits + self.aux(batch.domain)
         domain_logits = self.discriminator(grad_reverse(h, self.config.reversal_scale))
-        adversarial = F.cross_entropy(domain_logits, batch.domain) * self.config.adversarial_weight
+        if len(batch):
+            adversarial = F.cross_entropy(domain_logits, batch.domain) * self.config.adversarial_weight
+        else:  # an empty batch has no domain to discriminate (cross-entropy's mean would be NaN)
+            adversarial = domain_logits.sum() * 0.0
         return ModelOutput(logits, {"domain_adversarial": adversarial})

@@ -1,0 +1,158 @@
+"""AdaptDHM: Adaptive Distribution Hierarchical Model for multi-domain CTR prediction (Li et al., 2022).
+
+AdaptDHM's observation: the business-defined domains need not match the data's distributions, so samples
+are routed by *distribution* rather than by domain label. A distribution-adaptation module clusters the
+samples online: cluster centres ``c_k`` (unit vectors, not trained by backpropagation) are compared with
+each sample's key by cosine similarity, the soft assignment ``r_ik = softmax_k(u_i · c_k / τ)`` updates the
+centres with momentum β (an EM-like step, ``c_k ← normalise(β c_k + (1 − β) m_k)`` with ``m_k`` the
+assignment-weighted mean of the batch's keys), and each sample is served by its cluster's expert tower.
+The towers are hierarchical, STAR-style: layer weights ``W ⊙ W_k`` and biases ``b + b_k`` share ``W, b``
+across clusters.
+
+Readings and simplifications made here:
+
+- Routing is conditioned on the domain: the key is ``u = (normalise(⊘z) ⊕ normalise(⊘e_d)) / √2``, the
+  sample's features and the model's own domain embedding with equal weight, so clusters can follow the
+  domains, split them or merge them. The domain embedding is also an input of the towers (that is where
+  it learns: the routing, as in the paper, is not trained by gradient).
+- Soft assignment: the logit is the assignment-weighted sum of the K cluster towers' logits (the paper
+  routes each sample to its arg-max cluster; τ → 0 recovers it). All K towers run on every row: cost grows
+  with the number of clusters K (a hyper-parameter), never with the number of domains.
+- One centre update per training batch, computed before the batch is routed; evaluation never moves the
+  centres, so a row's prediction does not depend on its batch. The centres are a buffer, saved with the
+  model. (The Scenario-Wise-Rec port sums rather than averages the assigned keys, so β has almost no
+  effect, and multiplies two Xavier-initialised matrices per layer.)
+- Cluster weights ``W_k`` start at 1 and ``b_k`` at 0 (STAR's initialisation): training starts from one
+  shared tower.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...data.batch import Batch
+from ...layers.domain import AuxiliaryDomainNetwork
+from ...layers.embedding import EmbeddingCollection
+from ...layers.mlp import activation as make_activation
+from .._registry import register_model
+from ..base import Model, ModelOutput
+
+
+@dataclass(frozen=True)
+class AdaptDHMConfig:
+    """Config of :class:`AdaptDHMModel`.
+
+    Args:
+        embedding_dim: E for every sparse feature and the domain embedding (default 16).
+        hidden_units: hidden sizes of each cluster tower (default (64, 64), the P2 benchmark's); a
+            cluster-specific output layer of size 1 follows.
+        num_clusters: K, the number of distribution clusters and expert towers (default 3).
+        momentum: β of the centre update (default 0.9).
+        temperature: τ of the soft assignment over cosine similarities (default 0.1).
+        activation: hidden activation.
+        dropout: dropout after each hidden layer.
+        aux_network: add STAR's auxiliary domain network's logit.
+        aux_hidden: hidden sizes of the auxiliary network.
+    """
+
+    embedding_dim: int = 16
+    hidden_units: tuple[int, ...] = (64, 64)
+    num_clusters: int = 3
+    momentum: float = 0.9
+    temperature: float = 0.1
+    activation: str = "relu"
+    dropout: float = 0.0
+    aux_network: bool = False
+    aux_hidden: tuple[int, ...] = (32,)
+
+
+class ClusterStarLayer(nn.Module):
+    """K cluster-specific linear maps ``W ⊙ W_k``, ``b + b_k`` around a shared ``W, b``, run on every row.
+
+    Shape:
+        forward(x ``[B, D_in]`` or ``[B, K, D_in]``) -> ``[B, K, D_out]``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, num_clusters: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_dim, out_dim))
+        nn.init.kaiming_uniform_(self.weight.T, a=math.sqrt(5))  # nn.Linear's default, on [out, in]
+        bound = 1.0 / math.sqrt(in_dim)
+        self.bias = nn.Parameter(torch.empty(out_dim).uniform_(-bound, bound))
+        self.cluster_weight = nn.Parameter(torch.ones(num_clusters, in_dim, out_dim))
+        self.cluster_bias = nn.Parameter(torch.zeros(num_clusters, out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.cluster_weight * self.weight
+        eq = "bi,kio->bko" if x.dim() == 2 else "bki,kio->bko"
+        return torch.einsum(eq, x, w) + (self.cluster_bias + self.bias)
+
+
+@register_model("adaptdhm")
+class AdaptDHMModel(Model):
+    """AdaptDHM (2022): samples softly routed by online clustering (conditioned on the domain) to STAR-style towers.
+
+    Li et al., "AdaptDHM: Adaptive Distribution Hierarchical Model for Multi-Domain CTR Prediction", arXiv
+    2022. See the module docstring for the routing, the centre update and the simplifications made.
+
+    Shape:
+        forward(batch) -> logits ``[B]``.
+    """
+
+    Config = AdaptDHMConfig
+
+    def __init__(self, schema, config: AdaptDHMConfig) -> None:
+        super().__init__(schema, config)
+        if config.num_clusters < 1:
+            raise ValueError(f"adaptdhm.num_clusters must be >= 1, got {config.num_clusters}")
+        if not 0.0 <= config.momentum < 1.0 or config.temperature <= 0:
+            raise ValueError(
+                f"adaptdhm: momentum must be in [0, 1) and temperature > 0; got {config.momentum}, {config.temperature}"
+            )
+        E, K = config.embedding_dim, config.num_clusters
+        self.embeddings = EmbeddingCollection(schema, E)
+        self.domain_embedding = nn.Embedding(schema.num_domains, E)
+        nn.init.normal_(self.domain_embedding.weight, std=1e-2)
+        feat_dim = self.embeddings.output_dim + len(schema.dense)
+        self.register_buffer("centers", F.normalize(torch.randn(K, feat_dim + E), dim=1))
+        sizes = [feat_dim + E, *config.hidden_units, 1]
+        self.layers = nn.ModuleList(ClusterStarLayer(a, b, K) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.act = make_activation(config.activation)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.aux = (
+            AuxiliaryDomainNetwork(schema.num_domains, E, config.aux_hidden, activation=config.activation)
+            if config.aux_network
+            else None
+        )
+
+    @torch.no_grad()
+    def assign(self, features: Tensor, dom: Tensor) -> Tensor:
+        """Soft cluster assignment ``[B, K]``; in training mode, first one momentum update of the centres."""
+        key = torch.cat([F.normalize(features, dim=1), F.normalize(dom, dim=1)], dim=1) / math.sqrt(2.0)
+        tau = self.config.temperature
+        if self.training and key.shape[0] > 0:
+            r = torch.softmax(key @ self.centers.T / tau, dim=1)
+            means = F.normalize(r.T @ key, dim=1)  # direction of the assignment-weighted mean key
+            beta = self.config.momentum
+            self.centers.copy_(F.normalize(beta * self.centers + (1.0 - beta) * means, dim=1))
+        return torch.softmax(key @ self.centers.T / tau, dim=1)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        features = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        dom = self.domain_embedding(batch.domain)
+        r = self.assign(features.detach(), dom.detach())
+        h = torch.cat([features, dom], dim=1)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i < last:
+                h = self.dropout(self.act(h))
+        logits = (r * h.squeeze(-1)).sum(1)  # soft routing over the K cluster towers
+        if self.aux is not None:
+            logits = logits + self.aux(batch.domain)
+        return ModelOutput(logits)

@@ -1,0 +1,158 @@
+"""AdaSparse: adaptively sparse structures for multi-domain CTR prediction (Yang et al., CIKM 2022).
+
+A fully-connected backbone whose every layer is pruned *per domain* at neuron level. For layer l a
+domain-aware pruner reads the domain embedding e_d and the layer's neurons h^l and outputs one weighting
+factor per neuron, ``v^l = W^l (e_d ⊕ h^l)``, ``h^l ← π(v^l) ⊙ h^l``. Three forms of π (§3.3):
+
+- ``binarization``: ``π = 1[σ(α v) > ε]`` (0/1: pruned or kept); the forward value is the hard mask, the
+  gradient is that of the soft ``σ(α v)`` (straight-through). α grows during training (``α += Δα`` per
+  training step) so that σ(α v) approaches the step function.
+- ``scaling``: ``π = β σ(v)``, a soft factor in (0, β) (no pruning).
+- ``fusion``: ``π = β σ(α v) · 1[σ(α v) > ε]``: scaling, with neurons under the threshold pruned.
+
+Flexible sparsity regularisation (§3.4): the fraction of pruned neurons of layer l, in its differentiable
+form ``r^l = mean(1 − σ(α v^l))``, is kept inside a target interval ``[r_min, r_max]``:
+``L_s = λ Σ_l (relu(r_min − r^l) + relu(r^l − r_max))``, returned as ``aux_losses["sparsity"]``.
+
+Readings made here:
+
+- Pruners act on the DNN input (the embeddings and dense values; the domain embedding is concatenated
+  unpruned, as in the paper's "domain-aware ⊕ domain-agnostic" input) and on every hidden layer.
+- α is a buffer (saved with the model) advanced only by training-mode forwards, so evaluation is
+  deterministic. The Scenario-Wise-Rec port advances α on every call, evaluation included, and uses
+  ``sign(·)`` ∈ {−1, +1} as the mask (negating rather than pruning neurons, with zero gradient for the
+  binarization form); neither is copied.
+- The flexible regularisation's target interval and weight are our defaults (the paper tunes them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ...data.batch import Batch
+from ...layers.domain import AuxiliaryDomainNetwork
+from ...layers.embedding import EmbeddingCollection
+from ...layers.mlp import activation as make_activation
+from .._registry import register_model
+from ..base import Model, ModelOutput
+
+
+@dataclass(frozen=True)
+class AdaSparseConfig:
+    """Config of :class:`AdaSparseModel`.
+
+    Args:
+        embedding_dim: E for every sparse feature and the domain embedding (default 16).
+        hidden_units: backbone hidden sizes (default (128, 64, 32); the P2 benchmark's port uses (32, 32)
+            with dropout 0.2).
+        activation: hidden activation.
+        dropout: dropout after each hidden layer.
+        form: weighting factor form, ``binarization``, ``scaling`` or ``fusion`` (default, as the port).
+        epsilon: ε, the pruning threshold on σ(α v) (default 1e-2).
+        beta: β, the scale of the scaling and fusion forms (default 2).
+        alpha: initial α (default 1).
+        alpha_step: Δα added to α at every training-mode forward (default 1e-4).
+        sparsity_weight: λ of the sparsity regularisation (0 disables it; default 1e-2).
+        sparsity_range: the target interval ``(r_min, r_max)`` of each layer's pruned fraction
+            (default (0.1, 0.5)).
+        aux_network: add STAR's auxiliary domain network's logit.
+        aux_hidden: hidden sizes of the auxiliary network.
+    """
+
+    embedding_dim: int = 16
+    hidden_units: tuple[int, ...] = (128, 64, 32)
+    activation: str = "relu"
+    dropout: float = 0.0
+    form: Literal["binarization", "scaling", "fusion"] = "fusion"
+    epsilon: float = 1e-2
+    beta: float = 2.0
+    alpha: float = 1.0
+    alpha_step: float = 1e-4
+    sparsity_weight: float = 1e-2
+    sparsity_range: tuple[float, float] = (0.1, 0.5)
+    aux_network: bool = False
+    aux_hidden: tuple[int, ...] = (32,)
+
+
+@register_model("adasparse")
+class AdaSparseModel(Model):
+    """AdaSparse (CIKM 2022): domain-aware neuron-level pruning of every layer, with a sparsity regulariser.
+
+    Yang et al., "AdaSparse: Learning Adaptively Sparse Structures for Multi-Domain Click-Through Rate
+    Prediction", CIKM 2022. See the module docstring for π's forms, the regulariser and the readings made.
+
+    Shape:
+        forward(batch) -> logits ``[B]``, ``aux_losses["sparsity"]`` a scalar (when ``sparsity_weight`` > 0).
+    """
+
+    Config = AdaSparseConfig
+
+    def __init__(self, schema, config: AdaSparseConfig) -> None:
+        super().__init__(schema, config)
+        lo, hi = config.sparsity_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"adasparse.sparsity_range must satisfy 0 <= r_min <= r_max <= 1, got {config.sparsity_range}")
+        if not 0.0 < config.epsilon < 1.0:
+            raise ValueError(f"adasparse.epsilon must be in (0, 1), got {config.epsilon}")
+        E = config.embedding_dim
+        self.embeddings = EmbeddingCollection(schema, E)
+        self.domain_embedding = nn.Embedding(schema.num_domains, E)
+        nn.init.normal_(self.domain_embedding.weight, std=1e-2)
+        in_dim = self.embeddings.output_dim + len(schema.dense)
+        pruned = [in_dim, *config.hidden_units]  # the neurons each pruner weighs
+        self.pruners = nn.ModuleList(nn.Linear(E + n, n, bias=False) for n in pruned)
+        sizes = [in_dim + E, *config.hidden_units]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.out = nn.Linear(sizes[-1], 1)
+        self.act = make_activation(config.activation)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.register_buffer("alpha", torch.tensor(float(config.alpha)))
+        self.aux = (
+            AuxiliaryDomainNetwork(schema.num_domains, E, config.aux_hidden, activation=config.activation)
+            if config.aux_network
+            else None
+        )
+
+    def weighting_factors(self, i: int, dom: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """π of pruner ``i`` for neurons ``h`` and domain embeddings ``dom``, and the soft kept-probability σ(α v)."""
+        cfg = self.config
+        v = self.pruners[i](torch.cat([dom, h], dim=1))
+        if cfg.form == "scaling":
+            soft = torch.sigmoid(v)
+            return cfg.beta * soft, soft
+        soft = torch.sigmoid(self.alpha * v)
+        keep = (soft > cfg.epsilon).to(soft.dtype)
+        if cfg.form == "binarization":
+            return keep + soft - soft.detach(), soft  # hard mask forward, σ(α v)'s gradient backward
+        return cfg.beta * soft * keep, soft  # fusion
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        if self.training and self.config.form != "scaling":
+            with torch.no_grad():
+                self.alpha += self.config.alpha_step
+        dom = self.domain_embedding(batch.domain)
+        h = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        pi, soft = self.weighting_factors(0, dom, h)
+        kept = [soft]
+        h = torch.cat([dom, pi * h], dim=1)
+        for i, layer in enumerate(self.hidden, start=1):
+            h = self.act(layer(h))
+            pi, soft = self.weighting_factors(i, dom, h)
+            kept.append(soft)
+            h = self.dropout(pi * h)
+        logits = self.out(h).squeeze(-1)
+        if self.aux is not None:
+            logits = logits + self.aux(batch.domain)
+        aux_losses = {}
+        if self.config.sparsity_weight > 0:
+            lo, hi = self.config.sparsity_range
+            penalty = logits.new_zeros(())
+            for p in kept:
+                r = 1.0 - p.mean()  # differentiable fraction of pruned neurons of this layer
+                penalty = penalty + torch.relu(lo - r) + torch.relu(r - hi)
+            aux_losses["sparsity"] = self.config.sparsity_weight * penalty
+        return ModelOutput(logits, aux_losses)

@@ -1,0 +1,150 @@
+"""AITM: Adaptive Information Transfer Multi-task framework (Xi et al., "Modeling the Sequential Dependence
+among Audience Multi-step Conversions with Multi-task Learning in Targeted Display Advertising", KDD 2021),
+with the domains as the ordered sequence of tasks.
+
+Each domain t has a tower ``p_t = tower_t(x)`` on the shared embeddings. Along the sequence, the
+representation of domain t-1 is transferred (``q_{t-1} = g_{t-1}(z_{t-1})``, a dense ReLU layer) and the
+Adaptive Information Transfer module (AIT, eq. 3-5) attends over ``{p_t, q_{t-1}}``:
+``w_u = softmax_u(<h_1(u), h_2(u)> / sqrt(k))``, ``z_t = Σ_u w_u h_3(u)``; the first domain has
+``z_0 = p_0``. Domain t's logit is a linear head on ``z_t``.
+
+Adaptation to multi-domain data (one label per row, as in the DFEI paper's use of AITM as a baseline):
+
+- The sequence order is the schema's domain order, or ``domain_order`` (domain names, first to last).
+- A row of domain t is scored by ``head_t(z_t)``, the output of its own position in the chain. Computing
+  ``z_t`` needs towers ``0..t`` on that row, by AITM's definition; nothing after position t runs on it.
+  With rows sorted by position, the rows that reach position t are a suffix of the batch, so each step is
+  one matmul on a slice, and the chain stops at the last position present in the batch. The cost of a
+  row therefore grows with its position in the chain (O(t + 1) towers), never with domains after it.
+- Gradient flows back along the chain, as in AITM: a row of domain t also trains towers and transfer
+  layers of the domains before it.
+- AITM's behavioural expectation calibrator (a hinge penalty ``max(ŷ_t − ŷ_{t−1}, 0)``) encodes that a
+  conversion step cannot be likelier than the step before it; domains are not funnel steps and a row has
+  only one label, so it is left out.
+
+Defaults: towers ``[128, 64, 32]`` and attention size 32, as in the AITM authors' code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ...config import ConfigError
+from ...data.batch import Batch
+from ...layers.domain import AuxiliaryDomainNetwork, DomainSegments
+from ...layers.embedding import EmbeddingCollection
+from ...layers.experts import BankLinear, ExpertBank
+from ...layers.mlp import activation as make_activation
+from .._registry import register_model
+from ..base import Model, ModelOutput
+
+
+@dataclass(frozen=True)
+class AITMConfig:
+    """Config of :class:`AITMModel`.
+
+    Args:
+        embedding_dim: E for every sparse feature.
+        tower_units: hidden sizes of each domain's tower; its last size k is also the size of the
+            transferred information and of the AIT attention.
+        domain_order: the sequence of domains by name, first to last (empty: the schema's order).
+        activation: hidden activation of the towers.
+        dropout: dropout after each hidden activation and after the transfer layer.
+        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
+        aux_hidden: hidden sizes of the auxiliary network.
+    """
+
+    embedding_dim: int = 16
+    tower_units: tuple[int, ...] = (128, 64, 32)
+    domain_order: tuple[str, ...] = ()
+    activation: str = "relu"
+    dropout: float = 0.0
+    aux_network: bool = False
+    aux_hidden: tuple[int, ...] = (32,)
+
+
+@register_model("aitm")
+class AITMModel(Model):
+    """AITM: per-domain towers chained in domain order by adaptive information transfer (attention).
+
+    Shape:
+        forward(batch) -> logits ``[B]``; a row of the domain at position t runs towers 0..t.
+
+    Example:
+        >>> model = create_model("aitm", schema, domain_order=["d0", "d1", "d2"])   # doctest: +SKIP
+        >>> model(batch).logits.shape                                              # doctest: +SKIP
+        torch.Size([B])
+    """
+
+    Config = AITMConfig
+
+    def __init__(self, schema, config: AITMConfig) -> None:
+        super().__init__(schema, config)
+        if not config.tower_units:
+            raise ConfigError("aitm.tower_units must name at least one layer size")
+        D = schema.num_domains
+        names = list(schema.domain.values)
+        order = list(config.domain_order) or names
+        if sorted(order) != sorted(names) or len(set(order)) != len(order):
+            raise ConfigError(f"aitm.domain_order must list every domain once, got {order}; domains: {names}")
+        # position_of[domain index] = the domain's position in the chain.
+        self.register_buffer(
+            "position_of", torch.tensor([order.index(n) for n in names], dtype=torch.long), persistent=False
+        )
+        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
+        in_dim = self.embeddings.output_dim + len(schema.dense)
+        k = config.tower_units[-1]
+        self.k = k
+        self.towers = ExpertBank(in_dim, config.tower_units, D, config.activation, config.dropout)  # by position
+        self.heads = BankLinear(k, 1, D)
+        if D > 1:
+            self.transfer = BankLinear(k, k, D - 1)  # position t-1 -> t
+            bound = 1.0 / math.sqrt(k)
+            self.attention = nn.Parameter(torch.empty(D - 1, 3, k, k).uniform_(-bound, bound))  # h1, h2, h3
+        else:
+            self.transfer = None
+            self.register_parameter("attention", None)
+        self.transfer_act = nn.ReLU()
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.aux = (
+            AuxiliaryDomainNetwork(D, config.embedding_dim, config.aux_hidden, activation=config.activation)
+            if config.aux_network
+            else None
+        )
+
+    def _ait(self, p: Tensor, q: Tensor, index: int) -> Tensor:
+        """AIT (eq. 3-5) over the two candidates ``p`` (own tower) and ``q`` (transferred): ``[N, k]``."""
+        u = torch.stack([p, q], dim=1)  # [N, 2, k]
+        h = torch.einsum("nui,cij->cnuj", u, self.attention[index])  # [3, N, 2, k]
+        w = torch.softmax((h[0] * h[1]).sum(-1) / math.sqrt(self.k), dim=1)  # [N, 2]
+        return (w.unsqueeze(-1) * h[2]).sum(1)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        z = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        position = self.position_of.index_select(0, batch.domain)
+        seg = DomainSegments.from_domain(position)
+        x = seg.sort(z)
+        present = seg.domains.tolist()
+        count = dict(zip(present, seg.counts))
+        outs = []
+        prev, prev_start, start = None, 0, 0
+        for t in range(present[-1] + 1 if present else 0):
+            rows = x[start:]  # the rows whose position is >= t (a suffix of the sorted batch)
+            p = self.towers.forward_member(rows, t)
+            if t == 0:
+                zt = p
+            else:
+                q = self.dropout(self.transfer_act(self.transfer.forward_member(prev[start - prev_start:], t - 1)))
+                zt = self._ait(p, q, t - 1)
+            n = count.get(t, 0)
+            if n:
+                outs.append(self.heads.forward_member(zt[:n], t))
+            prev, prev_start, start = zt, start, start + n
+        logits = seg.unsort(torch.cat(outs).squeeze(-1)) if outs else z.new_zeros(0)
+        if self.aux is not None:
+            logits = logits + self.aux(batch.domain)
+        return ModelOutput(logits)

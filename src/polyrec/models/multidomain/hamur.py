@@ -1,0 +1,169 @@
+"""HAMUR: Hyper Adapter for Multi-Domain Recommendation (Li et al., CIKM 2023).
+
+Each domain has its own backbone DNN, and after each hidden layer a domain-specific *adapter cell*
+refines its output; the adapters' weights are not free parameters but are produced per sample by a
+hypernetwork shared by all domains, which is how knowledge flows between domains. An adapter cell on a
+hidden vector h ∈ R^m of domain d (§3.2-3.3):
+
+1. down-projection ``a = σ(h W₁ + b₁)`` to ``adapter_dim``, with ``W₁ = U₁ H(x) V₁``;
+2. up-projection ``t = a W₂ + b₂`` back to m, with ``W₂ = U₂ H(x) V₂``;
+3. domain norm ``t̂ = γ_d ⊙ norm(t) + β_d``;
+4. shortcut ``h ← h + t̂``.
+
+``H(x) ∈ R^{k×k}`` is the "instance representation matrix", the shared hypernetwork's output on the
+sample: here ``H(x) = I + reshape(MLP(x ⊕ e_d))`` with x the sample's embeddings and dense values and e_d
+the model's own domain embedding. ``U, V`` are the adapter's domain-specific factors (banks over domains),
+so ``W = U H(x) V`` is never materialised: ``h W₁ = ((h U₁) H(x)) V₁``, a rank-k product per row.
+
+Readings and simplifications made here:
+
+- Per-domain parameters (backbone layers, U, V, b, γ, β) are banks applied to a domain-sorted batch, one
+  matmul per domain present; only the hypernetwork and the embeddings are shared. ("Hierarchical"
+  adapters: one cell after every hidden layer.)
+- Domain norm normalises each row over its features (layer-norm statistics) with the domain's affine.
+  The Scenario-Wise-Rec port normalises with whole-batch statistics, so its predictions depend on the
+  batch (and mix domains); that is not copied.
+- ``H(x)`` starts at the identity (the hypernetwork's last layer is zero-initialised), and U, V start
+  random, so the adapter starts as a plain low-rank adapter; the port initialises U and V to ones, which
+  makes every adapter weight equal at the start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...data.batch import Batch
+from ...layers.domain import AuxiliaryDomainNetwork, DomainLinearBank, DomainSegments
+from ...layers.embedding import EmbeddingCollection
+from ...layers.gates import segment_einsum
+from ...layers.mlp import MLP
+from ...layers.mlp import activation as make_activation
+from .._registry import register_model
+from ..base import Model, ModelOutput
+
+
+@dataclass(frozen=True)
+class HamurConfig:
+    """Config of :class:`HamurModel`.
+
+    Args:
+        embedding_dim: E for every sparse feature and the domain embedding (default 16).
+        hidden_units: hidden sizes of each domain's backbone (default (256, 128), the P2 benchmark's
+            HAMUR-small); an adapter cell follows every hidden layer, a per-domain output layer the last.
+        adapter_dim: width of the adapters' bottleneck (default 32).
+        hyper_rank: k, the size of the instance representation matrix H(x) (default 16).
+        hyper_units: hidden sizes of the shared hypernetwork (default (64,)).
+        activation: hidden activation of backbone and hypernetwork.
+        dropout: dropout after each backbone hidden layer.
+        aux_network: add STAR's auxiliary domain network's logit.
+        aux_hidden: hidden sizes of the auxiliary network.
+    """
+
+    embedding_dim: int = 16
+    hidden_units: tuple[int, ...] = (256, 128)
+    adapter_dim: int = 32
+    hyper_rank: int = 16
+    hyper_units: tuple[int, ...] = (64,)
+    activation: str = "relu"
+    dropout: float = 0.0
+    aux_network: bool = False
+    aux_hidden: tuple[int, ...] = (32,)
+
+
+class HyperAdapterBank(nn.Module):
+    """Domain-specific adapter cells whose weights ``U H(x) V`` are modulated per sample (HAMUR §3.2).
+
+    Args:
+        dim: m, the size of the hidden vector adapted.
+        adapter_dim: bottleneck width.
+        rank: k, the size of H(x).
+        num_domains: D.
+
+    Shape:
+        forward(h ``[B, m]`` sorted by domain, H ``[B, k, k]``, seg) -> ``[B, m]``.
+    """
+
+    def __init__(self, dim: int, adapter_dim: int, rank: int, num_domains: int) -> None:
+        super().__init__()
+        D = num_domains
+
+        def factor(a: int, b: int) -> nn.Parameter:
+            return nn.Parameter(torch.randn(D, a, b) / a**0.5)
+
+        self.u1, self.v1 = factor(dim, rank), factor(rank, adapter_dim)
+        self.u2, self.v2 = factor(adapter_dim, rank), factor(rank, dim)
+        self.b1 = nn.Parameter(torch.zeros(D, adapter_dim))
+        self.b2 = nn.Parameter(torch.zeros(D, dim))
+        self.norm_scale = nn.Parameter(torch.ones(D, dim))
+        self.norm_shift = nn.Parameter(torch.zeros(D, dim))
+
+    def _project(self, x: Tensor, u: Tensor, v: Tensor, hyper: Tensor, seg: DomainSegments) -> Tensor:
+        # x W = ((x U_d) H(x)) V_d, without forming the per-row [m, m'] matrix.
+        t = segment_einsum("ni,ik->nk", x, seg, u.index_select(0, seg.domains))
+        t = torch.bmm(t.unsqueeze(1), hyper).squeeze(1)
+        return segment_einsum("nk,ko->no", t, seg, v.index_select(0, seg.domains))
+
+    def forward(self, h: Tensor, hyper: Tensor, seg: DomainSegments) -> Tensor:
+        d = seg.sorted_domain  # per-row gathers of the small per-domain vectors
+        a = torch.sigmoid(self._project(h, self.u1, self.v1, hyper, seg) + self.b1.index_select(0, d))
+        t = self._project(a, self.u2, self.v2, hyper, seg) + self.b2.index_select(0, d)
+        t = F.layer_norm(t, t.shape[-1:])
+        return h + t * self.norm_scale.index_select(0, d) + self.norm_shift.index_select(0, d)
+
+
+@register_model("hamur")
+class HamurModel(Model):
+    """HAMUR (CIKM 2023): per-domain backbones with domain adapters whose weights a shared hypernetwork modulates.
+
+    Li et al., "HAMUR: Hyper Adapter for Multi-Domain Recommendation", CIKM 2023. See the module docstring
+    for the adapter cell and the simplifications made.
+
+    Shape:
+        forward(batch) -> logits ``[B]``; each row through its own domain's backbone and adapters only.
+    """
+
+    Config = HamurConfig
+
+    def __init__(self, schema, config: HamurConfig) -> None:
+        super().__init__(schema, config)
+        if not config.hidden_units or config.hyper_rank < 1 or config.adapter_dim < 1:
+            raise ValueError("hamur: needs hidden_units, hyper_rank >= 1 and adapter_dim >= 1")
+        D, E, k = schema.num_domains, config.embedding_dim, config.hyper_rank
+        self.embeddings = EmbeddingCollection(schema, E)
+        self.domain_embedding = nn.Embedding(D, E)
+        nn.init.normal_(self.domain_embedding.weight, std=1e-2)
+        in_dim = self.embeddings.output_dim + len(schema.dense)
+        self.hyper = MLP(in_dim + E, config.hyper_units, config.activation, output_dim=k * k)
+        last = self.hyper.net[-1]
+        nn.init.zeros_(last.weight)  # H(x) = I at the start
+        nn.init.zeros_(last.bias)
+        self.register_buffer("eye", torch.eye(k), persistent=False)
+        sizes = [in_dim, *config.hidden_units]
+        self.layers = nn.ModuleList(DomainLinearBank(a, b, D) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.adapters = nn.ModuleList(HyperAdapterBank(m, config.adapter_dim, k, D) for m in config.hidden_units)
+        self.out = DomainLinearBank(sizes[-1], 1, D)
+        self.act = make_activation(config.activation)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.aux = (
+            AuxiliaryDomainNetwork(D, E, config.aux_hidden, activation=config.activation)
+            if config.aux_network
+            else None
+        )
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        x = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        k = self.config.hyper_rank
+        hyper = self.eye + self.hyper(torch.cat([x, self.domain_embedding(batch.domain)], dim=1)).view(-1, k, k)
+        seg = DomainSegments.from_domain(batch.domain)
+        h, hyper = seg.sort(x), seg.sort(hyper)
+        for layer, adapter in zip(self.layers, self.adapters):
+            h = self.dropout(self.act(layer(h, seg)))
+            h = adapter(h, hyper, seg)
+        logits = seg.unsort(self.out(h, seg).squeeze(-1))
+        if self.aux is not None:
+            logits = logits + self.aux(batch.domain)
+        return ModelOutput(logits)

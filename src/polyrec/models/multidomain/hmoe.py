@@ -1,0 +1,122 @@
+"""HMoE: Hybrid of implicit and explicit Mixture-of-Experts (Li et al., "Improving Multi-Scenario Learning to
+Rank in E-commerce by Exploiting Task Relationships in the Label Space", CIKM 2020).
+
+Implicit part (feature space): MMoE. E shared experts, one softmax gate and one tower per domain, giving
+every domain's score ``s_j(x) = t_j(Σ_e g_j(x)_e f_e(x))``. Explicit part (label space): the prediction for a
+row of domain p is a gated combination of *all* domains' scores, ``ŷ_p(x) = Σ_j w_p(x)_j s_j(x)`` with
+``w_p = softmax(V_p x)`` a per-domain gate over the D scores. The paper's task-constrained back-propagation
+lets a row of domain p update only domain p's score network: ``s_j`` for ``j != p`` enters ``ŷ_p`` with its
+gradient stopped, so domain j's tower and gate learn only from domain j's rows while ``w_p`` still learns
+how much to trust the other domains' scores.
+
+Readings chosen, and cost:
+
+- Scores are mixed as logits (the unnormalised ranking scores of the paper's learning-to-rank setting), so
+  the output stays a logit.
+- Every domain's score is needed for every row, by the method's definition: all D gated mixtures come from
+  :meth:`~polyrec.layers.experts.DomainGate.forward_all` and all D towers run as one batched matmul over
+  the stacked tower bank (``[D, B, ·]``), so the cost is O(D) per row. The label-space gate ``w_p`` is the
+  row's own domain's only and runs on the domain-sorted batch.
+- The label-space gate is linear in the input, like the experts' gates.
+
+Defaults: 4 experts of ``[128, 64]``, towers ``[32]`` (the method is not in the Scenario-Wise-Rec
+benchmark; these are polyrec's default bottom/tower sizes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ...config import ConfigError
+from ...data.batch import Batch
+from ...layers.domain import AuxiliaryDomainNetwork, DomainSegments
+from ...layers.embedding import EmbeddingCollection
+from ...layers.experts import DomainGate, ExpertBank
+from .._registry import register_model
+from ..base import Model, ModelOutput
+
+
+@dataclass(frozen=True)
+class HMoEConfig:
+    """Config of :class:`HMoEModel`.
+
+    Args:
+        embedding_dim: E for every sparse feature.
+        num_experts: shared experts.
+        expert_units: hidden sizes of every expert.
+        tower_units: hidden sizes of each domain's tower (a ``Linear(·, 1)`` score layer follows).
+        stop_gradient: stop the gradient of other domains' scores in the label-space mixture (the paper's
+            task-constrained back-propagation); False gives the plain end-to-end stacked model.
+        activation: hidden activation.
+        dropout: dropout after each hidden activation.
+        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
+        aux_hidden: hidden sizes of the auxiliary network.
+    """
+
+    embedding_dim: int = 16
+    num_experts: int = 4
+    expert_units: tuple[int, ...] = (128, 64)
+    tower_units: tuple[int, ...] = (32,)
+    stop_gradient: bool = True
+    activation: str = "relu"
+    dropout: float = 0.0
+    aux_network: bool = False
+    aux_hidden: tuple[int, ...] = (32,)
+
+
+@register_model("hmoe")
+class HMoEModel(Model):
+    """HMoE: MMoE scores for every domain, mixed per row by its domain's label-space gate.
+
+    Shape:
+        forward(batch) -> logits ``[B]``; all D towers run on every row (one batched matmul), as the method
+        defines.
+
+    Example:
+        >>> model = create_model("hmoe", schema, num_experts=4)   # doctest: +SKIP
+        >>> model(batch).logits.shape                            # doctest: +SKIP
+        torch.Size([B])
+    """
+
+    Config = HMoEConfig
+
+    def __init__(self, schema, config: HMoEConfig) -> None:
+        super().__init__(schema, config)
+        if config.num_experts < 1:
+            raise ConfigError(f"hmoe.num_experts must be >= 1, got {config.num_experts}")
+        if not config.expert_units:
+            raise ConfigError("hmoe.expert_units must name at least one layer size")
+        D = schema.num_domains
+        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
+        in_dim = self.embeddings.output_dim + len(schema.dense)
+        self.experts = ExpertBank(in_dim, config.expert_units, config.num_experts, config.activation, config.dropout)
+        self.gates = DomainGate(in_dim, config.num_experts, D)
+        # One tower per domain, as a bank of D networks: tower j reads domain j's gated mixture.
+        self.towers = ExpertBank(
+            config.expert_units[-1], config.tower_units, D, config.activation, config.dropout, output_dim=1
+        )
+        self.label_gates = DomainGate(in_dim, D, D)
+        self.aux = (
+            AuxiliaryDomainNetwork(D, config.embedding_dim, config.aux_hidden, activation=config.activation)
+            if config.aux_network
+            else None
+        )
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        z = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        seg = DomainSegments.from_domain(batch.domain)
+        z = seg.sort(z)
+        experts = self.experts(z)  # [E, B, H]
+        mixtures = torch.einsum("dbe,ebh->dbh", self.gates.forward_all(z), experts)  # every domain's, [D, B, H]
+        scores = self.towers(mixtures).squeeze(-1)  # [D, B]
+        if self.config.stop_gradient:
+            own = F.one_hot(seg.sorted_domain, self.num_domains).T.bool()  # [D, B]
+            scores = torch.where(own, scores, scores.detach())
+        weights = self.label_gates(z, seg)  # [B, D], each row's own domain's gate
+        logits = seg.unsort((weights * scores.T).sum(-1))
+        if self.aux is not None:
+            logits = logits + self.aux(batch.domain)
+        return ModelOutput(logits)
