@@ -36,7 +36,8 @@ def run_benchmark(
 
     Args:
         protocol: a preset name (``ml1m-gender``, ``ml1m-age3``, ...).
-        models: registered model names.
+        models: registered model names; ``<model>+mlora`` is the model with MLoRA adapters (the run record
+            says ``"model": "<model>+mlora"``, ``"adapter": "mlora"``, so results tables keep them apart).
         seeds: a number of seeds (0..n-1) or the seeds themselves (model seeds; the split seed is the preset's).
         out_dir: where ``results.json`` and ``results.md`` are written (after every run, atomically).
         overrides: dotted overrides applied to every run (``train.max_epochs=5``).
@@ -60,12 +61,14 @@ def run_benchmark(
                 continue
             extra = list(overrides) + (model_overrides or {}).get(model, []) + [f"train.seed={seed}"]
             cfg = make_config(protocol, model, overrides=extra)
+            if (cfg.display_name, seed) in done:  # e.g. "deepfm" with --set adapter.kind=mlora
+                continue
             if cfg.data != first.data:
                 raise ValueError("overrides must not change the data config between models of one benchmark")
             record = run_experiment(cfg, dataset=dataset, progress=False)
             runs.append(record)
             m = record["metrics"]
-            print(f"[{protocol}] {model} seed {seed}: wauc {m.get('wauc', float('nan')):.4f} "
+            print(f"[{protocol}] {cfg.display_name} seed {seed}: wauc {m.get('wauc', float('nan')):.4f} "
                   f"auc {m.get('auc_overall', float('nan')):.4f} ({record['wall_s']:.0f}s, "
                   f"{record['train_samples_per_s']:,.0f} rows/s)", file=sys.stderr)
             if out is not None:

@@ -76,7 +76,7 @@ def presets() -> None:
 
 @app.command()
 def train(
-    model: str = typer.Option(..., help="registered model name (see `polyrec models`)"),
+    model: str = typer.Option(..., help="registered model name (see `polyrec models`); '<model>+mlora' adds MLoRA adapters"),
     out: Path = typer.Option(..., help="run directory"),
     preset: Optional[str] = typer.Option(None, help="protocol preset (see `polyrec presets`)"),
     config: Optional[Path] = typer.Option(None, help="YAML experiment config"),
@@ -116,7 +116,7 @@ def evaluate_cmd(run: Path = typer.Argument(..., help="run directory written by 
 @app.command()
 def benchmark(
     protocol: str = typer.Argument(..., help="protocol preset"),
-    models: str = typer.Option("mlp,star", help="comma-separated model names"),
+    models: str = typer.Option("mlp,star", help="comma-separated model names; '<model>+mlora' adds MLoRA adapters"),
     seeds: int = typer.Option(5, help="number of model seeds (0..n-1)"),
     out: Path = typer.Option(..., help="output folder for results.json and results.md"),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
@@ -129,6 +129,32 @@ def benchmark(
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo((out / "results.md").read_text())
+
+
+@app.command("add-domain")
+def add_domain_cmd(
+    run: Path = typer.Argument(..., help="run directory of a model trained with MLoRA (e.g. --model mlp+mlora)"),
+    domain: str = typer.Option(..., help="name of the new domain (one of the new data's domains)"),
+    out: Path = typer.Option(..., help="new run directory"),
+    data: Optional[Path] = typer.Option(None, help="YAML config whose data section gives the new domain's rows"),
+    preset: Optional[str] = typer.Option(None, help="protocol preset whose data gives the new domain's rows"),
+    backbone_domain: Optional[str] = typer.Option(
+        None, help="existing domain the backbone computes the new one as (default: the first)"),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP + " (data.* and train.* only)"),
+) -> None:
+    """Add a domain to a trained MLoRA run and train only its adapter (other domains stay bit-identical)."""
+    from .experiment import add_domain_run
+
+    try:
+        record = add_domain_run(run, domain, out, preset=preset, config_file=str(data) if data else None,
+                                overrides=set_, backbone_domain=backbone_domain)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as exc:
+        _fail(exc)
+    _print_metrics(record["metrics"])
+    typer.echo(f"domain {domain!r} added: +{record['added_params']:,} parameters "
+               f"({record['added_share']:.2%} of the backbone), {record['trainable_params']:,} trained; "
+               f"existing domains unchanged: {record['existing_domains_unchanged']}")
+    typer.echo(f"run written to {out}")
 
 
 def _print_metrics(m: dict) -> None:

@@ -2,10 +2,16 @@
 
 The plain-dict form (what YAML files, presets and ``--set`` overrides edit) is::
 
-    {"protocol": "ml1m-gender", "data": {...}, "model": {"name": "star", <model options>}, "train": {...}}
+    {"protocol": "ml1m-gender", "data": {...}, "model": {"name": "star", <model options>}, "train": {...},
+     "adapter": {"kind": "mlora", "alpha": 16, "targets": ["dnn"], "max_adapter_params": null}}
+
+``adapter`` is optional (default ``kind: none``). A model name ``<model>+mlora`` (``deepfm+mlora``) is
+``<model>`` with ``adapter.kind: mlora``; with ``adapter.alpha`` unset, α is the protocol preset's
+``mlora_alpha`` for the model (the MLoRA authors' per-model values for ``ml1m-gender``), else 32.
 
 :func:`resolve_config` validates it into an :class:`ExperimentConfig`; :func:`run_experiment` trains,
-evaluates the test split and writes a run directory; :func:`evaluate_run` reloads a run directory.
+evaluates the test split and writes a run directory; :func:`evaluate_run` reloads a run directory;
+:func:`add_domain_run` gives a trained MLoRA run one more domain and trains only its adapter.
 """
 
 from __future__ import annotations
@@ -26,31 +32,54 @@ from .data.config import DataConfig
 from .data.dataset import EncodedDataset, build_dataset
 from .data.protocols import preset as get_preset
 from .models import create_model, get_model_class
+from .models.adapters import DEFAULT_ALPHA, AdapterConfig, MLoRAModel, adapter_summary, add_domain, attach_mlora
 from .training.checkpoint import atomic_torch_save
-from .training.trainer import TrainConfig, Trainer, evaluate
+from .training.trainer import TrainConfig, Trainer, evaluate, predict
 
 RESULT_METRICS = ("wauc", "auc_overall", "auc_mean", "logloss_overall", "gauc", "auc_per_domain",
                   "logloss_per_domain", "pcoc_per_domain", "count_per_domain")
 
 
+ADAPTER_SUFFIX = "+mlora"
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """A validated experiment: protocol name, data, model name and options, training."""
+    """A validated experiment: protocol name, data, model name and options, training, adapter."""
 
     protocol: str
     data: DataConfig
     model_name: str
     model: Any
     train: TrainConfig
+    adapter: AdapterConfig = AdapterConfig()
+
+    @property
+    def display_name(self) -> str:
+        """The model's name in results: ``deepfm`` or ``deepfm+mlora``."""
+        return self.model_name + (ADAPTER_SUFFIX if self.adapter.kind == "mlora" else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"protocol": self.protocol, "data": to_dict(self.data),
-                "model": {"name": self.model_name, **to_dict(self.model)}, "train": to_dict(self.train)}
+        out = {"protocol": self.protocol, "data": to_dict(self.data),
+               "model": {"name": self.model_name, **to_dict(self.model)}, "train": to_dict(self.train)}
+        if self.adapter.kind != "none":
+            out["adapter"] = to_dict(self.adapter)
+        return out
+
+
+def split_model_name(name: str) -> tuple[str, bool]:
+    """``"deepfm+mlora"`` -> ``("deepfm", True)``; ``"deepfm"`` -> ``("deepfm", False)``."""
+    if isinstance(name, str) and name.endswith(ADAPTER_SUFFIX):
+        return name[: -len(ADAPTER_SUFFIX)], True
+    return name, False
 
 
 def base_config(preset: str | None = None, model: str | None = None, config_file: str | None = None) -> dict:
     """The plain-dict config from a preset and/or a YAML file (the file's keys win)."""
     data: dict[str, Any] = {"protocol": "custom", "data": {}, "model": {}, "train": {}}
+    adapted = False
+    if model:
+        model, adapted = split_model_name(model)
     if preset:
         p = get_preset(preset)
         data = {"protocol": preset, "data": p["data"], "train": p["train"], "model": {}}
@@ -71,25 +100,49 @@ def base_config(preset: str | None = None, model: str | None = None, config_file
         data["model"] = {"name": model}
     elif model:
         data["model"].setdefault("name", model)
+    if adapted:
+        data["adapter"] = {**(data.get("adapter") or {}), "kind": "mlora"}
     return data
+
+
+def _resolve_adapter(raw: Any, protocol: str, model_name: str) -> AdapterConfig:
+    adapter = from_dict(AdapterConfig, raw or {}, path="adapter")
+    if adapter.kind == "mlora" and adapter.alpha is None:
+        try:
+            alpha = get_preset(protocol).get("mlora_alpha", {}).get(model_name, DEFAULT_ALPHA)
+        except KeyError:  # not a preset (a custom protocol name)
+            alpha = DEFAULT_ALPHA
+        adapter = dataclasses.replace(adapter, alpha=alpha)
+    return adapter
 
 
 def resolve_config(data: dict[str, Any]) -> ExperimentConfig:
     """Validate a plain-dict experiment config (unknown keys and bad types raise ConfigError)."""
-    unknown = set(data) - {"protocol", "data", "model", "train"}
+    unknown = set(data) - {"protocol", "data", "model", "train", "adapter"}
     if unknown:
-        raise ConfigError(f"unknown top-level config key(s) {sorted(unknown)}; valid: protocol, data, model, train")
+        raise ConfigError(
+            f"unknown top-level config key(s) {sorted(unknown)}; valid: protocol, data, model, train, adapter"
+        )
     model = dict(data.get("model") or {})
     name = model.pop("name", None)
     if not name:
         raise ConfigError("model.name is required (see `polyrec models` for the registered names)")
+    name, adapted = split_model_name(name)
+    raw_adapter = data.get("adapter")
+    if adapted:
+        if isinstance(raw_adapter, dict) and raw_adapter.get("kind", "mlora") != "mlora":
+            raise ConfigError(f"model.name {name + ADAPTER_SUFFIX!r} asks for MLoRA but adapter.kind is "
+                              f"{raw_adapter['kind']!r}; drop one of them")
+        raw_adapter = {**(raw_adapter if isinstance(raw_adapter, dict) else {}), "kind": "mlora"}
     cls = get_model_class(name)
+    protocol = str(data.get("protocol", "custom"))
     return ExperimentConfig(
-        protocol=str(data.get("protocol", "custom")),
+        protocol=protocol,
         data=from_dict(DataConfig, data.get("data") or {}, path="data"),
         model_name=name,
         model=from_dict(cls.Config, model, path=f"model"),
         train=from_dict(TrainConfig, data.get("train") or {}, path="train"),
+        adapter=_resolve_adapter(raw_adapter, protocol, name),
     )
 
 
@@ -114,6 +167,16 @@ def _metrics(m: dict[str, Any]) -> dict[str, Any]:
     return {k: m[k] for k in RESULT_METRICS if k in m}
 
 
+def build_model(cfg: ExperimentConfig, schema):
+    """``cfg``'s model for ``schema``, with its adapters attached when ``cfg.adapter.kind`` is ``mlora``."""
+    model = create_model(cfg.model_name, schema, **to_dict(cfg.model))
+    if cfg.adapter.kind == "mlora":
+        a = cfg.adapter
+        model = attach_mlora(model, alpha=a.alpha if a.alpha is not None else DEFAULT_ALPHA, targets=a.targets,
+                             max_adapter_params=a.max_adapter_params)
+    return model
+
+
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dataset: EncodedDataset | None = None,
                    progress: bool | None = None) -> dict[str, Any]:
     """Train ``cfg``'s model, evaluate on the test split, and (with ``out_dir``) write the run directory.
@@ -124,7 +187,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dat
     t0 = time.perf_counter()
     ds = dataset if dataset is not None else build_dataset(cfg.data)
     torch.manual_seed(cfg.train.seed)
-    model = create_model(cfg.model_name, ds.schema, **to_dict(cfg.model))
+    model = build_model(cfg, ds.schema)
     out = Path(out_dir) if out_dir else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -136,7 +199,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dat
     val = trainer.evaluate("val")
     record = {
         "protocol": cfg.protocol,
-        "model": cfg.model_name,
+        "model": cfg.display_name,
+        "backbone": cfg.model_name,
         "strategy": cfg.train.strategy,
         "seed": cfg.train.seed,
         "split_seed": cfg.data.split.seed,
@@ -149,6 +213,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dat
         "epochs": summary["epochs"],
         "best_epoch": summary["best_epoch"],
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        **adapter_summary(model),
         "environment": environment(),
     }
     if out is not None:
@@ -168,15 +233,185 @@ def load_run(run_dir: str | Path):
     from .data.schema import DatasetSchema
 
     schema = DatasetSchema.from_json(state["schema"])
-    model = create_model(cfg.model_name, schema, **to_dict(cfg.model))
+    # A run made by add_domain_run: the backbone was built for fewer domains than the model now has.
+    backbone_schema = DatasetSchema.from_json(state.get("backbone_schema") or state["schema"])
+    model = build_model(cfg, backbone_schema)
+    for name in schema.domain.values[backbone_schema.num_domains:]:
+        add_domain(model, name)  # backbone_domain and the adapters come from the state dict below
     model.load_state_dict(state["model"])
     return cfg, model
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
-    """Re-evaluate a saved run on a split of its data set (rebuilt from the cache)."""
+    """Re-evaluate a saved run on a split of its data set (rebuilt from the cache).
+
+    For a run written by :func:`add_domain_run` the data set is the added domain's rows.
+    """
     cfg, model = load_run(run_dir)
-    ds = build_dataset(cfg.data)
+    info_path = Path(run_dir) / "add_domain.json"
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        base = build_dataset(cfg.data)
+        new_data = from_dict(DataConfig, info["data"], path="data")
+        ds = new_domain_dataset(cfg.data, base, model.schema, new_data, info["domain"])
+    else:
+        ds = build_dataset(cfg.data)
     if split not in ds.splits:
         raise KeyError(f"unknown split {split!r}; valid: {sorted(ds.splits)}")
     return {"split": split, "split_hash": ds.split_hash, **evaluate(model, ds, split)}
+
+
+# ---------------------------------------------------------------------------------------------- new domains
+
+
+def new_domain_dataset(run_data: DataConfig, base: EncodedDataset, schema, data: DataConfig, name: str) -> EncodedDataset:
+    """The rows of domain ``name`` of data set ``data``, encoded the way the run's data was.
+
+    Args:
+        run_data: the trained run's data config (its features are encoded, with the vocabularies and
+            scalers fitted on the run's training split, ``base.processing``).
+        base: the run's encoded data set (for its fitted processing).
+        schema: the adapted model's schema, which already lists ``name`` as its last domain.
+        data: where the new rows come from (source, label rule, domain rule, split); ``name`` must be one
+            of the domains its domain rule produces.
+        name: the new domain.
+
+    Ids unseen in the run's training data map to the OOV bucket (counted in ``report["oov"]``); with
+    ``domain.as_feature`` the domain indicator of the new rows is the OOV id too, since the trained model has
+    no embedding for it.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from .data.dataset import _from_arrays, derive_domain, derive_label, encode_rows, load_source, make_splits
+    from .data.processing import _as_str
+    from .data.schema import OOV_INDEX
+
+    if base.processing is None:
+        raise ValueError("the run's data set has no fitted processing to encode new rows with; rebuild its cache")
+    frame = load_source(data.source)
+    codes, names = derive_domain(frame, data.domain)
+    if name not in names:
+        raise ValueError(f"domain {name!r} is not in the new data; its domain rule gives {list(names)}; "
+                         "pick one of them with --domain, or change data.domain")
+    frame = frame[codes == names.index(name)].reset_index(drop=True)
+    label = derive_label(frame, data.label)
+    arrays, oov_rows = encode_rows(frame, run_data, base.processing)
+    if run_data.domain.as_feature:
+        oov_rows["domain"] = np.ones(len(frame), dtype=bool)
+        arrays["sparse"] = np.concatenate([arrays["sparse"], np.full((len(frame), 1), OOV_INDEX, np.int64)], axis=1)
+    users = None
+    if run_data.user_feature is not None:
+        fc = next(f for f in run_data.features if f.name == run_data.user_feature)
+        users = pd.factorize(_as_str(frame[fc.source_column]), use_na_sentinel=False)[0].astype(np.int64)
+        arrays["user"] = users
+    times = frame[data.split.time_column].to_numpy() if data.split.method == "time" else None
+    domain = np.full(len(frame), schema.num_domains - 1, dtype=np.int64)
+    splits = make_splits(data.split.method, data.split.ratios, data.split.seed, label, domain, users, times)
+    arrays["label"], arrays["domain"] = label, domain
+    oov = {s: {k: int(v[splits[s]].sum()) for k, v in oov_rows.items() if int(v[splits[s]].sum())} for s in splits}
+    return _from_arrays(schema, arrays, splits, base.processing, {"rows": len(frame), "oov": oov, "new_domain": name})
+
+
+def add_domain_run(
+    run_dir: str | Path,
+    domain: str,
+    out_dir: str | Path,
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: Iterable[str] = (),
+    backbone_domain: str | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Give a trained MLoRA run one more domain and train only that domain's adapter (MLoRA §1, §3.3).
+
+    The new adapter starts at ``B = 0`` (the backbone's prediction) and is trained on the new domain's rows
+    while everything else stays frozen (:func:`~polyrec.training.strategies.two_phase.finetune_new_domains`);
+    the predictions of the run's own domains do not change by a single bit, which is checked on the run's
+    test rows before the new run is written.
+
+    Args:
+        run_dir: a finished run trained with ``adapter.kind: mlora``.
+        domain: the new domain's name, one of the domains of the new data's domain rule.
+        out_dir: the new run directory (``config.json``, ``schema.json`` with the grown domain list,
+            ``model.pt``, ``add_domain.json``, ``result.json``, the Trainer's metrics and checkpoint).
+        preset / config_file: where the new rows come from (their ``data`` section); neither: the run's own data
+            config (change it with ``overrides``, e.g. ``data.source.path=new.csv``).
+        overrides: dotted overrides of ``data.*`` (the new data) and ``train.*`` (the run's training config,
+            used for the adapter's training).
+        backbone_domain: the existing domain whose backbone parameters the new domain is computed with
+            (default: the first; it matters only for domain-indexed backbone parts such as STAR's).
+
+    Returns:
+        The run record: metrics of the new domain (test split), ``added_params`` (one domain's adapter
+        parameters) and ``added_share`` (that / backbone parameters), ``trainable_params``, and
+        ``existing_domains_unchanged``.
+    """
+    t0 = time.perf_counter()
+    run_dir, out = Path(run_dir), Path(out_dir)
+    if (out / "model.pt").exists():
+        raise FileExistsError(f"{str(out)!r} already holds a finished run; choose another --out")
+    cfg, model = load_run(run_dir)
+    if not isinstance(model, MLoRAModel):
+        raise ValueError(f"run {str(run_dir)!r} has no adapters (adapter.kind is {cfg.adapter.kind!r}); "
+                         "add-domain needs a run trained with adapter.kind=mlora (e.g. --model mlp+mlora)")
+    overrides = list(overrides)
+    if preset or config_file:
+        raw = base_config(preset, None, config_file)
+    else:
+        raw = {"data": to_dict(cfg.data)}
+    raw = apply_overrides({"data": raw.get("data") or {}, "train": to_dict(cfg.train)}, overrides)
+    unknown = set(raw) - {"data", "train"}
+    if unknown:
+        raise ConfigError(f"add-domain overrides may change data.* and train.* only, got {sorted(unknown)}")
+    new_data = from_dict(DataConfig, raw["data"], path="data")
+    train_cfg = from_dict(TrainConfig, raw["train"], path="train")
+
+    base = build_dataset(cfg.data)
+    check_rows = base.splits["test"][:8192]
+    before = predict(model, base, check_rows, train_cfg.eval_batch_size)
+    first = model.num_domains
+    add_domain(model, domain, backbone_domain if backbone_domain is not None else 0)
+    ds = new_domain_dataset(cfg.data, base, model.schema, new_data, domain)
+
+    from .training.strategies.two_phase import finetune_new_domains
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = finetune_new_domains(model, ds, train_cfg, first, out_dir=out, progress=progress)
+    after = predict(model, base, check_rows, train_cfg.eval_batch_size)
+    unchanged = bool(torch.equal(before, after))
+    if not unchanged:
+        raise RuntimeError("internal: training the new domain's adapter changed other domains' predictions")
+    test, val = evaluate(model, ds, "test", train_cfg.eval_batch_size), evaluate(model, ds, "val", train_cfg.eval_batch_size)
+    added = model.per_domain_adapter_parameters()
+    info = {"base_run": str(run_dir), "domain": domain, "backbone_domain": model.backbone.schema.domain.values[
+        int(model.backbone_domain[-1])], "data": to_dict(new_data), "train": to_dict(train_cfg)}
+    record = {
+        "protocol": cfg.protocol,
+        "model": cfg.display_name,
+        "backbone": cfg.model_name,
+        "strategy": "add_domain",
+        "seed": train_cfg.seed,
+        "domain": domain,
+        "rows": {s: len(ds.splits[s]) for s in ("train", "val", "test")},
+        "metrics": _metrics(test),
+        "val_metrics": _metrics(val),
+        "epochs": summary["epochs"],
+        "best_epoch": summary["best_epoch"],
+        "train_samples_per_s": summary["train_samples_per_s"],
+        "trainable_params": summary["trainable_params"],
+        "added_params": added,
+        "added_share": added / max(model.num_backbone_parameters(), 1),
+        "existing_domains_unchanged": unchanged,
+        "checked_rows": len(check_rows),
+        **adapter_summary(model),
+        "wall_s": time.perf_counter() - t0,
+        "environment": environment(),
+    }
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    (out / "schema.json").write_text(model.schema.to_json())
+    (out / "add_domain.json").write_text(json.dumps(info, indent=2))
+    atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "schema": model.schema.to_json(),
+                       "backbone_schema": model.backbone.schema.to_json()}, out / "model.pt")
+    (out / "result.json").write_text(json.dumps(record, indent=2, default=float))
+    return record

@@ -50,8 +50,18 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "star": {"embedding_dim": 128, "hidden_units": [256, 128, 64], "dropout": 0.5,
                      "partitioned_norm": True, "aux_network": False},
         },
+        # MLoRA's α per backbone (r = max(d_out // α, 1)), from the authors' Movielens configs
+        # (lora_reduce). STAR: 16, our choice: its star FCN has the MLP's widths [256, 128, 64] and the
+        # authors' MLoRA-on-FCN config ("mlora") uses 16; they publish no STAR+MLoRA config.
+        "mlora_alpha": {"mlp": 16, "wdl": 16, "nfm": 4, "autoint": 4, "pnn": 16, "dcn": 16, "deepfm": 32,
+                        "xdeepfm": 32, "fibinet": 32, "star": 16},
         "primary_metric": "wauc",
-        "reference": {"wauc": {"mlp": 0.8015, "star": 0.8018}},
+        "reference": {"wauc": {"mlp": 0.8015, "star": 0.8018,
+                               # MLoRA Table 2, Movielens-gen, Base+MLoRA
+                               "mlp+mlora": 0.8039, "star+mlora": 0.8036, "wdl+mlora": 0.8041,
+                               "nfm+mlora": 0.8059, "autoint+mlora": 0.8041, "pnn+mlora": 0.8039,
+                               "dcn+mlora": 0.8042, "fibinet+mlora": 0.8074, "deepfm+mlora": 0.8046,
+                               "xdeepfm+mlora": 0.8044}},
     },
     "ml1m-age3": {
         "description": "MovieLens-1M in three age domains (Scenario-Wise-Rec benchmark); label rating > 3.",

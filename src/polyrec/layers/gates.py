@@ -1,6 +1,6 @@
 """Gates, expert stacks and per-domain expert banks shared by the gated multi-domain models.
 
-- :class:`GateNU`: PEPNet's gate neural unit, ``γ·sigmoid(MLP(x))`` (PEPNet, Chang et al., KDD 2023, eq. 1-2).
+- :class:`GateNU`: PEPNet's gate neural unit, ``γ·sigmoid(MLP(x))`` (PEPNet, Chang et al., KDD 2023).
 - :class:`ParallelMLP`: K independent MLP experts evaluated together from stacked weights ``[K, ...]``
   (the shared experts of HiNet, SAR-Net, M2M, M3oE).
 - :class:`DomainExpertBank`: K MLP experts *per domain*, stored as banks ``[D, K, ...]`` and applied to a
@@ -25,7 +25,7 @@ from .mlp import activation as make_activation
 
 
 class GateNU(nn.Module):
-    """Gate neural unit of PEPNet (Chang et al., KDD 2023, §3.3, eq. 1-2).
+    """Gate neural unit of PEPNet (Chang et al., KDD 2023).
 
     ``δ = γ · sigmoid(W₂ · ReLU(W₁ x + b₁) + b₂)``: a two-layer MLP whose sigmoid output is scaled by γ, so
     the gate lies in ``(0, γ)`` and can both damp (δ < 1) and amplify (δ > 1) what it multiplies; with

@@ -2,7 +2,7 @@
 
 A fully-connected backbone whose every layer is pruned *per domain* at neuron level. For layer l a
 domain-aware pruner reads the domain embedding e_d and the layer's neurons h^l and outputs one weighting
-factor per neuron, ``v^l = W^l (e_d ⊕ h^l)``, ``h^l ← π(v^l) ⊙ h^l``. Three forms of π (§3.3):
+factor per neuron, ``v^l = W^l (e_d ⊕ h^l)``, ``h^l ← π(v^l) ⊙ h^l``. Three forms of π:
 
 - ``binarization``: ``π = 1[σ(α v) > ε]`` (0/1: pruned or kept); the forward value is the hard mask, the
   gradient is that of the soft ``σ(α v)`` (straight-through). α grows during training (``α += Δα`` per
@@ -10,7 +10,7 @@ factor per neuron, ``v^l = W^l (e_d ⊕ h^l)``, ``h^l ← π(v^l) ⊙ h^l``. Thr
 - ``scaling``: ``π = β σ(v)``, a soft factor in (0, β) (no pruning).
 - ``fusion``: ``π = β σ(α v) · 1[σ(α v) > ε]``: scaling, with neurons under the threshold pruned.
 
-Flexible sparsity regularisation (§3.4): the fraction of pruned neurons of layer l, in its differentiable
+Flexible sparsity regularisation: the fraction of pruned neurons of layer l, in its differentiable
 form ``r^l = mean(1 − σ(α v^l))``, is kept inside a target interval ``[r_min, r_max]``:
 ``L_s = λ Σ_l (relu(r_min − r^l) + relu(r^l − r_max))``, returned as ``aux_losses["sparsity"]``.
 
@@ -127,7 +127,7 @@ class AdaSparseModel(Model):
         soft = torch.sigmoid(self.alpha * v)
         keep = (soft > cfg.epsilon).to(soft.dtype)
         if cfg.form == "binarization":
-            return keep + soft - soft.detach(), soft  # hard mask forward, σ(α v)'s gradient backward
+            return keep + (soft - soft.detach()), soft  # exactly the 0/1 mask forward, σ(α v)'s gradient backward
         return cfg.beta * soft * keep, soft  # fusion
 
     def forward(self, batch: Batch) -> ModelOutput:

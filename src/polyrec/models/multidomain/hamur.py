@@ -3,7 +3,7 @@
 Each domain has its own backbone DNN, and after each hidden layer a domain-specific *adapter cell*
 refines its output; the adapters' weights are not free parameters but are produced per sample by a
 hypernetwork shared by all domains, which is how knowledge flows between domains. An adapter cell on a
-hidden vector h ∈ R^m of domain d (§3.2-3.3):
+hidden vector h ∈ R^m of domain d:
 
 1. down-projection ``a = σ(h W₁ + b₁)`` to ``adapter_dim``, with ``W₁ = U₁ H(x) V₁``;
 2. up-projection ``t = a W₂ + b₂`` back to m, with ``W₂ = U₂ H(x) V₂``;
@@ -75,7 +75,7 @@ class HamurConfig:
 
 
 class HyperAdapterBank(nn.Module):
-    """Domain-specific adapter cells whose weights ``U H(x) V`` are modulated per sample (HAMUR §3.2).
+    """Domain-specific adapter cells whose weights ``U H(x) V`` are modulated per sample (HAMUR).
 
     Args:
         dim: m, the size of the hidden vector adapted.

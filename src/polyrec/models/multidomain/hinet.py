@@ -2,7 +2,7 @@
 
 HiNet ("HiNet: Novel Multi-Scenario & Multi-Task Learning with Hierarchical Information Extraction")
 extracts information at two levels: a scenario extraction layer, then a task extraction layer (CGC). The
-scenario extraction layer (§III-B) builds, for a sample of scenario i, three representations from the
+scenario extraction layer builds, for a sample of scenario i, three representations from the
 input x (all embeddings and dense values):
 
 - the **scenario-shared expert** ``G = Σ_k g_k(x) E^sh_k(x)``: shared sub-experts under a softmax gate;

@@ -4,10 +4,10 @@ M2M ("Leaving No One Behind: A Multi-Scenario Multi-Task Meta Learning Approach 
 turns the scenario into *weights*: a meta unit generates a layer's weight matrix and bias from the
 scenario knowledge representation S, ``W = reshape(G_W · S)``, ``b = G_b · S``. Two modules use it:
 
-- **Meta attention** over K shared experts ``E_1..E_K`` (§3.3): ``a_k = vᵀ φ(W_att [E_k ⊕ T] + b_att)``,
+- **Meta attention** over K shared experts ``E_1..E_K``: ``a_k = vᵀ φ(W_att [E_k ⊕ T] + b_att)``,
   ``α = softmax(a)``, ``R = Σ_k α_k E_k``, with ``W_att, b_att`` generated from S and T the task
   representation.
-- **Meta tower** (§3.4): L meta layers with residual connections, ``h ← φ(W_l h + b_l) + h`` (``W_l, b_l``
+- **Meta tower**: L meta layers with residual connections, ``h ← φ(W_l h + b_l) + h`` (``W_l, b_l``
   generated from S), then an output MLP to the logit.
 
 Here S = MLP(domain embedding) is the model's own ``nn.Embedding(D, E)`` through one layer, so every

@@ -3,11 +3,11 @@
 One implementation, three registered entries: ``pepnet`` (EPNet + PPNet), ``epnet`` (the embedding
 personalisation gate and a shared DNN) and ``ppnet`` (the parameter personalisation gates only).
 
-- **EPNet** (§3.4, eq. 3-4): ``δ_domain = U_ep(E(F_d) ⊕ ⊘(E))``, ``O_ep = δ_domain ⊗ E``. E is the general
+- **EPNet**: ``δ_domain = U_ep(E(F_d) ⊕ ⊘(E))``, ``O_ep = δ_domain ⊗ E``. E is the general
   input (all embeddings, flattened, then the dense values), F_d the domain: here the model's own domain
   indicator embedding on ``batch.domain``. ⊘ is stop-gradient: the gate reads the embeddings but does not
   train them, so they are learned only through the main network.
-- **PPNet** (§3.5, eq. 5-9): ``O_prior = E(F_u) ⊕ E(F_i)`` (user and item id embeddings);
+- **PPNet**: ``O_prior = E(F_u) ⊕ E(F_i)`` (user and item id embeddings);
   ``δ^(l) = U_pp^(l)(O_prior ⊕ ⊘(O_ep))`` and the DNN's hidden layer l is scaled by it,
   ``H^(l+1) = δ^(l) ⊗ f(H^(l) W^(l) + b^(l))``.
 
@@ -199,7 +199,7 @@ class PEPNetModel(_PEPNetFamily):
 class EPNetModel(_PEPNetFamily):
     """EPNet (PEPNet's embedding half): a domain-conditioned Gate NU scales the embeddings before a shared DNN.
 
-    Chang et al., KDD 2023, §3.4. The gate reads the domain embedding and the stop-gradient embeddings.
+    Chang et al., KDD 2023 (EPNet). The gate reads the domain embedding and the stop-gradient embeddings.
 
     Shape:
         forward(batch) -> logits ``[B]``.
@@ -214,7 +214,7 @@ class EPNetModel(_PEPNetFamily):
 class PPNetModel(_PEPNetFamily):
     """PPNet (PEPNet's parameter half): user/item-id-conditioned Gate NUs scale every hidden layer of the DNN.
 
-    Chang et al., KDD 2023, §3.5. The domain embedding is an input feature of the DNN.
+    Chang et al., KDD 2023 (PPNet). The domain embedding is an input feature of the DNN.
 
     Shape:
         forward(batch) -> logits ``[B]``.
