@@ -100,3 +100,21 @@ def test_unknown_model_names_close_matches(config_file, tmp_path):
 def test_evaluate_missing_run_is_a_clear_error(tmp_path):
     out = runner.invoke(app, ["evaluate", str(tmp_path / "nothing")])
     assert out.exit_code == 2 and "not a finished run directory" in out.output
+
+
+def test_data_fetch_reports_counts(monkeypatch, tmp_path):
+    import pandas as pd
+
+    from polyrec.data import sources
+
+    frame = pd.DataFrame({"user_id": ["1", "1", "2"], "item_id": ["a", "b", "a"], "rating": [5.0, 3.0, 4.0]})
+    monkeypatch.setattr(sources, "ensure_movielens", lambda name: tmp_path / "wheel.whl")
+    monkeypatch.setattr(sources, "load_movielens", lambda name, **kw: frame)
+    out = runner.invoke(app, ["data", "fetch", "movielens-1m"])
+    assert out.exit_code == 0, out.output
+    assert "3 ratings, 2 users, 2 items" in out.stdout
+
+
+def test_data_fetch_unknown_name():
+    out = runner.invoke(app, ["data", "fetch", "movielens-2m"])
+    assert out.exit_code == 2 and "movielens-1m" in out.output

@@ -118,3 +118,12 @@ def test_evaluation_reports_per_domain_metrics(ds):
     wauc = sum(m["auc_per_domain"][d] * m["count_per_domain"][d]["n"] for d in m["auc_per_domain"]) / n
     assert m["wauc"] == pytest.approx(wauc)
     assert "gauc" in m
+
+
+def test_unknown_domain_at_evaluation_is_an_error(ds):
+    import dataclasses
+
+    bad = dataclasses.replace(ds, domain=ds.domain.clone())
+    bad.domain[bad.splits["test"][0]] = 7
+    with pytest.raises(ValueError, match="7"):
+        Trainer(model_for(ds), bad, cfg()).evaluate("test")
