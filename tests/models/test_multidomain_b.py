@@ -7,6 +7,8 @@ gate ranges, stop-gradients, per-domain routing of generated weights, the sparsi
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -94,7 +96,7 @@ def test_segment_einsum_padded_path_equals_the_loop_and_a_per_row_computation() 
     torch.testing.assert_close(padded, per_row)
 
 
-def test_domain_expert_bank_routes_rows_and_mixes_parameters() -> None:
+def test_domain_expert_bank_routes_rows_to_their_own_domains_experts() -> None:
     bank = DomainExpertBank(6, (5, 3), num_domains=4, num_experts=2)
     dom = torch.tensor([0, 2, 2, 3, 0, 3, 3])
     seg = DomainSegments.from_domain(dom)
@@ -106,9 +108,7 @@ def test_domain_expert_bank_routes_rows_and_mixes_parameters() -> None:
         h = torch.relu(torch.einsum("i,kio->ko", x[i], bank.weights[0][d]) + bank.biases[0][d])
         h = torch.relu(torch.einsum("ki,kio->ko", h, bank.weights[1][d]) + bank.biases[1][d])
         torch.testing.assert_close(out[i], h)
-    # A one-hot mixture is the plain selection; absent domain 1 gets no gradient.
-    onehot = nn.functional.one_hot(seg.domains, 4).float()
-    torch.testing.assert_close(bank(x, seg, mix=onehot), out)
+    # Absent domain 1 gets no gradient.
     out.sum().backward()
     assert bank.weights[0].grad[1].abs().sum() == 0 and bank.weights[0].grad[0].abs().sum() > 0
     assert ParallelMLP(6, (4,), num_experts=3)(torch.randn(5, 6)).shape == (5, 3, 4)
@@ -244,6 +244,118 @@ def test_hinet_attends_only_to_the_other_scenarios() -> None:
     assert w[0, 0] == 0 and w[1, 2] == 0 and w[2, 3] == 0 and (w[0, 1:] > 0).all()
 
 
+def _input_of(module: nn.Module, model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The (first) input ``module`` receives during ``model(batch)``."""
+    captured = {}
+    handle = module.register_forward_hook(lambda m, i, o: captured.__setitem__("x", i[0]))
+    try:
+        model(batch)
+    finally:
+        handle.remove()
+    return captured["x"]
+
+
+def _features(model, batch: Batch) -> torch.Tensor:
+    return torch.cat([model.embeddings(batch).flatten(1), batch.dense], dim=1)
+
+
+def _relabel(batch: Batch, domain: int) -> Batch:
+    return dataclasses.replace(batch, domain=torch.full_like(batch.domain, domain))
+
+
+def _mlp_member(x: torch.Tensor, layers, member: int) -> torch.Tensor:
+    """Bank member ``member`` of a stack of :class:`BankLinear` layers as a plain ReLU MLP, on one row."""
+    for layer in layers:
+        x = torch.relu(x @ layer.weight[member] + layer.bias[member])
+    return x
+
+
+# These references run the rows sorted by domain (every domain present): the models may evaluate on a
+# domain-sorted copy of the batch, and a sorted batch makes that copy the batch itself, so tower inputs
+# captured by a hook line up with the batch's rows whatever the implementation.
+
+
+def test_hinet_san_is_the_attention_weighted_sum_of_the_other_scenarios_expert_outputs() -> None:
+    # HiNet eq. for SAN: A_i(x) = Σ_{j≠i} w_ij S_j(x), S_j(x) scenario j's specific expert (its sub-experts
+    # under its own gate) evaluated on x, w_i = softmax over j≠i of MLP(e_i). Mixing the experts'
+    # parameters instead is a different model through the activations, and fails this check.
+    D, H = 4, 6
+    model = perturb(create_model("hinet", make_schema(D), expert_units=(8, H)), scale=0.5)
+    model.eval()
+    dom = torch.arange(D).repeat_interleave(5)
+    batch = make_batch(len(dom), D, domain=dom)
+    with torch.no_grad():
+        got = _input_of(model.tower, model, batch)  # C = A ⊕ S ⊕ G
+        # S_j(x) of every row, from the model's own-scenario path with every row relabelled scenario j.
+        specific = [_input_of(model.tower, model, _relabel(batch, j))[:, H : 2 * H] for j in range(D)]
+        for b in range(len(dom)):
+            i = int(dom[b])
+            scores = model.san(model.domain_embedding.weight[i])
+            norm = sum(torch.exp(scores[j]) for j in range(D) if j != i)
+            expected = sum(torch.exp(scores[j]) / norm * specific[j][b] for j in range(D) if j != i)
+            torch.testing.assert_close(got[b, :H], expected, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(got[b, H : 2 * H], specific[i][b])
+
+
+def test_hinet_scenario_expert_is_its_own_sub_experts_under_its_own_gate() -> None:
+    # S_i(x) = Σ_k softmax(W_i x + b_i)_k E^i_k(x), from scenario i's parameters only, row by row.
+    D, K, H = 3, 2, 6
+    dom = torch.arange(D).repeat_interleave(4)
+    for san in (True, False):  # without SAN, the row's own scenario runs alone
+        model = create_model("hinet", make_schema(D), expert_units=(8, H), specific_experts=K, san=san)
+        perturb(model, scale=0.5).eval()
+        batch = make_batch(len(dom), D, domain=dom, seed=int(san))
+        with torch.no_grad():
+            got = _input_of(model.tower, model, batch)
+            x = _features(model, batch)
+            offset = H if san else 0
+            for b in range(len(dom)):
+                i = int(dom[b])
+                gate = torch.softmax(x[b] @ model.specific_gate.linear.weight[i] + model.specific_gate.linear.bias[i], -1)
+                expected = sum(gate[k] * _mlp_member(x[b], model.specific.hidden, i * K + k) for k in range(K))
+                torch.testing.assert_close(got[b, offset : offset + H], expected, atol=1e-5, rtol=1e-4)
+
+
+def _m3oe_shared_and_task(model, x: torch.Tensor, domain: int, b: int) -> torch.Tensor:
+    """G_d(x_b) + σ(w_T) T(x_b): the parts of M3oE's fused representation outside the domain balance."""
+    gate = torch.softmax(x[b] @ model.gates.weight[domain] + model.gates.bias[domain], -1)
+    shared = (gate.unsqueeze(-1) * model.shared(x[b : b + 1])[0]).sum(0)
+    return shared + torch.sigmoid(model.task_weight) * model.task_expert(x[b : b + 1])[0]
+
+
+def test_m3oe_domain_balance_mixes_every_domains_expert_outputs() -> None:
+    # M3oE: z = G_d + w_D B_d + w_T T with B_d(x) = α f_d(x) + (1 − α) mean_{j≠d} f_j(x), a combination of
+    # the domain experts' OUTPUTS. Mixing the experts' parameters instead fails this check.
+    D, H = 4, 6
+    model = perturb(create_model("m3oe", make_schema(D), expert_units=(8, H), balance=0.2), scale=0.5)
+    model.eval()
+    dom = torch.arange(D).repeat_interleave(5)
+    batch = make_batch(len(dom), D, domain=dom)
+    with torch.no_grad():
+        got = _input_of(model.towers, model, batch)  # z, one row per batch row
+        x = _features(model, batch)
+        alpha, w_d = torch.sigmoid(model.balance), torch.sigmoid(model.domain_weight)
+        # f_j(x) of every row: with α = 1 the balance is the row's own expert alone; relabel every row j.
+        balance = model.balance.clone()
+        model.balance.fill_(40.0)  # sigmoid(40) == 1 in float32
+        own_only = [_input_of(model.towers, model, _relabel(batch, j)) for j in range(D)]
+        model.balance.copy_(balance)
+        f = [
+            [(own_only[j][b] - _m3oe_shared_and_task(model, x, j, b)) / w_d for b in range(len(dom))]
+            for j in range(D)
+        ]
+        for b in range(len(dom)):
+            d = int(dom[b])
+            others = sum(f[j][b] for j in range(D) if j != d) / (D - 1)
+            expected = _m3oe_shared_and_task(model, x, d, b) + w_d * (alpha * f[d][b] + (1 - alpha) * others)
+            torch.testing.assert_close(got[b], expected, atol=1e-5, rtol=1e-4)
+        # The α = 1 extraction is each domain's own expert, read from its parameters.
+        for j in range(D):
+            for b in range(len(dom)):
+                expected = _mlp_member(x[b], model.domain_experts.hidden, j)
+                torch.testing.assert_close(f[j][b], expected, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["hinet", "m3oe"])
 def test_cross_domain_models_work_with_a_single_domain(name: str) -> None:
     model = create_model(name, make_schema(1))
@@ -267,12 +379,13 @@ def test_adaptdhm_soft_assignment_and_centres_move_only_in_training() -> None:
     torch.testing.assert_close(model.centers.norm(dim=1), torch.ones(3))
 
 
-@pytest.mark.parametrize("name,prefixes", [
-    ("sarnet", ("domain_scale", "domain_shift", "specific", "gate")),
-    ("hamur", ("domain_embedding", "layers", "adapters", "out")),
+@pytest.mark.parametrize("name,prefixes,overrides", [
+    ("sarnet", ("domain_scale", "domain_shift", "specific", "gate"), {}),
+    ("hamur", ("domain_embedding", "layers", "adapters", "out"), {}),
+    ("hinet", ("specific",), {"san": False, "specific_experts": 1}),  # without SAN: own scenario only
 ])
-def test_rows_use_only_their_own_domains_bank_slices(name: str, prefixes: tuple[str, ...]) -> None:
-    model = create_model(name, make_schema(5))
+def test_rows_use_only_their_own_domains_bank_slices(name: str, prefixes: tuple[str, ...], overrides: dict) -> None:
+    model = create_model(name, make_schema(5), **overrides)
     model.eval()
     batch = make_batch(60, num_domains=5)
     touched = 0

@@ -4,13 +4,13 @@
 - :class:`ParallelMLP`: K independent MLP experts evaluated together from stacked weights ``[K, ...]``
   (the shared experts of HiNet, SAR-Net, M2M, M3oE).
 - :class:`DomainExpertBank`: K MLP experts *per domain*, stored as banks ``[D, K, ...]`` and applied to a
-  domain-sorted batch, so a row runs only through its own domain's experts.
+  domain-sorted batch, so a row runs only through its own domain's experts (SAR-Net's specific experts).
+  Methods whose definition needs every domain's expert outputs on every row (HiNet's SAN, M3oE's domain
+  balance) use :class:`~polyrec.layers.experts.ExpertBank`, which runs the whole stacked bank as one
+  batched matmul.
 - :func:`segment_einsum`: the primitive behind the banks: one einsum per domain present (or one padded
   batched einsum when many domains are present), generalising :func:`~polyrec.layers.domain.segment_linear`
   to experts and generated weights.
-- :func:`bank_select`: the per-domain slices of a bank for the domains present, or (cross-domain transfer)
-  a mixture of the bank's slices with per-domain weights. Mixing *parameters* costs ``S·D·|θ|`` once per
-  batch, independent of the batch size; mixing *outputs* would run every domain's network on every row.
 """
 
 from __future__ import annotations
@@ -102,24 +102,6 @@ def segment_einsum(equation: str, x: Tensor, seg: DomainSegments, weight: Tensor
     return torch.einsum(f"s{a},s{b}->s{out}", padded, weight)[seg.local, pos]
 
 
-def bank_select(bank: Tensor, seg: DomainSegments, mix: Tensor | None = None) -> Tensor:
-    """The slices of a per-domain bank ``[D, ...]`` for the domains present in a batch.
-
-    Args:
-        bank: a per-domain parameter, ``[D, ...]``.
-        seg: the batch's segments.
-        mix: optional ``[S, D]`` weights; segment s then gets ``Σ_d mix[s, d] · bank[d]`` (a cross-domain
-            mixture of parameters, e.g. HiNet's attention over the other scenarios) instead of
-            ``bank[seg.domains[s]]``.
-
-    Shape:
-        -> ``[S, ...]``.
-    """
-    if mix is None:
-        return bank.index_select(0, seg.domains)
-    return torch.einsum("sd,d...->s...", mix, bank)
-
-
 class ParallelMLP(nn.Module):
     """K independent MLP experts held as stacked weights and evaluated together (no Python loop).
 
@@ -170,10 +152,7 @@ class DomainExpertBank(nn.Module):
     """K MLP experts for every domain, as banks ``[D, K, D_in, D_out]``: a row uses its own domain's experts.
 
     Applied to a domain-sorted batch (:class:`~polyrec.layers.domain.DomainSegments`) with one einsum per
-    domain present, so absent domains cost nothing and receive zero gradient. With ``mix`` a segment uses a
-    weighted mixture of the domains' expert *parameters* (see :func:`bank_select`), which is how HiNet's
-    cross-scenario transfer and M3oE's domain balance are computed without running other domains' experts
-    on every row.
+    domain present, so absent domains cost nothing and receive zero gradient.
 
     Args:
         in_dim: D_in.
@@ -184,7 +163,7 @@ class DomainExpertBank(nn.Module):
         dropout: dropout after every activation.
 
     Shape:
-        forward(x ``[B, D_in]`` sorted by domain, seg, mix ``[S, D]`` or None) -> ``[B, K, hidden_units[-1]]``.
+        forward(x ``[B, D_in]`` sorted by domain, seg) -> ``[B, K, hidden_units[-1]]``.
     """
 
     def __init__(
@@ -207,10 +186,10 @@ class DomainExpertBank(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.num_domains, self.num_experts, self.output_dim = D, K, sizes[-1]
 
-    def forward(self, x: Tensor, seg: DomainSegments, mix: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, seg: DomainSegments) -> Tensor:
         h = x
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            w_s, b_s = bank_select(w, seg, mix), bank_select(b, seg, mix)
+            w_s, b_s = w.index_select(0, seg.domains), b.index_select(0, seg.domains)
             h = segment_einsum("ni,kio->nko" if i == 0 else "nki,kio->nko", h, seg, w_s)
             h = self.dropout(self.act(h + b_s.index_select(0, seg.local)))
         return h

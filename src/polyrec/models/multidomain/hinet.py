@@ -15,16 +15,17 @@ input x (all embeddings and dense values):
 The scenario representation ``C_i = A_i ⊕ S_i ⊕ G`` feeds the task extraction layer; with a single task it
 is one tower (an MLP to the logit).
 
+Cost. SAN needs, for every row, the specific expert outputs ``S_j(x)`` of *every* scenario j (each
+scenario's sub-experts under its own gate): the method is O(D) per row by definition. polyrec computes them
+as one batched matmul per layer over the stacked bank of all D·K specific sub-experts
+(:class:`~polyrec.layers.experts.ExpertBank`) and all D gates at once
+(:meth:`~polyrec.layers.experts.DomainGate.forward_all`), then takes the attention-weighted sum of those
+outputs; the row's own ``S_i`` is read from the same tensor and depends only on scenario i's sub-experts and
+gate. Without SAN (``san=False``) a row runs through its own scenario's sub-experts and gate only, on the
+domain-sorted batch, and absent scenarios cost nothing.
+
 Readings and simplifications made here:
 
-- SAN in parameter space. The attention weights depend on the scenario pair only, never on the sample, so
-  for the rows of scenario i the transfer is computed by one expert module whose parameters are the
-  attention-weighted mixture ``θ̄_i = Σ_{j≠i} w_ij θ_j`` of the other scenarios' specific experts (sub-experts
-  and gate). This is exact for the linear parts of the experts and approximates the mixture of their
-  outputs through the nonlinearities; it is what keeps the cost of a row independent of the number of
-  scenarios (the authors' code runs every scenario's experts on every row). The mixture is formed once per
-  batch for the scenarios present (``S·D·|θ|``), and every scenario's experts receive gradient from the
-  scenarios that attend to them, which is the transfer SAN is for.
 - The attention MLP reads the model's own domain embedding and outputs one score per scenario; the
   softmax runs over the other scenarios only (the authors' code takes the softmax over all scenarios and
   then zeroes the own one). With a single domain there is no other scenario and A is zero.
@@ -42,7 +43,8 @@ from torch import Tensor, nn
 from ...data.batch import Batch
 from ...layers.domain import AuxiliaryDomainNetwork, DomainSegments
 from ...layers.embedding import EmbeddingCollection
-from ...layers.gates import DomainExpertBank, ParallelMLP, bank_select, segment_einsum
+from ...layers.experts import DomainGate, ExpertBank, mix_experts
+from ...layers.gates import ParallelMLP
 from ...layers.mlp import MLP
 from .._registry import register_model
 from ..base import Model, ModelOutput
@@ -87,7 +89,13 @@ class HiNetModel(Model):
     Extraction", ICDE 2023. Single task; see the module docstring for SAN and the readings made.
 
     Shape:
-        forward(batch) -> logits ``[B]``; per-row cost independent of the number of scenarios.
+        forward(batch) -> logits ``[B]``. With SAN every scenario's specific experts run on every row (one
+        batched matmul over the stacked bank, O(D) per row, as SAN defines); without it only the row's own.
+
+    Example:
+        >>> model = create_model("hinet", schema, specific_experts=2)   # doctest: +SKIP
+        >>> model(batch).logits.shape                                   # doctest: +SKIP
+        torch.Size([B])
     """
 
     Config = HiNetConfig
@@ -102,23 +110,26 @@ class HiNetModel(Model):
         act, drop = config.activation, config.dropout
         self.shared = ParallelMLP(in_dim, config.expert_units, config.shared_experts, act, drop)
         self.shared_gate = nn.Linear(in_dim, config.shared_experts)
-        self.specific = DomainExpertBank(in_dim, config.expert_units, D, Ksp, act, drop)
-        bound = 1.0 / in_dim**0.5
-        self.specific_gate_weight = nn.Parameter(torch.empty(D, in_dim, Ksp).uniform_(-bound, bound))
-        self.specific_gate_bias = nn.Parameter(torch.empty(D, Ksp).uniform_(-bound, bound))
+        # Scenario d's K sub-experts are bank members d*K .. d*K + K - 1; one softmax gate per scenario.
+        self.specific = ExpertBank(in_dim, config.expert_units, D * Ksp, act, drop)
+        self.specific_gate = DomainGate(in_dim, Ksp, D)
         self.domain_embedding = nn.Embedding(D, E) if config.san else None
         self.san = MLP(E, config.san_hidden, act, output_dim=D) if config.san else None
         d = config.expert_units[-1]
         self.tower = MLP((3 if config.san else 2) * d, config.tower_units, act, drop, output_dim=1)
         self.aux = AuxiliaryDomainNetwork(D, E, config.aux_hidden, activation=act) if config.aux_network else None
 
-    def scenario_expert(self, xs: Tensor, seg: DomainSegments, mix: Tensor | None = None) -> Tensor:
-        """``S(x)``: the scenario's sub-experts under its gate (or, with ``mix``, the mixed scenarios')."""
-        experts = self.specific(xs, seg, mix)  # [B, K, d]
-        w = bank_select(self.specific_gate_weight, seg, mix)
-        b = bank_select(self.specific_gate_bias, seg, mix)
-        gate = torch.softmax(segment_einsum("ni,io->no", xs, seg, w) + b.index_select(0, seg.local), dim=-1)
-        return (gate.unsqueeze(-1) * experts).sum(1)
+    def own_scenario_expert(self, xs: Tensor, seg: DomainSegments) -> Tensor:
+        """``S_i(x)`` of each row's own scenario i only, on domain-sorted rows ``xs`` ``[B, in]`` -> ``[B, d]``."""
+        experts = self.specific.forward_domain(xs, seg, self.config.specific_experts)  # [K, B, d]
+        return mix_experts(self.specific_gate(xs, seg), experts)
+
+    def scenario_experts(self, x: Tensor) -> Tensor:
+        """``S_j(x)`` of every scenario j on every row: ``[B, in]`` -> ``[D, B, d]`` (one batched matmul a layer)."""
+        D, K = self.num_domains, self.config.specific_experts
+        experts = self.specific(x)  # [D*K, B, d], scenario-major
+        experts = experts.view(D, K, *experts.shape[1:])
+        return torch.einsum("dbk,dkbh->dbh", self.specific_gate.forward_all(x), experts)
 
     def attention(self, domains: Tensor) -> Tensor:
         """SAN weights ``[S, D]`` of ``domains`` ``[S]`` over the other scenarios (zero on the own one)."""
@@ -128,16 +139,23 @@ class HiNetModel(Model):
 
     def forward(self, batch: Batch) -> ModelOutput:
         x = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
-        seg = DomainSegments.from_domain(batch.domain)
-        xs = seg.sort(x)
-        gate = torch.softmax(self.shared_gate(xs), dim=-1).unsqueeze(-1)
-        parts = [self.scenario_expert(xs, seg), (gate * self.shared(xs)).sum(1)]
-        if self.san is not None:
+        gate = torch.softmax(self.shared_gate(x), dim=-1).unsqueeze(-1)
+        shared = (gate * self.shared(x)).sum(1)
+        if self.san is None:
+            seg = DomainSegments.from_domain(batch.domain)
+            parts = [seg.unsort(self.own_scenario_expert(seg.sort(x), seg)), shared]
+        else:
+            every = self.scenario_experts(x)  # [D, B, d]
+            index = batch.domain.view(1, -1, 1).expand(1, *every.shape[1:])
+            own = every.gather(0, index).squeeze(0)
             if self.num_domains > 1:
-                parts.insert(0, self.scenario_expert(xs, seg, mix=self.attention(seg.domains)))
+                # A_i = Σ_{j≠i} w_ij S_j(x): row b's weights over all scenarios, zero on its own.
+                weights = self.attention(torch.arange(self.num_domains, device=x.device)).index_select(0, batch.domain)
+                transfer = torch.einsum("bd,dbh->bh", weights, every)
             else:
-                parts.insert(0, torch.zeros_like(parts[0]))
-        logits = seg.unsort(self.tower(torch.cat(parts, dim=1)).squeeze(-1))
+                transfer = torch.zeros_like(own)
+            parts = [transfer, own, shared]
+        logits = self.tower(torch.cat(parts, dim=1)).squeeze(-1)
         if self.aux is not None:
             logits = logits + self.aux(batch.domain)
         return ModelOutput(logits)

@@ -16,13 +16,14 @@ network, as in the authors' code (the paper presents them as an AutoML search ov
 Readings and simplifications made here:
 
 - Single task: one task expert, and the task balance is the identity.
-- Domain balance in parameter space: the other domains' experts enter through one expert whose parameters
-  are the mean of theirs, ``f(x; mean_{j≠d} θ_j)`` (exact for the experts' linear parts), rather than by
-  running every domain's expert on every row (the authors' code), so the cost of a row does not grow with
-  the number of domains. The mean is formed once per batch for the domains present.
+- Domain balance on expert outputs, as the method defines it: ``B_d`` needs the output of every domain's
+  expert on every row, so the cost is O(D) per row. polyrec runs all D domain experts as one batched matmul
+  per layer over their stacked bank (:class:`~polyrec.layers.experts.ExpertBank`, ``[D, B, H]``) and takes
+  the balance-weighted sum of the outputs; the row's own ``f_d`` is read from the same tensor. With a single
+  domain there is no other expert and ``B_d = f_d`` (run on the row's own domain only).
 - No STAR bottom layer: the authors' code puts a STAR-style layer under the experts as an implementation
   detail; here every expert reads x directly (polyrec's ``star`` model is the place for STAR).
-- Per-domain gates and towers are banks applied to a domain-sorted batch.
+- Per-domain gates and towers are banks applied to a domain-sorted batch: a row uses its own domain's only.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from torch import nn
 from ...data.batch import Batch
 from ...layers.domain import AuxiliaryDomainNetwork, DomainLinearBank, DomainMLPBank, DomainSegments
 from ...layers.embedding import EmbeddingCollection
-from ...layers.gates import DomainExpertBank, ParallelMLP
+from ...layers.experts import ExpertBank
+from ...layers.gates import ParallelMLP
 from ...layers.mlp import MLP
 from .._registry import register_model
 from ..base import Model, ModelOutput
@@ -83,7 +85,13 @@ class M3oEModel(Model):
     Single task; see the module docstring for the fusion and the readings made.
 
     Shape:
-        forward(batch) -> logits ``[B]``; per-row cost independent of the number of domains.
+        forward(batch) -> logits ``[B]``. Every domain's expert runs on every row (one batched matmul over
+        the stacked bank, O(D) per row, as the domain balance defines); gates and towers are the row's own.
+
+    Example:
+        >>> model = create_model("m3oe", schema, shared_experts=4)   # doctest: +SKIP
+        >>> model(batch).logits.shape                                # doctest: +SKIP
+        torch.Size([B])
     """
 
     Config = M3oEConfig
@@ -98,7 +106,7 @@ class M3oEModel(Model):
         in_dim = self.embeddings.output_dim + len(schema.dense)
         self.shared = ParallelMLP(in_dim, config.expert_units, config.shared_experts, act, drop)
         self.gates = DomainLinearBank(in_dim, config.shared_experts, D)
-        self.domain_experts = DomainExpertBank(in_dim, config.expert_units, D, 1, act, drop)
+        self.domain_experts = ExpertBank(in_dim, config.expert_units, D, act, drop)  # f_1..f_D, one per domain
         self.task_expert = MLP(in_dim, config.expert_units, act, drop)
         self.domain_weight = nn.Parameter(torch.tensor(float(config.domain_weight)))
         self.task_weight = nn.Parameter(torch.tensor(float(config.task_weight)))
@@ -112,12 +120,15 @@ class M3oEModel(Model):
         xs = seg.sort(x)
         gate = torch.softmax(self.gates(xs, seg), dim=-1).unsqueeze(-1)
         shared = (gate * self.shared(xs)).sum(1)
-        domain = self.domain_experts(xs, seg)[:, 0]
-        if self.balance is not None:
-            # Mean of the other domains' expert parameters, for each domain present.
-            others = (1.0 - F.one_hot(seg.domains, self.num_domains).to(xs.dtype)) / (self.num_domains - 1)
+        if self.balance is None:
+            domain = self.domain_experts.forward_domain(xs, seg)[0]
+        else:
+            # B_d = α f_d(x) + (1 − α) mean_{j≠d} f_j(x), from every domain's expert output on every row.
+            every = self.domain_experts(xs)  # [D, B, H]
+            own = F.one_hot(seg.sorted_domain, self.num_domains).to(xs.dtype)  # [B, D]
             alpha = torch.sigmoid(self.balance)
-            domain = alpha * domain + (1.0 - alpha) * self.domain_experts(xs, seg, mix=others)[:, 0]
+            weights = alpha * own + (1.0 - alpha) * (1.0 - own) / (self.num_domains - 1)
+            domain = torch.einsum("bd,dbh->bh", weights, every)
         fused = shared + torch.sigmoid(self.domain_weight) * domain + torch.sigmoid(self.task_weight) * self.task_expert(xs)
         logits = seg.unsort(self.towers(fused, seg).squeeze(-1))
         if self.aux is not None:
