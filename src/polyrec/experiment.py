@@ -253,7 +253,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
         info = json.loads(info_path.read_text())
         base = build_dataset(cfg.data)
         new_data = from_dict(DataConfig, info["data"], path="data")
-        ds = new_domain_dataset(cfg.data, base, model.schema, new_data, info["domain"])
+        ds = new_domain_dataset(cfg.data, base, model.schema, new_data, info["domain"], int(model.backbone_domain[-1]))
     else:
         ds = build_dataset(cfg.data)
     if split not in ds.splits:
@@ -264,7 +264,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- new domains
 
 
-def new_domain_dataset(run_data: DataConfig, base: EncodedDataset, schema, data: DataConfig, name: str) -> EncodedDataset:
+def new_domain_dataset(run_data: DataConfig, base: EncodedDataset, schema, data: DataConfig, name: str,
+                       backbone_domain: int = 0) -> EncodedDataset:
     """The rows of domain ``name`` of data set ``data``, encoded the way the run's data was.
 
     Args:
@@ -275,17 +276,18 @@ def new_domain_dataset(run_data: DataConfig, base: EncodedDataset, schema, data:
         data: where the new rows come from (source, label rule, domain rule, split); ``name`` must be one
             of the domains its domain rule produces.
         name: the new domain.
+        backbone_domain: the existing domain the backbone computes the new one as (see
+            :func:`~polyrec.models.adapters.add_domain`); with ``domain.as_feature`` the new rows' domain
+            indicator feature is that domain's, since the trained embedding table has no row for the new one.
 
-    Ids unseen in the run's training data map to the OOV bucket (counted in ``report["oov"]``); with
-    ``domain.as_feature`` the domain indicator of the new rows is the OOV id too, since the trained model has
-    no embedding for it.
+    Ids unseen in the run's training data map to the OOV bucket (counted in ``report["oov"]``).
     """
     import numpy as np
     import pandas as pd
 
     from .data.dataset import _from_arrays, derive_domain, derive_label, encode_rows, load_source, make_splits
     from .data.processing import _as_str
-    from .data.schema import OOV_INDEX
+    from .data.schema import FIRST_INDEX
 
     if base.processing is None:
         raise ValueError("the run's data set has no fitted processing to encode new rows with; rebuild its cache")
@@ -298,8 +300,8 @@ def new_domain_dataset(run_data: DataConfig, base: EncodedDataset, schema, data:
     label = derive_label(frame, data.label)
     arrays, oov_rows = encode_rows(frame, run_data, base.processing)
     if run_data.domain.as_feature:
-        oov_rows["domain"] = np.ones(len(frame), dtype=bool)
-        arrays["sparse"] = np.concatenate([arrays["sparse"], np.full((len(frame), 1), OOV_INDEX, np.int64)], axis=1)
+        indicator = np.full((len(frame), 1), backbone_domain + FIRST_INDEX, np.int64)
+        arrays["sparse"] = np.concatenate([arrays["sparse"], indicator], axis=1)
     users = None
     if run_data.user_feature is not None:
         fc = next(f for f in run_data.features if f.name == run_data.user_feature)
@@ -372,7 +374,7 @@ def add_domain_run(
     before = predict(model, base, check_rows, train_cfg.eval_batch_size)
     first = model.num_domains
     add_domain(model, domain, backbone_domain if backbone_domain is not None else 0)
-    ds = new_domain_dataset(cfg.data, base, model.schema, new_data, domain)
+    ds = new_domain_dataset(cfg.data, base, model.schema, new_data, domain, int(model.backbone_domain[-1]))
 
     from .training.strategies.two_phase import finetune_new_domains
 

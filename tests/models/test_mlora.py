@@ -63,7 +63,7 @@ def test_default_targets_and_ranks():
     capped = attach_mlora(build("mlp", hidden_units=[256, 128, 64]), alpha=16, max_adapter_params=2000)
     for bank in capped.banks():
         assert bank.params_per_domain() <= 2000
-    assert [b.rank for b in capped.banks()] == [16, 4, 4]
+    assert [b.rank for b in capped.banks()] == [5, 4, 4]  # (2000 - 256) // (65 + 256), (2000 - 128) // (256 + 128), uncapped
 
 
 def test_other_targets():
@@ -252,7 +252,7 @@ def test_cli_train_mlora_then_add_domain(tmp_path):
     result = json.loads((run / "result.json").read_text())
     assert result["model"] == "mlp+mlora" and result["backbone"] == "mlp" and result["adapter"] == "mlora"
     assert result["adapter_ranks"] == [4, 2] and 0 < result["adapter_share"] < 1
-    assert result["adapter_params"] == 2 * ((16 // 4) * (12 + 16) + 16 + (8 // 4) * (16 + 8) + 8)
+    assert result["adapter_params"] == 2 * ((16 // 4) * (3 * 4 + 1 + 16) + 16 + (8 // 4) * (16 + 8) + 8)
     out = runner.invoke(app, ["add-domain", str(run), "--domain", "2", "--out", str(run2),
                               "--set", f"data.source.path={tmp_path / 'all.csv'}", "--set", "train.max_epochs=2"])
     assert out.exit_code == 0, out.output
@@ -268,3 +268,26 @@ def test_cli_train_mlora_then_add_domain(tmp_path):
     out = runner.invoke(app, ["add-domain", str(run), "--domain", "7", "--out", str(tmp_path / "run3"),
                               "--set", f"data.source.path={tmp_path / 'all.csv'}"])
     assert out.exit_code == 2 and "domain '7' is not in the new data" in out.output
+
+
+def test_benchmark_keeps_mlora_runs_apart(tmp_path, monkeypatch):
+    import polyrec.data.protocols as protocols
+    from polyrec.benchmark import run_benchmark
+
+    data = {"source": {"kind": "synthetic", "options": {"n_domains": 2, "n_samples": 600, "n_users": 50,
+                                                        "n_items": 40, "seed": 1}},
+            "label": {"column": "label"}, "domain": {"column": "domain"},
+            "features": [{"name": "user_id"}, {"name": "item_id"}],
+            "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 0}}
+    monkeypatch.setitem(protocols._PRESETS, "tiny-mlora", {
+        "description": "tiny", "data": data, "train": {"batch_size": 128, "max_epochs": 1, "patience": 0},
+        "models": {}, "model_defaults": {"embedding_dim": 4, "hidden_units": [8]}, "mlora_alpha": {"mlp": 2},
+        "primary_metric": "wauc", "reference": {"wauc": {"mlp": 0.6, "mlp+mlora": 0.61}}})
+    runs = run_benchmark("tiny-mlora", ["mlp", "mlp+mlora"], seeds=1, out_dir=tmp_path)
+    assert [(r["model"], r["adapter"]) for r in runs] == [("mlp", "none"), ("mlp+mlora", "mlora")]
+    assert runs[1]["adapter_alpha"] == 2 and runs[1]["adapter_ranks"] == [4]
+    assert runs[0]["adapter_share"] == 0 and runs[1]["adapter_share"] > 0
+    md = (tmp_path / "results.md").read_text()
+    assert "| tiny-mlora | mlp | joint | 1 |" in md and "| tiny-mlora | mlp+mlora | joint | 1 |" in md
+    assert md.split("| tiny-mlora | mlp+mlora |")[1].split("\n")[0].rstrip().endswith("61.00 |")  # its paper value
+    assert run_benchmark("tiny-mlora", ["mlp+mlora"], seeds=1, out_dir=tmp_path) == runs  # resumed, nothing rerun

@@ -82,9 +82,10 @@ def lora_rank(in_dim: int, out_dim: int, alpha: int, max_params: int | None = No
     bias = out_dim if domain_bias else 0
     fit = (max_params - bias) // (in_dim + out_dim)
     if fit < 1:
+        smallest = in_dim + out_dim + bias
         raise ValueError(
             f"max_adapter_params={max_params} is below the smallest adapter of a {in_dim}->{out_dim} layer "
-            f"(rank 1: {in_dim + out_dim + bias} parameters per domain); raise the cap to at least {in_dim + out_dim + bias}"
+            f"(rank 1: {smallest} parameters per domain); raise the cap to at least {smallest}"
         )
     return min(rank, fit)
 
@@ -163,7 +164,8 @@ class LoRABank(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, rank: int, num_domains: int, domain_bias: bool = True) -> None:
         super().__init__()
         if rank < 1 or num_domains < 1:
-            raise ValueError(f"LoRABank needs rank >= 1 and num_domains >= 1, got rank={rank}, num_domains={num_domains}")
+            raise ValueError(f"LoRABank needs rank >= 1 and num_domains >= 1, got rank={rank}, "
+                             f"num_domains={num_domains}")
         self.in_dim, self.out_dim, self.rank = in_dim, out_dim, rank
         self.A = nn.Parameter(self._init_a(num_domains))
         self.B = nn.Parameter(torch.zeros(num_domains, rank, out_dim))
@@ -307,7 +309,8 @@ class LoRALinear(nn.Module):
         ``[B, ..., D_in]`` -> ``[B, ..., D_out]``, batch dimension first.
     """
 
-    def __init__(self, base: nn.Linear, num_domains: int, rank: int, state: AdapterState, domain_bias: bool = True) -> None:
+    def __init__(self, base: nn.Linear, num_domains: int, rank: int, state: AdapterState,
+                 domain_bias: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
@@ -351,7 +354,8 @@ class LoRAStarLinear(StarLinear):
         forward(x ``[B, D_in]`` sorted by domain, seg) -> ``[B, D_out]``.
     """
 
-    def __init__(self, base: StarLinear, num_domains: int, rank: int, state: AdapterState, domain_bias: bool = True) -> None:
+    def __init__(self, base: StarLinear, num_domains: int, rank: int, state: AdapterState,
+                 domain_bias: bool = True) -> None:
         nn.Module.__init__(self)
         self.in_dim, self.out_dim, self.num_domains = base.in_dim, base.out_dim, base.num_domains
         self.weight, self.bias = base.weight, base.bias

@@ -24,8 +24,9 @@ an unusual layout can say what its towers are: a method ``adapter_targets(self) 
 mapping target names to qualified module names (``nn.Linear`` or ``StarLinear``) replaces the discovery
 above.
 
-The adapted model's ``state_dict`` is the backbone's (same keys) plus ``<layer>.lora.{A,B,bias}`` and the
-``backbone_domain`` map. Training modes: joint (adapters and backbone together, the paper's main table)
+The adapted model's ``state_dict`` is the backbone's under ``backbone.`` (the wrapped layers keep their
+parameter names, so a plain backbone checkpoint loads into ``model.backbone`` with ``strict=False``) plus
+``<layer>.lora.{A,B,bias}`` and the ``backbone_domain`` map. Training modes: joint (adapters and backbone together, the paper's main table)
 with any strategy; two-phase (paper §3.3) with :class:`polyrec.training.strategies.two_phase.TwoPhase`.
 New domains: :func:`add_domain` (paper §1: "scalable and flexible to new domains by applying additional
 LoRA adaptors").
@@ -79,7 +80,8 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         if self.kind == "none":
-            set_keys = [f.name for f in dataclasses.fields(self) if f.name != "kind" and getattr(self, f.name) is not None]
+            set_keys = [f.name for f in dataclasses.fields(self)
+                        if f.name != "kind" and getattr(self, f.name) is not None]
             if set_keys:
                 raise ConfigError(
                     f"adapter.{set_keys[0]} is set but adapter.kind is 'none'; set adapter.kind=mlora or drop it"
@@ -94,7 +96,9 @@ class AdapterConfig:
             if not self.targets or len(set(self.targets)) != len(self.targets):
                 raise ConfigError(f"adapter.targets must be a non-empty list without repeats, got {list(self.targets)}")
         if self.max_adapter_params is not None and self.max_adapter_params < 1:
-            raise ConfigError(f"adapter.max_adapter_params must be a positive integer or null, got {self.max_adapter_params}")
+            raise ConfigError(
+                f"adapter.max_adapter_params must be a positive integer or null, got {self.max_adapter_params}"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ discovery
@@ -174,6 +178,9 @@ class MLoRAModel(Model):
         adapter_config: the :class:`AdapterConfig` (with the α and targets used).
         backbone_domain: ``[D]`` buffer, the backbone domain each domain is computed with (identity for the
             backbone's own domains).
+
+    STAR's :meth:`~polyrec.models.multidomain.star.StarModel.fold` folds the star weights only; serve an
+    adapted STAR through this model (its adapters are not folded yet).
 
     Shape:
         forward(batch) -> logits ``[B]``.
@@ -342,12 +349,12 @@ def add_domain(model: MLoRAModel, name: str, backbone_domain: int | str = 0) -> 
     """Give a trained adapted model one more domain (in place): new adapter rows, ``B = 0``.
 
     The new domain's adapters start at ``A`` random, ``B = 0``, ``b_d = 0``, so it starts at the backbone's
-    prediction; the backbone has no parameters for it and computes it as domain ``backbone_domain``
-    (an index or name of one of the backbone's own domains; for a backbone that sees the domain only as an
-    input feature this matters only for domain-indexed parts such as STAR's per-domain weights,
-    partitioned norm or an auxiliary network). The schema's domains grow by ``name``. Existing domains'
-    predictions do not change at all; train the new adapter alone with
-    :func:`polyrec.training.strategies.two_phase.finetune_new_domains`.
+    prediction. The backbone has no parameters for it and computes it as domain ``backbone_domain`` (an index
+    or name of one of the backbone's own domains): its domain-indexed parts (STAR's per-domain weights,
+    partitioned norm, an auxiliary network) are that domain's, and
+    :func:`polyrec.experiment.new_domain_dataset` gives the new rows that domain's indicator feature. The
+    schema's domains grow by ``name``. Existing domains' predictions do not change at all; train the new
+    adapter alone with :func:`polyrec.training.strategies.two_phase.finetune_new_domains`.
 
     Returns the model. ``model.per_domain_adapter_parameters() / model.num_backbone_parameters()`` is the
     parameter share the domain adds.

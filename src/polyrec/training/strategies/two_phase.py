@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ...config import ConfigError
 from ...models.adapters import MLoRAModel, merge_new_domains, stage_new_domains
 from .base import Strategy, TrainContext, mean_stats, register_strategy
 
@@ -52,7 +53,7 @@ class TwoPhase(Strategy):
 
         def __post_init__(self) -> None:
             if self.pretrain_epochs < 0:
-                raise ValueError(f"train.strategy_options.pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
+                raise ConfigError(f"train.strategy_options.pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
 
     def setup(self, ctx: TrainContext) -> None:
         if not isinstance(ctx.model, MLoRAModel):
@@ -77,7 +78,6 @@ class TwoPhase(Strategy):
     def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
         phase = self.phase(epoch)
         self.enter_phase(ctx.model, phase)
-        ctx.model.train()  # re-applies the frozen normalisation statistics after the phase change
         stats = mean_stats([ctx.step(b) for b in ctx.batches(epoch)])
         return {**stats, "phase": float(phase)}
 

@@ -1,0 +1,86 @@
+"""two_phase (MLoRA §3.3): the backbone learns in phase 1 with the adapters untouched, then only the adapters
+learn with the backbone (and its normalisation statistics) bit-for-bit frozen; resume continues the phase."""
+
+import pytest
+import torch
+
+from polyrec import TrainConfig, Trainer, create_model
+from polyrec.config import ConfigError, from_dict
+from polyrec.models.adapters import attach_mlora
+
+
+def adapted(ds, name="mlp", seed=0, **kw):
+    torch.manual_seed(seed)
+    return attach_mlora(create_model(name, ds.schema, embedding_dim=4, hidden_units=[16, 8], **kw), alpha=4)
+
+
+def cfg(**kw):
+    base = dict(batch_size=256, max_epochs=2, patience=0, lr=1e-2, eval_batch_size=4096, strategy="two_phase",
+                strategy_options={"pretrain_epochs": 1})
+    base.update(kw)
+    return from_dict(TrainConfig, base)
+
+
+def snapshot(params):
+    return [p.detach().clone() for p in params]
+
+
+def same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("name,kw", [("mlp", {"norm": "batch"}), ("star", {})])
+def test_phase_one_trains_backbone_phase_two_only_adapters(tiny_dataset, name, kw):
+    model = adapted(tiny_dataset, name, **kw)
+    trainer = Trainer(model, tiny_dataset, cfg(max_epochs=1))
+    back0, ada0 = snapshot(model.backbone_parameters()), snapshot(model.adapter_parameters())
+    trainer.fit()  # epoch 0: phase 1
+    back1, ada1 = snapshot(model.backbone_parameters()), snapshot(model.adapter_parameters())
+    assert not same(back0, back1) and same(ada0, ada1)
+    assert trainer.history[-1]["train_phase"] == 1.0
+    buffers1 = {k: v.clone() for k, v in model.backbone.named_buffers()}
+    assert any("running" in k for k in buffers1)
+
+    trainer.config = from_dict(TrainConfig, {**cfg().__dict__, "max_epochs": 2})
+    trainer.fit()  # epoch 1: phase 2
+    assert trainer.history[-1]["train_phase"] == 2.0
+    assert same(back1, snapshot(model.backbone_parameters()))  # frozen backbone: bit-for-bit unchanged
+    assert not same(ada1, snapshot(model.adapter_parameters()))  # adapters learned
+    for k, v in model.backbone.named_buffers():  # normalisation statistics frozen too
+        assert torch.equal(v, buffers1[k]), k
+    assert all(not p.requires_grad for p in model.backbone_parameters())
+    assert all(p.requires_grad for p in model.adapter_parameters())
+
+
+def test_resume_in_phase_two_keeps_backbone_frozen(tiny_dataset, tmp_path):
+    model = adapted(tiny_dataset)
+    Trainer(model, tiny_dataset, cfg(max_epochs=2), out_dir=tmp_path).fit()
+    resumed_model = adapted(tiny_dataset, seed=5)
+    trainer = Trainer(resumed_model, tiny_dataset, cfg(max_epochs=3), out_dir=tmp_path, resume=True)
+    assert trainer.epoch == 2
+    back = snapshot(resumed_model.backbone_parameters())
+    ada = snapshot(resumed_model.adapter_parameters())
+    trainer.fit()
+    assert [r["train_phase"] for r in trainer.history] == [1.0, 2.0, 2.0]
+    # best weights restored at the end may be an earlier epoch's; the backbone is phase 1's either way
+    assert same(back, snapshot(resumed_model.backbone_parameters()))
+    assert trainer.optimizer.state  # the optimiser in use is the checkpointed one, with its state
+
+
+def test_pretrain_epochs_zero_trains_adapters_from_the_start(tiny_dataset):
+    model = adapted(tiny_dataset)
+    back, ada = snapshot(model.backbone_parameters()), snapshot(model.adapter_parameters())
+    Trainer(model, tiny_dataset, cfg(max_epochs=1, strategy_options={"pretrain_epochs": 0})).fit()
+    assert same(back, snapshot(model.backbone_parameters()))
+    assert not same(ada, snapshot(model.adapter_parameters()))
+
+
+def test_two_phase_needs_adapters_and_valid_options(tiny_dataset):
+    torch.manual_seed(0)
+    plain = create_model("mlp", tiny_dataset.schema, embedding_dim=4, hidden_units=[8])
+    with pytest.raises(ValueError, match="has none; set adapter.kind=mlora"):
+        Trainer(plain, tiny_dataset, cfg(max_epochs=1)).fit()
+    with pytest.raises(ConfigError, match="pretrain_epochs"):
+        Trainer(adapted(tiny_dataset), tiny_dataset, cfg(strategy_options={"pretrain_epochs": -1}))
+    with pytest.raises(ConfigError, match="unknown config key 'pretrain'"):
+        Trainer(adapted(tiny_dataset), tiny_dataset, cfg(strategy_options={"pretrain": 1}))
