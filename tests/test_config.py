@@ -57,3 +57,9 @@ def test_preset_overrides_validate():
         make_config("ml1m-gender", "star", overrides=["data.split.bogus=1"])
     with pytest.raises(KeyError, match="unknown preset 'ml1m-gendr'.*ml1m-gender"):
         make_config("ml1m-gendr", "star")
+
+
+def test_preset_can_set_a_models_training_strategy():
+    assert make_config("ml1m-age3", "dfei").train.strategy == "dfei_cyclic"
+    assert make_config("ml1m-age3", "star").train.strategy == "joint"
+    assert make_config("ml1m-age3", "dfei", overrides=["train.strategy=joint"]).train.strategy == "joint"

@@ -89,6 +89,8 @@ def base_config(preset: str | None = None, model: str | None = None, config_file
                 fields = {f.name for f in dataclasses.fields(get_model_class(model).Config)}
                 params = {k: v for k, v in p.get("model_defaults", {}).items() if k in fields}
             data["model"] = {"name": model, **params}
+            # A model whose paper trains it with its own strategy (DFEI's cyclic schedule) says so here.
+            data["train"] = {**data["train"], **p.get("model_train", {}).get(model, {})}
     if config_file:
         file_cfg = load_yaml(config_file)
         for key, value in file_cfg.items():

@@ -92,6 +92,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "adaptdhm": {"embedding_dim": 16, "hidden_units": [64, 64], "num_clusters": 3},
             "hamur": {"embedding_dim": 16, "hidden_units": [256, 128]},
         },
+        # DFEI is trained with the schedule of its Algorithm 1 (one batch per domain in turn, shared lr / D).
+        "model_train": {"dfei": {"strategy": "dfei_cyclic"}},
         "primary_metric": "auc_overall",
         "reference": {"auc_overall": {"star": 0.8096, "shared_bottom": 0.8095, "mmoe": 0.8086, "ple": 0.8091,
                                       "sarnet": 0.8092, "m2m": 0.8115, "adasparse": 0.8108, "adaptdhm": 0.8083,
