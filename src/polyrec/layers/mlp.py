@@ -72,3 +72,14 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+def optional_mlp(
+    in_dim: int,
+    hidden_units: tuple[int, ...] | list[int],
+    activation: str = "relu",
+    dropout: float = 0.0,
+    output_dim: int | None = None,
+) -> MLP | None:
+    """An :class:`MLP`, or None when ``hidden_units`` is empty (a model's optional deep part or bottom)."""
+    return MLP(in_dim, hidden_units, activation, dropout, output_dim=output_dim) if hidden_units else None

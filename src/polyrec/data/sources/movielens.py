@@ -456,6 +456,38 @@ def _movie_titles(inter_ids: pd.Series, movie_ids: pd.Series, titles: pd.Series,
     return titles.take(pos).reset_index(drop=True)
 
 
+def _grouplens_frames(
+    ratings: pd.DataFrame,
+    raw_users: pd.DataFrame,
+    movies: pd.DataFrame,
+    rlabel: str,
+    ulabel: str,
+    occupation: Callable[[pd.Series], pd.Series] = lambda s: s,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The interaction frame (items keyed by movie title) and the user frame of a GroupLens release.
+
+    ``occupation`` renders the raw occupation column (ML-1M stores codes, ML-100K words).
+    """
+    inter = pd.DataFrame(
+        {
+            "user_id": ratings["user_id"],
+            "item_id": _movie_titles(ratings["movie_id"], movies["movie_id"], movies["title"], rlabel),
+            "rating": ratings["rating"],
+            "timestamp": ratings["timestamp"],
+        }
+    )
+    users = pd.DataFrame(
+        {
+            "user_id": raw_users["user_id"],
+            "age": _to_int64(raw_users["age"], "age", ulabel),
+            "gender": raw_users["gender"],
+            "occupation": occupation(raw_users["occupation"]),
+            "zip_code": raw_users["zip_code"],
+        }
+    )
+    return inter, users
+
+
 def _load_grouplens_1m(files: _Files, found: dict) -> pd.DataFrame:
     rlabel, ulabel, mlabel = (files.label(found[k]) for k in ("ratings", "users", "movies"))
     ratings = _read_sep_file(
@@ -470,23 +502,7 @@ def _load_grouplens_1m(files: _Files, found: dict) -> pd.DataFrame:
         files.read(found["movies"]), b"::", ["movie_id", "title", "genres"], mlabel,
         {"movie_id": "int64", "title": str, "genres": str}, "latin-1",
     )
-    inter = pd.DataFrame(
-        {
-            "user_id": ratings["user_id"],
-            "item_id": _movie_titles(ratings["movie_id"], movies["movie_id"], movies["title"], rlabel),
-            "rating": ratings["rating"],
-            "timestamp": ratings["timestamp"],
-        }
-    )
-    users = pd.DataFrame(
-        {
-            "user_id": raw_users["user_id"],
-            "age": _to_int64(raw_users["age"], "age", ulabel),
-            "gender": raw_users["gender"],
-            "occupation": _code_to_str(raw_users["occupation"]),
-            "zip_code": raw_users["zip_code"],
-        }
-    )
+    inter, users = _grouplens_frames(ratings, raw_users, movies, rlabel, ulabel, occupation=_code_to_str)
     items = _items_frame(movies["title"], movies["genres"])
     return _assemble(inter, users, items, str(files.root))
 
@@ -512,23 +528,7 @@ def _load_grouplens_100k(files: _Files, found: dict) -> pd.DataFrame:
     for j, genre in enumerate(_ML100K_GENRES):
         genres = genres.where(~flags[:, j], genres + ("|" if j else "") + genre)
     genres = genres.str.lstrip("|")
-    inter = pd.DataFrame(
-        {
-            "user_id": ratings["user_id"],
-            "item_id": _movie_titles(ratings["movie_id"], movies["movie_id"], movies["title"], rlabel),
-            "rating": ratings["rating"],
-            "timestamp": ratings["timestamp"],
-        }
-    )
-    users = pd.DataFrame(
-        {
-            "user_id": raw_users["user_id"],
-            "age": _to_int64(raw_users["age"], "age", ulabel),
-            "gender": raw_users["gender"],
-            "occupation": raw_users["occupation"],
-            "zip_code": raw_users["zip_code"],
-        }
-    )
+    inter, users = _grouplens_frames(ratings, raw_users, movies, rlabel, ulabel)
     # Several MovieIDs share one title; their attribute rows are identical
     # and collapse in the join, a conflicting pair raises there.
     items = _items_frame(movies["title"], genres)

@@ -25,20 +25,17 @@ import torch
 from torch import nn
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork
-from ...layers.embedding import EmbeddingCollection
 from ...layers.interaction import SelfAttentionInteraction
-from ...layers.mlp import MLP
+from ...layers.mlp import optional_mlp
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class AutoIntConfig:
-    """Config of :class:`AutoIntModel`.
+class AutoIntConfig(ModelConfig):
+    """Config of :class:`AutoIntModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature.
         hidden_units: sizes of the AutoInt+ MLP branch; empty gives plain AutoInt.
         activation: hidden activation of the MLP branch.
         dropout: dropout after each hidden layer of the MLP branch.
@@ -47,21 +44,14 @@ class AutoIntConfig:
         attention_dim: per-head size d of queries, keys and values (0: ``embedding_dim``).
         use_residual: the projected residual connection of each interacting layer (Eq. 8).
         attention_scale: divide attention logits by √d.
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (256, 128, 64)
-    activation: str = "relu"
-    dropout: float = 0.0
     num_attention_layers: int = 3
     num_heads: int = 2
     attention_dim: int = 0
     use_residual: bool = True
     attention_scale: bool = True
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("autoint")
@@ -85,7 +75,7 @@ class AutoIntModel(Model):
         if config.num_attention_layers < 1:
             raise ValueError(f"autoint.num_attention_layers must be >= 1, got {config.num_attention_layers}")
         E = config.embedding_dim
-        self.embeddings = EmbeddingCollection(schema, E)
+        in_dim = self._build_embeddings()
         d = config.attention_dim or E
         layers, dim = [], E
         for _ in range(config.num_attention_layers):
@@ -94,24 +84,13 @@ class AutoIntModel(Model):
             dim = layer.output_dim
         self.attention = nn.Sequential(*layers)
         self.attention_out = nn.Linear(self.embeddings.num_fields * dim + len(schema.dense), 1)
-        self.dnn = (
-            MLP(self.embeddings.output_dim + len(schema.dense), config.hidden_units, config.activation,
-                config.dropout, output_dim=1)
-            if config.hidden_units
-            else None
-        )
-        self.aux = (
-            AuxiliaryDomainNetwork(schema.num_domains, E, config.aux_hidden)
-            if config.aux_network
-            else None
-        )
+        self.dnn = optional_mlp(in_dim, config.hidden_units, config.activation, config.dropout, output_dim=1)
+        self._build_aux(activation="relu")  # config.activation is the DNN's only
 
     def forward(self, batch: Batch) -> ModelOutput:
         emb = self.embeddings(batch)
         attended = self.attention(emb).flatten(1)
         logits = self.attention_out(torch.cat([attended, batch.dense], dim=1)).squeeze(-1)
         if self.dnn is not None:
-            logits = logits + self.dnn(torch.cat([emb.flatten(1), batch.dense], dim=1)).squeeze(-1)
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+            logits = logits + self.dnn(self.flat_inputs(batch, emb)).squeeze(-1)
+        return ModelOutput(self.add_aux_logit(logits, batch))

@@ -18,35 +18,23 @@ import torch
 from torch import nn
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork
-from ...layers.embedding import EmbeddingCollection
 from ...layers.interaction import CrossNetwork
-from ...layers.mlp import MLP
+from ...layers.mlp import optional_mlp
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class DCNConfig:
-    """Config of :class:`DCNModel`.
+class DCNConfig(ModelConfig):
+    """Config of :class:`DCNModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature.
         hidden_units: deep-network sizes; empty drops the deep network.
-        activation: hidden activation.
-        dropout: dropout after each hidden layer.
         num_cross_layers: L_c, cross layers.
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (256, 128, 64)
-    activation: str = "relu"
-    dropout: float = 0.0
     num_cross_layers: int = 3
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("dcn")
@@ -67,25 +55,16 @@ class DCNModel(Model):
 
     def __init__(self, schema, config: DCNConfig) -> None:
         super().__init__(schema, config)
-        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
+        in_dim = self._build_embeddings()
         self.cross = CrossNetwork(in_dim, config.num_cross_layers)
-        self.dnn = (
-            MLP(in_dim, config.hidden_units, config.activation, config.dropout) if config.hidden_units else None
-        )
+        self.dnn = optional_mlp(in_dim, config.hidden_units, config.activation, config.dropout)
         self.out = nn.Linear(in_dim + (self.dnn.output_dim if self.dnn is not None else 0), 1)
-        self.aux = (
-            AuxiliaryDomainNetwork(schema.num_domains, config.embedding_dim, config.aux_hidden)
-            if config.aux_network
-            else None
-        )
+        self._build_aux(activation="relu")  # config.activation is the DNN's only
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x0 = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        x0 = self.flat_inputs(batch)
         parts = [self.cross(x0)]
         if self.dnn is not None:
             parts.append(self.dnn(x0))
         logits = self.out(torch.cat(parts, dim=1)).squeeze(-1)
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

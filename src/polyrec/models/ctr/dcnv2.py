@@ -23,41 +23,29 @@ import torch
 from torch import nn
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork
-from ...layers.embedding import EmbeddingCollection
 from ...layers.interaction import CrossNetworkV2
-from ...layers.mlp import MLP
+from ...layers.mlp import optional_mlp
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class DCNv2Config:
-    """Config of :class:`DCNv2Model`.
+class DCNv2Config(ModelConfig):
+    """Config of :class:`DCNv2Model` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature.
         hidden_units: deep-network sizes; empty drops the deep network.
-        activation: hidden activation.
-        dropout: dropout after each hidden layer.
         num_cross_layers: cross layers.
         low_rank: rank r of the cross layers' low-rank factors; None for full-rank W.
         num_experts: low-rank (or full-rank) experts per cross layer, mixed by a softmax gate.
         structure: ``parallel`` (cross ∥ deep on x_0) or ``stacked`` (deep on the cross output).
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (256, 128, 64)
-    activation: str = "relu"
-    dropout: float = 0.0
     num_cross_layers: int = 3
     low_rank: int | None = None
     num_experts: int = 1
     structure: Literal["parallel", "stacked"] = "parallel"
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("dcnv2")
@@ -81,26 +69,19 @@ class DCNv2Model(Model):
         super().__init__(schema, config)
         if config.structure not in ("parallel", "stacked"):
             raise ValueError(f"dcnv2.structure must be parallel or stacked, got {config.structure!r}")
-        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
+        in_dim = self._build_embeddings()
         self.cross = CrossNetworkV2(in_dim, config.num_cross_layers, config.low_rank, config.num_experts)
         self.stacked = config.structure == "stacked"
-        self.dnn = (
-            MLP(in_dim, config.hidden_units, config.activation, config.dropout) if config.hidden_units else None
-        )
+        self.dnn = optional_mlp(in_dim, config.hidden_units, config.activation, config.dropout)
         if self.dnn is None:
             out_dim = in_dim
         else:
             out_dim = self.dnn.output_dim if self.stacked else in_dim + self.dnn.output_dim
         self.out = nn.Linear(out_dim, 1)
-        self.aux = (
-            AuxiliaryDomainNetwork(schema.num_domains, config.embedding_dim, config.aux_hidden)
-            if config.aux_network
-            else None
-        )
+        self._build_aux(activation="relu")  # config.activation is the DNN's only
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x0 = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        x0 = self.flat_inputs(batch)
         crossed = self.cross(x0)
         if self.dnn is None:
             h = crossed
@@ -109,6 +90,4 @@ class DCNv2Model(Model):
         else:
             h = torch.cat([crossed, self.dnn(x0)], dim=1)
         logits = self.out(h).squeeze(-1)
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

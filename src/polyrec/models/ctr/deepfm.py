@@ -17,37 +17,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork
-from ...layers.embedding import EmbeddingCollection
 from ...layers.interaction import FMInteraction
 from ...layers.linear import LinearPart
-from ...layers.mlp import MLP
+from ...layers.mlp import optional_mlp
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class DeepFMConfig:
-    """Config of :class:`DeepFMModel`.
+class DeepFMConfig(ModelConfig):
+    """Config of :class:`DeepFMModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
         embedding_dim: E, shared by the FM and the deep component.
         hidden_units: deep-component sizes; empty drops the deep component (a plain FM).
-        activation: hidden activation.
-        dropout: dropout after each hidden layer.
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (256, 128, 64)
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("deepfm")
@@ -68,26 +56,15 @@ class DeepFMModel(Model):
 
     def __init__(self, schema, config: DeepFMConfig) -> None:
         super().__init__(schema, config)
-        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
+        in_dim = self._build_embeddings()
         self.linear = LinearPart(schema)
         self.fm = FMInteraction(reduce_sum=True)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
-        self.dnn = (
-            MLP(in_dim, config.hidden_units, config.activation, config.dropout, output_dim=1)
-            if config.hidden_units
-            else None
-        )
-        self.aux = (
-            AuxiliaryDomainNetwork(schema.num_domains, config.embedding_dim, config.aux_hidden)
-            if config.aux_network
-            else None
-        )
+        self.dnn = optional_mlp(in_dim, config.hidden_units, config.activation, config.dropout, output_dim=1)
+        self._build_aux(activation="relu")  # config.activation is the DNN's only
 
     def forward(self, batch: Batch) -> ModelOutput:
         emb = self.embeddings(batch)
         logits = self.linear(batch) + self.fm(emb).squeeze(-1)
         if self.dnn is not None:
-            logits = logits + self.dnn(torch.cat([emb.flatten(1), batch.dense], dim=1)).squeeze(-1)
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+            logits = logits + self.dnn(self.flat_inputs(batch, emb)).squeeze(-1)
+        return ModelOutput(self.add_aux_logit(logits, batch))

@@ -23,38 +23,26 @@ from typing import Literal
 import torch
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork
-from ...layers.embedding import EmbeddingCollection
 from ...layers.interaction import BilinearInteraction, SENETLayer
 from ...layers.linear import LinearPart
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class FiBiNETConfig:
-    """Config of :class:`FiBiNETModel`.
+class FiBiNETConfig(ModelConfig):
+    """Config of :class:`FiBiNETModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature.
         hidden_units: sizes of the MLP on [p, q] (an output layer of size 1 follows).
-        activation: hidden activation.
-        dropout: dropout after each hidden layer.
         reduction_ratio: SENET reduction ratio r.
         bilinear_type: ``field_all``, ``field_each`` or ``field_interaction`` (how W is shared).
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (256, 128, 64)
-    activation: str = "relu"
-    dropout: float = 0.0
     reduction_ratio: int = 3
     bilinear_type: Literal["field_all", "field_each", "field_interaction"] = "field_interaction"
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("fibinet")
@@ -77,7 +65,7 @@ class FiBiNETModel(Model):
     def __init__(self, schema, config: FiBiNETConfig) -> None:
         super().__init__(schema, config)
         E = config.embedding_dim
-        self.embeddings = EmbeddingCollection(schema, E)
+        self._build_embeddings()
         F = self.embeddings.num_fields
         if F < 2:
             raise ValueError(
@@ -90,17 +78,11 @@ class FiBiNETModel(Model):
         self.bilinear_senet = BilinearInteraction(F, E, config.bilinear_type)
         in_dim = 2 * self.bilinear.num_pairs * E + len(schema.dense)
         self.dnn = MLP(in_dim, config.hidden_units, config.activation, config.dropout, output_dim=1)
-        self.aux = (
-            AuxiliaryDomainNetwork(schema.num_domains, E, config.aux_hidden)
-            if config.aux_network
-            else None
-        )
+        self._build_aux(activation="relu")  # config.activation is the DNN's only
 
     def forward(self, batch: Batch) -> ModelOutput:
         emb = self.embeddings(batch)
         p = self.bilinear(emb).flatten(1)
         q = self.bilinear_senet(self.senet(emb)).flatten(1)
         logits = self.linear(batch) + self.dnn(torch.cat([p, q, batch.dense], dim=1)).squeeze(-1)
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

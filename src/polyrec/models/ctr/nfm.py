@@ -21,38 +21,27 @@ import torch
 from torch import nn
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork
-from ...layers.embedding import EmbeddingCollection
 from ...layers.interaction import BiInteractionPooling
 from ...layers.linear import LinearPart
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class NFMConfig:
-    """Config of :class:`NFMModel`.
+class NFMConfig(ModelConfig):
+    """Config of :class:`NFMModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
         embedding_dim: E, also the size of the Bi-Interaction vector.
         hidden_units: sizes of the MLP on the pooled vector (an output layer of size 1 follows).
-        activation: hidden activation.
-        dropout: dropout after each hidden layer.
         bi_batch_norm: batch normalisation of the Bi-Interaction vector (paper Sec. 3.4).
         bi_dropout: dropout on the Bi-Interaction vector (paper Sec. 3.3).
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (256, 128, 64)
-    activation: str = "relu"
-    dropout: float = 0.0
     bi_batch_norm: bool = True
     bi_dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("nfm")
@@ -76,21 +65,15 @@ class NFMModel(Model):
         if not 0.0 <= config.bi_dropout < 1.0:
             raise ValueError(f"nfm.bi_dropout must be in [0, 1), got {config.bi_dropout}")
         E = config.embedding_dim
-        self.embeddings = EmbeddingCollection(schema, E)
+        self._build_embeddings()
         self.linear = LinearPart(schema)
         self.bi_pooling = BiInteractionPooling()
         self.bi_norm = nn.BatchNorm1d(E) if config.bi_batch_norm else nn.Identity()
         self.bi_dropout = nn.Dropout(config.bi_dropout) if config.bi_dropout > 0 else nn.Identity()
         self.dnn = MLP(E + len(schema.dense), config.hidden_units, config.activation, config.dropout, output_dim=1)
-        self.aux = (
-            AuxiliaryDomainNetwork(schema.num_domains, E, config.aux_hidden)
-            if config.aux_network
-            else None
-        )
+        self._build_aux(activation="relu")  # config.activation is the DNN's only
 
     def forward(self, batch: Batch) -> ModelOutput:
         pooled = self.bi_dropout(self.bi_norm(self.bi_pooling(self.embeddings(batch))))
         logits = self.linear(batch) + self.dnn(torch.cat([pooled, batch.dense], dim=1)).squeeze(-1)
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

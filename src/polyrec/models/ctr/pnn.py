@@ -24,37 +24,25 @@ import torch
 from torch import nn
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork
-from ...layers.embedding import EmbeddingCollection
 from ...layers.interaction import InnerProduct, OuterProduct
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class PNNConfig:
-    """Config of :class:`PNNModel`.
+class PNNConfig(ModelConfig):
+    """Config of :class:`PNNModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature.
         hidden_units: sizes of the MLP on the product layer (an output layer of size 1 follows).
-        activation: hidden activation.
-        dropout: dropout after each hidden layer.
         product_type: ``inner`` (IPNN), ``outer`` (OPNN) or ``both`` (PNN*).
         kernel_type: the outer-product kernel K_ij: ``mat`` (E×E), ``vec`` (diagonal) or ``num`` (scalar).
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (256, 128, 64)
-    activation: str = "relu"
-    dropout: float = 0.0
     product_type: Literal["inner", "outer", "both"] = "inner"
     kernel_type: Literal["mat", "vec", "num"] = "mat"
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("pnn")
@@ -78,7 +66,7 @@ class PNNModel(Model):
         if config.product_type not in ("inner", "outer", "both"):
             raise ValueError(f"pnn.product_type must be one of inner, outer, both; got {config.product_type!r}")
         E = config.embedding_dim
-        self.embeddings = EmbeddingCollection(schema, E)
+        self._build_embeddings()
         F = self.embeddings.num_fields
         if F < 2:
             raise ValueError(
@@ -93,16 +81,10 @@ class PNNModel(Model):
         self.products = nn.ModuleList(products)
         in_dim = self.embeddings.output_dim + sum(p.output_dim for p in products) + len(schema.dense)
         self.dnn = MLP(in_dim, config.hidden_units, config.activation, config.dropout, output_dim=1)
-        self.aux = (
-            AuxiliaryDomainNetwork(schema.num_domains, E, config.aux_hidden)
-            if config.aux_network
-            else None
-        )
+        self._build_aux(activation="relu")  # config.activation is the DNN's only
 
     def forward(self, batch: Batch) -> ModelOutput:
         emb = self.embeddings(batch)
         parts = [emb.flatten(1)] + [product(emb) for product in self.products] + [batch.dense]
         logits = self.dnn(torch.cat(parts, dim=1)).squeeze(-1)
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

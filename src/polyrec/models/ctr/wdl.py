@@ -17,36 +17,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork
-from ...layers.embedding import EmbeddingCollection
 from ...layers.linear import LinearPart
-from ...layers.mlp import MLP
+from ...layers.mlp import optional_mlp
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class WDLConfig:
-    """Config of :class:`WDLModel`.
+class WDLConfig(ModelConfig):
+    """Config of :class:`WDLModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature.
         hidden_units: deep-part sizes; empty drops the deep part.
-        activation: hidden activation.
-        dropout: dropout after each hidden layer.
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (256, 128, 64)
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("wdl")
@@ -66,25 +53,13 @@ class WDLModel(Model):
 
     def __init__(self, schema, config: WDLConfig) -> None:
         super().__init__(schema, config)
-        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
+        in_dim = self._build_embeddings()
         self.linear = LinearPart(schema)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
-        self.dnn = (
-            MLP(in_dim, config.hidden_units, config.activation, config.dropout, output_dim=1)
-            if config.hidden_units
-            else None
-        )
-        self.aux = (
-            AuxiliaryDomainNetwork(schema.num_domains, config.embedding_dim, config.aux_hidden)
-            if config.aux_network
-            else None
-        )
+        self.dnn = optional_mlp(in_dim, config.hidden_units, config.activation, config.dropout, output_dim=1)
+        self._build_aux(activation="relu")  # config.activation is the DNN's only
 
     def forward(self, batch: Batch) -> ModelOutput:
         logits = self.linear(batch)
         if self.dnn is not None:
-            deep_in = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
-            logits = logits + self.dnn(deep_in).squeeze(-1)
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+            logits = logits + self.dnn(self.flat_inputs(batch)).squeeze(-1)
+        return ModelOutput(self.add_aux_logit(logits, batch))

@@ -36,39 +36,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork
-from ...layers.embedding import EmbeddingCollection
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class AdaptDHMConfig:
-    """Config of :class:`AdaptDHMModel`.
+class AdaptDHMConfig(ModelConfig):
+    """Config of :class:`AdaptDHMModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature and the domain embedding (default 16).
         hidden_units: hidden sizes of each cluster tower (default (64, 64), the P2 benchmark's); a
             cluster-specific output layer of size 1 follows.
         num_clusters: K, the number of distribution clusters and expert towers (default 3).
         momentum: β of the centre update (default 0.9).
         temperature: τ of the soft assignment over cosine similarities (default 0.1).
-        activation: hidden activation.
-        dropout: dropout after each hidden layer.
-        aux_network: add STAR's auxiliary domain network's logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (64, 64)
     num_clusters: int = 3
     momentum: float = 0.9
     temperature: float = 0.1
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 class ClusterStarLayer(nn.Module):
@@ -115,20 +103,15 @@ class AdaptDHMModel(Model):
                 f"adaptdhm: momentum must be in [0, 1) and temperature > 0; got {config.momentum}, {config.temperature}"
             )
         E, K = config.embedding_dim, config.num_clusters
-        self.embeddings = EmbeddingCollection(schema, E)
+        feat_dim = self._build_embeddings()
         self.domain_embedding = nn.Embedding(schema.num_domains, E)
         nn.init.normal_(self.domain_embedding.weight, std=1e-2)
-        feat_dim = self.embeddings.output_dim + len(schema.dense)
         self.register_buffer("centers", F.normalize(torch.randn(K, feat_dim + E), dim=1))
         sizes = [feat_dim + E, *config.hidden_units, 1]
         self.layers = nn.ModuleList(ClusterStarLayer(a, b, K) for a, b in zip(sizes[:-1], sizes[1:]))
         self.act = make_activation(config.activation)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.aux = (
-            AuxiliaryDomainNetwork(schema.num_domains, E, config.aux_hidden, activation=config.activation)
-            if config.aux_network
-            else None
-        )
+        self._build_aux()
 
     @torch.no_grad()
     def assign(self, features: Tensor, dom: Tensor) -> Tensor:
@@ -143,7 +126,7 @@ class AdaptDHMModel(Model):
         return torch.softmax(key @ self.centers.T / tau, dim=1)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        features = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        features = self.flat_inputs(batch)
         dom = self.domain_embedding(batch.domain)
         r = self.assign(features.detach(), dom.detach())
         h = torch.cat([features, dom], dim=1)
@@ -153,6 +136,4 @@ class AdaptDHMModel(Model):
             if i < last:
                 h = self.dropout(self.act(h))
         logits = (r * h.squeeze(-1)).sum(1)  # soft routing over the K cluster towers
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

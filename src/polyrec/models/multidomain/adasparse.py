@@ -34,23 +34,18 @@ import torch
 from torch import Tensor, nn
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork
-from ...layers.embedding import EmbeddingCollection
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class AdaSparseConfig:
-    """Config of :class:`AdaSparseModel`.
+class AdaSparseConfig(ModelConfig):
+    """Config of :class:`AdaSparseModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature and the domain embedding (default 16).
         hidden_units: backbone hidden sizes (default (128, 64, 32); the P2 benchmark's port uses (32, 32)
             with dropout 0.2).
-        activation: hidden activation.
-        dropout: dropout after each hidden layer.
         form: weighting factor form, ``binarization``, ``scaling`` or ``fusion`` (default, as the port).
         epsilon: ε, the pruning threshold on σ(α v) (default 1e-2).
         beta: β, the scale of the scaling and fusion forms (default 2).
@@ -59,14 +54,9 @@ class AdaSparseConfig:
         sparsity_weight: λ of the sparsity regularisation (0 disables it; default 1e-2).
         sparsity_range: the target interval ``(r_min, r_max)`` of each layer's pruned fraction
             (default (0.1, 0.5)).
-        aux_network: add STAR's auxiliary domain network's logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (128, 64, 32)
-    activation: str = "relu"
-    dropout: float = 0.0
     form: Literal["binarization", "scaling", "fusion"] = "fusion"
     epsilon: float = 1e-2
     beta: float = 2.0
@@ -74,8 +64,6 @@ class AdaSparseConfig:
     alpha_step: float = 1e-4
     sparsity_weight: float = 1e-2
     sparsity_range: tuple[float, float] = (0.1, 0.5)
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("adasparse")
@@ -99,10 +87,9 @@ class AdaSparseModel(Model):
         if not 0.0 < config.epsilon < 1.0:
             raise ValueError(f"adasparse.epsilon must be in (0, 1), got {config.epsilon}")
         E = config.embedding_dim
-        self.embeddings = EmbeddingCollection(schema, E)
+        in_dim = self._build_embeddings()
         self.domain_embedding = nn.Embedding(schema.num_domains, E)
         nn.init.normal_(self.domain_embedding.weight, std=1e-2)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
         pruned = [in_dim, *config.hidden_units]  # the neurons each pruner weighs
         self.pruners = nn.ModuleList(nn.Linear(E + n, n, bias=False) for n in pruned)
         sizes = [in_dim + E, *config.hidden_units]
@@ -111,11 +98,7 @@ class AdaSparseModel(Model):
         self.act = make_activation(config.activation)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.register_buffer("alpha", torch.tensor(float(config.alpha)))
-        self.aux = (
-            AuxiliaryDomainNetwork(schema.num_domains, E, config.aux_hidden, activation=config.activation)
-            if config.aux_network
-            else None
-        )
+        self._build_aux()
 
     def weighting_factors(self, i: int, dom: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """π of pruner ``i`` for neurons ``h`` and domain embeddings ``dom``, and the soft kept-probability σ(α v)."""
@@ -135,7 +118,7 @@ class AdaSparseModel(Model):
             with torch.no_grad():
                 self.alpha += self.config.alpha_step
         dom = self.domain_embedding(batch.domain)
-        h = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        h = self.flat_inputs(batch)
         pi, soft = self.weighting_factors(0, dom, h)
         kept = [soft]
         h = torch.cat([dom, pi * h], dim=1)
@@ -145,8 +128,7 @@ class AdaSparseModel(Model):
             kept.append(soft)
             h = self.dropout(pi * h)
         logits = self.out(h).squeeze(-1)
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
+        logits = self.add_aux_logit(logits, batch)
         aux_losses = {}
         if self.config.sparsity_weight > 0:
             lo, hi = self.config.sparsity_range

@@ -35,36 +35,26 @@ from torch import Tensor, nn
 
 from ...config import ConfigError
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork, DomainSegments
-from ...layers.embedding import EmbeddingCollection
+from ...layers.domain import DomainSegments
 from ...layers.experts import BankLinear, ExpertBank
-from ...layers.mlp import activation as make_activation
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class AITMConfig:
-    """Config of :class:`AITMModel`.
+class AITMConfig(ModelConfig):
+    """Config of :class:`AITMModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature.
         tower_units: hidden sizes of each domain's tower; its last size k is also the size of the
             transferred information and of the AIT attention.
         domain_order: the sequence of domains by name, first to last (empty: the schema's order).
         activation: hidden activation of the towers.
         dropout: dropout after each hidden activation and after the transfer layer.
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     tower_units: tuple[int, ...] = (128, 64, 32)
     domain_order: tuple[str, ...] = ()
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("aitm")
@@ -95,8 +85,7 @@ class AITMModel(Model):
         self.register_buffer(
             "position_of", torch.tensor([order.index(n) for n in names], dtype=torch.long), persistent=False
         )
-        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
+        in_dim = self._build_embeddings()
         k = config.tower_units[-1]
         self.k = k
         self.towers = ExpertBank(in_dim, config.tower_units, D, config.activation, config.dropout)  # by position
@@ -110,11 +99,7 @@ class AITMModel(Model):
             self.register_parameter("attention", None)
         self.transfer_act = nn.ReLU()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.aux = (
-            AuxiliaryDomainNetwork(D, config.embedding_dim, config.aux_hidden, activation=config.activation)
-            if config.aux_network
-            else None
-        )
+        self._build_aux()
 
     def _ait(self, p: Tensor, q: Tensor, index: int) -> Tensor:
         """AIT (eq. 3-5) over the two candidates ``p`` (own tower) and ``q`` (transferred): ``[N, k]``."""
@@ -124,7 +109,7 @@ class AITMModel(Model):
         return (w.unsqueeze(-1) * h[2]).sum(1)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        z = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        z = self.flat_inputs(batch)
         position = self.position_of.index_select(0, batch.domain)
         seg = DomainSegments.from_domain(position)
         x = seg.sort(z)
@@ -145,6 +130,4 @@ class AITMModel(Model):
                 outs.append(self.heads.forward_member(zt[:n], t))
             prev, prev_start, start = zt, start, start + n
         logits = seg.unsort(torch.cat(outs).squeeze(-1)) if outs else z.new_zeros(0)
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

@@ -32,36 +32,25 @@ from torch import nn
 
 from ...config import ConfigError
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork, DomainLinearBank, DomainSegments
-from ...layers.embedding import EmbeddingCollection
+from ...layers.domain import DomainLinearBank
 from ...layers.experts import BankLinear, CrossStitchUnit
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class CrossStitchConfig:
-    """Config of :class:`CrossStitchModel`.
+class CrossStitchConfig(ModelConfig):
+    """Config of :class:`CrossStitchModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature.
         hidden_units: hidden sizes of every domain's network; a cross-stitch unit follows each hidden layer
             and a per-domain ``Linear(·, 1)`` output layer the last one.
         stitch_self_weight: initial diagonal of every cross-stitch matrix α (α_S in the paper).
-        activation: hidden activation.
-        dropout: dropout after each hidden activation.
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (128, 64, 32)
     stitch_self_weight: float = 0.9
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("cross_stitch")
@@ -87,29 +76,20 @@ class CrossStitchModel(Model):
         if not 0.0 <= config.dropout < 1.0:
             raise ConfigError(f"cross_stitch.dropout must be in [0, 1), got {config.dropout}")
         D = schema.num_domains
-        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
+        in_dim = self._build_embeddings()
         sizes = [in_dim, *config.hidden_units]
         self.layers = nn.ModuleList(BankLinear(a, b, D) for a, b in zip(sizes[:-1], sizes[1:]))
         self.stitches = nn.ModuleList(CrossStitchUnit(D, config.stitch_self_weight) for _ in config.hidden_units)
         self.out = DomainLinearBank(sizes[-1], 1, D)
         self.act = make_activation(config.activation)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.aux = (
-            AuxiliaryDomainNetwork(D, config.embedding_dim, config.aux_hidden, activation=config.activation)
-            if config.aux_network
-            else None
-        )
+        self._build_aux()
 
     def forward(self, batch: Batch) -> ModelOutput:
-        z = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
-        seg = DomainSegments.from_domain(batch.domain)
-        h = seg.sort(z)  # [B, in]: every domain network reads the same first input
+        h, seg = self.sorted_inputs(batch)  # [B, in]: every domain network reads the same first input
         last = len(self.layers) - 1
         for i, (layer, stitch) in enumerate(zip(self.layers, self.stitches)):
             h = self.dropout(self.act(layer(h)))  # [D, B, H]
             h = stitch(h) if i < last else stitch.forward_rows(h, seg.sorted_domain)  # last: own column only
         logits = seg.unsort(self.out(h, seg).squeeze(-1))
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

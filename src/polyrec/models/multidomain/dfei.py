@@ -47,16 +47,15 @@ from torch import Tensor, nn
 
 from ...config import ConfigError
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork, DomainMLPBank, DomainSegments
-from ...layers.embedding import EmbeddingCollection
+from ...layers.domain import DomainMLPBank, DomainSegments
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class DFEIConfig:
-    """Config of :class:`DFEIModel`.
+class DFEIConfig(ModelConfig):
+    """Config of :class:`DFEIModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
         embedding_dim: E for every sparse feature (paper: 16).
@@ -70,11 +69,8 @@ class DFEIConfig:
             domain (False: v_d is a constant for the loss).
         activation: hidden activation of towers and head.
         dropout: dropout after each hidden activation of towers and head.
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     shared_units: tuple[int, ...] = (128, 64, 32)
     domain_units: tuple[int, ...] = (128, 64, 32)
     head_units: tuple[int, ...] = (32,)
@@ -82,10 +78,6 @@ class DFEIConfig:
     attention_dim: int = 32
     alpha: float = 0.9
     mean_gradient: bool = True
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -117,8 +109,7 @@ class DFEIModel(Model):
     def __init__(self, schema, config: DFEIConfig) -> None:
         super().__init__(schema, config)
         D, k = schema.num_domains, config.attention_dim
-        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
+        in_dim = self._build_embeddings()
         self.shared_tower = MLP(in_dim, config.shared_units, config.activation, config.dropout)
         self.domain_towers = DomainMLPBank(in_dim, config.domain_units, D, config.activation, config.dropout)
         feat = config.domain_units[-1]
@@ -130,11 +121,7 @@ class DFEIModel(Model):
             self.head = DomainMLPBank(head_in, config.head_units, D, config.activation, config.dropout, output_dim=1)
         else:
             self.head = MLP(head_in, config.head_units, config.activation, config.dropout, output_dim=1)
-        self.aux = (
-            AuxiliaryDomainNetwork(D, config.embedding_dim, config.aux_hidden, activation=config.activation)
-            if config.aux_network
-            else None
-        )
+        self._build_aux()
         self.register_buffer("v", torch.zeros(D, feat))
         self.register_buffer("v_initialized", torch.zeros(D, dtype=torch.bool))
         self.scale = 1.0 / math.sqrt(k)
@@ -198,10 +185,7 @@ class DFEIModel(Model):
         return z, w
 
     def forward(self, batch: Batch) -> ModelOutput:
-        emb = self.embeddings(batch)
-        x = torch.cat([emb.flatten(1), batch.dense], dim=1) if batch.dense.shape[1] else emb.flatten(1)
-        seg = DomainSegments.from_domain(batch.domain)
-        x = seg.sort(x)
+        x, seg = self.sorted_inputs(batch)
         domain = seg.sorted_domain
         s = self.shared_tower(x)
         u = self.domain_towers(x, seg)
@@ -210,6 +194,4 @@ class DFEIModel(Model):
         h = torch.cat([s, u, v.index_select(0, domain), z], dim=1)
         out = self.head(h, seg) if self.config.domain_head else self.head(h)
         logits = seg.unsort(out.squeeze(-1))
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

@@ -37,21 +37,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork, DomainLinearBank, DomainSegments
-from ...layers.embedding import EmbeddingCollection
+from ...layers.domain import DomainLinearBank, DomainSegments
 from ...layers.gates import segment_einsum
 from ...layers.mlp import MLP
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class HamurConfig:
-    """Config of :class:`HamurModel`.
+class HamurConfig(ModelConfig):
+    """Config of :class:`HamurModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature and the domain embedding (default 16).
         hidden_units: hidden sizes of each domain's backbone (default (256, 128), the P2 benchmark's
             HAMUR-small); an adapter cell follows every hidden layer, a per-domain output layer the last.
         adapter_dim: width of the adapters' bottleneck (default 32).
@@ -59,19 +57,12 @@ class HamurConfig:
         hyper_units: hidden sizes of the shared hypernetwork (default (64,)).
         activation: hidden activation of backbone and hypernetwork.
         dropout: dropout after each backbone hidden layer.
-        aux_network: add STAR's auxiliary domain network's logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (256, 128)
     adapter_dim: int = 32
     hyper_rank: int = 16
     hyper_units: tuple[int, ...] = (64,)
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 class HyperAdapterBank(nn.Module):
@@ -133,10 +124,9 @@ class HamurModel(Model):
         if not config.hidden_units or config.hyper_rank < 1 or config.adapter_dim < 1:
             raise ValueError("hamur: needs hidden_units, hyper_rank >= 1 and adapter_dim >= 1")
         D, E, k = schema.num_domains, config.embedding_dim, config.hyper_rank
-        self.embeddings = EmbeddingCollection(schema, E)
+        in_dim = self._build_embeddings()
         self.domain_embedding = nn.Embedding(D, E)
         nn.init.normal_(self.domain_embedding.weight, std=1e-2)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
         self.hyper = MLP(in_dim + E, config.hyper_units, config.activation, output_dim=k * k)
         last = self.hyper.net[-1]
         nn.init.zeros_(last.weight)  # H(x) = I at the start
@@ -148,14 +138,10 @@ class HamurModel(Model):
         self.out = DomainLinearBank(sizes[-1], 1, D)
         self.act = make_activation(config.activation)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.aux = (
-            AuxiliaryDomainNetwork(D, E, config.aux_hidden, activation=config.activation)
-            if config.aux_network
-            else None
-        )
+        self._build_aux()
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        x = self.flat_inputs(batch)
         k = self.config.hyper_rank
         hyper = self.eye + self.hyper(torch.cat([x, self.domain_embedding(batch.domain)], dim=1)).view(-1, k, k)
         seg = DomainSegments.from_domain(batch.domain)
@@ -164,6 +150,4 @@ class HamurModel(Model):
             h = self.dropout(self.act(layer(h, seg)))
             h = adapter(h, hyper, seg)
         logits = seg.unsort(self.out(h, seg).squeeze(-1))
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

@@ -41,21 +41,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork, DomainSegments
-from ...layers.embedding import EmbeddingCollection
+from ...layers.domain import DomainSegments
 from ...layers.experts import DomainGate, ExpertBank, mix_experts
 from ...layers.gates import ParallelMLP
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class HiNetConfig:
-    """Config of :class:`HiNetModel`.
+class HiNetConfig(ModelConfig):
+    """Config of :class:`HiNetModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature and the domain embedding (default 16).
         shared_experts: scenario-shared sub-experts (default 4).
         specific_experts: sub-experts per scenario (default 2).
         expert_units: layer sizes of every sub-expert (default (64, 32)).
@@ -64,21 +62,14 @@ class HiNetConfig:
         tower_units: hidden sizes of the tower on the scenario representation (default (64, 32)).
         activation: activation of experts, attention MLP and tower.
         dropout: dropout in the experts and the tower.
-        aux_network: add STAR's auxiliary domain network's logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     shared_experts: int = 4
     specific_experts: int = 2
     expert_units: tuple[int, ...] = (64, 32)
     san: bool = True
     san_hidden: tuple[int, ...] = (32,)
     tower_units: tuple[int, ...] = (64, 32)
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("hinet")
@@ -105,8 +96,7 @@ class HiNetModel(Model):
         if config.shared_experts < 1 or config.specific_experts < 1 or not config.expert_units:
             raise ValueError("hinet: needs shared_experts >= 1, specific_experts >= 1 and expert_units")
         D, E, Ksp = schema.num_domains, config.embedding_dim, config.specific_experts
-        self.embeddings = EmbeddingCollection(schema, E)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
+        in_dim = self._build_embeddings()
         act, drop = config.activation, config.dropout
         self.shared = ParallelMLP(in_dim, config.expert_units, config.shared_experts, act, drop)
         self.shared_gate = nn.Linear(in_dim, config.shared_experts)
@@ -117,7 +107,7 @@ class HiNetModel(Model):
         self.san = MLP(E, config.san_hidden, act, output_dim=D) if config.san else None
         d = config.expert_units[-1]
         self.tower = MLP((3 if config.san else 2) * d, config.tower_units, act, drop, output_dim=1)
-        self.aux = AuxiliaryDomainNetwork(D, E, config.aux_hidden, activation=act) if config.aux_network else None
+        self._build_aux()
 
     def own_scenario_expert(self, xs: Tensor, seg: DomainSegments) -> Tensor:
         """``S_i(x)`` of each row's own scenario i only, on domain-sorted rows ``xs`` ``[B, in]`` -> ``[B, d]``."""
@@ -138,7 +128,7 @@ class HiNetModel(Model):
         return torch.softmax(scores.masked_fill(own, float("-inf")), dim=-1)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        x = self.flat_inputs(batch)
         gate = torch.softmax(self.shared_gate(x), dim=-1).unsqueeze(-1)
         shared = (gate * self.shared(x)).sum(1)
         if self.san is None:
@@ -156,6 +146,4 @@ class HiNetModel(Model):
                 transfer = torch.zeros_like(own)
             parts = [transfer, own, shared]
         logits = self.tower(torch.cat(parts, dim=1)).squeeze(-1)
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

@@ -32,39 +32,27 @@ import torch.nn.functional as F
 
 from ...config import ConfigError
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork, DomainSegments
-from ...layers.embedding import EmbeddingCollection
 from ...layers.experts import DomainGate, ExpertBank
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class HMoEConfig:
-    """Config of :class:`HMoEModel`.
+class HMoEConfig(ModelConfig):
+    """Config of :class:`HMoEModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature.
         num_experts: shared experts.
         expert_units: hidden sizes of every expert.
         tower_units: hidden sizes of each domain's tower (a ``Linear(·, 1)`` score layer follows).
         stop_gradient: stop the gradient of other domains' scores in the label-space mixture (the paper's
             task-constrained back-propagation); False gives the plain end-to-end stacked model.
-        activation: hidden activation.
-        dropout: dropout after each hidden activation.
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     num_experts: int = 4
     expert_units: tuple[int, ...] = (128, 64)
     tower_units: tuple[int, ...] = (32,)
     stop_gradient: bool = True
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("hmoe")
@@ -90,8 +78,7 @@ class HMoEModel(Model):
         if not config.expert_units:
             raise ConfigError("hmoe.expert_units must name at least one layer size")
         D = schema.num_domains
-        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
+        in_dim = self._build_embeddings()
         self.experts = ExpertBank(in_dim, config.expert_units, config.num_experts, config.activation, config.dropout)
         self.gates = DomainGate(in_dim, config.num_experts, D)
         # One tower per domain, as a bank of D networks: tower j reads domain j's gated mixture.
@@ -99,16 +86,10 @@ class HMoEModel(Model):
             config.expert_units[-1], config.tower_units, D, config.activation, config.dropout, output_dim=1
         )
         self.label_gates = DomainGate(in_dim, D, D)
-        self.aux = (
-            AuxiliaryDomainNetwork(D, config.embedding_dim, config.aux_hidden, activation=config.activation)
-            if config.aux_network
-            else None
-        )
+        self._build_aux()
 
     def forward(self, batch: Batch) -> ModelOutput:
-        z = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
-        seg = DomainSegments.from_domain(batch.domain)
-        z = seg.sort(z)
+        z, seg = self.sorted_inputs(batch)
         experts = self.experts(z)  # [E, B, H]
         mixtures = torch.einsum("dbe,ebh->dbh", self.gates.forward_all(z), experts)  # every domain's, [D, B, H]
         scores = self.towers(mixtures).squeeze(-1)  # [D, B]
@@ -117,6 +98,4 @@ class HMoEModel(Model):
             scores = torch.where(own, scores, scores.detach())
         weights = self.label_gates(z, seg)  # [B, D], each row's own domain's gate
         logits = seg.unsort((weights * scores.T).sum(-1))
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

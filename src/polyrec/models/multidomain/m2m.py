@@ -35,21 +35,19 @@ import torch
 from torch import Tensor, nn
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork, DomainSegments, segment_linear
-from ...layers.embedding import EmbeddingCollection
+from ...layers.domain import segment_linear
 from ...layers.gates import ParallelMLP, segment_einsum
 from ...layers.mlp import MLP
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class M2MConfig:
-    """Config of :class:`M2MModel`.
+class M2MConfig(ModelConfig):
+    """Config of :class:`M2MModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature and the domain embedding (default 16).
         num_experts: K shared experts (default 4, the P2 benchmark's).
         expert_units: layer sizes of each expert; the last one, d, is the representation size of the meta
             modules (default (64, 32)).
@@ -58,20 +56,13 @@ class M2MConfig:
         tower_units: hidden sizes of the output MLP after the meta tower (default (32,)).
         activation: activation everywhere.
         dropout: dropout in the experts and output MLP.
-        aux_network: add STAR's auxiliary domain network's logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     num_experts: int = 4
     expert_units: tuple[int, ...] = (64, 32)
     scenario_dim: int = 32
     meta_tower_layers: int = 2
     tower_units: tuple[int, ...] = (32,)
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 class MetaLinear(nn.Module):
@@ -115,8 +106,7 @@ class M2MModel(Model):
         if config.num_experts < 1 or not config.expert_units:
             raise ValueError("m2m: needs num_experts >= 1 and non-empty expert_units")
         E = config.embedding_dim
-        self.embeddings = EmbeddingCollection(schema, E)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
+        in_dim = self._build_embeddings()
         # N(0, 1) (nn.Embedding's default): every generated weight derives from it, so domains start apart.
         self.domain_embedding = nn.Embedding(schema.num_domains, E)
         self.act = make_activation(config.activation)
@@ -128,11 +118,7 @@ class M2MModel(Model):
         self.attention_v = nn.Linear(2 * d, 1, bias=False)
         self.tower_layers = nn.ModuleList(MetaLinear(config.scenario_dim, d, d) for _ in range(config.meta_tower_layers))
         self.output = MLP(d, config.tower_units, config.activation, config.dropout, output_dim=1)
-        self.aux = (
-            AuxiliaryDomainNetwork(schema.num_domains, E, config.aux_hidden, activation=config.activation)
-            if config.aux_network
-            else None
-        )
+        self._build_aux()
 
     def meta_weights(self, domains: Tensor) -> dict[str, Tensor]:
         """The weights M2M generates for ``domains`` ``[S]``: attention and tower layers, each ``[S, ...]``."""
@@ -144,10 +130,9 @@ class M2MModel(Model):
         return out
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
-        seg = DomainSegments.from_domain(batch.domain)
+        xs, seg = self.sorted_inputs(batch)
         meta = self.meta_weights(seg.domains)  # generated for the domains present only
-        experts = self.experts(seg.sort(x))  # [B, K, d]
+        experts = self.experts(xs)  # [B, K, d]
         B, K, d = experts.shape
         # Meta attention: a_k = vᵀ φ(W_att [E_k ⊕ T] + b_att).
         att_in = torch.cat([experts, self.task.expand(B, K, d)], dim=2)
@@ -159,6 +144,4 @@ class M2MModel(Model):
         for i in range(len(self.tower_layers)):
             h = self.act(segment_linear(h, seg, meta[f"tower{i}_weight"], meta[f"tower{i}_bias"])) + h
         logits = seg.unsort(self.output(h).squeeze(-1))
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

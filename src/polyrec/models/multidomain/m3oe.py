@@ -35,21 +35,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork, DomainLinearBank, DomainMLPBank, DomainSegments
-from ...layers.embedding import EmbeddingCollection
+from ...layers.domain import DomainLinearBank, DomainMLPBank
 from ...layers.experts import ExpertBank
 from ...layers.gates import ParallelMLP
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class M3oEConfig:
-    """Config of :class:`M3oEModel`.
+class M3oEConfig(ModelConfig):
+    """Config of :class:`M3oEModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature (default 16).
         shared_experts: K shared experts (default 4, the P2 benchmark's).
         expert_units: layer sizes of every expert (default (64, 32)).
         tower_units: hidden sizes of each domain's tower (default (32,)).
@@ -59,22 +57,14 @@ class M3oEConfig:
         balance: initial pre-sigmoid value of α, the own domain's share in the domain balance (default 1,
             ``bal_d``).
         activation: activation of experts and towers.
-        dropout: dropout after each activation.
-        aux_network: add STAR's auxiliary domain network's logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     shared_experts: int = 4
     expert_units: tuple[int, ...] = (64, 32)
     tower_units: tuple[int, ...] = (32,)
     domain_weight: float = 1.0
     task_weight: float = 1.0
     balance: float = 1.0
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("m3oe")
@@ -102,8 +92,7 @@ class M3oEModel(Model):
             raise ValueError("m3oe: needs shared_experts >= 1 and non-empty expert_units")
         D, E = schema.num_domains, config.embedding_dim
         act, drop = config.activation, config.dropout
-        self.embeddings = EmbeddingCollection(schema, E)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
+        in_dim = self._build_embeddings()
         self.shared = ParallelMLP(in_dim, config.expert_units, config.shared_experts, act, drop)
         self.gates = DomainLinearBank(in_dim, config.shared_experts, D)
         self.domain_experts = ExpertBank(in_dim, config.expert_units, D, act, drop)  # f_1..f_D, one per domain
@@ -112,12 +101,10 @@ class M3oEModel(Model):
         self.task_weight = nn.Parameter(torch.tensor(float(config.task_weight)))
         self.balance = nn.Parameter(torch.tensor(float(config.balance))) if D > 1 else None
         self.towers = DomainMLPBank(config.expert_units[-1], config.tower_units, D, act, drop, output_dim=1)
-        self.aux = AuxiliaryDomainNetwork(D, E, config.aux_hidden, activation=act) if config.aux_network else None
+        self._build_aux()
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
-        seg = DomainSegments.from_domain(batch.domain)
-        xs = seg.sort(x)
+        xs, seg = self.sorted_inputs(batch)
         gate = torch.softmax(self.gates(xs, seg), dim=-1).unsqueeze(-1)
         shared = (gate * self.shared(xs)).sum(1)
         if self.balance is None:
@@ -131,6 +118,4 @@ class M3oEModel(Model):
             domain = torch.einsum("bd,dbh->bh", weights, every)
         fused = shared + torch.sigmoid(self.domain_weight) * domain + torch.sigmoid(self.task_weight) * self.task_expert(xs)
         logits = seg.unsort(self.towers(fused, seg).squeeze(-1))
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

@@ -23,36 +23,25 @@ from torch import Tensor
 
 from ...config import ConfigError
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork, DomainMLPBank, DomainSegments
-from ...layers.embedding import EmbeddingCollection
+from ...layers.domain import DomainMLPBank
 from ...layers.experts import DomainGate, ExpertBank, mix_experts
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class MMoEConfig:
-    """Config of :class:`MMoEModel`.
+class MMoEConfig(ModelConfig):
+    """Config of :class:`MMoEModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature.
         num_experts: shared experts (STAR and Scenario-Wise-Rec use one per domain).
         expert_units: hidden sizes of every expert.
         tower_units: hidden sizes of each domain's tower (a ``Linear(·, 1)`` output layer follows).
-        activation: hidden activation.
-        dropout: dropout after each hidden activation.
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     num_experts: int = 4
     expert_units: tuple[int, ...] = (16,)
     tower_units: tuple[int, ...] = (8,)
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("mmoe")
@@ -77,33 +66,21 @@ class MMoEModel(Model):
         if not config.expert_units:
             raise ConfigError("mmoe.expert_units must name at least one layer size")
         D = schema.num_domains
-        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
+        in_dim = self._build_embeddings()
         self.experts = ExpertBank(in_dim, config.expert_units, config.num_experts, config.activation, config.dropout)
         self.gates = DomainGate(in_dim, config.num_experts, D)
         self.towers = DomainMLPBank(
             config.expert_units[-1], config.tower_units, D, config.activation, config.dropout, output_dim=1
         )
-        self.aux = (
-            AuxiliaryDomainNetwork(D, config.embedding_dim, config.aux_hidden, activation=config.activation)
-            if config.aux_network
-            else None
-        )
-
-    def _inputs(self, batch: Batch) -> tuple[Tensor, DomainSegments]:
-        z = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
-        seg = DomainSegments.from_domain(batch.domain)
-        return seg.sort(z), seg
+        self._build_aux()
 
     def forward(self, batch: Batch) -> ModelOutput:
-        z, seg = self._inputs(batch)
+        z, seg = self.sorted_inputs(batch)
         mixed = mix_experts(self.gates(z, seg), self.experts(z))  # [B, H], rows sorted by domain
         logits = seg.unsort(self.towers(mixed, seg).squeeze(-1))
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))
 
     def gate_weights(self, batch: Batch) -> Tensor:
         """Each row's own-domain gate over the experts, in the batch's row order: ``[B, num_experts]``."""
-        z, seg = self._inputs(batch)
+        z, seg = self.sorted_inputs(batch)
         return seg.unsort(self.gates(z, seg))

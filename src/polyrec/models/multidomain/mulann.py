@@ -25,49 +25,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ...config import ConfigError
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork, DomainMLPBank, DomainSegments
-from ...layers.embedding import EmbeddingCollection
+from ...layers.domain import DomainMLPBank, DomainSegments
 from ...layers.experts import grad_reverse
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class MuLANNConfig:
-    """Config of :class:`MuLANNModel`.
+class MuLANNConfig(ModelConfig):
+    """Config of :class:`MuLANNModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature.
         hidden_units: hidden sizes of the shared feature extractor.
         tower_units: hidden sizes of the click head(s) (a ``Linear(·, 1)`` output layer follows).
         domain_heads: one head per domain (True) or one shared head (False, the STAR paper's MuLANN).
         discriminator_units: hidden sizes of the domain discriminator (a ``Linear(·, D)`` output follows).
         adversarial_weight: weight of the discriminator's cross-entropy in ``aux_losses``.
         reversal_scale: λ, the factor of the reversed gradient that reaches the extractor.
-        activation: hidden activation.
-        dropout: dropout after each hidden activation.
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (128, 64)
     tower_units: tuple[int, ...] = (32,)
     domain_heads: bool = True
     discriminator_units: tuple[int, ...] = (32,)
     adversarial_weight: float = 0.1
     reversal_scale: float = 1.0
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("mulann")
@@ -92,8 +80,7 @@ class MuLANNModel(Model):
                 f"{config.adversarial_weight} and {config.reversal_scale}"
             )
         D = schema.num_domains
-        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
+        in_dim = self._build_embeddings()
         self.extractor = MLP(in_dim, config.hidden_units, config.activation, config.dropout)
         feat_dim = self.extractor.output_dim
         if config.domain_heads:
@@ -101,15 +88,11 @@ class MuLANNModel(Model):
         else:
             self.heads = MLP(feat_dim, config.tower_units, config.activation, config.dropout, output_dim=1)
         self.discriminator = MLP(feat_dim, config.discriminator_units, config.activation, config.dropout, output_dim=D)
-        self.aux = (
-            AuxiliaryDomainNetwork(D, config.embedding_dim, config.aux_hidden, activation=config.activation)
-            if config.aux_network
-            else None
-        )
+        self._build_aux()
 
     def features(self, batch: Batch) -> Tensor:
         """The shared extractor's output: ``[B, hidden_units[-1]]``."""
-        return self.extractor(torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1))
+        return self.extractor(self.flat_inputs(batch))
 
     def forward(self, batch: Batch) -> ModelOutput:
         h = self.features(batch)
@@ -118,8 +101,7 @@ class MuLANNModel(Model):
             logits = seg.unsort(self.heads(seg.sort(h), seg).squeeze(-1))
         else:
             logits = self.heads(h).squeeze(-1)
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
+        logits = self.add_aux_logit(logits, batch)
         domain_logits = self.discriminator(grad_reverse(h, self.config.reversal_scale))
         if len(batch):
             adversarial = F.cross_entropy(domain_logits, batch.domain) * self.config.adversarial_weight

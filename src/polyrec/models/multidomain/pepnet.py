@@ -36,38 +36,26 @@ import torch
 from torch import Tensor, nn
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork
-from ...layers.embedding import EmbeddingCollection
 from ...layers.gates import GateNU
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class EPNetConfig:
-    """Config of :class:`EPNetModel`.
+class EPNetConfig(ModelConfig):
+    """Config of :class:`EPNetModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature and for the domain embedding (default 16).
         hidden_units: the DNN's hidden sizes (default (128, 64, 32), the P2 benchmark's); a linear output
             layer of size 1 follows.
-        activation: hidden activation.
-        dropout: dropout after each hidden layer.
         gamma: γ of every Gate NU (paper: 2).
         gate_hidden: hidden size of every Gate NU (0: the size of what the gate scales).
-        aux_network: add STAR's auxiliary domain network's logit (STAR §3.5).
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (128, 64, 32)
-    activation: str = "relu"
-    dropout: float = 0.0
     gamma: float = 2.0
     gate_hidden: int = 0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @dataclass(frozen=True)
@@ -101,10 +89,9 @@ class _PEPNetFamily(Model):
         if not config.hidden_units:
             raise ValueError(f"{type(self).__name__}: hidden_units must not be empty")
         E = config.embedding_dim
-        self.embeddings = EmbeddingCollection(schema, E)
+        input_dim = self._build_embeddings()
         self.domain_embedding = nn.Embedding(schema.num_domains, E)
         nn.init.normal_(self.domain_embedding.weight, std=1e-2)
-        input_dim = self.embeddings.output_dim + len(schema.dense)
         gate_hidden = config.gate_hidden or None
 
         # EPNet: δ_domain = U_ep(E(F_d) ⊕ ⊘(E)), same size as E.
@@ -134,11 +121,7 @@ class _PEPNetFamily(Model):
         self.out = nn.Linear(sizes[-1], 1)
         self.act = make_activation(config.activation)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.aux = (
-            AuxiliaryDomainNetwork(schema.num_domains, E, config.aux_hidden, activation=config.activation)
-            if config.aux_network
-            else None
-        )
+        self._build_aux()
 
     @staticmethod
     def _prior_names(schema, wanted: tuple[str, ...]) -> list[str]:
@@ -155,7 +138,7 @@ class _PEPNetFamily(Model):
     def dnn_input(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """The embeddings ``[B, F, E]`` and the DNN input: O_ep (EPNet) or ``E ⊕ domain embedding`` (ppnet)."""
         emb = self.embeddings(batch)
-        general = torch.cat([emb.flatten(1), batch.dense], dim=1)
+        general = self.flat_inputs(batch, emb)
         dom = self.domain_embedding(batch.domain)
         if self.ep_gate is not None:
             delta = self.ep_gate(torch.cat([dom, general.detach()], dim=1))  # ⊘(E): the gate does not train E
@@ -174,9 +157,7 @@ class _PEPNetFamily(Model):
                 h = h * self.pp_gates[i](gate_in)
             h = self.dropout(h)
         logits = self.out(h).squeeze(-1)
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))
 
 
 @register_model("pepnet")

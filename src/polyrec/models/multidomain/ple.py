@@ -32,40 +32,29 @@ from torch import nn
 
 from ...config import ConfigError
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork, DomainMLPBank, DomainSegments
-from ...layers.embedding import EmbeddingCollection
+from ...layers.domain import DomainMLPBank
 from ...layers.experts import ExtractionLayer
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class PLEConfig:
-    """Config of :class:`PLEModel`.
+class PLEConfig(ModelConfig):
+    """Config of :class:`PLEModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature.
         num_levels: extraction levels (1 = CGC).
         num_shared_experts: shared experts per level.
         num_specific_experts: experts per domain per level.
         expert_units: hidden sizes of every expert (every level's experts output ``expert_units[-1]``).
         tower_units: hidden sizes of each domain's tower (a ``Linear(·, 1)`` output layer follows).
-        activation: hidden activation.
-        dropout: dropout after each hidden activation.
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     num_levels: int = 2
     num_shared_experts: int = 1
     num_specific_experts: int = 2
     expert_units: tuple[int, ...] = (16,)
     tower_units: tuple[int, ...] = (8,)
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("ple")
@@ -97,8 +86,7 @@ class PLEModel(Model):
         if not config.expert_units:
             raise ConfigError("ple.expert_units must name at least one layer size")
         D = schema.num_domains
-        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
+        in_dim = self._build_embeddings()
         L = config.num_levels
         self.levels = nn.ModuleList(
             ExtractionLayer(
@@ -116,21 +104,14 @@ class PLEModel(Model):
         self.towers = DomainMLPBank(
             config.expert_units[-1], config.tower_units, D, config.activation, config.dropout, output_dim=1
         )
-        self.aux = (
-            AuxiliaryDomainNetwork(D, config.embedding_dim, config.aux_hidden, activation=config.activation)
-            if config.aux_network
-            else None
-        )
+        self._build_aux()
 
     def forward(self, batch: Batch) -> ModelOutput:
-        z = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
-        seg = DomainSegments.from_domain(batch.domain)
-        shared, domain = seg.sort(z), None  # domain None: every domain reads the shared input (level 1)
+        shared, seg = self.sorted_inputs(batch)
+        domain = None  # every domain reads the shared input (level 1)
         L = len(self.levels)
         for i, level in enumerate(self.levels):
             # Every domain's output is needed only when the next level is itself an intermediate level.
             domain, shared = level(shared, domain, seg, all_outputs=i + 2 < L)
         logits = seg.unsort(self.towers(domain, seg).squeeze(-1))
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

@@ -36,39 +36,31 @@ import torch
 from torch import nn
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork, DomainLinearBank, DomainSegments
-from ...layers.embedding import EmbeddingCollection
+from ...layers.domain import DomainLinearBank, DomainSegments
 from ...layers.gates import DomainExpertBank, ParallelMLP
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class SarNetConfig:
-    """Config of :class:`SarNetModel` (defaults: the P2 benchmark's SAR-Net sizes).
+class SarNetConfig(ModelConfig):
+    """Config of :class:`SarNetModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
+
+    Defaults: the P2 benchmark's SAR-Net sizes.
 
     Args:
-        embedding_dim: E for every sparse feature (default 16).
         shared_experts: experts shared by all scenarios (default 8).
         specific_experts: experts per scenario (default 2).
         expert_dim: output size of every expert (default 16).
         tower_units: hidden sizes of the tower on the gated expert mixture (default (32, 32)).
         activation: activation of experts and tower.
-        dropout: dropout after each activation.
-        aux_network: add STAR's auxiliary domain network's logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     shared_experts: int = 8
     specific_experts: int = 2
     expert_dim: int = 16
     tower_units: tuple[int, ...] = (32, 32)
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("sarnet")
@@ -92,8 +84,7 @@ class SarNetModel(Model):
                 f"specific_experts={config.specific_experts}"
             )
         D = schema.num_domains
-        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
+        in_dim = self._build_embeddings()
         # Scenario-specific transformation x ⊙ w_d + b_d: the domain indicator embeddings of this model.
         self.domain_scale = nn.Embedding(D, in_dim)
         self.domain_shift = nn.Embedding(D, in_dim)
@@ -111,14 +102,10 @@ class SarNetModel(Model):
         )
         self.gate = DomainLinearBank(in_dim, config.shared_experts + config.specific_experts, D)
         self.tower = MLP(config.expert_dim, config.tower_units, config.activation, config.dropout, output_dim=1)
-        self.aux = (
-            AuxiliaryDomainNetwork(D, config.embedding_dim, config.aux_hidden, activation=config.activation)
-            if config.aux_network
-            else None
-        )
+        self._build_aux()
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        x = self.flat_inputs(batch)
         x = x * self.domain_scale(batch.domain) + self.domain_shift(batch.domain)
         seg = DomainSegments.from_domain(batch.domain)
         xs = seg.sort(x)
@@ -131,6 +118,4 @@ class SarNetModel(Model):
         gate = torch.softmax(self.gate(xs, seg), dim=-1).unsqueeze(-1)
         mixed = (gate * experts).sum(1)
         logits = seg.unsort(self.tower(mixed).squeeze(-1))
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

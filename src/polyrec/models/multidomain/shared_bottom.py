@@ -18,34 +18,23 @@ from dataclasses import dataclass
 import torch
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork, DomainMLPBank, DomainSegments
-from ...layers.embedding import EmbeddingCollection
-from ...layers.mlp import MLP
+from ...layers.domain import DomainMLPBank, DomainSegments
+from ...layers.mlp import optional_mlp
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class SharedBottomConfig:
-    """Config of :class:`SharedBottomModel`.
+class SharedBottomConfig(ModelConfig):
+    """Config of :class:`SharedBottomModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature.
         bottom_units: hidden sizes of the shared bottom MLP (empty: the towers read the embeddings).
         tower_units: hidden sizes of each domain's tower (a ``Linear(·, 1)`` output layer follows).
-        activation: hidden activation.
-        dropout: dropout after each hidden activation.
-        aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit.
-        aux_hidden: hidden sizes of the auxiliary network.
     """
 
-    embedding_dim: int = 16
     bottom_units: tuple[int, ...] = (128,)
     tower_units: tuple[int, ...] = (8,)
-    activation: str = "relu"
-    dropout: float = 0.0
-    aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
 
 
 @register_model("shared_bottom")
@@ -65,24 +54,17 @@ class SharedBottomModel(Model):
 
     def __init__(self, schema, config: SharedBottomConfig) -> None:
         super().__init__(schema, config)
-        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
-        self.bottom = MLP(in_dim, config.bottom_units, config.activation, config.dropout) if config.bottom_units else None
+        in_dim = self._build_embeddings()
+        self.bottom = optional_mlp(in_dim, config.bottom_units, config.activation, config.dropout)
         bottom_dim = config.bottom_units[-1] if config.bottom_units else in_dim
         self.towers = DomainMLPBank(
             bottom_dim, config.tower_units, schema.num_domains, config.activation, config.dropout, output_dim=1
         )
-        self.aux = (
-            AuxiliaryDomainNetwork(schema.num_domains, config.embedding_dim, config.aux_hidden, activation=config.activation)
-            if config.aux_network
-            else None
-        )
+        self._build_aux()
 
     def forward(self, batch: Batch) -> ModelOutput:
-        z = torch.cat([self.embeddings(batch).flatten(1), batch.dense], dim=1)
+        z = self.flat_inputs(batch)
         h = self.bottom(z) if self.bottom is not None else z
         seg = DomainSegments.from_domain(batch.domain)
         logits = seg.unsort(self.towers(seg.sort(h), seg).squeeze(-1))
-        if self.aux is not None:
-            logits = logits + self.aux(batch.domain)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch))

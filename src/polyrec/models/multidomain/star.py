@@ -23,26 +23,22 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-import torch.nn.functional as F
 
 from ...data.batch import Batch
-from ...layers.domain import AuxiliaryDomainNetwork, DomainSegments, StarLinear, segment_linear
-from ...layers.embedding import EmbeddingCollection
+from ...layers.domain import DomainSegments, StarLinear, segment_linear
 from ...layers.mlp import activation as make_activation
 from ...layers.norm import PartitionedNorm
 from .._registry import register_model
-from ..base import Model, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput
 
 
 @dataclass(frozen=True)
-class StarConfig:
-    """Config of :class:`StarModel`.
+class StarConfig(ModelConfig):
+    """Config of :class:`StarModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        embedding_dim: E for every sparse feature.
         hidden_units: hidden sizes of the star-topology FCN (an output layer of size 1 follows).
         activation: hidden activation φ.
-        dropout: dropout after each hidden activation.
         partitioned_norm: PN on the FCN input (§3.3).
         norm_hidden: also PN after each hidden star layer, before the activation.
         pn_momentum: weight of the batch in PN's moving statistics.
@@ -54,16 +50,12 @@ class StarConfig:
             network.
     """
 
-    embedding_dim: int = 16
     hidden_units: tuple[int, ...] = (256, 128, 64)
-    activation: str = "relu"
-    dropout: float = 0.0
     partitioned_norm: bool = True
     norm_hidden: bool = False
     pn_momentum: float = 0.1
     pn_eps: float = 1e-5
     aux_network: bool = True
-    aux_hidden: tuple[int, ...] = (32,)
     aux_embedding_dim: int = 0
     aux_features: tuple[str, ...] = ()
 
@@ -86,8 +78,7 @@ class StarModel(Model):
     def __init__(self, schema, config: StarConfig) -> None:
         super().__init__(schema, config)
         D = schema.num_domains
-        self.embeddings = EmbeddingCollection(schema, config.embedding_dim)
-        in_dim = self.embeddings.output_dim + len(schema.dense)
+        in_dim = self._build_embeddings()
         self.pn = PartitionedNorm(in_dim, D, config.pn_eps, config.pn_momentum) if config.partitioned_norm else None
         sizes = [in_dim, *config.hidden_units, 1]
         self.layers = nn.ModuleList(StarLinear(a, b, D) for a, b in zip(sizes[:-1], sizes[1:]))
@@ -96,7 +87,6 @@ class StarModel(Model):
         ) if config.norm_hidden else None
         self.act = make_activation(config.activation)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.aux = None
         if config.aux_network:
             fields = self.embeddings.sparse_names + self.embeddings.multi_names
             for name in config.aux_features:
@@ -106,22 +96,20 @@ class StarModel(Model):
                 "aux_fields", torch.tensor([fields.index(n) for n in config.aux_features], dtype=torch.long),
                 persistent=False,
             )
-            self.aux = AuxiliaryDomainNetwork(
-                D,
-                config.aux_embedding_dim or config.embedding_dim,
-                config.aux_hidden,
-                extra_dim=len(config.aux_features) * config.embedding_dim,
-                activation=config.activation,
-            )
+        self._build_aux(
+            embedding_dim=config.aux_embedding_dim or config.embedding_dim,
+            extra_dim=len(config.aux_features) * config.embedding_dim,
+        )
 
     def _inputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
         emb = self.embeddings(batch)
-        z = torch.cat([emb.flatten(1), batch.dense], dim=1) if batch.dense.shape[1] else emb.flatten(1)
-        return emb, z
+        return emb, self.flat_inputs(batch, emb)
 
-    def _aux_logit(self, batch: Batch, emb: Tensor) -> Tensor:
-        extra = emb.index_select(1, self.aux_fields).flatten(1) if len(self.aux_fields) else None
-        return self.aux(batch.domain, extra)
+    def _aux_extra(self, emb: Tensor) -> Tensor | None:
+        """The ``aux_features``' embeddings, flattened, for the auxiliary network (None: none, or no network)."""
+        if self.aux is None or not len(self.aux_fields):
+            return None
+        return emb.index_select(1, self.aux_fields).flatten(1)
 
     def forward(self, batch: Batch) -> ModelOutput:
         emb, z = self._inputs(batch)
@@ -137,9 +125,7 @@ class StarModel(Model):
                     h = self.hidden_norms[i](h, seg.local, seg.domains)
                 h = self.dropout(self.act(h))
         logits = seg.unsort(h.squeeze(-1))
-        if self.aux is not None:
-            logits = logits + self._aux_logit(batch, emb)
-        return ModelOutput(logits)
+        return ModelOutput(self.add_aux_logit(logits, batch, self._aux_extra(emb)))
 
     @torch.no_grad()
     def fold(self) -> "FoldedStar":
@@ -193,8 +179,6 @@ class FoldedStar(nn.Module):
                         h = torch.addcmul(sh[seg.sorted_domain], h, sc[seg.sorted_domain])
                     h = self.act(h)
             logits = seg.unsort(h.squeeze(-1))
-            if model.aux is not None:
-                logits = logits + model._aux_logit(batch, emb)
-            return ModelOutput(logits)
+            return ModelOutput(model.add_aux_logit(logits, batch, model._aux_extra(emb)))
         finally:
             model.train(was_training)
