@@ -237,3 +237,50 @@ def test_domain_mlp_bank_runs_each_row_through_its_own_tower():
     absent = sorted(set(range(4)) - set(domain.tolist()))
     for d in absent:
         assert bank.hidden[0].weight.grad[d].abs().sum() == 0
+
+
+def test_calibration_sets_exact_per_domain_statistics():
+    torch.manual_seed(0)
+    pn = PartitionedNorm(3, 3)
+    x = torch.randn(300, 3) * torch.tensor([1.0, 2.0, 3.0]) + 4
+    domain = torch.randint(0, 2, (300,))  # domain 2 absent: keeps its statistics
+    pn.eval()
+    pn.begin_calibration()
+    for part in torch.split(torch.arange(300), 64):
+        seg = DomainSegments.from_domain(domain[part])
+        pn(seg.sort(x[part]), seg.local, seg.domains)
+    pn.end_calibration()
+    for d in (0, 1):
+        torch.testing.assert_close(pn.running_mean[d], x[domain == d].mean(0))
+        torch.testing.assert_close(pn.running_var[d], x[domain == d].var(0))
+    assert torch.equal(pn.running_mean[2], torch.zeros(3)) and torch.equal(pn.running_var[2], torch.ones(3))
+
+
+@pytest.mark.parametrize("norm_hidden", [False, True])
+def test_recompute_norm_statistics_matches_the_population_moments(norm_hidden):
+    from polyrec.training.trainer import recompute_norm_statistics
+
+    class Data:  # the minimal dataset interface recompute_norm_statistics uses
+        def __init__(self, batch):
+            self.b = batch
+
+        def batch(self, idx):
+            return self.b.select(idx)
+
+    torch.manual_seed(0)
+    model = train_steps(create_model("star", make_schema(), embedding_dim=4, hidden_units=[8, 4],
+                                     norm_hidden=norm_hidden, dropout=0.3))
+    b = make_batch(500, seed=11)
+    assert recompute_norm_statistics(model, Data(b), torch.arange(500), batch_size=97) == (3 if norm_hidden else 1)
+    assert model.training
+    model.eval()
+    z = torch.cat([model.embeddings(b).flatten(1), b.dense], 1)
+    for d in range(3):
+        torch.testing.assert_close(model.pn.running_mean[d], z[b.domain == d].mean(0), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(model.pn.running_var[d], z[b.domain == d].var(0), atol=1e-5, rtol=1e-4)
+    if norm_hidden:  # the first hidden PN sees the first layer's output given the exact input statistics
+        seg = DomainSegments.from_domain(b.domain)
+        h = model.layers[0](model.pn(seg.sort(z), seg.local, seg.domains), seg)
+        for i, d in enumerate(seg.domains.tolist()):
+            rows = h[seg.local == i]
+            torch.testing.assert_close(model.hidden_norms[0].running_mean[d], rows.mean(0), atol=1e-5, rtol=1e-4)

@@ -49,7 +49,39 @@ class PartitionedNorm(nn.Module):
         shift = self.beta + sel(self.domain_beta) - sel(self.running_mean) * scale
         return scale, shift
 
+    # ---- exact statistics ("precise" normalisation statistics) --------------------------------------
+    # The moving averages lag behind the weights, and when training alternates between domains a
+    # domain's statistics are a whole pass of the other domains old by the time it is evaluated. These
+    # three methods let the trainer replace them with the exact per-domain moments of the training rows
+    # under the current weights: the same E_p and Var_p as eq. 4, estimated without lag.
+
+    def begin_calibration(self) -> None:
+        """Start accumulating exact per-domain sums of this layer's inputs (in any mode)."""
+        D, F = self.running_mean.shape
+        self._calib = [torch.zeros(D, F, dtype=torch.float64, device=self.running_mean.device),
+                       torch.zeros(D, F, dtype=torch.float64, device=self.running_mean.device),
+                       torch.zeros(D, dtype=torch.float64, device=self.running_mean.device)]
+
+    def _accumulate(self, x: Tensor, local: Tensor, domains: Tensor) -> None:
+        rows_domain = domains.index_select(0, local)
+        xd = x.detach().double()
+        self._calib[0].index_add_(0, rows_domain, xd)
+        self._calib[1].index_add_(0, rows_domain, xd * xd)
+        self._calib[2].index_add_(0, rows_domain, torch.ones_like(rows_domain, dtype=torch.float64))
+
+    def end_calibration(self) -> None:
+        """Set the statistics of every domain seen (at least 2 rows) to the exact accumulated moments."""
+        total, sq, n = self._calib
+        del self._calib
+        seen = n >= 2
+        mean = total[seen] / n[seen].unsqueeze(1)
+        var = (sq[seen] / n[seen].unsqueeze(1) - mean * mean).clamp_min(0) * (n[seen] / (n[seen] - 1)).unsqueeze(1)
+        self.running_mean[seen] = mean.to(self.running_mean.dtype)
+        self.running_var[seen] = var.to(self.running_var.dtype)
+
     def forward(self, x: Tensor, local: Tensor, domains: Tensor) -> Tensor:
+        if getattr(self, "_calib", None) is not None:
+            self._accumulate(x, local, domains)
         if not self.training:
             scale, shift = self.folded_affine(domains)
             return torch.addcmul(shift.index_select(0, local), x, scale.index_select(0, local))

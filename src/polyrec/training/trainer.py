@@ -53,6 +53,9 @@ class TrainConfig:
         seed: model seed (initialisation, sampling); the data split has its own seed.
         num_threads: torch intra-op threads (0: leave torch's default).
         device: ``cpu`` or ``cuda``.
+        precise_norm_stats: after every epoch, set the per-domain statistics of normalisation layers
+            (STAR's Partitioned Normalization) to their exact values over the training rows under the
+            current weights, instead of the moving averages (see :func:`recompute_norm_statistics`).
     """
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -71,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     num_threads: int = 0
     device: str = "cpu"
+    precise_norm_stats: bool = True
 
 
 MONITORS = ("auc_mean", "auc_overall", "wauc", "logloss_overall", "gauc")
@@ -85,6 +89,33 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"train.optimizer {cfg.optimizer!r} is not one of adam, adamw, sgd")
+
+
+@torch.no_grad()
+def recompute_norm_statistics(model: nn.Module, dataset: EncodedDataset, rows: torch.Tensor,
+                              batch_size: int = 32768, device: torch.device | str = "cpu") -> int:
+    """Replace the moving statistics of every layer with ``begin_calibration`` by exact ones over ``rows``.
+
+    Moving averages lag behind the weights; when training alternates between domains (the Alternate
+    regime), a domain's statistics are a whole pass of the other domains old at evaluation time, and the
+    predictions drift off calibration. One no-grad pass per normalisation layer (in module order, so a
+    later layer sees inputs normalised with the earlier layers' exact statistics) gives the exact
+    per-domain moments under the current weights. Returns the number of layers recalibrated.
+    """
+    layers = [m for m in model.modules() if hasattr(m, "begin_calibration")]
+    if not layers:
+        return 0
+    was_training = model.training
+    model.eval()
+    try:
+        for layer in layers:
+            layer.begin_calibration()
+            for start in range(0, len(rows), batch_size):
+                model(dataset.batch(rows[start:start + batch_size]).to(device))
+            layer.end_calibration()
+    finally:
+        model.train(was_training)
+    return len(layers)
 
 
 @torch.no_grad()
@@ -253,6 +284,8 @@ class Trainer:
             dt = time.perf_counter() - t0
             self.train_time += dt
             self.samples += ctx.samples_seen - seen0
+            if cfg.precise_norm_stats:
+                recompute_norm_statistics(self.model, self.dataset, ctx.rows, cfg.eval_batch_size, self.device)
             val = evaluate(self.model, self.dataset, "val", cfg.eval_batch_size, self.device)
             value = val.get(cfg.monitor, float("nan"))
             improved = self._better(value)
