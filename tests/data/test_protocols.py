@@ -261,3 +261,16 @@ def test_real_ml1m_gender():
     assert again.report["cache"] == "hit"
     assert elapsed <= 1.0, f"cache hit took {elapsed:.2f}s"
     assert torch.equal(again.sparse, ds.sparse) and again.split_hash == ds.split_hash
+
+
+def test_example_occupation_config_builds_from_a_local_grouplens_copy(fake_ml1m):
+    """Splitting ML-1M by another attribute is a config file, not code."""
+    from polyrec.data.dataset import build_dataset
+    from polyrec.experiment import make_config
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "ml1m_occupation.yaml"
+    cfg = make_config(config_file=str(example), model="star", overrides=[f"data.source.path={fake_ml1m}"])
+    ds = build_dataset(cfg.data)
+    assert cfg.protocol == "ml1m-occupation" and cfg.train.strategy == "domain_batched"
+    assert ds.schema.domain.name == "occupation" and ds.schema.num_domains > 1
+    assert ds.schema.feature("genres").kind == "multi"
