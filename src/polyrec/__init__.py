@@ -14,6 +14,7 @@ from .data.schema import DatasetSchema, DomainSpec, FeatureSpec
 from .evaluation.metrics import MultiDomainEvaluator, auc, gauc
 from .experiment import ExperimentConfig, evaluate_run, make_config, run_experiment
 from .models import Model, ModelOutput, create_model, list_models, register_model
+from .models.adapters import AdapterConfig, MLoRAModel, add_domain, attach_mlora
 from .training.strategies import Strategy, create_strategy, list_strategies, register_strategy
 from .training.trainer import TrainConfig, Trainer, evaluate
 
@@ -22,6 +23,7 @@ load_dataset = build_dataset
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterConfig", "MLoRAModel", "add_domain", "attach_mlora",
     "Batch", "BatchLoader", "ConfigError", "DataConfig", "DatasetSchema", "DomainRule", "DomainSpec",
     "EncodedDataset", "ExperimentConfig", "FeatureConfig", "FeatureSpec", "LabelRule", "Model", "ModelOutput",
     "MultiDomainEvaluator", "SourceConfig", "SplitConfig", "Strategy", "TrainConfig", "Trainer", "auc",
