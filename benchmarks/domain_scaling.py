@@ -41,6 +41,7 @@ def main() -> None:
     from polyrec.models import create_model
 
     B = 4096
+    torch.set_flush_denormal(True)  # as the Trainer does
     rows = []
     for D in (3, 30, 300, 3000):
         cfg = from_dict(DataConfig, {

@@ -61,6 +61,7 @@ def measure_model(name: str, epochs: int) -> dict:
     cfg = make_config("ml1m-age3", name)
     ds = build_dataset(cfg.data)
     torch.manual_seed(0)
+    torch.set_flush_denormal(cfg.train.flush_denormal)  # as the Trainer does
     model = create_model(name, ds.schema, **to_dict(cfg.model))
     strategy = create_strategy(cfg.train.strategy)
     ctx = TrainContext(model=model, optimizer=make_optimizer(model, cfg.train), task=BinaryTask(), dataset=ds,
@@ -101,7 +102,7 @@ def measure_model(name: str, epochs: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--one", help="measure one thing in this process: data or a model name")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--models", default="mlp,star")
     args = ap.parse_args()
     if args.one:

@@ -56,6 +56,10 @@ class TrainConfig:
         precise_norm_stats: after every epoch, set the per-domain statistics of normalisation layers
             (STAR's Partitioned Normalization) to their exact values over the training rows under the
             current weights, instead of the moving averages (see :func:`recompute_norm_statistics`).
+        flush_denormal: treat subnormal floats as zero on the CPU (process-wide). Adam's moments of
+            embedding rows that a batch does not touch decay geometrically into the subnormal range after
+            a few epochs, where x86 arithmetic is tens of times slower; measured on ml1m-age3, MLP fell from
+            640k to 43k training rows/s at epoch 8 without it.
     """
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -75,6 +79,7 @@ class TrainConfig:
     num_threads: int = 0
     device: str = "cpu"
     precise_norm_stats: bool = True
+    flush_denormal: bool = True
 
 
 MONITORS = ("auc_mean", "auc_overall", "wauc", "logloss_overall", "gauc")
@@ -187,6 +192,8 @@ class Trainer:
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
         torch.manual_seed(config.seed)
+        if config.flush_denormal:
+            torch.set_flush_denormal(True)
         self.model.to(self.device)
         self.strategy = create_strategy(config.strategy, config.strategy_options)
         self.optimizer = make_optimizer(self.model, config)
