@@ -102,7 +102,7 @@ def measure_model(name: str, epochs: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--one", help="measure one thing in this process: data or a model name")
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--models", default="mlp,star")
     args = ap.parse_args()
     if args.one:
