@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+comma := ,
+space := $(subst ,, )
 
-.PHONY: demo test test-all test-network venv clean bench-p1 bench-p2 bench-throughput bench-scaling
+.PHONY: demo test test-all test-network venv clean bench-p1 bench-p2 bench-p2-zoo bench-mlora bench-mlora-overhead \
+	bench-throughput bench-scaling
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +35,17 @@ bench-p1: $(STAMP)
 
 bench-p2: $(STAMP)
 	$(PY) benchmarks/p2_ml1m_age3.py
+
+bench-p2-zoo: $(STAMP)
+	$(PY) benchmarks/p2_ml1m_age3.py --models zoo --out benchmarks/results/p2_ml1m_age3_zoo
+
+P1_BACKBONES := mlp wdl nfm autoint pnn dcn fibinet deepfm xdeepfm star
+bench-mlora: $(STAMP)
+	$(VENV)/bin/polyrec benchmark ml1m-gender --seeds 5 --out benchmarks/results/p1_mlora \
+		--models $(subst $(space),$(comma),$(foreach m,$(P1_BACKBONES),$(m) $(m)+mlora))
+
+bench-mlora-overhead: $(STAMP)
+	$(PY) benchmarks/mlora_overhead.py
 
 bench-throughput: $(STAMP)
 	$(PY) benchmarks/throughput.py

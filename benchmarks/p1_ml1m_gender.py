@@ -1,7 +1,7 @@
 """P1 `ml1m-gender` (MLoRA Table 2, "Movielens-gen"): MLP and STAR, 5 model seeds, WAUC next to the paper.
 
 Same as `polyrec benchmark ml1m-gender --models mlp,star --seeds 5 --out benchmarks/results/p1_ml1m_gender`,
-plus a comparison section. Resumable: finished runs in results.json are kept.
+plus the STAR − MLP comparison and the PN-statistics ablation. Resumable: finished runs in results.json are kept.
 
     python benchmarks/p1_ml1m_gender.py [--seeds 5]
 """
@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 from polyrec.benchmark import run_benchmark
-from polyrec.data.protocols import preset
 from polyrec.evaluation.metrics import paired_ttest, summarize_runs
 
 OUT = Path(__file__).resolve().parent / "results" / "p1_ml1m_gender"
@@ -26,16 +25,8 @@ def main() -> None:
     args = ap.parse_args()
     models = args.models.split(",")
     runs = run_benchmark("ml1m-gender", models, args.seeds, OUT)
-    paper = preset("ml1m-gender")["reference"]["wauc"]
-    lines = ["", "## Against the paper (WAUC ×100, test split, mean ± std over seeds)", "",
-             "| model | polyrec | paper | Δ | epochs (mean) | train rows/s (mean) |", "|---|---|---|---|---|---|"]
+    lines = []
     by = {m: [r for r in runs if r["model"] == m] for m in models}
-    for m in models:
-        mean, std = summarize_runs([r["metrics"]["wauc"] * 100 for r in by[m]])
-        ref = paper.get(m)
-        ep, _ = summarize_runs([r["epochs"] for r in by[m]])
-        sp, _ = summarize_runs([r["train_samples_per_s"] for r in by[m]])
-        lines.append(f"| {m} | {mean:.2f} ± {std:.2f} | {ref * 100:.2f} | {mean - ref * 100:+.2f} | {ep:.1f} | {sp:,.0f} |")
     if "mlp" in by and "star" in by and len(by["mlp"]) == len(by["star"]) > 1:
         a = [r["metrics"]["wauc"] for r in sorted(by["star"], key=lambda r: r["seed"])]
         b = [r["metrics"]["wauc"] for r in sorted(by["mlp"], key=lambda r: r["seed"])]

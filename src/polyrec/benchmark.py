@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from .data.dataset import build_dataset
 from .data.protocols import preset as get_preset
-from .evaluation.report import per_domain_table, results_table
+from .evaluation.report import adapter_table, cost_table, per_domain_table, results_table
 from .experiment import environment, make_config, run_experiment
 
 
@@ -79,16 +79,37 @@ def run_benchmark(
 
 
 def write_results(out: Path, protocol: str, runs: list[dict[str, Any]]) -> None:
+    """Write ``results.json`` (every run) and ``results.md`` (the tables), each atomically."""
     _atomic_write_text(out / "results.json", json.dumps(runs, indent=1, default=float))
+    _atomic_write_text(out / "results.md", results_markdown(protocol, runs))
+
+
+def results_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
+    """The Markdown report of a benchmark's runs, next to the preset's published numbers.
+
+    Sections: the primary metric (and overall AUC / logloss) per model with the published value; for models
+    run both bare and with MLoRA, the paired comparison (Δ, paired t-test p, parameter share, throughput);
+    per-domain AUC (published values in brackets) and logloss; the cost of each model (parameters, rows/s,
+    epochs, threads); the environments the runs were measured in.
+    """
     try:
         p = get_preset(protocol)
     except KeyError:
         p = {}
     ref = p.get("reference", {})
     primary = p.get("primary_metric", "auc_overall")
-    lines = [f"# {protocol}: {len(runs)} runs", ""]
+    lines = [f"# {protocol}: {len(runs)} runs", "",
+             "Test split; mean ± std over model seeds (sample std); AUC-type metrics ×100; `paper` is the "
+             "published number.", ""]
     lines.append(results_table(runs, reference=ref.get(primary), reference_metric=primary))
-    lines += ["", "## Per-domain test AUC (×100)", "", per_domain_table(runs, "auc_per_domain")]
-    env = runs[0].get("environment", environment()) if runs else environment()
-    lines += ["", f"Environment: {json.dumps(env)}", ""]
-    _atomic_write_text(out / "results.md", "\n".join(lines))
+    mlora = adapter_table(runs, metric=primary, reference=ref.get(primary))
+    if mlora:
+        lines += ["", f"## Without and with MLoRA ({primary} ×100, paired by seed)", "", mlora]
+    lines += ["", "## Per-domain test AUC (×100; published in brackets)", "",
+              per_domain_table(runs, "auc_per_domain", reference=ref.get("auc_per_domain"))]
+    lines += ["", "## Per-domain test logloss", "", per_domain_table(runs, "logloss_per_domain")]
+    lines += ["", "## Cost (means over seeds; training rows/s over all epochs)", "", cost_table(runs)]
+    envs = list(dict.fromkeys(json.dumps(r.get("environment", {}), sort_keys=True) for r in runs))
+    envs = envs or [json.dumps(environment(), sort_keys=True)]
+    lines += ["", "Environment" + ("s" if len(envs) > 1 else "") + ": " + "; ".join(envs), ""]
+    return "\n".join(lines)

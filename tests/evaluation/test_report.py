@@ -2,7 +2,7 @@
 
 import pytest
 
-from polyrec.evaluation.report import metrics_table, per_domain_table, results_table
+from polyrec.evaluation.report import metrics_table, per_domain_table, results_table, adapter_table, cost_table
 
 
 def _run(model, seed, wauc, strategy="joint", split="h1", **extra):
@@ -83,3 +83,68 @@ def test_metrics_table_from_evaluator_output():
     assert rows[rows.index(["domain", "n", "pos", "auc", "logloss", "pcoc", "gauc"]) + 2][:4] == [
         "a", "2", "1", "100.00"]
     assert ["b", "2", "2", "nan"] == rows[-1][:4]
+
+
+def _adapter_runs():
+    # mlp: base and +mlora on seeds 0..2 of one split; wdl: base only; a +mlora run on another split is not paired.
+    runs = []
+    for seed, (base, adapted) in enumerate([(0.800, 0.803), (0.801, 0.805), (0.799, 0.801)]):
+        env = {"torch_threads": 1}
+        runs.append({"model": "mlp", "seed": seed, "split_hash": "s1", "metrics": {"wauc": base},
+                     "adapter_params": 0, "backbone_params": 1000, "train_samples_per_s": 200.0, "environment": env})
+        runs.append({"model": "mlp+mlora", "seed": seed, "split_hash": "s1", "metrics": {"wauc": adapted},
+                     "adapter_params": 100, "backbone_params": 1000, "train_samples_per_s": 150.0,
+                     "environment": env})
+    runs.append({"model": "mlp+mlora", "seed": 3, "split_hash": "other", "metrics": {"wauc": 0.9}})
+    runs.append({"model": "wdl", "seed": 0, "split_hash": "s1", "metrics": {"wauc": 0.8}})
+    return runs
+
+
+def test_adapter_table_pairs_by_seed_and_split():
+    from polyrec.evaluation.metrics import paired_ttest
+
+    table = adapter_table(_adapter_runs(), reference={"mlp": 0.8015, "mlp+mlora": 0.8039})
+    lines = table.splitlines()
+    assert len(lines) == 3  # header, rule, one backbone: wdl has no +mlora runs
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[0] == "mlp" and cells[1] == "3"
+    assert cells[4] == "+0.30"  # mean of 0.3, 0.4, 0.2 points; the unpaired seed-3 run is left out of Δ
+    expected_p = paired_ttest([0.803, 0.805, 0.801], [0.800, 0.801, 0.799])
+    assert cells[5] == f"{expected_p:.2g}"
+    assert cells[6:9] == ["80.15", "80.39", "+0.24"]
+    assert cells[9:11] == ["100", "10.00%"]
+    assert cells[11:] == ["200", "150"]
+
+
+def test_adapter_table_marks_throughput_measured_with_different_threads():
+    runs = _adapter_runs()[:6]
+    for r in runs[1::2]:
+        r["environment"] = {"torch_threads": 2}
+    cells = [c.strip() for c in adapter_table(runs).splitlines()[2].strip("|").split("|")]
+    assert cells[11:] == ["200 (1 thr)", "150 (2 thr)"]
+
+
+def test_adapter_table_empty_without_pairs():
+    assert adapter_table([{"model": "mlp", "seed": 0, "metrics": {"wauc": 0.8}}]) == ""
+
+
+def test_per_domain_table_with_reference_and_cost_table():
+    runs = [{"model": "star", "seed": s, "metrics": {"auc_per_domain": {"0": 0.81 + s / 100, "1": 0.8}},
+             "num_parameters": 10, "train_samples_per_s": 1000.0 * (s + 1), "epochs": 4 + s, "best_epoch": s,
+             "wall_s": 10.0, "environment": {"torch_threads": 2}} for s in range(2)]
+    table = per_domain_table(runs, group_by=["model"], reference={"STAR": {"0": 0.8137}})
+    assert "81.50 ± 0.71 [81.37]" in table and "| 80.00 ± 0.00 |" in table  # domain 1 has no reference
+    cost = cost_table(runs, group_by=["model"]).splitlines()[2]
+    assert cost == "| star | 2 | 10 | 1,500 | 4.5 | 0.5 | 10 | 2 |"
+
+
+def test_results_markdown_has_every_section():
+    from polyrec.benchmark import results_markdown
+
+    runs = _adapter_runs()[:6]
+    for r in runs:
+        r["metrics"].update({"auc_per_domain": {"F": 0.79, "M": 0.81}, "logloss_per_domain": {"F": 0.4, "M": 0.5}})
+    md = results_markdown("ml1m-gender", runs)
+    for heading in ("paper wauc", "Without and with MLoRA", "Per-domain test AUC", "Per-domain test logloss",
+                    "## Cost", "Environment:"):
+        assert heading in md, heading

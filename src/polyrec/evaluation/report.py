@@ -17,9 +17,11 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .metrics import summarize_runs
+from .metrics import paired_ttest, summarize_runs
 
-__all__ = ["results_table", "per_domain_table", "metrics_table"]
+__all__ = [
+    "results_table", "per_domain_table", "metrics_table", "adapter_table", "cost_table",
+]
 
 _MISSING = "-"
 
@@ -185,6 +187,7 @@ def per_domain_table(
     group_by: Sequence[str] = ("protocol", "model", "strategy"),
     scale: Optional[float] = None,
     decimals: Optional[int] = None,
+    reference: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> str:
     """Markdown table of a per-domain metric: one row per group, one column per domain.
 
@@ -196,6 +199,8 @@ def per_domain_table(
             protocol and strategy so different setups are never pooled).
         scale: multiplier; default 100 for AUC-like keys and 1 otherwise.
         decimals: digits after the point; default 2 when scaled, else 4.
+        reference: optional ``{model name: {domain: published value}}``; a row whose model has one shows
+            the published value in brackets after its own (``81.55 ± 0.12 [81.37]``).
 
     Returns:
         The table as a Markdown string; domains appear in first-seen order.
@@ -228,13 +233,19 @@ def per_domain_table(
     rows = []
     for group_key, members in groups.items():
         row: List[Any] = list(group_key) + [len(members)]
+        published: Mapping[str, Any] = {}
+        if reference is not None and "model" in group_by:
+            published = _reference_value(reference, group_key[list(group_by).index("model")]) or {}
         for domain in domains:
             values = []
             for run in members:
                 value = ((run.get("metrics") or {}).get(key) or {}).get(domain)
                 if value is not None:
                     values.append(float(value))
-            row.append(_mean_std(values, len(members), scale, decimals))
+            cell = _mean_std(values, len(members), scale, decimals)
+            if published.get(domain) is not None:
+                cell += f" [{float(published[domain]) * scale:.{decimals}f}]"
+            row.append(cell)
         rows.append(row)
     return _markdown(header, rows)
 
@@ -287,3 +298,125 @@ def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
             domain_rows.append(row)
         parts.append(_markdown(header, domain_rows))
     return "\n\n".join(parts)
+
+
+def _runs_by_model(runs: Sequence[Mapping[str, Any]]) -> Dict[Any, List[Mapping[str, Any]]]:
+    return {key[0]: members for key, members in _group_runs(runs, ("model",)).items()}
+
+
+def _mean(values: Sequence[float]) -> Optional[float]:
+    values = [float(v) for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def adapter_table(
+    runs: Sequence[Mapping[str, Any]],
+    metric: str = "wauc",
+    reference: Optional[Mapping[str, Any]] = None,
+    suffix: str = "+mlora",
+    scale: float = 100.0,
+    decimals: int = 2,
+) -> str:
+    """Markdown table of each backbone without and with an adapter, paired by seed.
+
+    For every model ``m`` that has runs both as ``m`` and as ``m<suffix>`` (``deepfm`` and
+    ``deepfm+mlora``), one row: both means ± std of ``metric``, the mean paired difference, the two-sided
+    paired t-test p-value over the seeds both have (runs are paired on ``(seed, split_hash)``, so only runs
+    on the same split are compared), the published base / adapted numbers when ``reference`` has them, the
+    adapter's parameters and their share of the backbone's, and the training throughput of both (with
+    the thread counts when the two were measured with different ones).
+
+    Args:
+        runs: run dicts as :func:`results_table` takes them (``adapter_params``, ``backbone_params``,
+            ``train_samples_per_s`` read from the run).
+        metric: the compared metric.
+        reference: ``{model name: published value}`` with keys ``m`` and ``m<suffix>``.
+        suffix: the adapted model's name suffix.
+        scale, decimals: display of AUC-like values (differences use the same scale).
+
+    Returns:
+        The table as Markdown; an empty string when no backbone has both variants.
+
+    Example:
+        >>> runs = [{"model": m, "seed": s, "metrics": {"wauc": w}}
+        ...         for m, ws in (("mlp", [0.80, 0.81]), ("mlp+mlora", [0.81, 0.83])) for s, w in enumerate(ws)]
+        >>> print(adapter_table(runs).splitlines()[2])
+        | mlp | 2 | 80.50 ± 0.71 | 82.00 ± 1.41 | +1.50 | 0.2 | - | - | - | - | - | - | - |
+    """
+    by_model = _runs_by_model(runs)
+    k_scale = scale if _is_auc_like(metric) else 1.0
+    header = ["backbone", "pairs", metric, f"{metric} {suffix}", "Δ", "p (paired t)", "paper", f"paper {suffix}",
+              "paper Δ", "adapter params", "share of backbone", "rows/s", f"rows/s {suffix}"]
+    rows = []
+    for model, base_runs in by_model.items():
+        adapted_runs = by_model.get(f"{model}{suffix}")
+        if not adapted_runs or str(model).endswith(suffix):
+            continue
+        base = {(r.get("seed"), r.get("split_hash")): _lookup(r, metric) for r in base_runs}
+        adapted = {(r.get("seed"), r.get("split_hash")): _lookup(r, metric) for r in adapted_runs}
+        keys = [k for k in base if k in adapted and base[k] is not None and adapted[k] is not None]
+        a = [adapted[k] for k in keys]
+        b = [base[k] for k in keys]
+        delta = f"{(sum(a) - sum(b)) / len(keys) * k_scale:+.{decimals}f}" if keys else _MISSING
+        p = paired_ttest(a, b) if len(keys) >= 2 else None
+        ref_base = _reference_value(reference, model) if reference else None
+        ref_adapted = _reference_value(reference, f"{model}{suffix}") if reference else None
+        ref_delta = (f"{(float(ref_adapted) - float(ref_base)) * k_scale:+.{decimals}f}"
+                     if ref_base is not None and ref_adapted is not None else _MISSING)
+        adapter_params = _mean([r.get("adapter_params") for r in adapted_runs])
+        backbone_params = _mean([r.get("backbone_params") for r in adapted_runs])
+        share = (f"{adapter_params / backbone_params * 100:.2f}%"
+                 if adapter_params is not None and backbone_params else _MISSING)
+        speed = [_mean([r.get("train_samples_per_s") for r in rs]) for rs in (base_runs, adapted_runs)]
+        threads = [sorted({(r.get("environment") or {}).get("torch_threads") for r in rs} - {None})
+                   for rs in (base_runs, adapted_runs)]
+        speed_cells = [_MISSING if v is None else f"{v:,.0f}" for v in speed]
+        if threads[0] != threads[1]:  # throughput is only comparable at equal thread counts: say so
+            speed_cells = [c if c == _MISSING or not t else f"{c} ({'/'.join(map(str, t))} thr)"
+                           for c, t in zip(speed_cells, threads)]
+        rows.append([
+            model, len(keys),
+            _mean_std([v for v in base.values() if v is not None], len(base_runs), k_scale, decimals),
+            _mean_std([v for v in adapted.values() if v is not None], len(adapted_runs), k_scale, decimals),
+            delta, _MISSING if p is None else f"{p:.2g}",
+            _format_reference(ref_base, k_scale, decimals), _format_reference(ref_adapted, k_scale, decimals),
+            ref_delta,
+            _MISSING if adapter_params is None else f"{adapter_params:,.0f}", share,
+            *speed_cells,
+        ])
+    return _markdown(header, rows) if rows else ""
+
+
+def cost_table(
+    runs: Sequence[Mapping[str, Any]], group_by: Sequence[str] = ("model", "strategy"),
+) -> str:
+    """Markdown table of what each group of runs cost: parameters, training rows/s, epochs, wall time.
+
+    Values are means over the group's runs; ``threads`` lists the torch intra-op thread counts the runs
+    used (``environment.torch_threads``), since throughput is only comparable at equal thread counts.
+
+    Example:
+        >>> runs = [{"model": "mlp", "num_parameters": 10, "train_samples_per_s": 5e5, "epochs": 7,
+        ...          "best_epoch": 3, "wall_s": 30.0, "environment": {"torch_threads": 2}}]
+        >>> print(cost_table(runs, group_by=["model"]).splitlines()[2])
+        | mlp | 1 | 10 | 500,000 | 7.0 | 3.0 | 30 | 2 |
+    """
+    header = list(group_by) + ["n", "params", "train rows/s", "epochs", "best epoch", "wall s", "threads"]
+    rows = []
+    for key, members in _group_runs(runs, group_by).items():
+        def m(field: str) -> Optional[float]:
+            return _mean([r.get(field) for r in members])
+
+        params, speed, epochs, best, wall = (m(f) for f in
+                                             ("num_parameters", "train_samples_per_s", "epochs", "best_epoch", "wall_s"))
+        threads = sorted({(r.get("environment") or {}).get("torch_threads") for r in members} - {None})
+        rows.append(list(key) + [
+            len(members),
+            _MISSING if params is None else f"{params:,.0f}",
+            _MISSING if speed is None else f"{speed:,.0f}",
+            _MISSING if epochs is None else f"{epochs:.1f}",
+            _MISSING if best is None else f"{best:.1f}",
+            _MISSING if wall is None else f"{wall:,.0f}",
+            ", ".join(str(t) for t in threads) or _MISSING,
+        ])
+    return _markdown(header, rows)
