@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 import polyrec
-from polyrec import Batch, ConfigError, DatasetSchema, DomainSpec, FeatureSpec, ModelOutput, create_model
+from builders import make_batch, make_schema
+from polyrec import Batch, ConfigError, DatasetSchema, ModelOutput, create_model
 from polyrec.models import describe_model
 
 NUM_DOMAINS = 3
@@ -23,38 +24,12 @@ MODELS = polyrec.list_models()
 
 
 def tiny_schema() -> DatasetSchema:
-    return DatasetSchema(
-        features=(
-            FeatureSpec("user", "sparse", vocab_size=30),
-            FeatureSpec("item", "sparse", vocab_size=25),
-            FeatureSpec("category", "sparse", vocab_size=6),
-            FeatureSpec("tags", "multi", vocab_size=10, max_len=4),
-            FeatureSpec("price", "dense"),
-        ),
-        domain=DomainSpec("scenario", tuple(f"d{i}" for i in range(NUM_DOMAINS))),
-        user_feature="user",
-    )
+    return make_schema(NUM_DOMAINS, domain_name="scenario", user_feature="user")
 
 
 def tiny_batch(n: int = 48, seed: int = 0, domain: int | None = None) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    if domain is None:
-        # Every domain present, in an interleaved order (a mixed-domain batch).
-        dom = torch.arange(n) % NUM_DOMAINS
-        dom = dom[torch.randperm(n, generator=g)]
-    else:
-        dom = torch.full((n,), domain, dtype=torch.long)
-    tags = torch.randint(2, 10, (n, 4), generator=g)
-    tags[torch.rand(n, 4, generator=g) < 0.4] = 0  # padding, including some all-padding rows
-    user = torch.randint(2, 30, (n,), generator=g)
-    return Batch(
-        sparse=torch.stack([user, torch.randint(1, 25, (n,), generator=g), torch.randint(2, 6, (n,), generator=g)], 1),
-        dense=torch.randn(n, 1, generator=g),
-        multi={"tags": tags},
-        label=torch.randint(0, 2, (n,), generator=g).float(),
-        domain=dom,
-        user=user,
-    )
+    """Every domain present, in an interleaved order (a mixed-domain batch), unless ``domain`` is given."""
+    return make_batch(tiny_schema(), n, seed, domains=domain, every_domain=True)
 
 
 def build(name: str, seed: int = 0):

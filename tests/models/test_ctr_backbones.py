@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import polyrec
+from builders import make_batch, perturb
 from polyrec import Batch, ConfigError, DatasetSchema, DomainSpec, FeatureSpec, create_model
 from polyrec.layers.interaction import BiInteractionPooling, CrossNetworkV2, FMInteraction, InnerProduct
 from polyrec.layers.linear import LinearPart
@@ -29,29 +30,6 @@ def make_schema(dense: int = 2, multi: int = 2) -> DatasetSchema:
     return DatasetSchema(features=tuple(features), domain=DomainSpec("d", ("a", "b", "c")))
 
 
-def make_batch(schema: DatasetSchema, n: int = 20, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    sparse = torch.stack([torch.randint(1, f.vocab_size, (n,), generator=g) for f in schema.sparse], 1)
-    multi = {}
-    for f in schema.multi:
-        ids = torch.randint(1, f.vocab_size, (n, f.max_len), generator=g)
-        ids[torch.rand(n, f.max_len, generator=g) < 0.4] = 0
-        multi[f.name] = ids
-    return Batch(
-        sparse=sparse,
-        dense=torch.randn(n, len(schema.dense), generator=g),
-        multi=multi,
-        label=torch.randint(0, 2, (n,), generator=g).float(),
-        domain=torch.randint(0, schema.num_domains, (n,), generator=g),
-    )
-
-
-def perturb(module: nn.Module, seed: int = 0, scale: float = 0.3) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return module
 
 
 @pytest.fixture(autouse=True)
@@ -142,7 +120,7 @@ def test_linear_part_without_dense_features() -> None:
     schema = make_schema(dense=0)
     linear = perturb(LinearPart(schema))
     assert linear.dense is None
-    assert linear(make_batch(schema)).shape == (20,)
+    assert linear(make_batch(schema, n=20)).shape == (20,)
 
 
 # ------------------------------------------------------------------------------------------------ per model
@@ -228,7 +206,7 @@ def test_pnn_product_layer_width(product_type: str, pair_signals: int) -> None:
     model = create_model("pnn", schema, embedding_dim=4, product_type=product_type)
     F, P = 5, 10
     assert model.dnn.net[0].in_features == F * 4 + pair_signals * P + 2
-    assert model(make_batch(schema)).logits.shape == (20,)
+    assert model(make_batch(schema, n=20)).logits.shape == (20,)
 
 
 def test_ipnn_feeds_embeddings_and_inner_products_to_its_mlp() -> None:

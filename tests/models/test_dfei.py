@@ -8,43 +8,25 @@ import pytest
 import torch
 from torch import nn
 
+from builders import make_batch, make_schema
 from polyrec import ConfigError, create_model
-from polyrec.data.batch import Batch
-from polyrec.data.schema import DatasetSchema, DomainSpec, FeatureSpec
 from polyrec.layers.domain import DomainSegments
 
 D = 3
 
 
-def make_schema():
-    return DatasetSchema(
-        features=(
-            FeatureSpec("user", "sparse", vocab_size=50),
-            FeatureSpec("item", "sparse", vocab_size=40),
-            FeatureSpec("tags", "multi", vocab_size=12, max_len=3),
-            FeatureSpec("price", "dense"),
-        ),
-        domain=DomainSpec("d", tuple(f"d{i}" for i in range(D))),
-    )
+def schema_of():
+    return make_schema(D, sparse=(("user", 50), ("item", 40)), multi=(("tags", 12, 3),))
 
 
-def make_batch(n=60, seed=0, domains=None):
-    g = torch.Generator().manual_seed(seed)
-    dom = torch.randint(0, D, (n,), generator=g) if domains is None else torch.as_tensor(domains)
-    n = len(dom)
-    return Batch(
-        sparse=torch.stack([torch.randint(2, 50, (n,), generator=g), torch.randint(2, 40, (n,), generator=g)], 1),
-        dense=torch.randn(n, 1, generator=g),
-        multi={"tags": torch.randint(0, 12, (n, 3), generator=g)},
-        label=torch.randint(0, 2, (n,), generator=g).float(),
-        domain=dom,
-    )
+def batch_of(n=60, seed=0, domains=None):
+    return make_batch(schema_of(), n, seed, domains=domains, padding=0.0)
 
 
 def build(seed=0, **kw):
     torch.manual_seed(seed)
     kw = {"shared_units": (16, 8), "domain_units": (16, 8), "attention_dim": 8, **kw}
-    return create_model("dfei", make_schema(), **kw)
+    return create_model("dfei", schema_of(), **kw)
 
 
 def inputs(model, batch):
@@ -68,7 +50,7 @@ def test_domain_feature_is_the_moving_average_of_present_domains_only():
     model = build(alpha=0.9)
     model.train()
     assert torch.equal(model.v, torch.zeros(D, 8))
-    first = make_batch(40, seed=1, domains=[0, 2] * 20)
+    first = batch_of(40, seed=1, domains=[0, 2] * 20)
     means = tower_means(model, first)
     model(first)
     # v_d^0 = pooling(u_d^0) for the domains seen; domain 1 untouched.
@@ -78,7 +60,7 @@ def test_domain_feature_is_the_moving_average_of_present_domains_only():
     assert model.v_initialized.tolist() == [True, False, True]
 
     old = model.v.clone()
-    second = make_batch(30, seed=2, domains=[0, 0, 1] * 10)
+    second = batch_of(30, seed=2, domains=[0, 0, 1] * 10)
     means = tower_means(model, second)
     model(second)
     torch.testing.assert_close(model.v[0], 0.9 * old[0] + 0.1 * means[0], rtol=0, atol=1e-6)
@@ -87,7 +69,7 @@ def test_domain_feature_is_the_moving_average_of_present_domains_only():
     assert not model.v.requires_grad
 
     old = model.v.clone()
-    third = make_batch(30, seed=3, domains=[1, 2] * 15)
+    third = batch_of(30, seed=3, domains=[1, 2] * 15)
     means = tower_means(model, third)
     model(third)
     for d in (1, 2):
@@ -98,12 +80,12 @@ def test_domain_feature_is_the_moving_average_of_present_domains_only():
 def test_domain_feature_is_not_updated_in_eval():
     model = build()
     model.train()
-    model(make_batch(seed=1))
+    model(batch_of(seed=1))
     before = model.v.clone()
     model.eval()
-    model(make_batch(seed=2))
+    model(batch_of(seed=2))
     with torch.no_grad():
-        model(make_batch(seed=3))
+        model(batch_of(seed=3))
     assert torch.equal(model.v, before)
 
 
@@ -111,7 +93,7 @@ def test_domain_feature_is_in_the_state_dict_and_restored():
     model = build()
     model.train()
     for s in range(3):
-        model(make_batch(seed=s))
+        model(batch_of(seed=s))
     state = model.state_dict()
     assert "v" in state and "v_initialized" in state
     fresh = build(seed=5)
@@ -123,9 +105,9 @@ def test_domain_feature_is_in_the_state_dict_and_restored():
 def test_attention_weights_are_a_softmax_over_all_domains():
     model = build()
     model.train()
-    model(make_batch(seed=1))  # give the domains distinct features
+    model(batch_of(seed=1))  # give the domains distinct features
     model.eval()
-    batch = make_batch(20, seed=4)
+    batch = batch_of(20, seed=4)
     with torch.no_grad():
         x = inputs(model, batch)
         z, w = model.attention(x, model.v, batch.domain)
@@ -141,9 +123,9 @@ def test_attention_weights_are_a_softmax_over_all_domains():
 def test_eval_logit_is_eq_7_on_shared_domain_feature_and_integration():
     model = build(aux_network=True)
     model.train()
-    model(make_batch(seed=1))
+    model(batch_of(seed=1))
     model.eval()
-    batch = make_batch(12, seed=5, domains=[2] * 12)
+    batch = batch_of(12, seed=5, domains=[2] * 12)
     with torch.no_grad():
         x = inputs(model, batch)
         seg = DomainSegments.from_domain(batch.domain)
@@ -161,7 +143,7 @@ def test_written_back_domain_feature_changes_inference():
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for s in range(4):
-        b = make_batch(seed=s)
+        b = batch_of(seed=s)
         loss = nn.functional.binary_cross_entropy_with_logits(model(b).logits, b.label)
         opt.zero_grad()
         loss.backward()
@@ -171,7 +153,7 @@ def test_written_back_domain_feature_changes_inference():
     stale.v_initialized.zero_()
     model.eval()
     stale.eval()
-    batch = make_batch(30, seed=9)
+    batch = batch_of(30, seed=9)
     with torch.no_grad():
         assert not torch.allclose(model(batch).logits, stale(batch).logits, atol=1e-4)
 
@@ -182,8 +164,8 @@ def test_domain_parameters_get_no_gradient_from_other_domains_rows(mean_gradient
     model = build(mean_gradient=mean_gradient, aux_network=True)
     model.train()
     if warm:
-        model(make_batch(seed=1))
-    batch = make_batch(60, seed=2, domains=[0, 1, 2] * 20)
+        model(batch_of(seed=1))
+    batch = batch_of(60, seed=2, domains=[0, 1, 2] * 20)
     logits = model(batch).logits
     mask = batch.domain == 0
     nn.functional.binary_cross_entropy_with_logits(logits[mask], batch.label[mask]).backward()
@@ -197,7 +179,7 @@ def test_domain_parameters_get_no_gradient_from_other_domains_rows(mean_gradient
 
 
 def test_mean_term_carries_gradient_to_the_own_tower_only_if_asked():
-    batch = make_batch(60, seed=2)
+    batch = batch_of(60, seed=2)
     grads = {}
     for flag in (True, False):
         model = build(mean_gradient=flag)

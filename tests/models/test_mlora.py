@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 from polyrec import ConfigError, TrainConfig, create_model
 from polyrec.cli import app
 from polyrec.config import from_dict
-from polyrec.data.schema import DomainSpec
 from polyrec.data.sources import make_synthetic
 from polyrec.experiment import make_config, resolve_config
 from polyrec.layers.lora import LoRALinear, LoRAStarLinear

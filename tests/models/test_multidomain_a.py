@@ -12,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from builders import make_batch, make_schema, perturb
 from polyrec import ConfigError, create_model
 from polyrec.data.batch import Batch
-from polyrec.data.schema import DatasetSchema, DomainSpec, FeatureSpec
+from polyrec.data.schema import DatasetSchema
 from polyrec.layers.domain import DomainSegments
 from polyrec.layers.experts import (
     CrossStitchUnit,
@@ -29,47 +30,18 @@ D = 3
 MODELS = ["shared_bottom", "mmoe", "ple", "cross_stitch", "mulann", "hmoe", "aitm"]
 
 
-def make_schema(num_domains: int = D) -> DatasetSchema:
-    return DatasetSchema(
-        features=(
-            FeatureSpec("user", "sparse", vocab_size=40),
-            FeatureSpec("item", "sparse", vocab_size=30),
-            FeatureSpec("tags", "multi", vocab_size=10, max_len=3),
-            FeatureSpec("price", "dense"),
-        ),
-        domain=DomainSpec("d", tuple(f"d{i}" for i in range(num_domains))),
-    )
+def schema_of(num_domains: int = D) -> DatasetSchema:
+    return make_schema(num_domains, sparse=(("user", 40), ("item", 30)), multi=(("tags", 10, 3),))
 
 
-def make_batch(n: int = 30, seed: int = 0, domains=None, num_domains: int = D) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    if domains is None:
-        dom = torch.arange(n) % num_domains
-        dom = dom[torch.randperm(n, generator=g)]
-    else:
-        dom = torch.as_tensor(domains, dtype=torch.long)
-        n = len(dom)
-    return Batch(
-        sparse=torch.stack([torch.randint(1, 40, (n,), generator=g), torch.randint(1, 30, (n,), generator=g)], 1),
-        dense=torch.randn(n, 1, generator=g),
-        multi={"tags": torch.randint(0, 10, (n, 3), generator=g)},
-        label=torch.randint(0, 2, (n,), generator=g).float(),
-        domain=dom,
-    )
+def batch_of(n: int = 30, seed: int = 0, domains=None, num_domains: int = D) -> Batch:
+    return make_batch(schema_of(num_domains), n, seed, domains=domains, every_domain=True, padding=0.0)
 
-
-def perturb(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
-    """Move every parameter off its initial value, so per-domain banks differ and gates are not uniform."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return model
 
 
 def build(name: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    return create_model(name, make_schema(), **overrides)
+    return create_model(name, schema_of(), **overrides)
 
 
 def inputs(model, batch: Batch) -> torch.Tensor:
@@ -101,7 +73,7 @@ ISOLATED = [("shared_bottom", {}), ("mmoe", {}), ("ple", {"num_levels": 1}), ("p
 @pytest.mark.parametrize("name,overrides", ISOLATED, ids=lambda v: str(v))
 def test_domain_towers_and_gates_get_no_gradient_from_other_domains_rows(name, overrides) -> None:
     model = perturb(build(name, **overrides))
-    batch = make_batch(36, seed=1)
+    batch = batch_of(36, seed=1)
     logits = model(batch).logits
     own = batch.domain == 0
     F.binary_cross_entropy_with_logits(logits[own], batch.label[own]).backward()
@@ -122,7 +94,7 @@ def test_absent_domains_parameters_are_never_used(name, overrides) -> None:
     with torch.no_grad():
         for _, p in per_domain_params(model, name):
             p.view(D, -1)[2].fill_(float("nan"))
-    batch = make_batch(20, seed=2, domains=[0, 1] * 10)
+    batch = batch_of(20, seed=2, domains=[0, 1] * 10)
     logits = model(batch).logits
     assert torch.isfinite(logits).all()
     logits.sum().backward()
@@ -138,7 +110,7 @@ def test_absent_domains_parameters_are_never_used(name, overrides) -> None:
 
 def test_mmoe_gate_weights_are_a_distribution_per_row_and_depend_on_the_domain() -> None:
     model = perturb(build("mmoe", num_experts=5))
-    batch = make_batch(24, seed=3)
+    batch = batch_of(24, seed=3)
     w = model.gate_weights(batch)
     assert w.shape == (24, 5)
     assert (w >= 0).all()
@@ -187,7 +159,7 @@ def test_ple_cgc_without_specific_experts_is_mmoe() -> None:
     ple.levels[0].shared.load_state_dict(mmoe.experts.state_dict())
     ple.levels[0].gates.load_state_dict(mmoe.gates.state_dict())
     ple.towers.load_state_dict(mmoe.towers.state_dict())
-    batch = make_batch(30, seed=4)
+    batch = batch_of(30, seed=4)
     torch.testing.assert_close(ple(batch).logits, mmoe(batch).logits, rtol=1e-6, atol=1e-6)
 
 
@@ -228,7 +200,7 @@ def reference_ple(model, batch: Batch) -> torch.Tensor:
 def test_ple_matches_a_row_by_row_implementation_of_the_paper(levels: int) -> None:
     model = perturb(build("ple", num_levels=levels, num_shared_experts=2, num_specific_experts=2, expert_units=(8,)))
     model.eval()
-    batch = make_batch(12, seed=6)
+    batch = batch_of(12, seed=6)
     with torch.no_grad():
         torch.testing.assert_close(model(batch).logits, reference_ple(model, batch), rtol=1e-5, atol=1e-5)
 
@@ -237,7 +209,7 @@ def test_ple_intermediate_shared_gate_reads_every_domains_specific_experts() -> 
     # By PLE's definition, level 1's shared gate mixes every domain's specific experts: domain-0 rows
     # train domain-1's level-1 experts. At the last level they must not.
     model = perturb(build("ple", num_levels=2))
-    batch = make_batch(30, seed=7, domains=[0] * 30)
+    batch = batch_of(30, seed=7, domains=[0] * 30)
     model(batch).logits.sum().backward()
     first = model.levels[0].specific.hidden[0].weight.grad.view(D, -1)
     last = model.levels[1].specific.hidden[0].weight.grad.view(D, -1)
@@ -270,7 +242,7 @@ def reference_cross_stitch(model, batch: Batch) -> torch.Tensor:
 def test_cross_stitch_matches_the_papers_all_columns_definition() -> None:
     model = perturb(build("cross_stitch", hidden_units=(16, 8, 4)), scale=0.2)
     model.eval()
-    batch = make_batch(24, seed=8)
+    batch = batch_of(24, seed=8)
     with torch.no_grad():
         torch.testing.assert_close(model(batch).logits, reference_cross_stitch(model, batch), rtol=1e-5, atol=1e-5)
 
@@ -280,7 +252,7 @@ def test_cross_stitch_with_identity_units_is_independent_domain_networks() -> No
     with torch.no_grad():
         for s in model.stitches:
             s.alpha.copy_(torch.eye(D))
-    batch = make_batch(24, seed=9)
+    batch = batch_of(24, seed=9)
     own = batch.domain == 1
     model(batch).logits[own].sum().backward()
     for layer in model.layers:
@@ -316,7 +288,7 @@ def test_gradient_reversal_is_identity_forward_and_flips_the_gradient() -> None:
 
 def test_mulann_adversarial_loss_reaches_the_extractor_with_reversed_sign() -> None:
     model = perturb(build("mulann", adversarial_weight=0.3), scale=0.1)
-    batch = make_batch(30, seed=10)
+    batch = batch_of(30, seed=10)
     out = model(batch)
     assert set(out.aux_losses) == {"domain_adversarial"}
     adv = out.aux_losses["domain_adversarial"]
@@ -337,7 +309,7 @@ def test_mulann_adversarial_loss_reaches_the_extractor_with_reversed_sign() -> N
 
 def test_mulann_shared_head_variant_and_zero_weight() -> None:
     model = build("mulann", domain_heads=False, adversarial_weight=0.0)
-    out = model(make_batch(12, seed=11))
+    out = model(batch_of(12, seed=11))
     assert out.logits.shape == (12,) and out.aux_losses["domain_adversarial"].item() == 0.0
 
 
@@ -348,7 +320,7 @@ def test_mulann_shared_head_variant_and_zero_weight() -> None:
 
 def test_hmoe_other_domains_scores_are_used_but_not_trained_by_a_rows_loss() -> None:
     model = perturb(build("hmoe", expert_units=(16,), tower_units=(8,)), scale=0.2)
-    batch = make_batch(30, seed=12)
+    batch = batch_of(30, seed=12)
     own = batch.domain == 0
     logits = model(batch).logits
     logits[own].sum().backward()
@@ -398,7 +370,7 @@ def reference_aitm(model, batch: Batch) -> torch.Tensor:
 def test_aitm_matches_a_row_by_row_chain(domains, order) -> None:
     model = perturb(build("aitm", tower_units=(16, 8), domain_order=order), scale=0.2)
     model.eval()
-    batch = make_batch(18, seed=13, domains=domains)
+    batch = batch_of(18, seed=13, domains=domains)
     with torch.no_grad():
         torch.testing.assert_close(model(batch).logits, reference_aitm(model, batch), rtol=1e-5, atol=1e-5)
 
@@ -406,7 +378,7 @@ def test_aitm_matches_a_row_by_row_chain(domains, order) -> None:
 def test_aitm_row_depends_on_towers_up_to_its_position_only() -> None:
     model = perturb(build("aitm", tower_units=(16, 8)), scale=0.2)
     model.eval()
-    batch = make_batch(30, seed=14)
+    batch = batch_of(30, seed=14)
     with torch.no_grad():
         before = model(batch).logits
         model.towers.hidden[0].bias[1] += 1.0  # the tower at position 1
@@ -431,7 +403,7 @@ def test_aitm_rejects_a_bad_domain_order() -> None:
 @pytest.mark.parametrize("name", MODELS)
 def test_config_rejects_unknown_keys(name: str) -> None:
     with pytest.raises(ConfigError, match="bogus"):
-        create_model(name, make_schema(), bogus=1)
+        create_model(name, schema_of(), bogus=1)
 
 
 @pytest.mark.parametrize(
@@ -448,13 +420,13 @@ def test_config_rejects_unknown_keys(name: str) -> None:
 )
 def test_config_rejects_bad_values(name: str, bad: dict) -> None:
     with pytest.raises(ConfigError, match=name):
-        create_model(name, make_schema(), **bad)
+        create_model(name, schema_of(), **bad)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_aux_network_adds_a_domain_logit(name: str) -> None:
     model = build(name, aux_network=True)
-    batch = make_batch(12, seed=15)
+    batch = batch_of(12, seed=15)
     assert model.aux is not None
     base = model(batch).logits
     with torch.no_grad():
@@ -463,8 +435,8 @@ def test_aux_network_adds_a_domain_logit(name: str) -> None:
 
 
 def test_single_domain_schema() -> None:
-    schema = make_schema(1)
-    batch = make_batch(8, seed=16, domains=[0] * 8, num_domains=1)
+    schema = schema_of(1)
+    batch = batch_of(8, seed=16, domains=[0] * 8, num_domains=1)
     for name in MODELS:
         torch.manual_seed(0)
         out = create_model(name, schema)(batch)

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 import polyrec
-from polyrec import Batch, ConfigError, DatasetSchema, DomainSpec, FeatureSpec, create_model
+from builders import make_batch, make_schema, perturb
+from polyrec import Batch, ConfigError, DatasetSchema, create_model
 from polyrec.layers.domain import DomainSegments
 from polyrec.layers.gates import DomainExpertBank, GateNU, ParallelMLP, segment_einsum
 from polyrec.models.multidomain.pepnet import _PEPNetFamily
@@ -22,42 +23,13 @@ from polyrec.models.multidomain.pepnet import _PEPNetFamily
 MODELS = ["pepnet", "epnet", "ppnet", "hinet", "sarnet", "m2m", "adasparse", "adaptdhm", "hamur", "m3oe"]
 
 
-def make_schema(num_domains: int = 3) -> DatasetSchema:
-    return DatasetSchema(
-        features=(
-            FeatureSpec("user", "sparse", vocab_size=30),
-            FeatureSpec("item", "sparse", vocab_size=25),
-            FeatureSpec("category", "sparse", vocab_size=6),
-            FeatureSpec("tags", "multi", vocab_size=10, max_len=4),
-            FeatureSpec("price", "dense"),
-        ),
-        domain=DomainSpec("scenario", tuple(f"d{i}" for i in range(num_domains))),
-        user_feature="user",
-    )
+def schema_of(num_domains: int = 3) -> DatasetSchema:
+    return make_schema(num_domains, domain_name="scenario", user_feature="user")
 
 
-def make_batch(n: int = 48, num_domains: int = 3, seed: int = 0, domain: torch.Tensor | None = None) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    dom = torch.randint(0, num_domains, (n,), generator=g) if domain is None else domain
-    tags = torch.randint(2, 10, (n, 4), generator=g)
-    tags[torch.rand(n, 4, generator=g) < 0.4] = 0
-    return Batch(
-        sparse=torch.stack(
-            [torch.randint(2, 30, (n,), generator=g), torch.randint(2, 25, (n,), generator=g),
-             torch.randint(2, 6, (n,), generator=g)], 1),
-        dense=torch.randn(n, 1, generator=g),
-        multi={"tags": tags},
-        label=torch.randint(0, 2, (n,), generator=g).float(),
-        domain=dom,
-    )
+def batch_of(n: int = 48, num_domains: int = 3, seed: int = 0, domain: torch.Tensor | None = None) -> Batch:
+    return make_batch(schema_of(num_domains), n, seed, domains=domain)
 
-
-def perturb(model: nn.Module, seed: int = 0, scale: float = 0.3) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return model
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +95,7 @@ def test_epnet_ppnet_pepnet_are_distinct_entries_of_one_implementation() -> None
     for name, cls in classes.items():
         assert issubclass(cls, _PEPNetFamily) and cls.model_name == name
         assert cls.forward is _PEPNetFamily.forward and cls.__init__ is _PEPNetFamily.__init__
-    schema = make_schema()
+    schema = schema_of()
     pep, ep, pp = (create_model(n, schema) for n in ("pepnet", "epnet", "ppnet"))
     assert pep.ep_gate is not None and pep.pp_gates is not None
     assert ep.ep_gate is not None and ep.pp_gates is None
@@ -144,9 +116,9 @@ def _plain_path(model, batch: Batch) -> torch.Tensor:
 
 
 def test_epnet_with_its_gate_forced_to_one_is_the_plain_embedding_path() -> None:
-    model = perturb(create_model("epnet", make_schema(), hidden_units=(16, 8)))
+    model = perturb(create_model("epnet", schema_of(), hidden_units=(16, 8)))
     model.eval()
-    batch = make_batch()
+    batch = batch_of()
     with torch.no_grad():
         assert not torch.allclose(model(batch).logits, _plain_path(model, batch), atol=1e-4)
         model.ep_gate.fc2.weight.zero_()
@@ -155,8 +127,8 @@ def test_epnet_with_its_gate_forced_to_one_is_the_plain_embedding_path() -> None
 
 
 def test_epnet_gate_reads_the_embeddings_through_a_stop_gradient() -> None:
-    model = perturb(create_model("pepnet", make_schema(), hidden_units=(16, 8)))
-    batch = make_batch()
+    model = perturb(create_model("pepnet", schema_of(), hidden_units=(16, 8)))
+    batch = batch_of()
     captured = {}
     model.ep_gate.register_forward_hook(lambda m, i, o: captured.__setitem__("ep", o))
     model.pp_gates[0].register_forward_hook(lambda m, i, o: captured.__setitem__("pp", o))
@@ -186,43 +158,43 @@ def test_epnet_gate_reads_the_embeddings_through_a_stop_gradient() -> None:
 
 @pytest.mark.parametrize("form", ["binarization", "scaling", "fusion"])
 def test_adasparse_returns_a_finite_differentiable_sparsity_loss(form: str) -> None:
-    model = create_model("adasparse", make_schema(), hidden_units=(16, 8), form=form, sparsity_range=(0.8, 0.9))
-    out = model(make_batch())
+    model = create_model("adasparse", schema_of(), hidden_units=(16, 8), form=form, sparsity_range=(0.8, 0.9))
+    out = model(batch_of())
     loss = out.aux_losses["sparsity"]
     assert loss.dim() == 0 and torch.isfinite(loss) and loss > 0  # kept fraction ~0.5: under the target
     loss.backward()
     assert model.pruners[1].weight.grad.abs().sum() > 0
-    assert "sparsity" not in create_model("adasparse", make_schema(), sparsity_weight=0.0)(make_batch()).aux_losses
+    assert "sparsity" not in create_model("adasparse", schema_of(), sparsity_weight=0.0)(batch_of()).aux_losses
 
 
 def test_adasparse_binarization_prunes_with_0_1_factors_and_alpha_moves_only_in_training() -> None:
-    model = perturb(create_model("adasparse", make_schema(), hidden_units=(16, 8), form="binarization",
+    model = perturb(create_model("adasparse", schema_of(), hidden_units=(16, 8), form="binarization",
                                  epsilon=0.3), scale=1.0)
     dom = model.domain_embedding(torch.tensor([0, 1, 2]))
     pi, soft = model.weighting_factors(1, dom, torch.randn(3, 16))
     assert set(pi.detach().unique().tolist()) <= {0.0, 1.0} and (pi == 0).any() and (pi == 1).any()
     alpha = float(model.alpha)
     model.eval()
-    model(make_batch())
+    model(batch_of())
     assert float(model.alpha) == alpha
     model.train()
-    model(make_batch())
+    model(batch_of())
     assert float(model.alpha) == pytest.approx(alpha + model.config.alpha_step)
     with pytest.raises(ValueError, match="sparsity_range"):
-        create_model("adasparse", make_schema(), sparsity_range=(0.6, 0.2))
+        create_model("adasparse", schema_of(), sparsity_range=(0.6, 0.2))
 
 
 # ---------------------------------------------------------------- M2M
 
 
 def test_m2m_generates_different_weights_per_domain_and_rows_use_only_their_own() -> None:
-    model = create_model("m2m", make_schema(), expert_units=(16, 8), scenario_dim=8)
+    model = create_model("m2m", schema_of(), expert_units=(16, 8), scenario_dim=8)
     model.eval()
     weights = model.meta_weights(torch.arange(3))
     for name, w in weights.items():
         assert w.shape[0] == 3
         assert not torch.allclose(w[0], w[1]) and not torch.allclose(w[1], w[2]), name
-    batch = make_batch(60)
+    batch = batch_of(60)
     with torch.no_grad():
         before = model(batch).logits
         model.domain_embedding.weight[1].add_(1.0)
@@ -237,7 +209,7 @@ def test_m2m_generates_different_weights_per_domain_and_rows_use_only_their_own(
 
 
 def test_hinet_attends_only_to_the_other_scenarios() -> None:
-    model = create_model("hinet", make_schema(4))
+    model = create_model("hinet", schema_of(4))
     w = model.attention(torch.tensor([0, 2, 3]))
     assert w.shape == (3, 4)
     torch.testing.assert_close(w.sum(1), torch.ones(3))
@@ -280,10 +252,10 @@ def test_hinet_san_is_the_attention_weighted_sum_of_the_other_scenarios_expert_o
     # under its own gate) evaluated on x, w_i = softmax over j≠i of MLP(e_i). Mixing the experts'
     # parameters instead is a different model through the activations, and fails this check.
     D, H = 4, 6
-    model = perturb(create_model("hinet", make_schema(D), expert_units=(8, H)), scale=0.5)
+    model = perturb(create_model("hinet", schema_of(D), expert_units=(8, H)), scale=0.5)
     model.eval()
     dom = torch.arange(D).repeat_interleave(5)
-    batch = make_batch(len(dom), D, domain=dom)
+    batch = batch_of(len(dom), D, domain=dom)
     with torch.no_grad():
         got = _input_of(model.tower, model, batch)  # C = A ⊕ S ⊕ G
         # S_j(x) of every row, from the model's own-scenario path with every row relabelled scenario j.
@@ -302,9 +274,9 @@ def test_hinet_scenario_expert_is_its_own_sub_experts_under_its_own_gate() -> No
     D, K, H = 3, 2, 6
     dom = torch.arange(D).repeat_interleave(4)
     for san in (True, False):  # without SAN, the row's own scenario runs alone
-        model = create_model("hinet", make_schema(D), expert_units=(8, H), specific_experts=K, san=san)
+        model = create_model("hinet", schema_of(D), expert_units=(8, H), specific_experts=K, san=san)
         perturb(model, scale=0.5).eval()
-        batch = make_batch(len(dom), D, domain=dom, seed=int(san))
+        batch = batch_of(len(dom), D, domain=dom, seed=int(san))
         with torch.no_grad():
             got = _input_of(model.tower, model, batch)
             x = _features(model, batch)
@@ -327,10 +299,10 @@ def test_m3oe_domain_balance_mixes_every_domains_expert_outputs() -> None:
     # M3oE: z = G_d + w_D B_d + w_T T with B_d(x) = α f_d(x) + (1 − α) mean_{j≠d} f_j(x), a combination of
     # the domain experts' OUTPUTS. Mixing the experts' parameters instead fails this check.
     D, H = 4, 6
-    model = perturb(create_model("m3oe", make_schema(D), expert_units=(8, H), balance=0.2), scale=0.5)
+    model = perturb(create_model("m3oe", schema_of(D), expert_units=(8, H), balance=0.2), scale=0.5)
     model.eval()
     dom = torch.arange(D).repeat_interleave(5)
-    batch = make_batch(len(dom), D, domain=dom)
+    batch = batch_of(len(dom), D, domain=dom)
     with torch.no_grad():
         got = _input_of(model.towers, model, batch)  # z, one row per batch row
         x = _features(model, batch)
@@ -358,14 +330,14 @@ def test_m3oe_domain_balance_mixes_every_domains_expert_outputs() -> None:
 
 @pytest.mark.parametrize("name", ["hinet", "m3oe"])
 def test_cross_domain_models_work_with_a_single_domain(name: str) -> None:
-    model = create_model(name, make_schema(1))
-    out = model(make_batch(16, num_domains=1)).logits
+    model = create_model(name, schema_of(1))
+    out = model(batch_of(16, num_domains=1)).logits
     assert out.shape == (16,) and torch.isfinite(out).all()
 
 
 def test_adaptdhm_soft_assignment_and_centres_move_only_in_training() -> None:
-    model = create_model("adaptdhm", make_schema(), hidden_units=(16,))
-    batch = make_batch()
+    model = create_model("adaptdhm", schema_of(), hidden_units=(16,))
+    batch = batch_of()
     feats = torch.cat([model.embeddings(batch).flatten(1), batch.dense], 1).detach()
     dom = model.domain_embedding(batch.domain).detach()
     model.eval()
@@ -385,9 +357,9 @@ def test_adaptdhm_soft_assignment_and_centres_move_only_in_training() -> None:
     ("hinet", ("specific",), {"san": False, "specific_experts": 1}),  # without SAN: own scenario only
 ])
 def test_rows_use_only_their_own_domains_bank_slices(name: str, prefixes: tuple[str, ...], overrides: dict) -> None:
-    model = create_model(name, make_schema(5), **overrides)
+    model = create_model(name, schema_of(5), **overrides)
     model.eval()
-    batch = make_batch(60, num_domains=5)
+    batch = batch_of(60, num_domains=5)
     touched = 0
     with torch.no_grad():
         before = model(batch).logits
@@ -408,10 +380,10 @@ def test_rows_use_only_their_own_domains_bank_slices(name: str, prefixes: tuple[
 @pytest.mark.parametrize("name", MODELS)
 def test_config_rejects_unknown_keys_and_states_its_defaults(name: str) -> None:
     with pytest.raises(ConfigError, match="bogus"):
-        create_model(name, make_schema(), bogus=1)
+        create_model(name, schema_of(), bogus=1)
     cfg = polyrec.models.get_model_class(name).Config()
     assert cfg.embedding_dim == 16 and cfg.activation == "relu" and cfg.dropout == 0.0
     assert cfg.aux_network is False and cfg.aux_hidden == (32,)
-    with_aux = create_model(name, make_schema(), aux_network=True)
+    with_aux = create_model(name, schema_of(), aux_network=True)
     assert with_aux.aux is not None
-    assert torch.isfinite(with_aux(make_batch(8)).logits).all()
+    assert torch.isfinite(with_aux(batch_of(8)).logits).all()

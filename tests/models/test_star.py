@@ -5,52 +5,33 @@ import pytest
 import torch
 from torch import nn
 
+from builders import make_batch, make_schema
+from builders import perturb as perturb_params
 from polyrec import create_model
-from polyrec.data.batch import Batch
-from polyrec.data.schema import DatasetSchema, DomainSpec, FeatureSpec
 from polyrec.layers.domain import DomainSegments, StarLinear, segment_linear
 from polyrec.layers.norm import PartitionedNorm
 
 
-def make_schema(num_domains=3):
-    return DatasetSchema(
-        features=(
-            FeatureSpec("user", "sparse", vocab_size=50),
-            FeatureSpec("item", "sparse", vocab_size=40),
-            FeatureSpec("tags", "multi", vocab_size=12, max_len=3),
-            FeatureSpec("price", "dense"),
-        ),
-        domain=DomainSpec("d", tuple(f"d{i}" for i in range(num_domains))),
-    )
+def schema_of(num_domains=3):
+    return make_schema(num_domains, sparse=(("user", 50), ("item", 40)), multi=(("tags", 12, 3),))
 
 
-def make_batch(n=64, num_domains=3, seed=0, domains=None):
-    g = torch.Generator().manual_seed(seed)
-    dom = torch.randint(0, num_domains, (n,), generator=g) if domains is None else torch.as_tensor(domains)
-    n = len(dom)
-    return Batch(
-        sparse=torch.stack([torch.randint(2, 50, (n,), generator=g), torch.randint(2, 40, (n,), generator=g)], 1),
-        dense=torch.randn(n, 1, generator=g) * 3 + 1,
-        multi={"tags": torch.randint(0, 12, (n, 3), generator=g)},
-        label=torch.randint(0, 2, (n,), generator=g).float(),
-        domain=dom,
-    )
+def batch_of(n=64, num_domains=3, seed=0, domains=None):
+    batch = make_batch(schema_of(num_domains), n, seed, domains=domains, padding=0.0)
+    batch.dense.mul_(3).add_(1)  # off zero mean / unit variance, so that normalisation has work to do
+    return batch
 
 
 def perturb(model, seed=0):
     """Move every parameter away from its initial value so that domain banks differ per domain."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
+    return perturb_params(model, seed, scale=0.1)
 
 
 def train_steps(model, n=5, seed=1):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for i in range(n):
-        b = make_batch(128, model.num_domains, seed=seed + i)
+        b = batch_of(128, model.num_domains, seed=seed + i)
         loss = nn.functional.binary_cross_entropy_with_logits(model(b).logits, b.label)
         opt.zero_grad()
         loss.backward()
@@ -61,10 +42,10 @@ def train_steps(model, n=5, seed=1):
 @pytest.mark.parametrize("norm_hidden", [False, True])
 def test_eval_prediction_of_a_row_does_not_depend_on_its_batch(norm_hidden):
     torch.manual_seed(0)
-    model = train_steps(create_model("star", make_schema(), embedding_dim=4, hidden_units=[16, 8],
+    model = train_steps(create_model("star", schema_of(), embedding_dim=4, hidden_units=[16, 8],
                                      norm_hidden=norm_hidden))
     model.eval()
-    b = make_batch(90, seed=5)
+    b = batch_of(90, seed=5)
     full = model(b).logits
     for idx in (torch.arange(7), torch.tensor([3]), torch.nonzero(b.domain == 1).squeeze(1), torch.arange(89, -1, -1)):
         part = model(b.select(idx)).logits
@@ -73,9 +54,9 @@ def test_eval_prediction_of_a_row_does_not_depend_on_its_batch(norm_hidden):
 
 def test_domain_parameters_get_gradient_only_from_their_rows():
     torch.manual_seed(0)
-    model = perturb(create_model("star", make_schema(4), embedding_dim=4, hidden_units=[16, 8]))
+    model = perturb(create_model("star", schema_of(4), embedding_dim=4, hidden_units=[16, 8]))
     model.train()
-    b = make_batch(60, 4, domains=[0, 2] * 30)
+    b = batch_of(60, 4, domains=[0, 2] * 30)
     model(b).logits.sum().backward()
     for layer in model.layers:
         assert layer.domain_weight.grad[1].abs().sum() == 0 and layer.domain_weight.grad[3].abs().sum() == 0
@@ -89,9 +70,9 @@ def test_domain_gradient_equals_gradient_from_that_domain_alone():
 
     Whole-batch normalisation (a known defect of other ports) fails this test."""
     torch.manual_seed(0)
-    model = perturb(create_model("star", make_schema(), embedding_dim=4, hidden_units=[16, 8], aux_network=False))
+    model = perturb(create_model("star", schema_of(), embedding_dim=4, hidden_units=[16, 8], aux_network=False))
     model.train()
-    b = make_batch(96, seed=3)
+    b = batch_of(96, seed=3)
     model(b).logits.sum().backward()
     mixed = model.layers[0].domain_weight.grad[1].clone()
     model.zero_grad()
@@ -102,10 +83,10 @@ def test_domain_gradient_equals_gradient_from_that_domain_alone():
 
 def test_single_domain_star_equals_mlp_with_elementwise_product_weights():
     torch.manual_seed(0)
-    model = perturb(create_model("star", make_schema(1), embedding_dim=4, hidden_units=[16, 8],
+    model = perturb(create_model("star", schema_of(1), embedding_dim=4, hidden_units=[16, 8],
                                  partitioned_norm=False, aux_network=False))
     model.eval()
-    b = make_batch(32, 1)
+    b = batch_of(32, 1)
     linears = []
     for layer in model.layers:
         lin = nn.Linear(layer.in_dim, layer.out_dim)
@@ -121,20 +102,20 @@ def test_single_domain_star_equals_mlp_with_elementwise_product_weights():
 def test_logit_has_no_activation():
     """The final star layer's output is the logit: it can be negative (no ReLU/BN on the logit)."""
     torch.manual_seed(0)
-    model = create_model("star", make_schema(), embedding_dim=4, hidden_units=[8], aux_network=False)
+    model = create_model("star", schema_of(), embedding_dim=4, hidden_units=[8], aux_network=False)
     with torch.no_grad():
         model.layers[-1].bias.fill_(-3.0)
     model.eval()
-    assert (model(make_batch(32)).logits < 0).all()
+    assert (model(batch_of(32)).logits < 0).all()
 
 
 @pytest.mark.parametrize("norm_hidden", [False, True])
 def test_folded_model_matches_unfolded(norm_hidden):
     torch.manual_seed(0)
-    model = perturb(train_steps(create_model("star", make_schema(), embedding_dim=4, hidden_units=[16, 8],
+    model = perturb(train_steps(create_model("star", schema_of(), embedding_dim=4, hidden_units=[16, 8],
                                              norm_hidden=norm_hidden, aux_features=("item",))))
     model.eval()
-    b = make_batch(200, seed=9)
+    b = batch_of(200, seed=9)
     folded = model.fold()
     torch.testing.assert_close(folded(b).logits, model(b).logits, atol=1e-5, rtol=1e-5)
 
@@ -192,9 +173,9 @@ def test_segment_linear_paths_agree_and_handle_many_domains():
 
 def test_domain_batched_and_mixed_batches_both_train():
     torch.manual_seed(0)
-    model = create_model("star", make_schema(), embedding_dim=4, hidden_units=[8])
+    model = create_model("star", schema_of(), embedding_dim=4, hidden_units=[8])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for b in (make_batch(64, domains=[2] * 64), make_batch(64)):
+    for b in (batch_of(64, domains=[2] * 64), batch_of(64)):
         loss = nn.functional.binary_cross_entropy_with_logits(model(b).logits, b.label)
         opt.zero_grad()
         loss.backward()
@@ -204,21 +185,21 @@ def test_domain_batched_and_mixed_batches_both_train():
 
 def test_aux_network_adds_a_domain_logit():
     torch.manual_seed(0)
-    on = create_model("star", make_schema(), embedding_dim=4, hidden_units=[8], aux_network=True)
-    off = create_model("star", make_schema(), embedding_dim=4, hidden_units=[8], aux_network=False)
+    on = create_model("star", schema_of(), embedding_dim=4, hidden_units=[8], aux_network=True)
+    off = create_model("star", schema_of(), embedding_dim=4, hidden_units=[8], aux_network=False)
     off.load_state_dict({k: v for k, v in on.state_dict().items() if not k.startswith("aux.")})
     on.eval(), off.eval()
-    b = make_batch(20)
+    b = batch_of(20)
     torch.testing.assert_close(on(b).logits - off(b).logits, on.aux(b.domain))
 
 
 def test_star_config_errors():
     with pytest.raises(ValueError, match="aux_features"):
-        create_model("star", make_schema(), aux_features=("nope",))
+        create_model("star", schema_of(), aux_features=("nope",))
     from polyrec import ConfigError
 
     with pytest.raises(ConfigError, match="hiden_units"):
-        create_model("star", make_schema(), hiden_units=[8])
+        create_model("star", schema_of(), hiden_units=[8])
 
 
 def test_domain_mlp_bank_runs_each_row_through_its_own_tower():
@@ -268,9 +249,9 @@ def test_recompute_norm_statistics_matches_the_population_moments(norm_hidden):
             return self.b.select(idx)
 
     torch.manual_seed(0)
-    model = train_steps(create_model("star", make_schema(), embedding_dim=4, hidden_units=[8, 4],
+    model = train_steps(create_model("star", schema_of(), embedding_dim=4, hidden_units=[8, 4],
                                      norm_hidden=norm_hidden, dropout=0.3))
-    b = make_batch(500, seed=11)
+    b = batch_of(500, seed=11)
     assert recompute_norm_statistics(model, Data(b), torch.arange(500), batch_size=97) == (3 if norm_hidden else 1)
     assert model.training
     model.eval()
