@@ -84,6 +84,41 @@ def write_results(out: Path, protocol: str, runs: list[dict[str, Any]]) -> None:
     _atomic_write_text(out / "results.md", results_markdown(protocol, runs))
 
 
+def _compact(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_compact(v) for v in value) + "]"
+    return str(value)
+
+
+def settings_table(protocol: str, runs: list[dict[str, Any]]) -> str:
+    """One row per model: its model configuration and the training settings that vary between models.
+
+    Read from the runs' ``config``; runs recorded before records carried it show the configuration the
+    preset gives today, marked ``(preset)``.
+    """
+    rows = ["| model | model configuration | training |", "|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in runs):
+        record = next(r for r in runs if r["model"] == model)
+        cfg, origin = record.get("config"), ""
+        if cfg is None:
+            try:
+                cfg, origin = make_config(protocol, model).to_dict(), " (preset)"
+            except (KeyError, ValueError):
+                continue
+        model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
+        if cfg.get("adapter"):
+            model_cfg["adapter"] = {k: v for k, v in cfg["adapter"].items() if v is not None}
+        train = cfg["train"]
+        train_txt = ", ".join(f"{k}={_compact(train[k])}" for k in
+                              ("strategy", "optimizer", "lr", "weight_decay", "batch_size", "monitor", "patience",
+                               "max_epochs") if k in train)
+        model_txt = ", ".join(f"{k}={_compact(v)}" for k, v in model_cfg.items())
+        rows.append(f"| {model} | {model_txt}{origin} | {train_txt} |")
+    return "\n".join(rows)
+
+
 def results_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
     """The Markdown report of a benchmark's runs, next to the preset's published numbers.
 
@@ -109,6 +144,7 @@ def results_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
               per_domain_table(runs, "auc_per_domain", reference=ref.get("auc_per_domain"))]
     lines += ["", "## Per-domain test logloss", "", per_domain_table(runs, "logloss_per_domain")]
     lines += ["", "## Cost (means over seeds; training rows/s over all epochs)", "", cost_table(runs)]
+    lines += ["", "## Settings", "", settings_table(protocol, runs)]
     envs = list(dict.fromkeys(json.dumps(r.get("environment", {}), sort_keys=True) for r in runs))
     envs = envs or [json.dumps(environment(), sort_keys=True)]
     lines += ["", "Environment" + ("s" if len(envs) > 1 else "") + ": " + "; ".join(envs), ""]

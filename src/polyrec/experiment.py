@@ -217,6 +217,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dat
         "num_parameters": sum(p.numel() for p in model.parameters()),
         **adapter_summary(model),
         "environment": environment(),
+        "config": {k: v for k, v in cfg.to_dict().items() if k != "data"},  # the data is named by split_hash
     }
     if out is not None:
         atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "schema": ds.schema.to_json()},

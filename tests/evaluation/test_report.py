@@ -148,3 +148,18 @@ def test_results_markdown_has_every_section():
     for heading in ("paper wauc", "Without and with MLoRA", "Per-domain test AUC", "Per-domain test logloss",
                     "## Cost", "Environment:"):
         assert heading in md, heading
+
+
+def test_settings_table_reads_run_config_and_falls_back_to_the_preset():
+    from polyrec.benchmark import settings_table
+
+    recorded = {"model": "mlp", "metrics": {}, "config": {
+        "model": {"name": "mlp", "embedding_dim": 4, "hidden_units": [8]},
+        "train": {"strategy": "joint", "lr": 0.01, "batch_size": 32},
+        "adapter": {"kind": "mlora", "alpha": 16, "targets": None}}}
+    older = {"model": "star", "metrics": {}}
+    rows = settings_table("ml1m-gender", [recorded, older]).splitlines()
+    assert rows[2] == ("| mlp | embedding_dim=4, hidden_units=[8], adapter={'kind': 'mlora', 'alpha': 16} | "
+                       "strategy=joint, lr=0.01, batch_size=32 |")
+    assert rows[3].startswith("| star | embedding_dim=128,") and "(preset)" in rows[3]
+    assert "strategy=alternate" in rows[3]
