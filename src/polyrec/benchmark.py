@@ -145,6 +145,12 @@ def results_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
     lines += ["", "## Per-domain test logloss", "", per_domain_table(runs, "logloss_per_domain")]
     lines += ["", "## Cost (means over seeds; training rows/s over all epochs)", "", cost_table(runs)]
     lines += ["", "## Settings", "", settings_table(protocol, runs)]
+    notes: dict[str, list[str]] = {}
+    for r in runs:
+        if r.get("note"):
+            notes.setdefault(r["note"], []).append(f"{r['model']} seed {r['seed']}")
+    if notes:
+        lines += ["", "## Notes on individual runs", ""] + [f"- {', '.join(who)}: {text}" for text, who in notes.items()]
     envs = list(dict.fromkeys(json.dumps(r.get("environment", {}), sort_keys=True) for r in runs))
     envs = envs or [json.dumps(environment(), sort_keys=True)]
     lines += ["", "Environment" + ("s" if len(envs) > 1 else "") + ": " + "; ".join(envs), ""]

@@ -163,3 +163,13 @@ def test_settings_table_reads_run_config_and_falls_back_to_the_preset():
                        "strategy=joint, lr=0.01, batch_size=32 |")
     assert rows[3].startswith("| star | embedding_dim=128,") and "(preset)" in rows[3]
     assert "strategy=alternate" in rows[3]
+
+
+def test_results_markdown_lists_run_notes():
+    from polyrec.benchmark import results_markdown
+
+    runs = [{"model": "mlp", "seed": s, "metrics": {"wauc": 0.8}} for s in range(2)]
+    runs[1]["note"] = "stopped at the epoch cap"
+    md = results_markdown("ml1m-gender", runs)
+    assert "## Notes on individual runs" in md and "- mlp seed 1: stopped at the epoch cap" in md
+    assert "Notes on individual runs" not in results_markdown("ml1m-gender", runs[:1])
