@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -27,9 +26,7 @@ import torch
 from polyrec.data.dataset import build_dataset
 from polyrec.experiment import build_model, environment, make_config
 from polyrec.models.adapters import adapter_summary
-from polyrec.training.strategies import TrainContext, create_strategy
-from polyrec.training.task import BinaryTask
-from polyrec.training.trainer import make_optimizer
+from throughput import epoch_rates  # benchmarks/throughput.py: the same end-to-end epoch timing
 
 OUT = Path(__file__).resolve().parent / "results"
 BACKBONES = ["mlp", "star", "wdl", "nfm", "autoint", "pnn", "dcn", "fibinet", "deepfm", "xdeepfm"]
@@ -42,23 +39,7 @@ def embedding_params(model: torch.nn.Module) -> int:
 def train_rate(name: str, ds, epochs: int) -> list[float]:
     cfg = make_config("ml1m-gender", name)
     torch.manual_seed(0)
-    torch.set_flush_denormal(cfg.train.flush_denormal)
-    model = build_model(cfg, ds.schema)
-    strategy = create_strategy(cfg.train.strategy)
-    ctx = TrainContext(model=model, optimizer=make_optimizer(model, cfg.train), task=BinaryTask(), dataset=ds,
-                       rows=ds.splits["train"], batch_size=cfg.train.batch_size, sampler=strategy.default_sampler,
-                       seed=0, device=torch.device("cpu"))
-    model.train()
-    for i, batch in enumerate(ctx.batches(99)):  # warm-up
-        ctx.step(batch)
-        if i == 10:
-            break
-    rates = []
-    for e in range(epochs):
-        seen, t0 = ctx.samples_seen, time.perf_counter()
-        strategy.run_epoch(ctx, e)
-        rates.append((ctx.samples_seen - seen) / (time.perf_counter() - t0))
-    return rates
+    return epoch_rates(cfg, ds, build_model(cfg, ds.schema), epochs, warmup=11)[1]
 
 
 def measure(name: str, ds, epochs: int) -> dict:

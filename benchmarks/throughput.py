@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -47,31 +46,26 @@ def measure_data() -> dict:
     return {"cold_s": round(cold, 3), "cached_s": round(min(warm), 3), "rows": len(ds), "peak_rss_mb": round(peak_rss_mb())}
 
 
-def measure_model(name: str, epochs: int) -> dict:
+def epoch_rates(cfg, ds, model, epochs: int, warmup: int = 6):
+    """Train ``model`` as ``cfg``'s strategy does for ``epochs`` whole epochs after a short warm-up.
+
+    ``warmup`` steps come first so that allocator and kernels settle. Returns the train context and the rows/s of every epoch (sampler + gather + forward + backward + step).
+    """
     import torch
 
-    from polyrec.data.dataset import build_dataset
-    from polyrec.experiment import make_config
-    from polyrec.models import create_model
-    from polyrec.config import to_dict
     from polyrec.training.strategies import TrainContext, create_strategy
     from polyrec.training.task import BinaryTask
     from polyrec.training.trainer import make_optimizer
 
-    cfg = make_config("ml1m-age3", name)
-    ds = build_dataset(cfg.data)
-    torch.manual_seed(0)
     torch.set_flush_denormal(cfg.train.flush_denormal)  # as the Trainer does
-    model = create_model(name, ds.schema, **to_dict(cfg.model))
     strategy = create_strategy(cfg.train.strategy)
     ctx = TrainContext(model=model, optimizer=make_optimizer(model, cfg.train), task=BinaryTask(), dataset=ds,
                        rows=ds.splits["train"], batch_size=cfg.train.batch_size, sampler=strategy.default_sampler,
                        seed=0, device=torch.device("cpu"))
     model.train()
-    # warm-up: a few steps so that allocator and kernels settle
     for i, batch in enumerate(ctx.batches(99)):
         ctx.step(batch)
-        if i == 5:
+        if i + 1 == warmup:
             break
     rates = []
     for e in range(epochs):
@@ -79,6 +73,22 @@ def measure_model(name: str, epochs: int) -> dict:
         t0 = time.perf_counter()
         strategy.run_epoch(ctx, e)
         rates.append((ctx.samples_seen - seen) / (time.perf_counter() - t0))
+    return ctx, rates
+
+
+def measure_model(name: str, epochs: int) -> dict:
+    import torch
+
+    from polyrec.data.dataset import build_dataset
+    from polyrec.experiment import make_config
+    from polyrec.models import create_model
+    from polyrec.config import to_dict
+
+    cfg = make_config("ml1m-age3", name)
+    ds = build_dataset(cfg.data)
+    torch.manual_seed(0)
+    model = create_model(name, ds.schema, **to_dict(cfg.model))
+    ctx, rates = epoch_rates(cfg, ds, model, epochs)
     # model-only rate on one fixed batch (no gather), to show where the time goes
     batch = ds.batch(ds.splits["train"][: cfg.train.batch_size])
     t0 = time.perf_counter()
