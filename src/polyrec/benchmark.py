@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from .data.dataset import build_dataset
 from .data.protocols import preset as get_preset
-from .evaluation.report import adapter_table, cost_table, per_domain_table, results_table
+from .evaluation.report import adapter_table, cost_table, per_domain_table, rank_table, results_table
 from .experiment import environment, make_config, run_experiment
 
 
@@ -124,7 +124,7 @@ def results_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
 
     Sections: the primary metric (and overall AUC / logloss) per model with the published value; for models
     run both bare and with MLoRA, the paired comparison (Δ, paired t-test p, parameter share, throughput);
-    per-domain AUC (published values in brackets) and logloss; the cost of each model (parameters, rows/s,
+    per-domain AUC (published values in brackets), average AUC and average RANK over domains, and logloss; the cost of each model (parameters, rows/s,
     epochs, threads); the environments the runs were measured in.
     """
     try:
@@ -142,6 +142,9 @@ def results_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
         lines += ["", f"## Without and with MLoRA ({primary} ×100, paired by seed)", "", mlora]
     lines += ["", "## Per-domain test AUC (×100; published in brackets)", "",
               per_domain_table(runs, "auc_per_domain", reference=ref.get("auc_per_domain"))]
+    if len({r["model"] for r in runs}) > 1:
+        lines += ["", "## Average AUC and average RANK over domains (MAMDR's metrics; rank 1 = best)", "",
+                  rank_table(runs)]
     lines += ["", "## Per-domain test logloss", "", per_domain_table(runs, "logloss_per_domain")]
     lines += ["", "## Cost (means over seeds; training rows/s over all epochs)", "", cost_table(runs)]
     lines += ["", "## Settings", "", settings_table(protocol, runs)]

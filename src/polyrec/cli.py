@@ -66,6 +66,15 @@ def models() -> None:
 
 
 @app.command()
+def strategies() -> None:
+    """List the training strategies (``--set train.strategy=NAME``, or ``--model MODEL@NAME``)."""
+    from .training.strategies import describe_strategy, list_strategies
+
+    for name in list_strategies():
+        typer.echo(f"{name:20s} {describe_strategy(name)}")
+
+
+@app.command()
 def presets() -> None:
     """List the benchmark protocol presets."""
     from .data.protocols import list_presets, preset
@@ -76,7 +85,8 @@ def presets() -> None:
 
 @app.command()
 def train(
-    model: str = typer.Option(..., help="registered model name (see `polyrec models`); '<model>+mlora' adds MLoRA adapters"),
+    model: str = typer.Option(..., help="registered model name (see `polyrec models`); '<model>+mlora' adds MLoRA adapters, "
+                       "'<model>@<strategy>' trains it with that strategy (see `polyrec strategies`)"),
     out: Path = typer.Option(..., help="run directory"),
     preset: Optional[str] = typer.Option(None, help="protocol preset (see `polyrec presets`)"),
     config: Optional[Path] = typer.Option(None, help="YAML experiment config"),

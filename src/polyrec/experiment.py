@@ -21,7 +21,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,8 +32,17 @@ from .data.config import DataConfig
 from .data.dataset import EncodedDataset, build_dataset
 from .data.protocols import preset as get_preset
 from .models import create_model, get_model_class
-from .models.adapters import DEFAULT_ALPHA, AdapterConfig, MLoRAModel, adapter_summary, add_domain, attach_mlora
+from .models.adapters import (
+    DEFAULT_ALPHA,
+    AdapterConfig,
+    MLoRAModel,
+    adapter_summary,
+    add_domain,
+    attach_mlora,
+)
+from .models.specific import specific_summary
 from .training.checkpoint import atomic_torch_save
+from .training.strategies import create_strategy
 from .training.trainer import TrainConfig, Trainer, evaluate, predict
 
 RESULT_METRICS = ("wauc", "auc_overall", "auc_mean", "logloss_overall", "gauc", "auc_per_domain",
@@ -41,6 +50,7 @@ RESULT_METRICS = ("wauc", "auc_overall", "auc_mean", "logloss_overall", "gauc", 
 
 
 ADAPTER_SUFFIX = "+mlora"
+STRATEGY_SEP = "@"
 
 
 @dataclass(frozen=True)
@@ -53,11 +63,14 @@ class ExperimentConfig:
     model: Any
     train: TrainConfig
     adapter: AdapterConfig = AdapterConfig()
+    strategy_in_name: bool = False
 
     @property
     def display_name(self) -> str:
-        """The model's name in results: ``deepfm`` or ``deepfm+mlora``."""
-        return self.model_name + (ADAPTER_SUFFIX if self.adapter.kind == "mlora" else "")
+        """The model's name in results: ``deepfm``, ``deepfm+mlora``, or with the strategy it was asked for
+        by name (``mlp@mamdr``)."""
+        name = self.model_name + (ADAPTER_SUFFIX if self.adapter.kind == "mlora" else "")
+        return name + (STRATEGY_SEP + self.train.strategy if self.strategy_in_name else "")
 
     def to_dict(self) -> dict[str, Any]:
         out = {"protocol": self.protocol, "data": to_dict(self.data),
@@ -74,11 +87,22 @@ def split_model_name(name: str) -> tuple[str, bool]:
     return name, False
 
 
+def split_strategy(name: str) -> tuple[str, str | None]:
+    """``"mlp@mamdr"`` -> ``("mlp", "mamdr")`` (the model trained with that strategy); ``"mlp"`` -> ``("mlp", None)``."""
+    if isinstance(name, str) and STRATEGY_SEP in name:
+        model, strategy = name.rsplit(STRATEGY_SEP, 1)
+        if not model or not strategy:
+            raise ConfigError(f"model name {name!r}: expected '<model>@<strategy>', e.g. 'mlp@mamdr'")
+        return model, strategy
+    return name, None
+
+
 def base_config(preset: str | None = None, model: str | None = None, config_file: str | None = None) -> dict:
     """The plain-dict config from a preset and/or a YAML file (the file's keys win)."""
     data: dict[str, Any] = {"protocol": "custom", "data": {}, "model": {}, "train": {}}
-    adapted = False
+    adapted, strategy = False, None
     if model:
+        model, strategy = split_strategy(model)
         model, adapted = split_model_name(model)
     if preset:
         p = get_preset(preset)
@@ -91,6 +115,9 @@ def base_config(preset: str | None = None, model: str | None = None, config_file
             data["model"] = {"name": model, **params}
             # A model whose paper trains it with its own strategy (DFEI's cyclic schedule) says so here.
             data["train"] = {**data["train"], **p.get("model_train", {}).get(model, {})}
+            if strategy:  # a strategy asked for by name gets the preset's settings for it (no others')
+                data["train"] = {**data["train"], "strategy_options": {}, "strategy": strategy,
+                                 **p.get("strategy_train", {}).get(strategy, {})}
     if config_file:
         file_cfg = load_yaml(config_file)
         for key, value in file_cfg.items():
@@ -102,6 +129,9 @@ def base_config(preset: str | None = None, model: str | None = None, config_file
         data["model"] = {"name": model}
     elif model:
         data["model"].setdefault("name", model)
+    if strategy:
+        data["model"]["name"] = f"{model}{STRATEGY_SEP}{strategy}"  # resolve_config sets train.strategy from it
+        data["train"] = {**data["train"], "strategy": strategy}
     if adapted:
         data["adapter"] = {**(data.get("adapter") or {}), "kind": "mlora"}
     return data
@@ -129,7 +159,14 @@ def resolve_config(data: dict[str, Any]) -> ExperimentConfig:
     name = model.pop("name", None)
     if not name:
         raise ConfigError("model.name is required (see `polyrec models` for the registered names)")
+    name, strategy = split_strategy(name)
     name, adapted = split_model_name(name)
+    train = dict(data.get("train") or {})
+    if strategy:
+        if train.get("strategy", strategy) != strategy:
+            raise ConfigError(f"model.name {model_name_given(name, adapted, strategy)!r} asks for strategy "
+                              f"{strategy!r} but train.strategy is {train['strategy']!r}; drop one of them")
+        train["strategy"] = strategy
     raw_adapter = data.get("adapter")
     if adapted:
         if isinstance(raw_adapter, dict) and raw_adapter.get("kind", "mlora") != "mlora":
@@ -142,10 +179,15 @@ def resolve_config(data: dict[str, Any]) -> ExperimentConfig:
         protocol=protocol,
         data=from_dict(DataConfig, data.get("data") or {}, path="data"),
         model_name=name,
-        model=from_dict(cls.Config, model, path=f"model"),
-        train=from_dict(TrainConfig, data.get("train") or {}, path="train"),
+        model=from_dict(cls.Config, model, path="model"),
+        train=from_dict(TrainConfig, train, path="train"),
         adapter=_resolve_adapter(raw_adapter, protocol, name),
+        strategy_in_name=strategy is not None,
     )
+
+
+def model_name_given(model: str, adapted: bool, strategy: str | None) -> str:
+    return model + (ADAPTER_SUFFIX if adapted else "") + (STRATEGY_SEP + strategy if strategy else "")
 
 
 def make_config(preset: str | None = None, model: str | None = None, config_file: str | None = None,
@@ -170,13 +212,15 @@ def _metrics(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_model(cfg: ExperimentConfig, schema):
-    """``cfg``'s model for ``schema``, with its adapters attached when ``cfg.adapter.kind`` is ``mlora``."""
+    """``cfg``'s model for ``schema``, with its adapters attached when ``cfg.adapter.kind`` is ``mlora``, as
+    the training strategy needs it (:meth:`polyrec.training.strategies.Strategy.prepare_model`)."""
     model = create_model(cfg.model_name, schema, **to_dict(cfg.model))
     if cfg.adapter.kind == "mlora":
         a = cfg.adapter
         model = attach_mlora(model, alpha=a.alpha if a.alpha is not None else DEFAULT_ALPHA, targets=a.targets,
                              max_adapter_params=a.max_adapter_params)
-    return model
+    # A strategy may need parameters of its own (MAMDR's domain-specific offsets): it wraps the model here.
+    return create_strategy(cfg.train.strategy, cfg.train.strategy_options).prepare_model(model)
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dataset: EncodedDataset | None = None,
@@ -216,6 +260,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dat
         "best_epoch": summary["best_epoch"],
         "num_parameters": sum(p.numel() for p in model.parameters()),
         **adapter_summary(model),
+        **specific_summary(model),
         "environment": environment(),
         "config": {k: v for k, v in cfg.to_dict().items() if k != "data"},  # the data is named by split_hash
     }
@@ -288,7 +333,14 @@ def new_domain_dataset(run_data: DataConfig, base: EncodedDataset, schema, data:
     import numpy as np
     import pandas as pd
 
-    from .data.dataset import _from_arrays, derive_domain, derive_label, encode_rows, load_source, make_splits
+    from .data.dataset import (
+        _from_arrays,
+        derive_domain,
+        derive_label,
+        encode_rows,
+        load_source,
+        make_splits,
+    )
     from .data.processing import _as_str
     from .data.schema import FIRST_INDEX
 

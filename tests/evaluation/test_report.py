@@ -2,7 +2,7 @@
 
 import pytest
 
-from polyrec.evaluation.report import metrics_table, per_domain_table, results_table, adapter_table, cost_table
+from polyrec.evaluation.report import adapter_table, cost_table, metrics_table, per_domain_table, rank_table, results_table
 
 
 def _run(model, seed, wauc, strategy="joint", split="h1", **extra):
@@ -145,8 +145,8 @@ def test_results_markdown_has_every_section():
     for r in runs:
         r["metrics"].update({"auc_per_domain": {"F": 0.79, "M": 0.81}, "logloss_per_domain": {"F": 0.4, "M": 0.5}})
     md = results_markdown("ml1m-gender", runs)
-    for heading in ("paper wauc", "Without and with MLoRA", "Per-domain test AUC", "Per-domain test logloss",
-                    "## Cost", "Environment:"):
+    for heading in ("paper wauc", "Without and with MLoRA", "Per-domain test AUC", "average RANK",
+                    "Per-domain test logloss", "## Cost", "Environment:"):
         assert heading in md, heading
 
 
@@ -173,3 +173,19 @@ def test_results_markdown_lists_run_notes():
     md = results_markdown("ml1m-gender", runs)
     assert "## Notes on individual runs" in md and "- mlp seed 1: stopped at the epoch cap" in md
     assert "Notes on individual runs" not in results_markdown("ml1m-gender", runs[:1])
+
+
+def test_rank_table_averages_seeds_then_ranks_per_domain_with_ties():
+    def run(model, seed, per_domain):
+        return {"model": model, "strategy": "s", "seed": seed, "metrics": {"auc_per_domain": per_domain}}
+
+    runs = [run("a", 0, {"x": 0.70, "y": 0.90, "z": 0.5}), run("a", 1, {"x": 0.72, "y": 0.90, "z": 0.6}),
+            run("b", 0, {"x": 0.80, "y": 0.60, "z": 0.55}),
+            run("c", 0, {"x": 0.80, "y": 0.50, "z": float("nan")})]  # z: c has no finite value: z is left out
+    rows = {r[0]: r for r in _rows(rank_table(runs))[2:]}
+    assert "average AUC (2 domains)" in rank_table(runs)
+    # x: b and c tie for 1-2 (1.5 each), a (mean 0.71) is 3rd; y: a 1, b 2, c 3
+    assert rows["a"][2:] == ["2", "80.50", "2.00"]
+    assert rows["b"][2:] == ["1", "70.00", "1.75"]
+    assert rows["c"][3:] == ["65.00", "2.25"]
+    assert [r[0] for r in _rows(rank_table(runs))[2:]] == ["b", "a", "c"]  # best average rank first

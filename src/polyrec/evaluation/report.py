@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from .metrics import paired_ttest, summarize_runs
 
 __all__ = [
-    "results_table", "per_domain_table", "metrics_table", "adapter_table", "cost_table",
+    "results_table", "per_domain_table", "metrics_table", "adapter_table", "cost_table", "rank_table",
 ]
 
 _MISSING = "-"
@@ -419,4 +419,48 @@ def cost_table(
             _MISSING if wall is None else f"{wall:,.0f}",
             ", ".join(str(t) for t in threads) or _MISSING,
         ])
+    return _markdown(header, rows)
+
+
+def rank_table(
+    runs: Sequence[Mapping[str, Any]], key: str = "auc_per_domain",
+    group_by: Sequence[str] = ("model", "strategy"), scale: float = 100.0, decimals: int = 2,
+) -> str:
+    """Average AUC and average RANK over domains (MAMDR's Table V metrics), best first.
+
+    Each group's per-domain metric is first averaged over its runs (seeds); on every domain the groups
+    are ranked (1 = highest, ties share the mean of their ranks); a group's RANK is the mean of its ranks
+    over the domains, and its average AUC the unweighted mean over the domains. Only domains that every
+    group has a finite value for are used; their number is in the header.
+
+    Example:
+        >>> runs = [{"model": "a", "metrics": {"auc_per_domain": {"x": 0.7, "y": 0.9}}},
+        ...         {"model": "b", "metrics": {"auc_per_domain": {"x": 0.8, "y": 0.6}}}]
+        >>> print(rank_table(runs, group_by=["model"]).splitlines()[2])
+        | a | 1 | 80.00 | 1.50 |
+    """
+    means: Dict[Tuple[Any, ...], Dict[str, float]] = {}
+    counts: Dict[Tuple[Any, ...], int] = {}
+    for group_key, members in _group_runs(runs, group_by).items():
+        per: Dict[str, List[float]] = {}
+        for run in members:
+            for domain, value in ((run.get("metrics") or {}).get(key) or {}).items():
+                if value is not None and math.isfinite(float(value)):
+                    per.setdefault(domain, []).append(float(value))
+        means[group_key] = {d: sum(v) / len(v) for d, v in per.items()}
+        counts[group_key] = len(members)
+    domains = [d for d in dict.fromkeys(d for m in means.values() for d in m) if all(d in m for m in means.values())]
+    ranks: Dict[Tuple[Any, ...], List[float]] = {g: [] for g in means}
+    for d in domains:
+        values = sorted((means[g][d] for g in means), reverse=True)
+        for g in means:
+            v = means[g][d]
+            first = values.index(v)  # ties: the mean of the positions they share
+            ranks[g].append(first + (values.count(v) + 1) / 2)
+    header = list(group_by) + ["n", f"average AUC ({len(domains)} domains)", "average RANK"]
+    rows = []
+    for g in sorted(means, key=lambda g: (sum(ranks[g]) / len(domains)) if domains else 0.0):
+        avg = sum(means[g][d] for d in domains) / len(domains) if domains else None
+        rank = sum(ranks[g]) / len(domains) if domains else None
+        rows.append(list(g) + [counts[g], _fmt(None if avg is None else avg * scale, decimals), _fmt(rank, 2)])
     return _markdown(header, rows)

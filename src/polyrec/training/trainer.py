@@ -22,7 +22,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from ..config import to_dict
+from ..config import ConfigError, to_dict
 from ..data.dataset import EncodedDataset
 from ..evaluation.metrics import MultiDomainEvaluator
 from ..models.base import Model
@@ -80,6 +80,12 @@ class TrainConfig:
     device: str = "cpu"
     precise_norm_stats: bool = True
     flush_denormal: bool = True
+
+    def __post_init__(self) -> None:
+        try:  # the strategy's name and options are checked here, where the config is read
+            create_strategy(self.strategy, self.strategy_options)
+        except KeyError as e:
+            raise ConfigError(f"train.strategy: {e.args[0]}") from None
 
 
 MONITORS = ("auc_mean", "auc_overall", "wauc", "logloss_overall", "gauc")
@@ -206,6 +212,7 @@ class Trainer:
         self.train_time = 0.0
         self.samples = 0
         self._optimizer_state: dict | None = None  # a resumed optimiser state, loaded in fit() after setup
+        self._strategy_state: dict | None = None  # likewise the strategy's own state
         if resume and self.out_dir is not None and (self.out_dir / "checkpoint.pt").exists():
             self._restore(load_checkpoint(self.out_dir / "checkpoint.pt"))
 
@@ -214,6 +221,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "strategy": self.strategy.state_dict(),
             "epoch": self.epoch,
             "best": self.best,
             "best_epoch": self.best_epoch,
@@ -232,6 +240,7 @@ class Trainer:
             raise ValueError("checkpoint was written for a different data schema; resume with the same data config")
         self.model.load_state_dict(state["model"])
         self._optimizer_state = state["optimizer"]  # the strategy may rebuild the optimiser in setup()
+        self._strategy_state = state.get("strategy") or {}
         for k in ("epoch", "best", "best_epoch", "best_state", "bad_epochs", "history", "train_time", "samples"):
             setattr(self, k, state[k])
 
@@ -280,6 +289,9 @@ class Trainer:
         if self._optimizer_state is not None:
             self.optimizer.load_state_dict(self._optimizer_state)
             self._optimizer_state = None
+        if self._strategy_state is not None:
+            self.strategy.load_state_dict(self._strategy_state)
+            self._strategy_state = None
         while self.epoch < cfg.max_epochs:
             if bar is not None:
                 bar.reset()

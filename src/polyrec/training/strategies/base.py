@@ -10,7 +10,8 @@ DFEI's cyclic schedule.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+import inspect
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
@@ -57,6 +58,22 @@ class TrainContext:
         """Training rows of one domain."""
         return self.rows[self.dataset.domain.index_select(0, self.rows) == domain]
 
+    def rows_by_domain(self) -> dict[int, Tensor]:
+        """Training rows of every domain that has any, keyed by domain index (ascending)."""
+        rows = {d: self.domain_rows(d) for d in range(self.dataset.schema.num_domains)}
+        rows = {d: r for d, r in rows.items() if len(r)}
+        if not rows:
+            raise ValueError("the training split has no rows")
+        return rows
+
+    def domain_stream(self, epoch: int, rows: Tensor) -> Iterator[Batch]:
+        """An endless stream of single-domain batches over ``rows``: a domain that runs out restarts with
+        a fresh shuffle, seeded by (seed, epoch, restart), so runs and resumed runs see the same batches."""
+        restart = 0
+        while True:
+            yield from self.batches(epoch * 1_000_003 + restart, rows=rows)
+            restart += 1
+
     def compute_loss(self, batch: Batch) -> dict[str, Tensor]:
         return self.task.losses(self.model(batch), batch)
 
@@ -92,11 +109,26 @@ class Strategy:
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
 
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """The model this strategy trains, built from ``model`` (default: ``model`` itself). A strategy
+        that needs more parameters than the model has (MAMDR's domain-specific θ^d) wraps it here;
+        :func:`polyrec.experiment.build_model` calls this, so runs saved and loaded get the same model."""
+        return model
+
     def setup(self, ctx: TrainContext) -> None:
         """Called once before the first epoch (for example to build extra optimisers)."""
 
     def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """State the strategy owns beyond the model and the optimiser (learned loss weights, a second
+        optimiser's moments); the Trainer checkpoints it and gives it back on resume, after :meth:`setup`."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"strategy {self.name!r} keeps no state, but the checkpoint holds {sorted(state)}")
 
 
 _STRATEGIES: dict[str, type[Strategy]] = {}
@@ -115,6 +147,12 @@ def list_strategies() -> list[str]:
     return sorted(_STRATEGIES)
 
 
+def describe_strategy(name: str) -> str:
+    """The first line of strategy ``name``'s docstring."""
+    doc = (_STRATEGIES[name].__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
 def create_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
     """Strategy ``name`` with validated options; unknown names raise with the valid ones."""
     if name not in _STRATEGIES:
@@ -122,7 +160,15 @@ def create_strategy(name: str, options: dict[str, Any] | None = None) -> Strateg
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise KeyError(f"unknown strategy {name!r}.{hint} Valid strategies: {', '.join(list_strategies())}")
     cls = _STRATEGIES[name]
-    return cls(from_dict(cls.Config, options or {}, path=f"train.strategy_options"))
+    return cls(from_dict(cls.Config, options or {}, path="train.strategy_options"))
+
+
+def optimizer_like(optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """A new optimiser of ``optimizer``'s type and hyper-parameters (lr, betas, weight decay, ...) over
+    ``groups`` (``[{"params": [...], ...}]``, empty groups dropped); its state starts empty."""
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    kwargs = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return type(optimizer)([g for g in groups if g["params"]], **kwargs)
 
 
 def mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:

@@ -28,16 +28,14 @@ Readings of the paper made here:
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from ...data.batch import Batch
-from .base import Strategy, TrainContext, mean_stats, register_strategy
+from .base import Strategy, TrainContext, mean_stats, optimizer_like, register_strategy
 
 # Group names that mark an optimiser already built by this strategy (setup is then a no-op).
 SHARED, DOMAIN = "dfei_shared", "dfei_domain"
@@ -65,10 +63,8 @@ def rebuild_optimizer(
 ) -> torch.optim.Optimizer:
     """An optimiser of the same type and hyper-parameters as ``optimizer`` with two groups: ``shared``
     at ``shared_lr`` and ``domain`` at the original learning rate."""
-    accepted = inspect.signature(type(optimizer).__init__).parameters
-    kwargs = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-    groups = [{"params": shared, "lr": shared_lr, "name": SHARED}, {"params": domain, "name": DOMAIN}]
-    return type(optimizer)([g for g in groups if g["params"]], **kwargs)
+    return optimizer_like(optimizer, [{"params": shared, "lr": shared_lr, "name": SHARED},
+                                      {"params": domain, "name": DOMAIN}])
 
 
 @register_strategy("dfei_cyclic")
@@ -105,10 +101,7 @@ class DFEICyclic(Strategy):
 
     def _domain_rows(self, ctx: TrainContext) -> dict[int, Tensor]:
         if self._rows is None:
-            rows = {d: ctx.domain_rows(d) for d in range(ctx.dataset.schema.num_domains)}
-            self._rows = {d: r for d, r in rows.items() if len(r)}
-            if not self._rows:
-                raise ValueError("dfei_cyclic: the training split has no rows")
+            self._rows = ctx.rows_by_domain()
         return self._rows
 
     def setup(self, ctx: TrainContext) -> None:
@@ -121,12 +114,6 @@ class DFEICyclic(Strategy):
         n = len(self._domain_rows(ctx))
         ctx.optimizer = rebuild_optimizer(opt, shared, domain, lr / n if self.config.scale_shared_lr else lr)
 
-    def _stream(self, ctx: TrainContext, epoch: int, rows: Tensor) -> Iterator[Batch]:
-        restart = 0
-        while True:  # a domain that runs out restarts with a fresh shuffle
-            yield from ctx.batches(epoch * 1_000_003 + restart, rows=rows)
-            restart += 1
-
     def rounds(self, ctx: TrainContext) -> int:
         """Rounds in one epoch."""
         batches = [math.ceil(len(r) / ctx.batch_size) for r in self._domain_rows(ctx).values()]
@@ -135,7 +122,7 @@ class DFEICyclic(Strategy):
     def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
         rows = self._domain_rows(ctx)
         domains = sorted(rows)
-        streams = {d: self._stream(ctx, epoch, rows[d]) for d in domains}
+        streams = {d: ctx.domain_stream(epoch, rows[d]) for d in domains}
         g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
         stats = []
         for _ in range(self.rounds(ctx)):

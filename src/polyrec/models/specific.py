@@ -1,0 +1,159 @@
+"""Domain-specific parameters on any model: Θ_d = θ^S + θ^d (MAMDR, Luo et al. ICDE 2023, §IV-B, eq. 4).
+
+:class:`DomainSpecificModel` wraps a built model (its parameters are the shared θ^S) and keeps, for every
+selected parameter ``p`` of shape ``s``, a bank ``[D, *s]`` of domain-specific offsets θ^d. A row of
+domain d is scored with the wrapped model's parameters replaced by ``p + θ^d[p]``
+(:func:`torch.func.functional_call`), so a mixed batch runs the model once per domain present in it, on
+that domain's rows only. Buffers (batch-norm statistics) stay shared.
+
+The offsets are parameters of the module (they are saved, loaded, counted and restored with the best
+weights like any other) but have ``requires_grad=False``: they are not trained by back-propagation.
+Strategies write them: MAMDR's Domain Regularization
+(:class:`polyrec.training.strategies.mamdr.MAMDR`) and per-domain finetuning
+(:class:`polyrec.training.strategies.mamdr.AlternateFinetune`) train a domain's merged copy
+θ^S + θ^d in the wrapped model's own parameters and write the difference back with
+:meth:`DomainSpecificModel.add_to_specific`.
+
+Readings of the paper made here:
+
+- The offsets start at zero, so the wrapped model at initialisation is the shared model on every domain.
+  The paper says that Θ is "copied into" θ^S and every θ^i, which read literally would make the first
+  merged model 2Θ; eq. 4 and Fig. 4a (θ^i is "a direction" from θ^S towards the domain's finetuned
+  endpoint) need θ^i = 0 at the start.
+- ``include="all"`` gives every parameter an offset, as the paper does (its production figure: a new
+  domain adds 20M parameters); ``include="dense"`` leaves the embedding tables shared (their offsets are
+  D copies of the largest tensors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ..data.batch import Batch
+from .base import Model, ModelOutput
+
+INCLUDE = ("all", "dense")
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class DomainSpecificModel(Model):
+    """``model`` with a domain-specific offset θ^d on each selected parameter: Θ_d = θ^S + θ^d.
+
+    Args:
+        model: any built model; its parameters are the shared θ^S.
+        include: ``all`` (every parameter) or ``dense`` (every parameter but the embedding tables).
+
+    Shape:
+        the offsets of a parameter of shape ``s`` are ``[D, *s]`` (``specific.<name with __ for .>``).
+
+    Example:
+        >>> m = DomainSpecificModel(create_model("mlp", ds.schema))       # doctest: +SKIP
+        >>> with m.shared_only(): loss = task.losses(m(batch), batch)      # doctest: +SKIP
+    """
+
+    def __init__(self, model: Model, include: Literal["all", "dense"] = "all") -> None:
+        if include not in INCLUDE:
+            raise ValueError(f"include {include!r} is not one of {', '.join(INCLUDE)}")
+        super().__init__(model.schema, model.config)
+        self.model = model
+        self.model_name = getattr(model, "model_name", type(model).__name__)
+        self.include = include
+        named = [(n, p) for n, p in model.named_parameters()
+                 if include == "all" or not (n.startswith("embeddings.") or ".embeddings." in n)]
+        if not named:
+            raise ValueError(f"model {self.model_name!r} has no parameters to make domain-specific (include={include!r})")
+        self.specific_names: tuple[str, ...] = tuple(n for n, _ in named)
+        D = self.num_domains
+        self.specific = nn.ParameterDict({
+            _key(n): nn.Parameter(p.detach().new_zeros((D, *p.shape)), requires_grad=False) for n, p in named
+        })
+        self.use_specific = True
+
+    # ------------------------------------------------------------------------------------ parameters
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """θ^S: the wrapped model's parameters that have an offset, in :attr:`specific_names` order."""
+        params = dict(self.model.named_parameters())
+        return [params[n] for n in self.specific_names]
+
+    def offsets(self, domain: int) -> list[Tensor]:
+        """θ^d of every selected parameter (views into the banks), in :attr:`specific_names` order."""
+        return [self.specific[_key(n)][domain] for n in self.specific_names]
+
+    def merged(self, domain: int) -> dict[str, Tensor]:
+        """``{name: θ^S + θ^d}`` for :func:`torch.func.functional_call`."""
+        return {n: p + d for n, p, d in zip(self.specific_names, self.shared_parameters(), self.offsets(domain))}
+
+    @torch.no_grad()
+    def load_merged(self, domain: int) -> list[Tensor]:
+        """Write θ^S + θ^d into the wrapped model's parameters; return a copy of θ^S to restore later."""
+        saved = [p.detach().clone() for p in self.shared_parameters()]
+        for p, d in zip(self.shared_parameters(), self.offsets(domain)):
+            p.add_(d)
+        return saved
+
+    @torch.no_grad()
+    def restore_shared(self, saved: list[Tensor]) -> None:
+        for p, s in zip(self.shared_parameters(), saved):
+            p.copy_(s)
+
+    @torch.no_grad()
+    def add_to_specific(self, domain: int, delta: list[Tensor], scale: float = 1.0) -> None:
+        """θ^d ← θ^d + scale · delta (one tensor per selected parameter)."""
+        for off, d in zip(self.offsets(domain), delta):
+            off.add_(d, alpha=scale)
+
+    def num_specific_parameters(self) -> int:
+        """Offsets of one domain (the parameters a new domain would add)."""
+        return sum(p.numel() for p in self.shared_parameters())
+
+    @contextmanager
+    def shared_only(self) -> Iterator["DomainSpecificModel"]:
+        """Within the block, forward runs the wrapped model's own parameters on every row (no offsets)."""
+        before, self.use_specific = self.use_specific, False
+        try:
+            yield self
+        finally:
+            self.use_specific = before
+
+    # ------------------------------------------------------------------------------------ forward
+    def forward(self, batch: Batch) -> ModelOutput:
+        if not self.use_specific:
+            return self.model(batch)
+        self.check_batch(batch)
+        domains = torch.unique(batch.domain)
+        if len(domains) == 1:
+            return functional_call(self.model, self.merged(int(domains[0])), (batch,))
+        order = torch.argsort(batch.domain, stable=True)
+        counts = torch.bincount(batch.domain, minlength=self.num_domains).tolist()
+        logits = batch.label.new_empty(len(batch))
+        aux: dict[str, Tensor] = {}
+        for d, rows in zip(range(self.num_domains), torch.split(order, counts)):
+            if not len(rows):
+                continue
+            out = functional_call(self.model, self.merged(d), (batch.select(rows),))
+            logits = logits.index_put((rows,), out.logits.to(logits.dtype))
+            for name, value in out.aux_losses.items():  # row-weighted, as one pass over the batch would be
+                aux[name] = aux.get(name, 0.0) + value * (len(rows) / len(batch))
+        return ModelOutput(logits=logits, aux_losses=aux)
+
+    def extra_repr(self) -> str:
+        return (f"include={self.include!r}, domains={self.num_domains}, "
+                f"specific parameters per domain={self.num_specific_parameters():,}")
+
+
+def specific_summary(model: nn.Module) -> dict[str, object]:
+    """Domain-specific parameter counts for a run record (empty for a model without them)."""
+    if not isinstance(model, DomainSpecificModel):
+        return {}
+    per_domain = model.num_specific_parameters()
+    return {"specific_parameters": model.include, "specific_params_per_domain": per_domain,
+            "specific_params": per_domain * model.num_domains}

@@ -1,0 +1,320 @@
+"""MAMDR (Luo et al., "MAMDR: A Model Agnostic Learning Framework for Multi-Domain Recommendation",
+ICDE 2023): Domain Negotiation, Domain Regularization, and Alternate + Finetune, on any model.
+
+- ``domain_negotiation`` (DN, Algorithm 1): an outer step starts from Θ, trains a copy Θ̃ on the domains one
+  after the other in a random order (inner loop, eq. 2), then moves Θ ← Θ + β(Θ̃ − Θ) (eq. 3). With β = 1 it
+  is Alternate training. Works on any model's own parameters.
+- ``mamdr`` (Algorithm 3): every epoch, DN on the shared parameters θ^S, then Domain Regularization
+  (Algorithm 2) on every domain's specific parameters θ^i: for each of k helper domains j sampled from the
+  others, a copy θ̃^i of θ^S + θ^i is trained on T^j and then on T^i (eqs. 5-7), and θ^i moves by
+  γ(θ̃^i − (θ^S + θ^i)) (eq. 8); θ^S does not change in DR. Needs the model's domain-specific offsets
+  (:class:`polyrec.models.specific.DomainSpecificModel`), which :meth:`MAMDR.prepare_model` adds.
+- ``alternate_finetune`` (the paper's "Alternate + Finetune" framework): Alternate training of the shared
+  model, then each domain's own copy θ^S + θ^d finetuned on that domain alone (written as the offset θ^d).
+
+Readings of the paper made here (it leaves them open):
+
+- T^i, "the data of domain i", is one pass over domain i's training rows (shuffled with the configured
+  sampler), so by default an epoch is one outer DN step, as in the authors' experiments; ``inner_batches: n``
+  instead takes n batches of each domain per outer step and runs as many outer steps per epoch as the
+  largest domain has batches (a domain that runs out restarts). ``helper_batches`` / ``target_batches``
+  bound the passes of DR the same way.
+- The inner loops use an optimiser of the configured type (Adam in the paper, learning rate α =
+  ``train.lr``) whose moments persist across steps, domains and epochs while the outer step resets the
+  parameters: DN uses the Trainer's optimiser, DR its own (checkpointed with the strategy's state), so the
+  moments of the shared and of the specific updates do not mix. The outer steps (β, γ) are the plain
+  interpolations of eqs. 3 and 8.
+- Normalisation statistics and other buffers are shared and keep whatever the inner loops left
+  (per-domain statistics such as STAR's Partitioned Normalization are per domain already).
+- DR's helper domains are k of the other domains with training rows, without replacement, drawn afresh
+  for every target domain and epoch; ``helper_domains`` unset means min(3, D − 1) (the paper uses k = 3
+  for 6 domains and 5 for 13 or more). ``add_target_domain`` also runs the target itself as a helper,
+  which the authors' configurations do, although Algorithm 2 does not.
+- Alternate + Finetune: the finetuning of each domain starts every epoch from the current θ^S + θ^d with
+  a per-domain optimiser of the configured type (state kept per domain), and early stopping and the
+  restored best weights follow the Trainer's validation monitor over all domains.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ...config import ConfigError
+from ...models.specific import INCLUDE, DomainSpecificModel
+from .base import Strategy, TrainContext, mean_stats, optimizer_like, register_strategy
+
+
+def _check_optional_positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"train.strategy_options.{name} must be a positive integer or null, got {value}")
+
+
+def _check_rate(name: str, value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"train.strategy_options.{name} must be in (0, 1], got {value}")
+
+
+def _specific_model(ctx: TrainContext, strategy: str) -> DomainSpecificModel:
+    model = ctx.model
+    if not isinstance(model, DomainSpecificModel):
+        raise ValueError(
+            f"strategy {strategy} trains domain-specific parameters, but the model "
+            f"{getattr(model, 'model_name', type(model).__name__)!r} has none; build it with "
+            f"polyrec.experiment.build_model (which wraps it) or wrap it yourself: "
+            f"polyrec.models.specific.DomainSpecificModel(model)"
+        )
+    return model
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class _Passes:
+    """Single-domain batches of one epoch: full passes over a domain, or bounded ones; distinct shuffles."""
+
+    def __init__(self, ctx: TrainContext, epoch: int) -> None:
+        self.ctx, self.epoch, self.n = ctx, epoch, 0
+
+    def run(self, rows: Tensor, optimizer: torch.optim.Optimizer, max_batches: int | None = None) -> list[dict]:
+        """Steps with ``optimizer`` over one pass of ``rows`` (at most ``max_batches`` batches)."""
+        self.n += 1
+        stats = []
+        for batch in self.ctx.batches(self.epoch * 100_003 + self.n, rows=rows):
+            if max_batches is not None and len(stats) >= max_batches:
+                break
+            stats.append(self.ctx.step(batch, optimizer))
+        return stats
+
+
+def _generator(ctx: TrainContext, epoch: int, salt: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch * 7919 + salt)
+
+
+@torch.no_grad()
+def _interpolate(params: list[nn.Parameter], start: list[Tensor], rate: float) -> None:
+    """p ← start + rate · (p − start)."""
+    for p, s in zip(params, start):
+        p.copy_(torch.lerp(s, p, rate))
+
+
+@register_strategy("domain_negotiation")
+class DomainNegotiation(Strategy):
+    """Domain Negotiation (MAMDR Algorithm 1): sequential inner loop over shuffled domains, outer step β.
+
+    Options (``train.strategy_options``):
+        outer_lr: β of eq. 3, in (0, 1] (the paper: 0.1; 1 is Alternate training).
+        inner_batches: batches of each domain per outer step (null: a full pass over each domain, so an
+            epoch is one outer step).
+    """
+
+    default_sampler = "mixed"  # how each domain's own rows are shuffled
+
+    @dataclass(frozen=True)
+    class Config:
+        outer_lr: float = 0.1
+        inner_batches: int | None = None
+
+        def __post_init__(self) -> None:
+            _check_rate("outer_lr", self.outer_lr)
+            _check_optional_positive("inner_batches", self.inner_batches)
+
+    def negotiate(self, ctx: TrainContext, epoch: int, passes: _Passes) -> list[dict]:
+        """One epoch of DN on the model's trainable parameters (with the Trainer's optimiser)."""
+        rows = ctx.rows_by_domain()
+        domains = sorted(rows)
+        g = _generator(ctx, epoch)
+        params = _trainable(ctx.model)
+        cfg = self.config
+        stats: list[dict] = []
+        if cfg.inner_batches is None:
+            outer_steps, streams = 1, None
+        else:
+            outer_steps = max(math.ceil(math.ceil(len(r) / ctx.batch_size) / cfg.inner_batches) for r in rows.values())
+            streams = {d: ctx.domain_stream(epoch, rows[d]) for d in domains}
+        for _ in range(outer_steps):
+            start = [p.detach().clone() for p in params]
+            for i in torch.randperm(len(domains), generator=g).tolist():
+                d = domains[i]
+                if streams is None:
+                    stats += passes.run(rows[d], ctx.optimizer)
+                else:
+                    stats += [ctx.step(next(streams[d])) for _ in range(cfg.inner_batches)]
+            _interpolate(params, start, cfg.outer_lr)
+        return stats
+
+    def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
+        model = ctx.model
+        passes = _Passes(ctx, epoch)
+        if isinstance(model, DomainSpecificModel):
+            with model.shared_only():
+                return mean_stats(self.negotiate(ctx, epoch, passes))
+        return mean_stats(self.negotiate(ctx, epoch, passes))
+
+
+@register_strategy("mamdr")
+class MAMDR(DomainNegotiation):
+    """MAMDR (Algorithm 3): Domain Negotiation on θ^S, then Domain Regularization on every θ^i.
+
+    Options (``train.strategy_options``), besides DN's ``outer_lr`` and ``inner_batches``:
+        specific_lr: γ of eq. 8, in (0, 1] (the authors: 0.1).
+        helper_domains: k, helper domains per target (null: min(3, D − 1)).
+        helper_batches, target_batches: bound the passes over a helper / the target domain in DR (null:
+            full passes).
+        add_target_domain: also use the target domain as one of its helpers (the authors' configs).
+        specific_parameters: ``all`` or ``dense`` (embedding tables stay shared).
+        regularize: False skips DR (DN on θ^S only, offsets stay zero: the DN ablation with the same model).
+    """
+
+    @dataclass(frozen=True)
+    class Config(DomainNegotiation.Config):
+        specific_lr: float = 0.1
+        helper_domains: int | None = None
+        helper_batches: int | None = None
+        target_batches: int | None = None
+        add_target_domain: bool = False
+        specific_parameters: Literal["all", "dense"] = "all"
+        regularize: bool = True
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            _check_rate("specific_lr", self.specific_lr)
+            for name in ("helper_domains", "helper_batches", "target_batches"):
+                _check_optional_positive(name, getattr(self, name))
+            if self.specific_parameters not in INCLUDE:
+                raise ConfigError(f"train.strategy_options.specific_parameters {self.specific_parameters!r} "
+                                  f"is not one of {', '.join(INCLUDE)}")
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.dr_optimizer: torch.optim.Optimizer | None = None
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        if isinstance(model, DomainSpecificModel):
+            return model
+        return DomainSpecificModel(model, include=self.config.specific_parameters)
+
+    def setup(self, ctx: TrainContext) -> None:
+        model = _specific_model(ctx, self.name)
+        n = len(ctx.rows_by_domain())
+        k = self.config.helper_domains
+        if k is not None and k > n - 1:
+            raise ConfigError(f"train.strategy_options.helper_domains is {k}, but only {n - 1} other domain(s) have "
+                              f"training rows; set it to at most {n - 1} (or null for min(3, D - 1))")
+        if self.dr_optimizer is None:
+            self.dr_optimizer = optimizer_like(ctx.optimizer, [{"params": model.shared_parameters()}])
+
+    def helpers(self, target: int, domains: list[int], g: torch.Generator) -> list[int]:
+        others = [d for d in domains if d != target]
+        k = min(3, len(others)) if self.config.helper_domains is None else self.config.helper_domains
+        chosen = [others[i] for i in torch.randperm(len(others), generator=g)[:k].tolist()]
+        return chosen + [target] if self.config.add_target_domain else chosen
+
+    def regularize(self, ctx: TrainContext, epoch: int, passes: _Passes) -> list[dict]:
+        """Algorithm 2 for every domain with training rows, in a random order."""
+        model = _specific_model(ctx, self.name)
+        rows = ctx.rows_by_domain()
+        domains = sorted(rows)
+        g = _generator(ctx, epoch, salt=1)
+        cfg, opt = self.config, self.dr_optimizer
+        stats: list[dict] = []
+        with model.shared_only():  # the merged θ^S + θ^i is written into the wrapped model's parameters
+            for i in torch.randperm(len(domains), generator=g).tolist():
+                target = domains[i]
+                for helper in self.helpers(target, domains, g):
+                    shared = model.load_merged(target)
+                    start = [p.detach().clone() for p in model.shared_parameters()]
+                    try:
+                        stats += passes.run(rows[helper], opt, cfg.helper_batches)
+                        stats += passes.run(rows[target], opt, cfg.target_batches)
+                        delta = [p.detach() - s for p, s in zip(model.shared_parameters(), start)]
+                    finally:
+                        model.restore_shared(shared)
+                    model.add_to_specific(target, delta, cfg.specific_lr)
+        return stats
+
+    def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
+        model = _specific_model(ctx, self.name)
+        passes = _Passes(ctx, epoch)
+        with model.shared_only():
+            out = mean_stats(self.negotiate(ctx, epoch, passes))
+        if self.config.regularize:
+            out.update({f"dr_{k}": v for k, v in mean_stats(self.regularize(ctx, epoch, passes)).items()})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dr_optimizer": self.dr_optimizer.state_dict()} if self.dr_optimizer is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "dr_optimizer" in state:
+            self.dr_optimizer.load_state_dict(state["dr_optimizer"])
+
+
+@register_strategy("alternate_finetune")
+class AlternateFinetune(Strategy):
+    """Alternate + Finetune (MAMDR §V-B): Alternate training of θ^S, then each domain finetuned alone as θ^d.
+
+    Epochs ``0 .. alternate_epochs-1`` train θ^S domain after domain (a random domain order, each in
+    full); every later epoch finetunes, for each domain d, the copy θ^S + θ^d on d's rows alone with
+    d's own optimiser and keeps the result as θ^d (θ^S is then fixed).
+
+    Options (``train.strategy_options``):
+        alternate_epochs: epochs of Alternate training before finetuning starts (>= 1).
+        specific_parameters: ``all`` or ``dense`` (embedding tables stay shared).
+    """
+
+    default_sampler = "mixed"
+
+    @dataclass(frozen=True)
+    class Config:
+        alternate_epochs: int = 5
+        specific_parameters: Literal["all", "dense"] = "all"
+
+        def __post_init__(self) -> None:
+            if self.alternate_epochs < 1:
+                raise ConfigError(f"train.strategy_options.alternate_epochs must be >= 1, got {self.alternate_epochs}")
+            if self.specific_parameters not in INCLUDE:
+                raise ConfigError(f"train.strategy_options.specific_parameters {self.specific_parameters!r} "
+                                  f"is not one of {', '.join(INCLUDE)}")
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.optimizers: dict[int, torch.optim.Optimizer] = {}
+
+    prepare_model = MAMDR.prepare_model
+
+    def setup(self, ctx: TrainContext) -> None:
+        model = _specific_model(ctx, self.name)
+        for d in ctx.rows_by_domain():
+            if d not in self.optimizers:
+                self.optimizers[d] = optimizer_like(ctx.optimizer, [{"params": model.shared_parameters()}])
+
+    def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
+        model = _specific_model(ctx, self.name)
+        with model.shared_only():
+            if epoch < self.config.alternate_epochs:
+                batches = ctx.batches(epoch, sampler="domain_sequential")
+                return {**mean_stats([ctx.step(b) for b in batches]), "phase": 1.0}
+            passes, stats = _Passes(ctx, epoch), []
+            for d, rows in ctx.rows_by_domain().items():
+                shared = model.load_merged(d)
+                start = [p.detach().clone() for p in model.shared_parameters()]
+                try:
+                    stats += passes.run(rows, self.optimizers[d])
+                    delta = [p.detach() - s for p, s in zip(model.shared_parameters(), start)]
+                finally:
+                    model.restore_shared(shared)
+                model.add_to_specific(d, delta)
+        return {**mean_stats(stats), "phase": 2.0}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": {d: o.state_dict() for d, o in self.optimizers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for d, sd in state.get("optimizers", {}).items():
+            self.optimizers[int(d)].load_state_dict(sd)
