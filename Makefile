@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 comma := ,
 space := $(subst ,, )
 
-.PHONY: demo test test-all test-network venv clean bench-p1 bench-p2 bench-p2-zoo bench-mlora bench-mlora-overhead \
+.PHONY: demo test test-all test-network venv clean bench-p1 bench-p2 bench-p2-zoo bench-mlora bench-p3-mamdr bench-mlora-overhead \
 	bench-throughput bench-scaling
 
 $(STAMP): pyproject.toml constraints.txt
@@ -43,6 +43,13 @@ P1_BACKBONES := mlp wdl nfm autoint pnn dcn fibinet deepfm xdeepfm star
 bench-mlora: $(STAMP)
 	$(VENV)/bin/polyrec benchmark ml1m-gender --seeds 5 --out benchmarks/results/p1_mlora \
 		--models $(subst $(space),$(comma),$(foreach m,$(P1_BACKBONES),$(m) $(m)+mlora))
+
+# P3: MLP under every learning framework of MAMDR's comparison (MLP alone is the Alternate baseline).
+P3_FRAMEWORKS := joint alternate_finetune weighted_loss pcgrad maml reptile mldg domain_negotiation \
+	domain_regularization mamdr
+bench-p3-mamdr: $(STAMP)
+	$(VENV)/bin/polyrec benchmark ml1m-age7 --seeds 3 --out benchmarks/results/p3_mamdr \
+		--models mlp,$(subst $(space),$(comma),$(foreach f,$(P3_FRAMEWORKS),mlp@$(f)))
 
 bench-mlora-overhead: $(STAMP)
 	$(PY) benchmarks/mlora_overhead.py

@@ -231,6 +231,7 @@ def test_mamdr_checks_its_options_and_its_model(tiny_dataset):
     ("domain_negotiation", {"outer_lr": 0.5, "inner_batches": 2}),
     ("mamdr", {"outer_lr": 0.5, "inner_batches": 2, "helper_batches": 2, "target_batches": 2}),
     ("mamdr", {"specific_parameters": "dense"}),
+    ("domain_regularization", {"helper_domains": 1}),
     ("alternate_finetune", {"alternate_epochs": 2}),
 ])
 def test_strategies_learn_and_are_deterministic(tiny_dataset, strategy, options):
@@ -303,3 +304,9 @@ def test_model_at_strategy_names_a_run_trained_with_that_strategy():
         make_config("ml1m-age7", "mlp@mamdrr")
     with pytest.raises(ConfigError, match="outer_lr must be in"):
         make_config("ml1m-age7", "mlp@mamdr", overrides=["train.strategy_options.outer_lr=2"])
+
+
+def test_domain_regularization_is_mamdr_with_alternate_training_of_the_shared_parameters():
+    s = create_strategy("domain_regularization")
+    assert isinstance(s, MAMDR) and s.config.outer_lr == 1.0 and s.config.regularize
+    assert create_strategy("domain_regularization", {"outer_lr": 0.5}).config.outer_lr == 0.5

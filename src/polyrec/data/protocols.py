@@ -124,6 +124,14 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "mlp": {"embedding_dim": 8, "hidden_units": [256, 128, 64], "dropout": 0.5},
             "star": {"embedding_dim": 128, "hidden_units": [256, 128, 64], "dropout": 0.5, "aux_network": False},
         },
+        # MAMDR's settings (§V-C) for the learning frameworks, used by '<model>@<strategy>' runs: DN's
+        # outer rate β = 0.1, DR's γ = 0.1 and k = 3 helper domains (the paper's k for 6 domains); the inner
+        # loops use the preset's Adam at lr 1e-3. One MAMDR epoch is one outer step over full passes.
+        "strategy_train": {
+            "mamdr": {"strategy_options": {"outer_lr": 0.1, "specific_lr": 0.1, "helper_domains": 3}},
+            "domain_negotiation": {"strategy_options": {"outer_lr": 0.1}},
+            "domain_regularization": {"strategy_options": {"specific_lr": 0.1, "helper_domains": 3}},
+        },
         "primary_metric": "wauc",
         "reference": {},
     },

@@ -4,6 +4,7 @@ ICDE 2023): Domain Negotiation, Domain Regularization, and Alternate + Finetune,
 - ``domain_negotiation`` (DN, Algorithm 1): an outer step starts from Θ, trains a copy Θ̃ on the domains one
   after the other in a random order (inner loop, eq. 2), then moves Θ ← Θ + β(Θ̃ − Θ) (eq. 3). With β = 1 it
   is Alternate training. Works on any model's own parameters.
+- ``domain_regularization``: DR alone ("w/o DN"): θ^S by Alternate training (DN with β = 1), θ^i by DR.
 - ``mamdr`` (Algorithm 3): every epoch, DN on the shared parameters θ^S, then Domain Regularization
   (Algorithm 2) on every domain's specific parameters θ^i: for each of k helper domains j sampled from the
   others, a copy θ̃^i of θ^S + θ^i is trained on T^j and then on T^i (eqs. 5-7), and θ^i moves by
@@ -253,6 +254,19 @@ class MAMDR(DomainNegotiation):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "dr_optimizer" in state:
             self.dr_optimizer.load_state_dict(state["dr_optimizer"])
+
+
+@register_strategy("domain_regularization")
+class DomainRegularization(MAMDR):
+    """Domain Regularization alone (MAMDR's "DR", Tables VI and X): θ^S by Alternate training, θ^i by DR.
+
+    MAMDR with ``outer_lr`` 1 by default: DN with β = 1 is Alternate training (the domains one after the
+    other in a random order, each in full), so this is the "w/o DN" ablation. Options as :class:`MAMDR`.
+    """
+
+    @dataclass(frozen=True)
+    class Config(MAMDR.Config):
+        outer_lr: float = 1.0
 
 
 @register_strategy("alternate_finetune")
