@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Iterable
 
 from .data.dataset import build_dataset
 from .data.protocols import preset as get_preset
-from .evaluation.report import adapter_table, cost_table, per_domain_table, rank_table, results_table
-from .experiment import environment, make_config, run_experiment
+from .evaluation.report import (
+    adapter_table,
+    cost_table,
+    per_domain_table,
+    rank_table,
+    results_table,
+)
+from .experiment import (
+    ExperimentConfig,
+    environment,
+    make_config,
+    resolve_config,
+    run_experiment,
+)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -31,18 +46,24 @@ def run_benchmark(
     out_dir: str | Path | None = None,
     overrides: Iterable[str] = (),
     model_overrides: dict[str, list[str]] | None = None,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
     """Train every model with every seed on ``protocol``; the data split is the same for all runs.
 
     Args:
         protocol: a preset name (``ml1m-gender``, ``ml1m-age3``, ...).
         models: registered model names; ``<model>+mlora`` is the model with MLoRA adapters (the run record
-            says ``"model": "<model>+mlora"``, ``"adapter": "mlora"``, so results tables keep them apart).
+            says ``"model": "<model>+mlora"``, ``"adapter": "mlora"``, so results tables keep them apart);
+            ``<model>@<strategy>`` is the model trained with that strategy (``mlp@mamdr``).
         seeds: a number of seeds (0..n-1) or the seeds themselves (model seeds; the split seed is the preset's).
         out_dir: where ``results.json`` and ``results.md`` are written (after every run, atomically).
         overrides: dotted overrides applied to every run (``train.max_epochs=5``).
         model_overrides: extra overrides per model name.
+        jobs: runs trained at the same time, each in its own process; a run whose config leaves
+            ``train.num_threads`` at 0 gets ``cpu_count // jobs`` torch threads (recorded in its config).
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     models = list(models)
     out = Path(out_dir) if out_dir else None
@@ -55,6 +76,7 @@ def run_benchmark(
     dataset = build_dataset(first.data)
     prep = {"cache": dataset.report.get("cache"), "s": round(time.perf_counter() - t0, 3)}
     print(f"[{protocol}] data ready in {prep['s']}s ({prep['cache']}): {dataset.summary()}", file=sys.stderr)
+    todo: list[ExperimentConfig] = []
     for model in models:
         for seed in seeds:
             if (model, seed) in done:
@@ -65,17 +87,42 @@ def run_benchmark(
                 continue
             if cfg.data != first.data:
                 raise ValueError("overrides must not change the data config between models of one benchmark")
-            record = run_experiment(cfg, dataset=dataset, progress=False)
-            runs.append(record)
-            m = record["metrics"]
-            print(f"[{protocol}] {cfg.display_name} seed {seed}: wauc {m.get('wauc', float('nan')):.4f} "
-                  f"auc {m.get('auc_overall', float('nan')):.4f} ({record['wall_s']:.0f}s, "
-                  f"{record['train_samples_per_s']:,.0f} rows/s)", file=sys.stderr)
-            if out is not None:
-                write_results(out, protocol, runs)
+            if jobs > 1 and cfg.train.num_threads == 0:
+                threads = max(1, (os.cpu_count() or 1) // jobs)
+                cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_threads=threads))
+            todo.append(cfg)
+    kept, new = list(runs), []
+    order = {(c.display_name, c.train.seed): i for i, c in enumerate(todo)}
+
+    def finished(record: dict[str, Any]) -> None:
+        new.append(record)
+        m = record["metrics"]
+        print(f"[{protocol}] {record['model']} seed {record['seed']}: wauc {m.get('wauc', float('nan')):.4f} "
+              f"auc {m.get('auc_overall', float('nan')):.4f} ({record['wall_s']:.0f}s, "
+              f"{record['train_samples_per_s']:,.0f} rows/s)", file=sys.stderr)
+        runs[:] = kept + sorted(new, key=lambda r: order[(r["model"], r["seed"])])
+        if out is not None:
+            write_results(out, protocol, runs)
+
+    if jobs == 1:
+        for cfg in todo:
+            finished(run_experiment(cfg, dataset=dataset, progress=False))
+    elif todo:
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch state
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+            futures = [pool.submit(_run_in_worker, c.to_dict(), c.strategy_in_name) for c in todo]
+            for future in as_completed(futures):
+                finished(future.result())
     if out is not None:
         write_results(out, protocol, runs)
     return runs
+
+
+def _run_in_worker(config: dict[str, Any], strategy_in_name: bool) -> dict[str, Any]:
+    """One benchmark run in a worker process (the config travels as a plain dict)."""
+    os.environ.setdefault("POLYREC_QUIET", "1")
+    cfg = dataclasses.replace(resolve_config(config), strategy_in_name=strategy_in_name)
+    return run_experiment(cfg, progress=False)
 
 
 def write_results(out: Path, protocol: str, runs: list[dict[str, Any]]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -43,8 +42,8 @@ def data_prepare(preset: str = typer.Option(..., help="protocol preset"),
                  set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Encode (and cache) a preset's data set and print its summary."""
     from .data.dataset import build_dataset
-    from .experiment import make_config
     from .data.protocols import preset as get_preset
+    from .experiment import make_config
 
     try:
         first_model = next(iter(get_preset(preset)["models"]))
@@ -126,16 +125,18 @@ def evaluate_cmd(run: Path = typer.Argument(..., help="run directory written by 
 @app.command()
 def benchmark(
     protocol: str = typer.Argument(..., help="protocol preset"),
-    models: str = typer.Option("mlp,star", help="comma-separated model names; '<model>+mlora' adds MLoRA adapters"),
+    models: str = typer.Option("mlp,star", help="comma-separated model names; '<model>+mlora' adds MLoRA adapters, "
+                               "'<model>@<strategy>' trains it with that strategy"),
     seeds: int = typer.Option(5, help="number of model seeds (0..n-1)"),
     out: Path = typer.Option(..., help="output folder for results.json and results.md"),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    jobs: int = typer.Option(1, help="runs trained at the same time (processes; cpu_count // jobs torch threads each)"),
 ) -> None:
     """Run every model with every seed on a protocol and write results.json and results.md."""
     from .benchmark import run_benchmark
 
     try:
-        run_benchmark(protocol, [m.strip() for m in models.split(",") if m.strip()], seeds, out, set_)
+        run_benchmark(protocol, [m.strip() for m in models.split(",") if m.strip()], seeds, out, set_, jobs=jobs)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo((out / "results.md").read_text())

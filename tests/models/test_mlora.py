@@ -290,3 +290,29 @@ def test_benchmark_keeps_mlora_runs_apart(tmp_path, monkeypatch):
     assert "| tiny-mlora | mlp | joint | 1 |" in md and "| tiny-mlora | mlp+mlora | joint | 1 |" in md
     assert md.split("| tiny-mlora | mlp+mlora |")[1].split("\n")[0].rstrip().endswith("61.00 |")  # its paper value
     assert run_benchmark("tiny-mlora", ["mlp+mlora"], seeds=1, out_dir=tmp_path) == runs  # resumed, nothing rerun
+
+
+def test_benchmark_jobs_run_in_worker_processes_with_the_same_records(tmp_path, monkeypatch):
+    """--jobs 2: each run in its own spawned process, records (and their order) as a serial run gives."""
+    import polyrec.data.protocols as protocols
+    from polyrec.benchmark import run_benchmark
+
+    data = {"source": {"kind": "synthetic", "options": {"n_domains": 2, "n_samples": 400, "n_users": 30,
+                                                        "n_items": 20, "seed": 2}},
+            "label": {"column": "label"}, "domain": {"column": "domain"},
+            "features": [{"name": "user_id"}, {"name": "item_id"}],
+            "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 0}}
+    monkeypatch.setitem(protocols._PRESETS, "tiny-jobs", {
+        "description": "tiny", "data": data, "train": {"batch_size": 128, "max_epochs": 1, "patience": 0},
+        "models": {}, "model_defaults": {"embedding_dim": 4, "hidden_units": [8]}, "primary_metric": "wauc"})
+    models = ["mlp", "mlp@domain_negotiation"]
+    serial = run_benchmark("tiny-jobs", models, seeds=2, out_dir=tmp_path / "serial",
+                           overrides=["train.num_threads=1"])
+    parallel = run_benchmark("tiny-jobs", models, seeds=2, out_dir=tmp_path / "jobs", jobs=2,
+                             overrides=["train.num_threads=1"])
+    key = [(r["model"], r["seed"]) for r in serial]
+    assert key == [(r["model"], r["seed"]) for r in parallel] == [(m, s) for m in models for s in (0, 1)]
+    for a, b in zip(serial, parallel):
+        assert a["metrics"] == b["metrics"] and a["strategy"] == b["strategy"]
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        run_benchmark("tiny-jobs", models, seeds=1, jobs=0)
