@@ -48,7 +48,7 @@ bench-mlora: $(STAMP)
 P3_FRAMEWORKS := joint alternate_finetune weighted_loss pcgrad maml reptile mldg domain_negotiation \
 	domain_regularization mamdr
 bench-p3-mamdr: $(STAMP)
-	$(VENV)/bin/polyrec benchmark ml1m-age7 --seeds 3 --out benchmarks/results/p3_mamdr \
+	$(VENV)/bin/polyrec benchmark ml1m-age7 --seeds 5 --jobs 2 --out benchmarks/results/p3_mamdr \
 		--models mlp,$(subst $(space),$(comma),$(foreach f,$(P3_FRAMEWORKS),mlp@$(f)))
 
 bench-mlora-overhead: $(STAMP)

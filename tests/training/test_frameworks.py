@@ -14,6 +14,7 @@ from polyrec.training.strategies import TrainContext, create_strategy, list_stra
 from polyrec.training.strategies.frameworks import LOG_VARS, project_conflicting
 from polyrec.training.task import BinaryTask
 
+MIXED = ["weighted_loss", "pcgrad"]  # the multi-task methods: mixed batches split by domain by default
 BS = 64
 NAMES = ["weighted_loss", "pcgrad", "maml", "reptile", "mldg"]
 # options with which each learns visibly in 2 epochs of the tiny data set
@@ -103,7 +104,7 @@ def test_bad_option_raises_config_error(name, options, field):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_rounds_hold_every_domain_and_an_epoch_is_one_pass_of_the_largest(tiny_dataset, monkeypatch, name):
-    strategy = create_strategy(name)
+    strategy = create_strategy(name, {"sampling": "rounds"} if name in MIXED else {})
     cls = type(strategy)
     seen = []
     real = cls.round
@@ -336,3 +337,31 @@ def test_weighted_loss_log_variances_learn_and_are_checkpointed(tiny_dataset, tm
     t2.fit()
     torch.testing.assert_close(t2.strategy.log_vars.detach(), s_straight)
     assert_params_close(resumed, straight)
+
+
+@pytest.mark.parametrize("name", MIXED)
+def test_mixed_sampling_splits_each_mixed_batch_by_domain_once_per_row(tiny_dataset, monkeypatch, name):
+    strategy = create_strategy(name)  # sampling="mixed" is the default of the multi-task methods
+    assert strategy.config.sampling == "mixed"
+    cls = type(strategy)
+    seen = []
+    real = cls.round
+    monkeypatch.setattr(cls, "round", lambda self, ctx, batches, g: (seen.append(batches), real(self, ctx, batches, g))[1])
+    ctx = context(mlp(tiny_dataset), tiny_dataset)
+    strategy.setup(ctx)
+    strategy.run_epoch(ctx, 0)
+    train = tiny_dataset.splits["train"]
+    assert len(seen) == math.ceil(len(train) / BS)  # one update per mixed batch
+    counts = [0, 0, 0]
+    for batches in seen:
+        assert sum(len(b[0]) for b in batches.values()) <= BS
+        for d, (b,) in batches.items():
+            assert (b.domain == d).all() and len(b)
+            counts[d] += len(b)
+    assert counts == torch.bincount(tiny_dataset.domain[train]).tolist()  # every row exactly once
+    assert ctx.samples_seen == len(train)
+
+
+def test_sampling_option_is_checked():
+    with pytest.raises(ConfigError, match="train.strategy_options.sampling"):
+        create_strategy("pcgrad", {"sampling": "mixd"})

@@ -131,6 +131,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "mamdr": {"strategy_options": {"outer_lr": 0.1, "specific_lr": 0.1, "helper_domains": 3}},
             "domain_negotiation": {"strategy_options": {"outer_lr": 0.1}},
             "domain_regularization": {"strategy_options": {"specific_lr": 0.1, "helper_domains": 3}},
+            "weighted_loss": {"strategy_options": {"sampling": "mixed"}},
+            "pcgrad": {"strategy_options": {"sampling": "mixed"}},
         },
         "primary_metric": "wauc",
         "reference": {},

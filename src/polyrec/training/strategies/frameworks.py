@@ -14,6 +14,12 @@ Readings shared by all five:
 - An epoch is one pass over the largest domain's batches, like ``dfei_cyclic``'s ``epoch_end="largest"``:
   with ``k`` batches of a domain per round (MAML: support + query, Reptile: ``inner_steps``, the others:
   1), an epoch has ``ceil(batches of the largest domain / k)`` rounds. Smaller domains are oversampled.
+- Weighted Loss and PCGrad are multi-task methods whose tasks share each step's data, so by default
+  (``sampling="mixed"``) their step is one mixed batch of the training rows split by domain into the
+  tasks' batches (a domain absent from the batch contributes nothing), and an epoch is one pass over the
+  rows; ``sampling="rounds"`` gives them the rounds above. Measured on ``ml1m-age7`` (7 domains of 13k to
+  237k training rows), rounds oversample the small domains about 18 times per epoch, and both methods then
+  overfit them within 1-2 epochs.
 - "Loss" in the epoch stats is the mean task loss (BCE plus the model's auxiliary losses) of the round's
   forward passes that define the update (per strategy below), so it is comparable with other strategies;
   ``ctx.samples_seen`` counts the rows of every training forward pass (inner steps included).
@@ -42,6 +48,7 @@ from ...data.batch import Batch
 from .base import Strategy, TrainContext, mean_stats, register_strategy
 
 Params = dict[str, Tensor]
+SAMPLING = ("mixed", "rounds")
 
 
 # --------------------------------------------------------------------------------------- shared helpers
@@ -118,6 +125,8 @@ class _RoundStrategy(Strategy):
         return math.ceil(largest / self.batches_per_domain())
 
     def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
+        if getattr(self.config, "sampling", "rounds") == "mixed":
+            return self.run_mixed_epoch(ctx, epoch)
         rows = self.domain_rows(ctx)
         domains = sorted(rows)
         streams = {d: ctx.domain_stream(epoch, rows[d]) for d in domains}
@@ -127,6 +136,21 @@ class _RoundStrategy(Strategy):
         for _ in range(self.rounds(ctx)):
             order = [domains[i] for i in torch.randperm(len(domains), generator=g)]
             stats.append(self.round(ctx, {d: [next(streams[d]) for _ in range(k)] for d in order}, g))
+            if ctx.on_step is not None:
+                ctx.on_step(stats[-1])
+        return {**mean_stats(stats), **self.epoch_stats(ctx)}
+
+    def run_mixed_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
+        """One pass over the training rows in the configured sampler's (mixed) batches; each batch is split
+        by domain into the per-domain batches of one update (``sampling="mixed"``)."""
+        self.domain_rows(ctx)
+        g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
+        stats = []
+        for batch in ctx.batches(epoch):
+            order = torch.argsort(batch.domain, stable=True)
+            counts = torch.bincount(batch.domain, minlength=ctx.dataset.schema.num_domains).tolist()
+            parts = {d: [batch.select(idx)] for d, idx in enumerate(torch.split(order, counts)) if len(idx)}
+            stats.append(self.round(ctx, parts, g))
             if ctx.on_step is not None:
                 ctx.on_step(stats[-1])
         return {**mean_stats(stats), **self.epoch_stats(ctx)}
@@ -148,8 +172,8 @@ LOG_VARS = "weighted_loss_log_vars"  # name of the optimiser group of the learne
 class WeightedLoss(_RoundStrategy):
     """Uncertainty-weighted loss (Kendall, Gal & Cipolla, CVPR 2018): Σ_d exp(-s_d)·L_d + s_d.
 
-    One batch per domain per round; ``s_d`` is a learned log-variance per domain (init 0), trained jointly
-    with the model by ``ctx.optimizer``. Readings:
+    Per step, the loss L_d of each domain's rows (see ``sampling``); ``s_d`` is a learned log-variance per
+    domain (init 0), trained jointly with the model by ``ctx.optimizer``. Readings:
 
     - The paper's classification form is exp(-s)·L + s/2; this uses the common simplified form
       exp(-s)·L + s for every domain (its optimum is exp(-s_d) = 1/L_d).
@@ -166,13 +190,18 @@ class WeightedLoss(_RoundStrategy):
 
         Args:
             log_var_lr: learning rate of the log-variances (None: train.lr).
+            sampling: ``mixed``: each step is a mixed batch of the training rows (the configured sampler),
+                split by domain into the per-domain losses, one pass over the rows per epoch; ``rounds``:
+                one single-domain batch of every domain per step (small domains oversampled).
         """
 
         log_var_lr: float | None = None
+        sampling: Literal["mixed", "rounds"] = "mixed"
 
         def __post_init__(self) -> None:
             v = self.log_var_lr
             _require(v is None or (math.isfinite(v) and v > 0), "log_var_lr", v, "a float > 0 or null")
+            _require(self.sampling in SAMPLING, "sampling", self.sampling, "one of 'mixed', 'rounds'")
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -237,8 +266,8 @@ def project_conflicting(grads: Tensor, generator: torch.Generator | None = None)
 class PCGrad(_RoundStrategy):
     """PCGrad (Yu et al., "Gradient surgery for multi-task learning", NeurIPS 2020) with domains as tasks.
 
-    Per round, one batch per domain; the gradient of each domain's loss over all trainable parameters
-    (flattened into one vector) is projected by :func:`project_conflicting` and the projected gradients are
+    Per step, each domain's rows (see ``sampling``); the gradient of each domain's loss over all trainable
+    parameters (flattened into one vector) is projected by :func:`project_conflicting` and the projected gradients are
     summed (``reduction="sum"``, Algorithm 1) or averaged, set as ``.grad`` and applied by
     ``ctx.optimizer``. Readings: the random order of the other tasks is drawn per task and per round; a
     parameter no domain's loss uses gets a zero gradient; ``conflict_rate`` is the fraction of domain pairs
@@ -251,12 +280,16 @@ class PCGrad(_RoundStrategy):
 
         Args:
             reduction: combine the projected gradients by ``sum`` (the paper) or ``mean``.
+            sampling: ``mixed`` (each step a mixed batch split by domain into the tasks' batches, one pass
+                over the rows per epoch) or ``rounds`` (one single-domain batch of every domain per step).
         """
 
         reduction: Literal["sum", "mean"] = "sum"
+        sampling: Literal["mixed", "rounds"] = "mixed"
 
         def __post_init__(self) -> None:
             _require(self.reduction in ("sum", "mean"), "reduction", self.reduction, "one of 'sum', 'mean'")
+            _require(self.sampling in SAMPLING, "sampling", self.sampling, "one of 'mixed', 'rounds'")
 
     def round(self, ctx, batches, g):
         params = _trainable(ctx.model)
