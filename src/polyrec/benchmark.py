@@ -181,13 +181,13 @@ def results_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
     ref = p.get("reference", {})
     primary = p.get("primary_metric", "auc_overall")
     lines = [f"# {protocol}: {len(runs)} runs", "",
-             "Test split; mean ± std over model seeds (sample std); AUC-type metrics ×100; `paper` is the "
-             "published number.", ""]
+             "Test split; mean ± std over model seeds (sample std); AUC-type metrics ×100"
+             + ("; `paper` is the published number." if ref else " (no published numbers for this protocol)."), ""]
     lines.append(results_table(runs, reference=ref.get(primary), reference_metric=primary))
     mlora = adapter_table(runs, metric=primary, reference=ref.get(primary))
     if mlora:
         lines += ["", f"## Without and with MLoRA ({primary} ×100, paired by seed)", "", mlora]
-    lines += ["", "## Per-domain test AUC (×100; published in brackets)", "",
+    lines += ["", "## Per-domain test AUC (×100" + ("; published in brackets)" if ref.get("auc_per_domain") else ")"), "",
               per_domain_table(runs, "auc_per_domain", reference=ref.get("auc_per_domain"))]
     if len({r["model"] for r in runs}) > 1:
         lines += ["", "## Average AUC and average RANK over domains (MAMDR's metrics; rank 1 = best)", "",
