@@ -18,7 +18,7 @@ MIXED = ["weighted_loss", "pcgrad"]  # the multi-task methods: mixed batches spl
 BS = 64
 NAMES = ["weighted_loss", "pcgrad", "maml", "reptile", "mldg"]
 # options with which each learns visibly in 2 epochs of the tiny data set
-LEARNING_OPTIONS = {"reptile": {"inner_steps": 2, "inner_lr": 0.5, "outer_lr": 0.5}}
+LEARNING_OPTIONS = {"reptile": {"inner_steps": 2, "outer_lr": 0.5}}
 
 
 def mlp(ds, seed=0):
@@ -94,6 +94,7 @@ def test_all_registered_and_bad_options_name_the_field():
     ("maml", {"inner_lr": -0.1}, "inner_lr"),
     ("reptile", {"outer_lr": 1.5}, "outer_lr"),
     ("reptile", {"inner_steps": 0}, "inner_steps"),
+    ("reptile", {"inner_optimizer": "adam"}, "inner_optimizer"),
     ("mldg", {"beta": -1.0}, "beta"),
     ("mldg", {"meta_test_domains": 0}, "meta_test_domains"),
 ])
@@ -143,7 +144,8 @@ def test_grad_clip_bounds_the_update(tiny_dataset, name):
                    torch.Generator().manual_seed(0))
     moved = torch.cat([p.detach().reshape(-1) for p in model.parameters()]) - before
     cfg_ = strategy.config
-    bound = 1e-3 * (cfg_.inner_lr * cfg_.inner_steps * cfg_.outer_lr if name == "reptile" else 1.0)
+    # Reptile: inner_steps clipped steps of the optimiser (lr 1) per domain, averaged, times outer_lr
+    bound = 1e-3 * (cfg_.inner_steps * cfg_.outer_lr if name == "reptile" else 1.0)
     assert 0 < moved.norm() <= bound * 1.001
 
 
@@ -248,7 +250,7 @@ def test_reptile_with_outer_lr_one_and_one_domain_is_inner_sgd(tiny_dataset):
     a = mlp(tiny_dataset)
     b = copy.deepcopy(a)
     batches = [domain_batch(tiny_dataset, 0, i * BS) for i in range(3)]
-    reptile = create_strategy("reptile", {"inner_steps": 3, "inner_lr": 0.3, "outer_lr": 1.0})
+    reptile = create_strategy("reptile", {"inner_optimizer": "sgd", "inner_steps": 3, "inner_lr": 0.3, "outer_lr": 1.0})
     reptile.round(context(a, tiny_dataset), {0: batches}, torch.Generator())
     sgd_steps(b, tiny_dataset, batches, lr=0.3)
     assert_params_close(a, b)
@@ -263,10 +265,37 @@ def test_reptile_interpolates_towards_the_mean_of_independent_inner_runs(tiny_da
         sgd_steps(run, tiny_dataset, domain_batches, lr=0.3)  # every domain starts from the same θ
         runs.append(params(run))
     start = params(theta)
-    reptile = create_strategy("reptile", {"inner_steps": 2, "inner_lr": 0.3, "outer_lr": 0.25})
+    reptile = create_strategy("reptile", {"inner_optimizer": "sgd", "inner_steps": 2, "inner_lr": 0.3,
+                                          "outer_lr": 0.25})
     reptile.round(context(theta, tiny_dataset), batches, torch.Generator())
     expected = [t + 0.25 * ((r0 - t) + (r1 - t)) / 2 for t, r0, r1 in zip(start, *runs)]
     assert_params_close(params(theta), expected)
+
+
+def test_reptile_default_inner_loop_is_the_configured_optimiser_and_restarts_from_theta(tiny_dataset):
+    """inner_optimizer="train": ordinary optimiser steps per domain, θ restored between domains."""
+    a = mlp(tiny_dataset)
+    b, c = copy.deepcopy(a), copy.deepcopy(a)
+    batches = [domain_batch(tiny_dataset, 0, i * BS) for i in range(3)]
+    reptile = create_strategy("reptile", {"inner_steps": 3, "outer_lr": 1.0})
+    reptile.round(context(a, tiny_dataset, torch.optim.Adam(a.parameters(), lr=1e-2)), {0: batches},
+                  torch.Generator())
+    ctx_b = context(b, tiny_dataset, torch.optim.Adam(b.parameters(), lr=1e-2))
+    for batch in batches:
+        ctx_b.step(batch)
+    assert_params_close(a, b)  # one domain, outer_lr 1: exactly the optimiser's inner steps
+    two = {0: batches[:1], 1: [domain_batch(tiny_dataset, 1)]}
+    start = params(c)
+    ctx_c = context(c, tiny_dataset, torch.optim.SGD(c.parameters(), lr=0.1))
+    create_strategy("reptile", {"inner_steps": 1, "outer_lr": 0.5}).round(ctx_c, two, torch.Generator())
+    runs = []
+    for d, bs in two.items():  # each domain from the same θ with plain SGD (no state): independent runs
+        run = copy.deepcopy(mlp(tiny_dataset))
+        sgd_steps(run, tiny_dataset, bs, lr=0.1)
+        runs.append(params(run))
+    expected = [t + 0.5 * ((r0 - t) + (r1 - t)) / 2 for t, r0, r1 in zip(start, *runs)]
+    assert_params_close(params(c), expected)
+    assert ctx_c.samples_seen == sum(len(b[0]) for b in two.values())
 
 
 def test_reptile_with_outer_lr_zero_does_not_move(tiny_dataset):
