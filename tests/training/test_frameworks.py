@@ -289,7 +289,7 @@ def test_reptile_default_inner_loop_is_the_configured_optimiser_and_restarts_fro
     ctx_c = context(c, tiny_dataset, torch.optim.SGD(c.parameters(), lr=0.1))
     create_strategy("reptile", {"inner_steps": 1, "outer_lr": 0.5}).round(ctx_c, two, torch.Generator())
     runs = []
-    for d, bs in two.items():  # each domain from the same θ with plain SGD (no state): independent runs
+    for bs in two.values():  # each domain from the same θ with plain SGD (no state): independent runs
         run = copy.deepcopy(mlp(tiny_dataset))
         sgd_steps(run, tiny_dataset, bs, lr=0.1)
         runs.append(params(run))

@@ -22,8 +22,8 @@ def mlp(ds, seed=0):
 
 
 def cfg(strategy, max_epochs=1, **options):
-    return from_dict(TrainConfig, dict(batch_size=BS, max_epochs=max_epochs, patience=0, lr=3e-3, eval_batch_size=4000,
-                                       strategy=strategy, strategy_options=options, precise_norm_stats=False))
+    return from_dict(TrainConfig, {"batch_size": BS, "max_epochs": max_epochs, "patience": 0, "lr": 3e-3, "eval_batch_size": 4000,
+                                       "strategy": strategy, "strategy_options": options, "precise_norm_stats": False})
 
 
 def params(model):
@@ -74,7 +74,7 @@ def test_mixed_batch_equals_each_domain_alone(tiny_dataset):
 def test_offsets_are_saved_not_trained_by_gradients(tiny_dataset):
     model = DomainSpecificModel(mlp(tiny_dataset))
     assert all(not p.requires_grad for p in model.specific.values())
-    assert all(k.startswith("specific.") or k.startswith("model.") for k in model.state_dict())
+    assert all(k.startswith(("specific.", "model.")) for k in model.state_dict())
     D = tiny_dataset.schema.num_domains
     shared = sum(p.numel() for p in model.model.parameters())
     assert model.num_specific_parameters() == shared

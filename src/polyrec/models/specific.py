@@ -116,7 +116,7 @@ class DomainSpecificModel(Model):
         return sum(p.numel() for p in self.shared_parameters())
 
     @contextmanager
-    def shared_only(self) -> Iterator["DomainSpecificModel"]:
+    def shared_only(self) -> Iterator[DomainSpecificModel]:
         """Within the block, forward runs the wrapped model's own parameters on every row (no offsets)."""
         before, self.use_specific = self.use_specific, False
         try:
