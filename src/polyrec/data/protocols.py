@@ -129,7 +129,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # loops use the preset's Adam at lr 1e-3. One MAMDR epoch is one outer step over full passes.
         "strategy_train": {
             "mamdr": {"strategy_options": {"outer_lr": 0.1, "specific_lr": 0.1, "helper_domains": 3}},
-            "domain_negotiation": {"strategy_options": {"outer_lr": 0.1}},
+            # DN and Reptile move θ a tenth of the way per outer step: early stopping, not a cap, ends them.
+            "domain_negotiation": {"strategy_options": {"outer_lr": 0.1}, "max_epochs": 100},
+            "reptile": {"max_epochs": 100},
             "domain_regularization": {"strategy_options": {"specific_lr": 0.1, "helper_domains": 3}},
             "weighted_loss": {"strategy_options": {"sampling": "mixed"}},
             "pcgrad": {"strategy_options": {"sampling": "mixed"}},
