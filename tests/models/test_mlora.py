@@ -269,19 +269,26 @@ def test_cli_train_mlora_then_add_domain(tmp_path):
     assert out.exit_code == 2 and "domain '7' is not in the new data" in out.output
 
 
-def test_benchmark_keeps_mlora_runs_apart(tmp_path, monkeypatch):
+def tiny_preset(monkeypatch, name, n_samples, seed, **extra):
+    """Register a 2-domain synthetic protocol preset ``name`` for the duration of a test."""
     import polyrec.data.protocols as protocols
-    from polyrec.benchmark import run_benchmark
 
-    data = {"source": {"kind": "synthetic", "options": {"n_domains": 2, "n_samples": 600, "n_users": 50,
-                                                        "n_items": 40, "seed": 1}},
+    data = {"source": {"kind": "synthetic", "options": {"n_domains": 2, "n_samples": n_samples, "n_users": 50,
+                                                        "n_items": 40, "seed": seed}},
             "label": {"column": "label"}, "domain": {"column": "domain"},
             "features": [{"name": "user_id"}, {"name": "item_id"}],
             "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 0}}
-    monkeypatch.setitem(protocols._PRESETS, "tiny-mlora", {
+    monkeypatch.setitem(protocols._PRESETS, name, {
         "description": "tiny", "data": data, "train": {"batch_size": 128, "max_epochs": 1, "patience": 0},
-        "models": {}, "model_defaults": {"embedding_dim": 4, "hidden_units": [8]}, "mlora_alpha": {"mlp": 2},
-        "primary_metric": "wauc", "reference": {"wauc": {"mlp": 0.6, "mlp+mlora": 0.61}}})
+        "models": {}, "model_defaults": {"embedding_dim": 4, "hidden_units": [8]}, "primary_metric": "wauc",
+        **extra})
+
+
+def test_benchmark_keeps_mlora_runs_apart(tmp_path, monkeypatch):
+    from polyrec.benchmark import run_benchmark
+
+    tiny_preset(monkeypatch, "tiny-mlora", n_samples=600, seed=1, mlora_alpha={"mlp": 2},
+                reference={"wauc": {"mlp": 0.6, "mlp+mlora": 0.61}})
     runs = run_benchmark("tiny-mlora", ["mlp", "mlp+mlora"], seeds=1, out_dir=tmp_path)
     assert [(r["model"], r["adapter"]) for r in runs] == [("mlp", "none"), ("mlp+mlora", "mlora")]
     assert runs[1]["adapter_alpha"] == 2 and runs[1]["adapter_ranks"] == [4]
@@ -294,17 +301,9 @@ def test_benchmark_keeps_mlora_runs_apart(tmp_path, monkeypatch):
 
 def test_benchmark_jobs_run_in_worker_processes_with_the_same_records(tmp_path, monkeypatch):
     """--jobs 2: each run in its own spawned process, records (and their order) as a serial run gives."""
-    import polyrec.data.protocols as protocols
     from polyrec.benchmark import run_benchmark
 
-    data = {"source": {"kind": "synthetic", "options": {"n_domains": 2, "n_samples": 400, "n_users": 30,
-                                                        "n_items": 20, "seed": 2}},
-            "label": {"column": "label"}, "domain": {"column": "domain"},
-            "features": [{"name": "user_id"}, {"name": "item_id"}],
-            "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 0}}
-    monkeypatch.setitem(protocols._PRESETS, "tiny-jobs", {
-        "description": "tiny", "data": data, "train": {"batch_size": 128, "max_epochs": 1, "patience": 0},
-        "models": {}, "model_defaults": {"embedding_dim": 4, "hidden_units": [8]}, "primary_metric": "wauc"})
+    tiny_preset(monkeypatch, "tiny-jobs", n_samples=400, seed=2)
     models = ["mlp", "mlp@domain_negotiation"]
     serial = run_benchmark("tiny-jobs", models, seeds=2, out_dir=tmp_path / "serial",
                            overrides=["train.num_threads=1"])

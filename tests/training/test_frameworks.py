@@ -65,6 +65,18 @@ def sgd_steps(model, ds, batches, lr):
         ctx.step(b)
 
 
+def epoch_updates(strategy, ds, monkeypatch):
+    """Run one epoch of ``strategy`` on an MLP; return the per-domain batches of every update, and the context."""
+    cls = type(strategy)
+    seen = []
+    real = cls.round
+    monkeypatch.setattr(cls, "round", lambda self, ctx, batches, g: (seen.append(batches), real(self, ctx, batches, g))[1])
+    ctx = context(mlp(ds), ds)
+    strategy.setup(ctx)
+    strategy.run_epoch(ctx, 0)
+    return seen, ctx
+
+
 # ------------------------------------------------------------------------------------ all five
 @pytest.mark.parametrize("name", NAMES)
 def test_learns_on_any_model_through_the_trainer(tiny_dataset, name):
@@ -106,13 +118,7 @@ def test_bad_option_raises_config_error(name, options, field):
 @pytest.mark.parametrize("name", NAMES)
 def test_rounds_hold_every_domain_and_an_epoch_is_one_pass_of_the_largest(tiny_dataset, monkeypatch, name):
     strategy = create_strategy(name, {"sampling": "rounds"} if name in MIXED else {})
-    cls = type(strategy)
-    seen = []
-    real = cls.round
-    monkeypatch.setattr(cls, "round", lambda self, ctx, batches, g: (seen.append(batches), real(self, ctx, batches, g))[1])
-    ctx = context(mlp(tiny_dataset), tiny_dataset)
-    strategy.setup(ctx)
-    strategy.run_epoch(ctx, 0)
+    seen, ctx = epoch_updates(strategy, tiny_dataset, monkeypatch)
     counts = torch.bincount(tiny_dataset.domain[tiny_dataset.splits["train"]]).tolist()
     k = strategy.batches_per_domain()
     assert len(seen) == math.ceil(math.ceil(max(counts) / BS) / k)
@@ -372,13 +378,7 @@ def test_weighted_loss_log_variances_learn_and_are_checkpointed(tiny_dataset, tm
 def test_mixed_sampling_splits_each_mixed_batch_by_domain_once_per_row(tiny_dataset, monkeypatch, name):
     strategy = create_strategy(name)  # sampling="mixed" is the default of the multi-task methods
     assert strategy.config.sampling == "mixed"
-    cls = type(strategy)
-    seen = []
-    real = cls.round
-    monkeypatch.setattr(cls, "round", lambda self, ctx, batches, g: (seen.append(batches), real(self, ctx, batches, g))[1])
-    ctx = context(mlp(tiny_dataset), tiny_dataset)
-    strategy.setup(ctx)
-    strategy.run_epoch(ctx, 0)
+    seen, ctx = epoch_updates(strategy, tiny_dataset, monkeypatch)
     train = tiny_dataset.splits["train"]
     assert len(seen) == math.ceil(len(train) / BS)  # one update per mixed batch
     counts = [0, 0, 0]
