@@ -131,7 +131,6 @@ def base_config(preset: str | None = None, model: str | None = None, config_file
         data["model"].setdefault("name", model)
     if strategy:
         data["model"]["name"] = f"{model}{STRATEGY_SEP}{strategy}"  # resolve_config sets train.strategy from it
-        data["train"] = {**data["train"], "strategy": strategy}
     if adapted:
         data["adapter"] = {**(data.get("adapter") or {}), "kind": "mlora"}
     return data
@@ -159,13 +158,14 @@ def resolve_config(data: dict[str, Any]) -> ExperimentConfig:
     name = model.pop("name", None)
     if not name:
         raise ConfigError("model.name is required (see `polyrec models` for the registered names)")
+    given = name
     name, strategy = split_strategy(name)
     name, adapted = split_model_name(name)
     train = dict(data.get("train") or {})
     if strategy:
         if train.get("strategy", strategy) != strategy:
-            raise ConfigError(f"model.name {model_name_given(name, adapted, strategy)!r} asks for strategy "
-                              f"{strategy!r} but train.strategy is {train['strategy']!r}; drop one of them")
+            raise ConfigError(f"model.name {given!r} asks for strategy {strategy!r} but train.strategy is "
+                              f"{train['strategy']!r}; drop one of them")
         train["strategy"] = strategy
     raw_adapter = data.get("adapter")
     if adapted:
@@ -185,9 +185,6 @@ def resolve_config(data: dict[str, Any]) -> ExperimentConfig:
         strategy_in_name=strategy is not None,
     )
 
-
-def model_name_given(model: str, adapted: bool, strategy: str | None) -> str:
-    return model + (ADAPTER_SUFFIX if adapted else "") + (STRATEGY_SEP + strategy if strategy else "")
 
 
 def make_config(preset: str | None = None, model: str | None = None, config_file: str | None = None,

@@ -67,6 +67,12 @@ class DomainSegments:
     def unsort(self, x: Tensor) -> Tensor:
         return x if self.inverse is None else x.index_select(0, self.inverse)
 
+    def split_rows(self) -> list[Tensor]:
+        """Row indices (into the unsorted batch) of each present domain, in :attr:`domains` order."""
+        if self.perm is None:
+            return [torch.arange(self.counts[0], device=self.domains.device)]
+        return list(torch.split(self.perm, self.counts))
+
 
 def segment_linear(x: Tensor, seg: DomainSegments, weight: Tensor, bias: Tensor, loop_max: int = 16) -> Tensor:
     """Apply a different linear map to each domain's rows of a domain-sorted batch.

@@ -11,8 +11,8 @@ weights like any other) but have ``requires_grad=False``: they are not trained b
 Strategies write them: MAMDR's Domain Regularization
 (:class:`polyrec.training.strategies.mamdr.MAMDR`) and per-domain finetuning
 (:class:`polyrec.training.strategies.mamdr.AlternateFinetune`) train a domain's merged copy
-θ^S + θ^d in the wrapped model's own parameters and write the difference back with
-:meth:`DomainSpecificModel.add_to_specific`.
+θ^S + θ^d in the wrapped model's own parameters and keep the change as its offset
+(:meth:`DomainSpecificModel.train_specific`).
 
 Readings of the paper made here:
 
@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..data.batch import Batch
+from ..layers.domain import DomainSegments
 from .base import Model, ModelOutput
 
 INCLUDE = ("all", "dense")
@@ -92,24 +93,30 @@ class DomainSpecificModel(Model):
         """``{name: θ^S + θ^d}`` for :func:`torch.func.functional_call`."""
         return {n: p + d for n, p, d in zip(self.specific_names, self.shared_parameters(), self.offsets(domain))}
 
-    @torch.no_grad()
-    def load_merged(self, domain: int) -> list[Tensor]:
-        """Write θ^S + θ^d into the wrapped model's parameters; return a copy of θ^S to restore later."""
-        saved = [p.detach().clone() for p in self.shared_parameters()]
-        for p, d in zip(self.shared_parameters(), self.offsets(domain)):
-            p.add_(d)
-        return saved
+    @contextmanager
+    def train_specific(self, domain: int, scale: float = 1.0) -> Iterator[DomainSpecificModel]:
+        """Train domain ``domain``'s copy θ^S + θ^d in place, and keep what training changed as its offset.
 
-    @torch.no_grad()
-    def restore_shared(self, saved: list[Tensor]) -> None:
-        for p, s in zip(self.shared_parameters(), saved):
-            p.copy_(s)
-
-    @torch.no_grad()
-    def add_to_specific(self, domain: int, delta: list[Tensor], scale: float = 1.0) -> None:
-        """θ^d ← θ^d + scale · delta (one tensor per selected parameter)."""
-        for off, d in zip(self.offsets(domain), delta):
-            off.add_(d, alpha=scale)
+        Within the block the wrapped model's own parameters hold θ^S + θ^d and forward uses them on every
+        row (no offsets on top): train them with any optimiser over :meth:`shared_parameters`. On leaving,
+        θ^d ← θ^d + scale · (trained − (θ^S + θ^d)) (MAMDR eq. 8; ``scale`` 1 keeps the trained copy) and θ^S
+        is restored; after an exception only θ^S is restored.
+        """
+        params, offsets = self.shared_parameters(), self.offsets(domain)
+        with torch.no_grad():
+            shared = [p.detach().clone() for p in params]
+            for p, d in zip(params, offsets):
+                p.add_(d)
+        try:
+            with self.shared_only():
+                yield self
+            with torch.no_grad():
+                for p, s, d in zip(params, shared, offsets):
+                    d.add_(p - (s + d), alpha=scale)
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, shared):
+                    p.copy_(s)
 
     def num_specific_parameters(self) -> int:
         """Offsets of one domain (the parameters a new domain would add)."""
@@ -129,21 +136,16 @@ class DomainSpecificModel(Model):
         if not self.use_specific:
             return self.model(batch)
         self.check_batch(batch)
-        domains = torch.unique(batch.domain)
-        if len(domains) == 1:
-            return functional_call(self.model, self.merged(int(domains[0])), (batch,))
-        order = torch.argsort(batch.domain, stable=True)
-        counts = torch.bincount(batch.domain, minlength=self.num_domains).tolist()
-        logits = batch.label.new_empty(len(batch))
+        seg = DomainSegments.from_domain(batch.domain)
+        if seg.num_segments == 1:
+            return functional_call(self.model, self.merged(int(seg.domains[0])), (batch,))
+        outs = [functional_call(self.model, self.merged(d), (batch.select(rows),))
+                for d, rows in zip(seg.domains.tolist(), seg.split_rows())]
         aux: dict[str, Tensor] = {}
-        for d, rows in zip(range(self.num_domains), torch.split(order, counts)):
-            if not len(rows):
-                continue
-            out = functional_call(self.model, self.merged(d), (batch.select(rows),))
-            logits = logits.index_put((rows,), out.logits.to(logits.dtype))
+        for out, n in zip(outs, seg.counts):
             for name, value in out.aux_losses.items():  # row-weighted, as one pass over the batch would be
-                aux[name] = aux.get(name, 0.0) + value * (len(rows) / len(batch))
-        return ModelOutput(logits=logits, aux_losses=aux)
+                aux[name] = aux.get(name, 0.0) + value * (n / len(batch))
+        return ModelOutput(logits=seg.unsort(torch.cat([o.logits for o in outs])), aux_losses=aux)
 
     def extra_repr(self) -> str:
         return (f"include={self.include!r}, domains={self.num_domains}, "

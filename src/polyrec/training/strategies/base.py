@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
@@ -40,6 +40,7 @@ class TrainContext:
     grad_clip: float = 0.0
     samples_seen: int = 0
     on_step: Callable[[dict[str, float]], None] | None = None
+    _by_domain: tuple[Tensor, dict[int, Tensor]] | None = field(default=None, init=False, repr=False)
 
     def batches(self, epoch: int, sampler: str | None = None, rows: Tensor | None = None) -> Iterator[Batch]:
         """Batches of one epoch with the configured (or the given) sampler over ``rows``."""
@@ -59,12 +60,15 @@ class TrainContext:
         return self.rows[self.dataset.domain.index_select(0, self.rows) == domain]
 
     def rows_by_domain(self) -> dict[int, Tensor]:
-        """Training rows of every domain that has any, keyed by domain index (ascending)."""
-        rows = {d: self.domain_rows(d) for d in range(self.dataset.schema.num_domains)}
-        rows = {d: r for d, r in rows.items() if len(r)}
-        if not rows:
-            raise ValueError("the training split has no rows")
-        return rows
+        """Training rows of every domain that has any, keyed by domain index (ascending); computed once
+        per ``rows`` (strategies ask every epoch)."""
+        if self._by_domain is None or self._by_domain[0] is not self.rows:
+            rows = {d: self.domain_rows(d) for d in range(self.dataset.schema.num_domains)}
+            rows = {d: r for d, r in rows.items() if len(r)}
+            if not rows:
+                raise ValueError("the training split has no rows")
+            self._by_domain = (self.rows, rows)
+        return self._by_domain[1]
 
     def domain_stream(self, epoch: int, rows: Tensor) -> Iterator[Batch]:
         """An endless stream of single-domain batches over ``rows``: a domain that runs out restarts with
@@ -73,6 +77,18 @@ class TrainContext:
         while True:
             yield from self.batches(epoch * 1_000_003 + restart, rows=rows)
             restart += 1
+
+    def domain_rounds(self, epoch: int, rounds: int, generator: torch.Generator, per_domain: int = 1,
+                      shuffle: bool = True) -> Iterator[dict[int, list[Batch]]]:
+        """``rounds`` rounds of ``per_domain`` single-domain batches of every domain with training rows, from
+        the domains' :meth:`domain_stream`; a round is ``{domain: [batches]}`` in the round's domain order
+        (a fresh permutation from ``generator`` when ``shuffle``, else ascending)."""
+        rows = self.rows_by_domain()
+        domains = sorted(rows)
+        streams = {d: self.domain_stream(epoch, rows[d]) for d in domains}
+        for _ in range(rounds):
+            order = [domains[i] for i in torch.randperm(len(domains), generator=generator)] if shuffle else domains
+            yield {d: [next(streams[d]) for _ in range(per_domain)] for d in order}
 
     def compute_loss(self, batch: Batch) -> dict[str, Tensor]:
         return self.task.losses(self.model(batch), batch)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .base import Strategy, TrainContext, mean_stats, optimizer_like, register_strategy
 
@@ -95,15 +95,6 @@ class DFEICyclic(Strategy):
         shuffle_order: bool = False
         scale_shared_lr: bool = True
 
-    def __init__(self, config=None) -> None:
-        super().__init__(config)
-        self._rows: dict[int, Tensor] | None = None
-
-    def _domain_rows(self, ctx: TrainContext) -> dict[int, Tensor]:
-        if self._rows is None:
-            self._rows = ctx.rows_by_domain()
-        return self._rows
-
     def setup(self, ctx: TrainContext) -> None:
         opt = ctx.optimizer
         if any(g.get("name") in (SHARED, DOMAIN) for g in opt.param_groups):
@@ -111,22 +102,15 @@ class DFEICyclic(Strategy):
         params = [p for g in opt.param_groups for p in g["params"]]
         shared, domain = split_parameters(ctx.model, params)
         lr = opt.defaults["lr"]
-        n = len(self._domain_rows(ctx))
+        n = len(ctx.rows_by_domain())
         ctx.optimizer = rebuild_optimizer(opt, shared, domain, lr / n if self.config.scale_shared_lr else lr)
 
     def rounds(self, ctx: TrainContext) -> int:
         """Rounds in one epoch."""
-        batches = [math.ceil(len(r) / ctx.batch_size) for r in self._domain_rows(ctx).values()]
+        batches = [math.ceil(len(r) / ctx.batch_size) for r in ctx.rows_by_domain().values()]
         return max(batches) if self.config.epoch_end == "largest" else min(batches)
 
     def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
-        rows = self._domain_rows(ctx)
-        domains = sorted(rows)
-        streams = {d: ctx.domain_stream(epoch, rows[d]) for d in domains}
         g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
-        stats = []
-        for _ in range(self.rounds(ctx)):
-            order = [domains[i] for i in torch.randperm(len(domains), generator=g)] if self.config.shuffle_order else domains
-            for d in order:
-                stats.append(ctx.step(next(streams[d])))
-        return mean_stats(stats)
+        rounds = ctx.domain_rounds(epoch, self.rounds(ctx), g, shuffle=self.config.shuffle_order)
+        return mean_stats([ctx.step(batch) for batches in rounds for (batch,) in batches.values()])

@@ -36,6 +36,7 @@ Readings shared by all five:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,6 +46,7 @@ from torch.func import functional_call
 
 from ...config import ConfigError
 from ...data.batch import Batch
+from ...layers.domain import DomainSegments
 from .base import Strategy, TrainContext, mean_stats, register_strategy
 
 Params = dict[str, Tensor]
@@ -99,21 +101,11 @@ class _RoundStrategy(Strategy):
     default_sampler = "mixed"  # how each domain's own stream is shuffled
     min_domains = 1
 
-    def __init__(self, config: Any = None) -> None:
-        super().__init__(config)
-        self._rows: dict[int, Tensor] | None = None
-
-    def domain_rows(self, ctx: TrainContext) -> dict[int, Tensor]:
-        if self._rows is None:
-            rows = ctx.rows_by_domain()
-            if len(rows) < self.min_domains:
-                raise ValueError(f"strategy {self.name!r} needs training rows of at least {self.min_domains} "
-                                 f"domains, but only {len(rows)} domain(s) have any")
-            self._rows = rows
-        return self._rows
-
     def setup(self, ctx: TrainContext) -> None:
-        self.domain_rows(ctx)
+        n = len(ctx.rows_by_domain())
+        if n < self.min_domains:
+            raise ValueError(f"strategy {self.name!r} needs training rows of at least {self.min_domains} "
+                             f"domains, but only {n} domain(s) have any")
 
     def batches_per_domain(self) -> int:
         """Batches of each domain one round uses."""
@@ -121,36 +113,26 @@ class _RoundStrategy(Strategy):
 
     def rounds(self, ctx: TrainContext) -> int:
         """Rounds in one epoch: one pass over the largest domain's batches."""
-        largest = max(math.ceil(len(r) / ctx.batch_size) for r in self.domain_rows(ctx).values())
+        largest = max(math.ceil(len(r) / ctx.batch_size) for r in ctx.rows_by_domain().values())
         return math.ceil(largest / self.batches_per_domain())
 
-    def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
-        if getattr(self.config, "sampling", "rounds") == "mixed":
-            return self.run_mixed_epoch(ctx, epoch)
-        rows = self.domain_rows(ctx)
-        domains = sorted(rows)
-        streams = {d: ctx.domain_stream(epoch, rows[d]) for d in domains}
-        g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
-        k = self.batches_per_domain()
-        stats = []
-        for _ in range(self.rounds(ctx)):
-            order = [domains[i] for i in torch.randperm(len(domains), generator=g)]
-            stats.append(self.round(ctx, {d: [next(streams[d]) for _ in range(k)] for d in order}, g))
-            if ctx.on_step is not None:
-                ctx.on_step(stats[-1])
-        return {**mean_stats(stats), **self.epoch_stats(ctx)}
-
-    def run_mixed_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
-        """One pass over the training rows in the configured sampler's (mixed) batches; each batch is split
-        by domain into the per-domain batches of one update (``sampling="mixed"``)."""
-        self.domain_rows(ctx)
-        g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
-        stats = []
+    def updates(self, ctx: TrainContext, epoch: int, g: torch.Generator) -> Iterator[dict[int, list[Batch]]]:
+        """The per-domain batches of every update of one epoch: rounds of single-domain batches (their
+        domain order drawn from ``g``), or (with ``sampling="mixed"``) one pass over the training rows in
+        the configured sampler's batches, each split by domain."""
+        if getattr(self.config, "sampling", "rounds") == "rounds":
+            yield from ctx.domain_rounds(epoch, self.rounds(ctx), g, per_domain=self.batches_per_domain())
+            return
         for batch in ctx.batches(epoch):
-            order = torch.argsort(batch.domain, stable=True)
-            counts = torch.bincount(batch.domain, minlength=ctx.dataset.schema.num_domains).tolist()
-            parts = {d: [batch.select(idx)] for d, idx in enumerate(torch.split(order, counts)) if len(idx)}
-            stats.append(self.round(ctx, parts, g))
+            seg = DomainSegments.from_domain(batch.domain)
+            yield {d: [batch.select(rows)] for d, rows in zip(seg.domains.tolist(), seg.split_rows())}
+
+    def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
+        # One generator for the rounds' domain orders and what an update draws (PCGrad's projection orders).
+        g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
+        stats = []
+        for batches in self.updates(ctx, epoch, g):
+            stats.append(self.round(ctx, batches, g))
             if ctx.on_step is not None:
                 ctx.on_step(stats[-1])
         return {**mean_stats(stats), **self.epoch_stats(ctx)}
@@ -232,7 +214,7 @@ class WeightedLoss(_RoundStrategy):
 
     def epoch_stats(self, ctx):
         w = self.weights()
-        return {f"weight_{d}": float(w[d]) for d in self.domain_rows(ctx)}
+        return {f"weight_{d}": float(w[d]) for d in ctx.rows_by_domain()}
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.log_vars is None else {"log_vars": self.log_vars.detach().cpu().clone()}
@@ -495,7 +477,8 @@ class MLDG(_RoundStrategy):
             _require(self.meta_test_domains >= 1, "meta_test_domains", self.meta_test_domains, "an integer >= 1")
 
     def setup(self, ctx: TrainContext) -> None:
-        n = len(self.domain_rows(ctx))
+        super().setup(ctx)
+        n = len(ctx.rows_by_domain())
         if self.config.meta_test_domains >= n:
             raise ValueError(f"strategy 'mldg': train.strategy_options.meta_test_domains="
                              f"{self.config.meta_test_domains} leaves no meta-train domain; {n} domains have "

@@ -39,6 +39,7 @@ Readings of the paper made here (it leaves them open):
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -58,6 +59,11 @@ def _check_optional_positive(name: str, value: int | None) -> None:
 def _check_rate(name: str, value: float) -> None:
     if not 0.0 < value <= 1.0:
         raise ConfigError(f"train.strategy_options.{name} must be in (0, 1], got {value}")
+
+
+def _check_include(value: str) -> None:
+    if value not in INCLUDE:
+        raise ConfigError(f"train.strategy_options.specific_parameters {value!r} is not one of {', '.join(INCLUDE)}")
 
 
 def _specific_model(ctx: TrainContext, strategy: str) -> DomainSpecificModel:
@@ -133,29 +139,23 @@ class DomainNegotiation(Strategy):
         params = _trainable(ctx.model)
         cfg = self.config
         stats: list[dict] = []
-        if cfg.inner_batches is None:
-            outer_steps, streams = 1, None
-        else:
-            outer_steps = max(math.ceil(math.ceil(len(r) / ctx.batch_size) / cfg.inner_batches) for r in rows.values())
-            streams = {d: ctx.domain_stream(epoch, rows[d]) for d in domains}
-        for _ in range(outer_steps):
+        if cfg.inner_batches is None:  # one outer step over full passes
             start = [p.detach().clone() for p in params]
             for i in torch.randperm(len(domains), generator=g).tolist():
-                d = domains[i]
-                if streams is None:
-                    stats += passes.run(rows[d], ctx.optimizer)
-                else:
-                    stats += [ctx.step(next(streams[d])) for _ in range(cfg.inner_batches)]
+                stats += passes.run(rows[domains[i]], ctx.optimizer)
+            _interpolate(params, start, cfg.outer_lr)
+            return stats
+        largest = max(math.ceil(len(r) / ctx.batch_size) for r in rows.values())
+        for batches in ctx.domain_rounds(epoch, math.ceil(largest / cfg.inner_batches), g, cfg.inner_batches):
+            start = [p.detach().clone() for p in params]
+            stats += [ctx.step(b) for domain_batches in batches.values() for b in domain_batches]
             _interpolate(params, start, cfg.outer_lr)
         return stats
 
     def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
         model = ctx.model
-        passes = _Passes(ctx, epoch)
-        if isinstance(model, DomainSpecificModel):
-            with model.shared_only():
-                return mean_stats(self.negotiate(ctx, epoch, passes))
-        return mean_stats(self.negotiate(ctx, epoch, passes))
+        with model.shared_only() if isinstance(model, DomainSpecificModel) else nullcontext():
+            return mean_stats(self.negotiate(ctx, epoch, _Passes(ctx, epoch)))
 
 
 @register_strategy("mamdr")
@@ -187,9 +187,7 @@ class MAMDR(DomainNegotiation):
             _check_rate("specific_lr", self.specific_lr)
             for name in ("helper_domains", "helper_batches", "target_batches"):
                 _check_optional_positive(name, getattr(self, name))
-            if self.specific_parameters not in INCLUDE:
-                raise ConfigError(f"train.strategy_options.specific_parameters {self.specific_parameters!r} "
-                                  f"is not one of {', '.join(INCLUDE)}")
+            _check_include(self.specific_parameters)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -224,19 +222,12 @@ class MAMDR(DomainNegotiation):
         g = _generator(ctx, epoch, salt=1)
         cfg, opt = self.config, self.dr_optimizer
         stats: list[dict] = []
-        with model.shared_only():  # the merged θ^S + θ^i is written into the wrapped model's parameters
-            for i in torch.randperm(len(domains), generator=g).tolist():
-                target = domains[i]
-                for helper in self.helpers(target, domains, g):
-                    shared = model.load_merged(target)
-                    start = [p.detach().clone() for p in model.shared_parameters()]
-                    try:
-                        stats += passes.run(rows[helper], opt, cfg.helper_batches)
-                        stats += passes.run(rows[target], opt, cfg.target_batches)
-                        delta = [p.detach() - s for p, s in zip(model.shared_parameters(), start)]
-                    finally:
-                        model.restore_shared(shared)
-                    model.add_to_specific(target, delta, cfg.specific_lr)
+        for i in torch.randperm(len(domains), generator=g).tolist():
+            target = domains[i]
+            for helper in self.helpers(target, domains, g):
+                with model.train_specific(target, cfg.specific_lr):  # eqs. 5-8
+                    stats += passes.run(rows[helper], opt, cfg.helper_batches)
+                    stats += passes.run(rows[target], opt, cfg.target_batches)
         return stats
 
     def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
@@ -292,9 +283,7 @@ class AlternateFinetune(Strategy):
         def __post_init__(self) -> None:
             if self.alternate_epochs < 1:
                 raise ConfigError(f"train.strategy_options.alternate_epochs must be >= 1, got {self.alternate_epochs}")
-            if self.specific_parameters not in INCLUDE:
-                raise ConfigError(f"train.strategy_options.specific_parameters {self.specific_parameters!r} "
-                                  f"is not one of {', '.join(INCLUDE)}")
+            _check_include(self.specific_parameters)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -310,20 +299,14 @@ class AlternateFinetune(Strategy):
 
     def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
         model = _specific_model(ctx, self.name)
-        with model.shared_only():
-            if epoch < self.config.alternate_epochs:
+        if epoch < self.config.alternate_epochs:
+            with model.shared_only():
                 batches = ctx.batches(epoch, sampler="domain_sequential")
                 return {**mean_stats([ctx.step(b) for b in batches]), "phase": 1.0}
-            passes, stats = _Passes(ctx, epoch), []
-            for d, rows in ctx.rows_by_domain().items():
-                shared = model.load_merged(d)
-                start = [p.detach().clone() for p in model.shared_parameters()]
-                try:
-                    stats += passes.run(rows, self.optimizers[d])
-                    delta = [p.detach() - s for p, s in zip(model.shared_parameters(), start)]
-                finally:
-                    model.restore_shared(shared)
-                model.add_to_specific(d, delta)
+        passes, stats = _Passes(ctx, epoch), []
+        for d, rows in ctx.rows_by_domain().items():
+            with model.train_specific(d):
+                stats += passes.run(rows, self.optimizers[d])
         return {**mean_stats(stats), "phase": 2.0}
 
     def state_dict(self) -> dict[str, Any]:
