@@ -49,8 +49,10 @@ def test_train_then_evaluate(config_file, tmp_path):
                               "--set", "model.embedding_dim=4", "--set", "model.hidden_units=[8]"])
     assert out.exit_code == 0, out.output
     assert "wauc" in out.stdout.lower()
-    for f in ("config.json", "schema.json", "model.pt", "result.json", "metrics.jsonl", "checkpoint.pt"):
+    for f in ("run.json", "config.json", "schema.json", "processing.json", "data.json", "model.safetensors",
+              "result.json", "metrics.jsonl", "metrics.csv"):
         assert (run / f).exists(), f
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["epoch-000001", "epoch-000002"]
     result = json.loads((run / "result.json").read_text())
     assert result["model"] == "star" and len(result["split_hash"]) == 16
     out = runner.invoke(app, ["evaluate", str(run), "--json"])
@@ -95,6 +97,126 @@ def test_unknown_model_names_close_matches(config_file, tmp_path):
     out = runner.invoke(app, ["train", "--config", str(config_file), "--model", "stra", "--out", str(tmp_path / "r")])
     assert out.exit_code == 2
     assert "unknown model 'stra'" in out.output and "star" in out.output
+
+
+TRAIN = ["--model", "mlp", "--set", "model.embedding_dim=4", "--set", "model.hidden_units=[8]"]
+
+
+def _train(config_file, run, *extra):
+    return runner.invoke(app, ["train", "--config", str(config_file), "--out", str(run), *TRAIN, *extra])
+
+
+def _snapshot(run):
+    return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("change,named", [
+    (["--set", "train.seed=99"], "train.seed: 0 -> 99"),
+    (["--set", "train.lr=0.05"], "train.lr: 0.001 -> 0.05"),
+    (["--set", "model.hidden_units=[16]"], "model.hidden_units: [8] -> [16]"),
+])
+def test_train_on_an_existing_run_of_another_config_refuses_and_leaves_it_untouched(config_file, tmp_path, change,
+                                                                                    named):
+    run = tmp_path / "run"
+    assert _train(config_file, run).exit_code == 0
+    before = _snapshot(run)
+    out = _train(config_file, run, *change)
+    assert out.exit_code == 2, out.output
+    assert named in out.output and "--overwrite" in out.output and len(out.output.strip().splitlines()) == 1
+    assert _snapshot(run) == before
+    out = _train(config_file, run, *change, "--overwrite")  # starts afresh under the new config
+    assert out.exit_code == 0, out.output
+    config = json.loads((run / "config.json").read_text())
+    assert config != json.loads(before["config.json"])
+
+
+def test_train_on_the_same_finished_run_resumes_it(config_file, tmp_path):
+    run = tmp_path / "run"
+    assert _train(config_file, run).exit_code == 0
+    first = json.loads((run / "result.json").read_text())
+    out = _train(config_file, run)
+    assert out.exit_code == 0, out.output
+    again = json.loads((run / "result.json").read_text())
+    assert again["metrics"] == first["metrics"] and again["resumed_from_epoch"] == 2
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_train_refuses_a_run_whose_data_changed(tmp_path, monkeypatch):
+    import pandas as pd
+
+    monkeypatch.setenv("POLYREC_CACHE", str(tmp_path / "cache"))
+    rng = __import__("numpy").random.default_rng(0)
+    frame = pd.DataFrame({"user_id": rng.integers(0, 30, 400), "item_id": rng.integers(0, 20, 400),
+                          "label": rng.integers(0, 2, 400), "domain": rng.integers(0, 2, 400)})
+    csv = tmp_path / "rows.csv"
+    frame.to_csv(csv, index=False)
+    config = {**CONFIG, "data": {**CONFIG["data"], "source": {"kind": "csv", "path": str(csv)}}}
+    config_file = tmp_path / "csv.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    assert _train(config_file, run).exit_code == 0
+    frame.assign(label=1 - frame.label).to_csv(csv, index=False)  # same size, other bytes
+    before = _snapshot(run)
+    out = _train(config_file, run)
+    assert out.exit_code == 2 and "other data" in out.output and "rows.csv" in out.output, out.output
+    assert _snapshot(run) == before
+    out = runner.invoke(app, ["evaluate", str(run)])
+    assert out.exit_code == 2 and "changed since it was trained" in out.output and "rows.csv" in out.output, out.output
+
+
+def test_benchmark_reuses_a_record_only_under_the_same_config(config_file, tmp_path, monkeypatch):
+    import polyrec.data.protocols as protocols
+
+    monkeypatch.setitem(protocols._PRESETS, "tiny", {**CONFIG, "description": "tiny", "models": {},
+                                                     "model_defaults": {"embedding_dim": 4, "hidden_units": [8]}})
+    out_dir = tmp_path / "bench"
+    args = ["benchmark", "tiny", "--models", "mlp", "--seeds", "1", "--out", str(out_dir)]
+    assert runner.invoke(app, args).exit_code == 0
+    before = (out_dir / "results.json").read_bytes()
+    out = runner.invoke(app, args)  # same config: the record is reused, nothing retrained
+    assert out.exit_code == 0 and (out_dir / "results.json").read_bytes() == before
+    out = runner.invoke(app, args + ["--set", "train.lr=0.05"])
+    assert out.exit_code == 2 and "train.lr: 0.001 -> 0.05" in out.output, out.output
+    assert (out_dir / "results.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "train.lr=-1"], "train.lr: -1.0 is not allowed; must be > 0"),
+    (["--set", "train.batch_size=0"], "train.batch_size: 0 is not allowed; must be >= 1"),
+    (["--set", "train.max_epochs=0"], "train.max_epochs: 0 is not allowed"),
+    (["--set", "train.max_epochs=-5"], "train.max_epochs: -5 is not allowed"),
+    (["--set", "train.patience=-1"], "train.patience: -1 is not allowed"),
+    (["--set", "train.grad_clip=-1"], "train.grad_clip: -1.0 is not allowed"),
+    (["--set", "train.monitor=acc"], "train.monitor: 'acc' is not allowed; must be one of"),
+    (["--set", "train.device=tpu"], "train.device: 'tpu' is not a device of this machine"),
+    (["--set", "train.lr=[1,"], "is not valid YAML"),
+    (["--set", "train=5"], "train: expected a mapping"),
+    (["--set", "data.split.ratios=[0.8,0.2,0]"], "leave the test split empty"),
+])
+def test_bad_values_are_one_line_errors_with_exit_code_2(config_file, tmp_path, args, message):
+    out = runner.invoke(app, ["train", "--config", str(config_file), "--out", str(tmp_path / "r"), *TRAIN, *args])
+    assert out.exit_code == 2, out.output
+    assert message in out.output
+    lines = [line for line in out.output.splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert not (tmp_path / "r" / "run.json").exists()
+
+
+def test_diverging_training_is_an_error_not_a_result(config_file, tmp_path):
+    out = _train(config_file, tmp_path / "r", "--set", "train.lr=10", "--set", "train.optimizer=sgd",
+                 "--set", "train.momentum=0.99")
+    assert out.exit_code == 2 and "diverged" in out.output and "train.lr" in out.output, out.output
+
+
+def test_an_unexpected_exception_keeps_its_traceback(config_file, tmp_path, monkeypatch):
+    import polyrec.experiment as experiment
+
+    def broken(*a, **k):
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(experiment, "run_experiment", broken)
+    out = runner.invoke(app, ["train", "--config", str(config_file), "--out", str(tmp_path / "r"), *TRAIN])
+    assert out.exit_code == 1 and isinstance(out.exception, RuntimeError)
 
 
 def test_evaluate_missing_run_is_a_clear_error(tmp_path):

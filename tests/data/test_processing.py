@@ -307,7 +307,7 @@ def test_missing_feature_column_raises_naming_it():
     [
         ([], None, "data.features is empty"),
         ([{"name": "a"}, {"name": "a"}], None, r"duplicate names \['a'\]"),
-        ([{"name": "a", "kind": "dense"}], "a", "data.user_feature 'a' must name a sparse feature"),
+        ([{"name": "a", "kind": "dense"}], "a", "user_feature: 'a' is not allowed; data.user_feature must name a sparse"),
     ],
 )
 def test_bad_feature_config_raises(features, user_feature, match):

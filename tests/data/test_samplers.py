@@ -7,7 +7,7 @@ import torch
 
 from polyrec.data.batch import Batch
 from polyrec.data.loader import BatchLoader
-from polyrec.data.samplers import SAMPLERS, domain_order, epoch_batches
+from polyrec.data.samplers import MAX_EPOCHS, SAMPLERS, domain_order, epoch_batches, stream_generator
 
 D = 3
 
@@ -168,3 +168,34 @@ def test_loader_errors(tiny_dataset):
         BatchLoader(tiny_dataset, "train", 10, sampler="shuffle")
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         BatchLoader(tiny_dataset, "train", 0)
+
+
+# ----------------------------------------------------------------------------------------------- streams
+def test_the_plain_per_epoch_stream_is_seed_times_max_epochs_plus_epoch(rows):
+    """Pinned: the committed results of joint, domain_batched and alternate were drawn from this stream."""
+    indices, _ = rows
+    expected = indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(3 * MAX_EPOCHS + 2))]
+    assert torch.equal(flat(batches("mixed", rows, seed=3, epoch=2)), expected)
+    assert MAX_EPOCHS == 1_000_003
+
+
+@pytest.mark.parametrize("sampler", ["mixed", "domain_batched", "domain_sequential"])
+def test_a_given_generator_replaces_the_per_epoch_stream(sampler, rows):
+    indices, domain = rows
+    own = epoch_batches(sampler, indices, domain, D, 64, generator=stream_generator(0, 0, "passes", 1))
+    assert same(own, epoch_batches(sampler, indices, domain, D, 64, generator=stream_generator(0, 0, "passes", 1)))
+    assert not torch.equal(flat(own), flat(batches(sampler, rows)))
+    assert torch.equal(flat(own).sort().values, indices)  # still every row exactly once
+
+
+def test_epochs_outside_the_injective_range_raise(rows):
+    with pytest.raises(ValueError, match=r"epoch 1000003 is outside 0..1000002.*stream_generator"):
+        batches("mixed", rows, epoch=MAX_EPOCHS)
+    with pytest.raises(ValueError, match="epoch -1 is outside"):
+        batches("mixed", rows, epoch=-1)
+    assert batches("mixed", rows, epoch=MAX_EPOCHS - 1)
+
+
+def test_domain_order_has_a_stream_of_its_own():
+    g = stream_generator(0, 4, "domain_order")
+    assert domain_order(6, 0, 4) == torch.randperm(6, generator=g).tolist()

@@ -135,7 +135,10 @@ def test_per_domain_table_with_reference_and_cost_table():
     table = per_domain_table(runs, group_by=["model"], reference={"STAR": {"0": 0.8137}})
     assert "81.50 ± 0.71 [81.37]" in table and "| 80.00 ± 0.00 |" in table  # domain 1 has no reference
     cost = cost_table(runs, group_by=["model"]).splitlines()[2]
-    assert cost == "| star | 2 | 10 | 1,500 | 4.5 | 0.5 | 10 | 2 |"
+    assert cost == "| star | 2 | 10 | 1,500 | excl. | 4.5 | 0.5 | 10 | 2 |"  # records without recalibration_s
+    for r, recal in zip(runs, (1.0, 3.0)):
+        r.update(train_s=10.0, recalibration_s=recal)
+    assert cost_table(runs, group_by=["model"]).splitlines()[2] == "| star | 2 | 10 | 1,500 | 20% | 4.5 | 0.5 | 10 | 2 |"
 
 
 def test_results_markdown_has_every_section():

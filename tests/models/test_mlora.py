@@ -207,12 +207,15 @@ def test_model_name_suffix_and_protocol_alpha():
 
 @pytest.mark.parametrize("adapter,message", [
     ({"kind": "mlora", "alpah": 4}, "unknown config key 'alpah' in adapter"),
-    ({"kind": "mlora", "alpha": 0}, "adapter.alpha"),
-    ({"kind": "mlora", "alpha": "big"}, "adapter.alpha"),
-    ({"kind": "mlora", "targets": ["dnn", "towers"]}, "adapter.targets: 'towers'"),
-    ({"kind": "mlora", "max_adapter_params": -5}, "adapter.max_adapter_params"),
-    ({"kind": "lora"}, "adapter.kind"),
-    ({"alpha": 16}, "adapter.alpha is set but adapter.kind is 'none'"),
+    ({"kind": "mlora", "alpha": 0}, r"^adapter.alpha: 0 is not allowed; must be >= 1"),
+    ({"kind": "mlora", "alpha": "big"}, "^adapter.alpha"),
+    ({"kind": "mlora", "targets": ["dnn", "towers"]},
+     r"^adapter.targets: item 1 \('towers'\) is not allowed; must be one of 'dnn', 'output'"),
+    ({"kind": "mlora", "targets": []}, r"^adapter.targets: \[\] is not allowed; name at least one"),
+    ({"kind": "mlora", "targets": ["dnn", "dnn"]}, r"^adapter.targets: .* 'dnn' is listed twice"),
+    ({"kind": "mlora", "max_adapter_params": -5}, r"^adapter.max_adapter_params: -5 is not allowed; must be >= 1"),
+    ({"kind": "lora"}, "^adapter.kind"),
+    ({"alpha": 16}, r"^adapter.alpha: 16 is not allowed; it is used only with adapters; set adapter.kind=mlora"),
 ])
 def test_bad_adapter_config_names_the_key(adapter, message):
     data = {"protocol": "x", "model": {"name": "mlp"}, "adapter": adapter}

@@ -239,7 +239,7 @@ def test_calibration_sets_exact_per_domain_statistics():
 
 @pytest.mark.parametrize("norm_hidden", [False, True])
 def test_recompute_norm_statistics_matches_the_population_moments(norm_hidden):
-    from polyrec.training.trainer import recompute_norm_statistics
+    from polyrec.training.calibration import recompute_norm_statistics
 
     class Data:  # the minimal dataset interface recompute_norm_statistics uses
         def __init__(self, batch):

@@ -8,6 +8,7 @@ import torch
 
 from polyrec import TrainConfig, Trainer, create_model
 from polyrec.config import from_dict
+from polyrec.training.checkpoint import load_latest_checkpoint
 from polyrec.training.strategies import TrainContext, create_strategy
 from polyrec.training.strategies.dfei import DOMAIN, SHARED
 
@@ -126,7 +127,7 @@ def test_resume_equals_uninterrupted_training(tiny_dataset, tmp_path):
     Trainer(straight, tiny_dataset, cfg(max_epochs=2)).fit()
     first = dfei(tiny_dataset)
     Trainer(first, tiny_dataset, cfg(max_epochs=1), out_dir=tmp_path).fit()
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["optimizer"]
+    saved = load_latest_checkpoint(tmp_path / "checkpoints")["optimizer"]
     assert len(saved["param_groups"]) == 2  # the strategy's optimiser was checkpointed
     resumed = dfei(tiny_dataset)
     trainer = Trainer(resumed, tiny_dataset, cfg(max_epochs=2), out_dir=tmp_path, resume=True)

@@ -3,13 +3,15 @@ learning on a tiny synthetic data set, the epoch/round structure, option validat
 update checked against a hand-computed one."""
 
 import copy
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from polyrec import TrainConfig, Trainer, create_model
-from polyrec.config import ConfigError, from_dict
+from polyrec.config import ConfigError, field_check, from_dict
+from polyrec.training.checkpoint import load_latest_checkpoint
 from polyrec.training.strategies import TrainContext, create_strategy, list_strategies
 from polyrec.training.strategies.frameworks import LOG_VARS, project_conflicting
 from polyrec.training.task import BinaryTask
@@ -153,6 +155,26 @@ def test_grad_clip_bounds_the_update(tiny_dataset, name):
     # Reptile: inner_steps clipped steps of the optimiser (lr 1) per domain, averaged, times outer_lr
     bound = 1e-3 * (cfg_.inner_steps * cfg_.outer_lr if name == "reptile" else 1.0)
     assert 0 < moved.norm() <= bound * 1.001
+
+
+def test_a_step_keeps_gradients_only_on_what_its_optimiser_updates(tiny_dataset, monkeypatch):
+    model = mlp(tiny_dataset)
+    head = [p for n, p in model.named_parameters() if not n.startswith("embeddings.")]
+    tables = [p for n, p in model.named_parameters() if n.startswith("embeddings.")]
+    ctx = context(model, tiny_dataset, grad_clip=1e-3)
+    batch = domain_batch(tiny_dataset, 0)
+    ctx.step(batch)  # the context's optimiser holds every parameter
+    assert all(p.grad is not None for p in model.parameters())
+    clipped = []
+    real = torch.nn.utils.clip_grad_norm_
+    def spy(parameters, *args, **kwargs):
+        clipped.append(list(parameters))
+        return real(clipped[-1], *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    ctx.step(batch, torch.optim.SGD(head, lr=0.1))
+    assert [id(p) for p in clipped[0]] == [id(p) for p in head]  # only the updated ones count in the norm
+    assert all(p.grad is None for p in tables) and all(p.grad is not None for p in head)
 
 
 # ------------------------------------------------------------------------------------ pcgrad
@@ -359,7 +381,7 @@ def test_weighted_loss_log_variances_learn_and_are_checkpointed(tiny_dataset, tm
                     out_dir=tmp_path)
     first.fit()
     s_saved = first.strategy.log_vars.detach().clone()
-    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    checkpoint = load_latest_checkpoint(tmp_path / "checkpoints")
     torch.testing.assert_close(checkpoint["strategy"]["log_vars"], s_saved, rtol=0, atol=0)
 
     again = Trainer(mlp(tiny_dataset, seed=1), tiny_dataset,
@@ -394,3 +416,91 @@ def test_mixed_sampling_splits_each_mixed_batch_by_domain_once_per_row(tiny_data
 def test_sampling_option_is_checked():
     with pytest.raises(ConfigError, match="train.strategy_options.sampling"):
         create_strategy("pcgrad", {"sampling": "mixd"})
+
+
+# ------------------------------------------------------------------------------------ options of every strategy
+def get_strategy_class(name):
+    return type(create_strategy(name))
+
+
+def _fields(name):
+    return dataclasses.fields(get_strategy_class(name).Config)
+
+
+def test_every_option_of_every_strategy_declares_its_allowed_values():
+    for name in list_strategies():
+        for f in _fields(name):
+            check = field_check(get_strategy_class(name).Config, f.name)
+            assert check is not None, f"{name}.{f.name} has no param(...)"
+
+
+def _bad_values(check):
+    """Values of the field's type that its declared check must refuse: one past every bound, a name
+    outside the closed set, a non-bool for a flag (inf for an upper bound of inf: a finite number)."""
+    if check.choices is not None:
+        return ["bogus"]
+    if check.rule is not None:
+        return [1]
+    bad = []
+    if check.gt is not None:
+        bad.append(check.gt)
+    if check.ge is not None:
+        bad.append(check.ge - 1)
+    if check.le is not None:
+        bad.append(check.le + 0.5)
+    if check.lt is not None:
+        bad.append(check.lt)
+    return bad
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_a_bad_value_of_every_option_raises_naming_the_option(name):
+    for f in _fields(name):
+        check = field_check(get_strategy_class(name).Config, f.name)
+        values = _bad_values(check)
+        assert values, f"{name}.{f.name}: no bad value derived from {check}"
+        for value in values:
+            with pytest.raises(ConfigError, match=f"^train.strategy_options.{f.name}: "):
+                create_strategy(name, {f.name: value})
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("mamdr", {"specific_lr": 1.5}, "specific_lr: 1.5 is not allowed; must be > 0 and <= 1"),  # a rate in (0, 1]
+    ("domain_negotiation", {"outer_lr": 0.0}, "outer_lr: 0.0 is not allowed; must be > 0 and <= 1"),
+    ("domain_regularization", {"outer_lr": 2.0}, "outer_lr: 2.0 is not allowed; must be > 0 and <= 1"),
+    ("reptile", {"outer_lr": -0.1}, "outer_lr: -0.1 is not allowed; must be >= 0 and <= 1"),  # a rate in [0, 1]
+    ("mamdr", {"helper_batches": 0}, "helper_batches: 0 is not allowed; must be >= 1"),  # an optional count
+    ("alternate_finetune", {"alternate_epochs": 0}, "alternate_epochs: 0 is not allowed; must be >= 1"),  # a count
+    ("two_phase", {"pretrain_epochs": -1}, "pretrain_epochs: -1 is not allowed; must be >= 0"),
+    ("maml", {"inner_lr": float("nan")}, "inner_lr: nan is not allowed; must be >= 0 and < inf"),  # a finite lr
+    ("weighted_loss", {"log_var_lr": float("inf")}, "log_var_lr: inf is not allowed; must be > 0 and < inf"),
+    ("mamdr", {"specific_parameters": "sparse"},
+     r"specific_parameters: value 'sparse' is not one of \['all', 'dense'\]"),  # a closed set
+    ("dfei_cyclic", {"shuffle_order": "yes"}, "shuffle_order: expected true or false, got 'yes'"),  # a flag
+])
+def test_bad_option_messages_name_the_path_the_value_and_what_is_allowed(name, options, message):
+    with pytest.raises(ConfigError, match=f"^train.strategy_options.{message}$"):
+        create_strategy(name, options)
+
+
+def test_options_built_directly_are_checked_too():
+    from polyrec.training.strategies.frameworks import MAML
+    from polyrec.training.strategies.mamdr import MAMDR
+
+    with pytest.raises(ConfigError, match=r"^train.strategy_options.inner_steps: -1 is not allowed; must be >= 0$"):
+        MAML(MAML.Config(inner_steps=-1))
+    with pytest.raises(ConfigError, match="^train.strategy_options.regularize: 1 is not allowed; must be true or f"):
+        MAMDR(MAMDR.Config(regularize=1))
+    with pytest.raises(ConfigError, match="specific_parameters: 'sparse' is not allowed; must be one of 'all', 'dense"):
+        MAMDR(MAMDR.Config(specific_parameters="sparse"))
+
+
+def test_a_taken_strategy_name_cannot_be_registered_again():
+    from polyrec.training.strategies import Strategy, register_strategy
+
+    taken = r"strategy name 'maml' is already registered by polyrec.training.strategies.frameworks.MAML; "
+    with pytest.raises(ValueError, match=taken + r"register .*Impostor under another name"):
+        @register_strategy("maml")
+        class Impostor(Strategy):
+            pass
+    assert get_strategy_class("maml").__name__ == "MAML"

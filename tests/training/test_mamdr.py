@@ -302,7 +302,7 @@ def test_model_at_strategy_names_a_run_trained_with_that_strategy():
         make_config("ml1m-age7", "mlp@mamdr", overrides=["train.strategy=joint"])
     with pytest.raises(ConfigError, match="train.strategy: unknown strategy 'mamdrr'.*mamdr"):
         make_config("ml1m-age7", "mlp@mamdrr")
-    with pytest.raises(ConfigError, match="outer_lr must be in"):
+    with pytest.raises(ConfigError, match=r"train.strategy_options.outer_lr: 2.0 is not allowed; must be > 0 and <= 1"):
         make_config("ml1m-age7", "mlp@mamdr", overrides=["train.strategy_options.outer_lr=2"])
 
 
@@ -310,3 +310,66 @@ def test_domain_regularization_is_mamdr_with_alternate_training_of_the_shared_pa
     s = create_strategy("domain_regularization")
     assert isinstance(s, MAMDR) and s.config.outer_lr == 1.0 and s.config.regularize
     assert create_strategy("domain_regularization", {"outer_lr": 0.5}).config.outer_lr == 0.5
+
+
+# ------------------------------------------------------------------------------------------------ gradients
+def embedding_parameters(model):
+    return [(n, p) for n, p in model.model.named_parameters() if n.startswith("embeddings.")]
+
+
+@pytest.mark.parametrize("strategy,options", [
+    ("mamdr", {"specific_parameters": "dense"}),
+    ("domain_regularization", {"specific_parameters": "dense"}),
+    ("alternate_finetune", {"specific_parameters": "dense", "alternate_epochs": 1}),
+])
+def test_phases_that_train_dense_offsets_leave_no_embedding_gradients(tiny_dataset, strategy, options):
+    """The embedding tables stay shared while the offsets train: no gradient may pile up on them."""
+    s = create_strategy(strategy, options)
+    model = s.prepare_model(mlp(tiny_dataset))
+    ctx = context(model, tiny_dataset, cfg(strategy, **options))
+    s.setup(ctx)
+    for epoch in range(2):  # alternate_finetune: epoch 0 Alternate, epoch 1 finetuning
+        s.run_epoch(ctx, epoch)
+    assert embedding_parameters(model)
+    for name, p in embedding_parameters(model):
+        assert p.grad is None or not p.grad.any(), f"{name} holds a gradient after the phase that does not train it"
+        assert p.requires_grad  # frozen only while the offsets train
+
+
+def test_grad_clip_norm_counts_only_the_parameters_the_step_updates(tiny_dataset, monkeypatch):
+    """With grad_clip on, DR's clipping norm is the norm of the dense parameters' gradients alone."""
+    s = create_strategy("mamdr", {"specific_parameters": "dense"})
+    model = s.prepare_model(mlp(tiny_dataset))
+    ctx = context(model, tiny_dataset, cfg("mamdr"))
+    ctx.grad_clip = 1e-3
+    s.setup(ctx)
+    trained = model.shared_parameters()
+    assert len(trained) < len(list(model.model.parameters()))  # the embeddings are not among them
+    norms = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in trained]))
+        total = real(parameters, max_norm, *args, **kwargs)
+        norms.append((float(total), float(expected)))
+        return total
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    s.regularize(ctx, 0, _Passes(ctx, 0))
+    assert norms
+    for total, expected in norms:
+        assert total == pytest.approx(expected, rel=1e-6)
+
+
+def test_train_specific_freezes_the_parameters_without_offsets_and_restores_them(tiny_dataset):
+    model = DomainSpecificModel(mlp(tiny_dataset), include="dense")
+    embeddings = [p for _, p in embedding_parameters(model)]
+    with model.train_specific(1):
+        assert not any(p.requires_grad for p in embeddings)
+        assert all(p.requires_grad for p in model.shared_parameters())
+    assert all(p.requires_grad for p in embeddings)
+    with pytest.raises(RuntimeError, match="boom"):
+        with model.train_specific(0):
+            raise RuntimeError("boom")
+    assert all(p.requires_grad for p in embeddings)

@@ -66,7 +66,7 @@ def test_strategies_use_their_samplers(ds, strategy, sampler, monkeypatch):
 def test_unknown_strategy_and_monitor_raise(ds):
     with pytest.raises(KeyError, match="altrenate.*alternate"):
         create_strategy("altrenate")
-    with pytest.raises(ValueError, match="train.monitor 'acc'"):
+    with pytest.raises(ValueError, match="monitor: 'acc' is not allowed; must be one of 'auc_mean'"):
         Trainer(model_for(ds), ds, cfg(monitor="acc"))
     assert {"joint", "domain_batched", "alternate"} <= set(list_strategies())
 

@@ -7,6 +7,15 @@ import torch
 from polyrec import TrainConfig, Trainer, create_model
 from polyrec.config import ConfigError, from_dict
 from polyrec.models.adapters import attach_mlora
+from polyrec.training import calibration
+
+
+@pytest.fixture
+def trainer_uses_calibration(monkeypatch):
+    """Make the Trainer recalibrate with :mod:`polyrec.training.calibration` (a no-op once it imports it)."""
+    from polyrec.training import trainer
+
+    monkeypatch.setattr(trainer, "recompute_norm_statistics", calibration.recompute_norm_statistics, raising=False)
 
 
 def adapted(ds, name="mlp", seed=0, **kw):
@@ -50,6 +59,23 @@ def test_phase_one_trains_backbone_phase_two_only_adapters(tiny_dataset, name, k
         assert torch.equal(v, buffers1[k]), k
     assert all(not p.requires_grad for p in model.backbone_parameters())
     assert all(p.requires_grad for p in model.adapter_parameters())
+
+
+def test_phase_two_keeps_the_hidden_partitioned_norm_statistics_of_star(tiny_dataset, trainer_uses_calibration):
+    # Phase 2 changes the inputs of STAR's hidden norms (the adapters act on the star layers before them);
+    # precise normalisation statistics must not recalibrate the frozen norms on those inputs.
+    model = adapted(tiny_dataset, "star", norm_hidden=True)
+    trainer = Trainer(model, tiny_dataset, cfg(max_epochs=1, precise_norm_stats=True))
+    trainer.fit()  # epoch 0: phase 1, statistics recalibrated
+    norms = model.backbone.hidden_norms
+    phase_one = [(n.running_mean.clone(), n.running_var.clone()) for n in norms]
+    assert any(not torch.equal(m, torch.zeros_like(m)) for m, _ in phase_one)
+
+    trainer.config = from_dict(TrainConfig, {**cfg().__dict__, "max_epochs": 3, "precise_norm_stats": True})
+    trainer.fit()  # epochs 1-2: phase 2
+    assert [r["train_phase"] for r in trainer.history] == [1.0, 2.0, 2.0]
+    for norm, (mean, var) in zip(norms, phase_one):
+        assert torch.equal(norm.running_mean, mean) and torch.equal(norm.running_var, var)
 
 
 def test_resume_in_phase_two_keeps_backbone_frozen(tiny_dataset, tmp_path):

@@ -15,11 +15,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Union
 
-__all__ = ["CACHE_ENV_VAR", "cache_dir", "atomic_write_bytes", "atomic_write", "sha256_file"]
+__all__ = [
+    "CACHE_ENV_VAR",
+    "ABANDONED_AFTER_S",
+    "cache_dir",
+    "atomic_write_bytes",
+    "atomic_write",
+    "sha256_file",
+    "temp_prefix",
+    "remove_abandoned",
+]
 
 #: Environment variable that overrides the default cache location.
 CACHE_ENV_VAR = "POLYREC_CACHE"
@@ -64,6 +77,93 @@ def cache_dir() -> Path:
     return root
 
 
+# ----------------------------------------------------------------------------- temporary names
+
+#: A temporary file or folder older than this is abandoned whoever wrote it: no write takes hours, and
+#: a pid cannot be checked from another machine (a shared cache) or on Windows.
+ABANDONED_AFTER_S = 6 * 3600
+
+# ``.tmp-<pid>-<host>-<random>`` (or ``.old-``): the writer's pid and host are in the name.
+_TEMP_NAME = re.compile(r"^\.(?:tmp|old)-(\d+)-([A-Za-z0-9._]*)-")
+
+
+def _host_tag() -> str:
+    # Only characters that cannot be confused with the name's separators.
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40]
+
+
+def temp_prefix(kind: str = "tmp") -> str:
+    """Prefix of a temporary name that records which process wrote it: ``.{kind}-{pid}-{host}-``.
+
+    A writer killed part-way (``kill -9``, power loss) cannot clean up after itself; the pid in the name
+    lets :func:`remove_abandoned` tell its leftovers from the files of a writer still at work.
+
+    Args:
+        kind: ``tmp`` (a file or folder being written) or ``old`` (an entry being replaced).
+    """
+    if kind not in ("tmp", "old"):
+        raise ValueError(f"temp_prefix: kind must be 'tmp' or 'old', got {kind!r}")
+    return f".{kind}-{os.getpid()}-{_host_tag()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_abandoned(folder: PathLike, max_age_s: float = ABANDONED_AFTER_S) -> list[Path]:
+    """Delete the temporary files and folders (``.tmp-*``, ``.old-*``) that dead writers left in ``folder``.
+
+    One is abandoned when its name records a process of this machine that no longer runs, or when it is
+    older than ``max_age_s`` (names without a pid, written by older versions, other machines sharing the
+    cache, and pids reused by a new process). Temporaries of live writers are kept.
+
+    Args:
+        folder: the folder to clean (a missing folder is nothing to clean).
+        max_age_s: age (seconds since the last change) after which any temporary is abandoned.
+
+    Returns:
+        The paths removed.
+    """
+    root = Path(folder)
+    try:
+        entries = list(root.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    host, now, removed = _host_tag(), time.time(), []
+    for path in entries:
+        if not path.name.startswith((".tmp-", ".old-")):
+            continue
+        try:
+            age = now - path.lstat().st_mtime
+        except FileNotFoundError:  # its writer finished (or cleaned up) meanwhile
+            continue
+        match = _TEMP_NAME.match(path.name)
+        # os.kill(pid, 0) on Windows would terminate the process: there, only the age counts.
+        dead = (match is not None and match.group(2) == host and os.name != "nt"
+                and not _pid_alive(int(match.group(1))))
+        if not (dead or age > max_age_s):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+# ------------------------------------------------------------------------------------ atomic writes
+
+
 def _fsync_path(path: Path) -> None:
     # Flush file contents to disk before the rename so that a power loss
     # cannot leave the new name pointing at an empty inode.
@@ -79,7 +179,7 @@ def _temp_sibling(path: Path) -> Path:
     # os.replace is only atomic within one filesystem. Keeping the target's
     # name as the suffix preserves its extension, which writers such as
     # DataFrame.to_csv use to pick a compression codec.
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{path.name}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix("tmp"), suffix=f"-{path.name}", dir=path.parent)
     os.close(fd)
     return Path(tmp)
 

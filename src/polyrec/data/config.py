@@ -3,6 +3,10 @@
 A :class:`DataConfig` is plain data (YAML-serialisable). Splitting MovieLens by occupation instead of
 gender, or loading a CSV of your own, is a change of config, not of code.
 
+Every field that allows only some values declares them with :func:`~polyrec.config.param`, so a bad
+value is refused when the config is read (``data.split.ratios: [0.5, 0.2, 0.2] is not allowed; ...``),
+not half-way through an encoding.
+
 Example (YAML)::
 
     source: {kind: csv, path: clicks.csv}
@@ -17,8 +21,46 @@ Example (YAML)::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
+
+from ..config import field_error, param
+
+
+def _rule(ok: Callable[[Any], bool], allowed: str) -> Callable[[Any], str | None]:
+    """A ``param(rule=...)`` function: None when ``ok(value)``, else the error text naming the value."""
+
+    def check(value: Any) -> str | None:
+        return None if ok(value) else f"{value!r} is not allowed; {allowed}"
+
+    return check
+
+
+_NON_EMPTY = _rule(lambda v: isinstance(v, str) and v != "", "must be a non-empty string")
+_FINITE = _rule(lambda v: math.isfinite(v), "must be a finite number")
+
+
+def _groups_error(groups: dict[str, list[Any]]) -> str | None:
+    if not groups:
+        return (f"{groups!r} is not allowed; name at least one domain (name: [raw values]), or leave groups "
+                "unset to make each distinct value its own domain")
+    for name, values in groups.items():
+        if not name:
+            return f"{groups!r} is not allowed; every domain needs a non-empty name"
+        if not values:
+            return (f"{groups!r} is not allowed; domain {name!r} lists no raw values: give it at least one, "
+                    "or remove it")
+    return None
+
+
+def _unique_names_error(features: tuple["FeatureConfig", ...]) -> str | None:
+    names = [f.name for f in features]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        return (f"names {names} are not allowed; duplicate names {dup}: every feature needs its own name (set "
+                "column: to read one raw column as two features)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -30,16 +72,26 @@ class SourceConfig:
             ``parquet``, ``atomic`` (RecBole atomic files: ``path`` is the folder, ``name`` the prefix) or
             ``synthetic`` (``options`` are :func:`polyrec.data.sources.make_synthetic` arguments).
         name: data set name for ``movielens`` and ``atomic``.
-        path: local file or folder; for ``movielens`` optional (a GroupLens zip/folder or the wheel).
-        sep: field separator for ``csv``.
+        path: local file or folder (required for ``csv``, ``parquet`` and ``atomic``); for ``movielens``
+            optional (a GroupLens zip/folder or the wheel).
+        sep: field separator for ``csv``. Unset: inferred from the file name (tab for ``.tsv`` / ``.tab``,
+            compressed too, such as ``.tsv.gz``; ``","`` otherwise). A Parquet file has no separator, so
+            setting one for ``parquet`` is an error; the other kinds ignore it.
         options: source-specific arguments (synthetic generator parameters).
     """
 
     kind: Literal["movielens", "csv", "parquet", "atomic", "synthetic"] = "movielens"
-    name: str = "ml-1m"
-    path: str | None = None
-    sep: str = ","
+    name: str = param("ml-1m", rule=_NON_EMPTY)
+    path: str | None = param(None, rule=_NON_EMPTY)
+    sep: str | None = param(None, rule=_NON_EMPTY)
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind in ("csv", "parquet", "atomic") and not self.path:
+            raise field_error("path", self.path, f"kind {self.kind!r} reads local files: set data.source.path "
+                                                 "to the file (or folder) to read")
+        if self.sep is not None and self.kind == "parquet":
+            raise field_error("sep", self.sep, "data.source.sep applies to csv files only; remove it for parquet")
 
 
 @dataclass(frozen=True)
@@ -49,9 +101,9 @@ class LabelRule:
     ``op: identity`` takes the column as is; its values must already be 0 or 1.
     """
 
-    column: str = "label"
+    column: str = param("label", rule=_NON_EMPTY)
     op: Literal["identity", "eq", "gt", "ge", "lt", "le"] = "identity"
-    threshold: float = 0.0
+    threshold: float = param(0.0, rule=_FINITE)
 
 
 @dataclass(frozen=True)
@@ -65,8 +117,8 @@ class DomainRule:
         as_feature: also expose the domain indicator as a sparse input feature named ``domain``.
     """
 
-    column: str = "domain"
-    groups: dict[str, list[Any]] | None = None
+    column: str = param("domain", rule=_NON_EMPTY)
+    groups: dict[str, list[Any]] | None = param(None, rule=_groups_error)
     as_feature: bool = False
 
 
@@ -78,24 +130,41 @@ class FeatureConfig:
         name: feature name in the schema.
         column: raw column (defaults to ``name``).
         kind: ``sparse``, ``multi`` (a string of ids joined by ``sep``) or ``dense``.
-        min_count: ids seen fewer times than this in the training split map to the OOV bucket.
+        min_count: ids seen fewer times than this in the training split map to the OOV bucket (>= 1).
         sep: separator of a multi-valued column.
         max_len: padded length of a multi-valued feature (0: the longest list in the training split).
         transform: dense scaling fitted on the training split: ``minmax``, ``standard``, ``log1p_minmax``
             or ``none``.
     """
 
-    name: str
-    column: str | None = None
+    name: str = param(rule=_NON_EMPTY)
+    column: str | None = param(None, rule=_NON_EMPTY)
     kind: Literal["sparse", "multi", "dense"] = "sparse"
-    min_count: int = 1
-    sep: str = "|"
-    max_len: int = 0
+    min_count: int = param(1, ge=1)
+    sep: str = param("|", rule=_NON_EMPTY)
+    max_len: int = param(0, ge=0)
     transform: Literal["minmax", "standard", "log1p_minmax", "none"] = "minmax"
 
     @property
     def source_column(self) -> str:
         return self.column or self.name
+
+
+def ratios_ok(ratios: Any) -> bool:
+    """Three finite non-negative fractions summing to 1 (within 1e-6), the training one > 0.
+
+    A tiny negative from float arithmetic (``1 - 0.8 - 0.2 = -5.6e-17``) counts as 0.
+    """
+    try:
+        values = [float(r) for r in ratios]
+    except (TypeError, ValueError):
+        return False
+    return (
+        len(values) == 3
+        and all(math.isfinite(r) and r >= -1e-9 for r in values)
+        and abs(sum(values) - 1.0) <= 1e-6
+        and values[0] > 0
+    )
 
 
 @dataclass(frozen=True)
@@ -106,15 +175,33 @@ class SplitConfig:
         method: ``stratified_domain`` (within each domain, stratified by label), ``random`` (global random
             permutation), ``user`` (users, not rows, are split) or ``time`` (by ``time_column``, oldest rows
             train).
-        ratios: train, validation, test fractions summing to 1.
-        seed: split seed, independent of every model seed.
+        ratios: train, validation, test fractions summing to 1 (train > 0: processing is fitted on it).
+        seed: split seed (>= 0), independent of every model seed.
         time_column: timestamp column for ``time``.
+        dedupe: remove exact duplicate rows (identical in every column the data config reads: features,
+            label, domain, and the time column of a ``time`` split) before splitting, keeping the first
+            occurrence; the number removed is in ``report["duplicates"]["removed"]``. Off by default: the
+            published protocols split the rows as they are. Duplicates that land in train and in val/test
+            are counted (and warned about) either way.
+        untrained_domains: what to do with a domain that gets no training rows: ``error`` (the default; its
+            test metrics would come from untrained parameters) or ``drop`` (remove its validation and test
+            rows, counted in ``report["dropped_untrained"]``; the domain stays in the schema).
     """
 
     method: Literal["stratified_domain", "random", "user", "time"] = "stratified_domain"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 2024
-    time_column: str = "timestamp"
+    seed: int = param(2024, ge=0)
+    time_column: str = param("timestamp", rule=_NON_EMPTY)
+    dedupe: bool = False
+    untrained_domains: Literal["error", "drop"] = "error"
+
+    def __post_init__(self) -> None:
+        if not ratios_ok(self.ratios):
+            raise field_error(
+                "ratios", list(self.ratios) if isinstance(self.ratios, (list, tuple)) else self.ratios,
+                "must be three finite non-negative fractions (train, val, test) summing to 1 with train > 0, "
+                "for example [0.8, 0.1, 0.1]",
+            )
 
 
 @dataclass(frozen=True)
@@ -127,6 +214,17 @@ class DataConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     label: LabelRule = field(default_factory=LabelRule)
     domain: DomainRule = field(default_factory=DomainRule)
-    features: tuple[FeatureConfig, ...] = ()
-    user_feature: str | None = None
+    features: tuple[FeatureConfig, ...] = param((), rule=_unique_names_error)
+    user_feature: str | None = param(None, rule=_NON_EMPTY)
     split: SplitConfig = field(default_factory=SplitConfig)
+
+    def __post_init__(self) -> None:
+        sparse = [f.name for f in self.features if f.kind == "sparse"]
+        if self.user_feature is not None and self.user_feature not in sparse:
+            raise field_error("user_feature", self.user_feature,
+                              f"data.user_feature must name a sparse feature in data.features (sparse features: "
+                              f"{sparse}); set it to one of them or leave it unset")
+        if self.domain.as_feature and "domain" in [f.name for f in self.features]:
+            raise field_error("features", [f.name for f in self.features],
+                              "data.domain.as_feature adds a feature named 'domain'; rename the feature called "
+                              "'domain' or set data.domain.as_feature: false")

@@ -3,7 +3,11 @@
 :func:`build_dataset` turns a :class:`~polyrec.data.config.DataConfig` into an :class:`EncodedDataset`:
 load the raw rows, derive label and domain, split (with the split's own seed), fit processing on the
 training rows only, encode everything vectorised, and cache the result on disk under a content hash of
-the config and the source files. A second build of the same config loads the cached arrays.
+the config and the source files. A second build of the same config loads the cached arrays, after
+checking every file of the entry against the sha256 sums of its ``manifest.json``.
+
+:func:`data_fingerprint` says which data a run saw (source files and their sha256, split hash, rows per
+split and domain), in plain JSON for the run directory.
 
 Example:
     >>> ds = build_dataset(preset("ml1m-gender").data)            # doctest: +SKIP
@@ -13,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -21,6 +26,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,15 +36,20 @@ from torch import Tensor
 from ..config import to_dict
 from . import sources
 from .batch import Batch
-from .cache import cache_dir, sha256_file
-from .config import DataConfig, SourceConfig
-from .processing import FittedProcessing, _as_str, encode_multi, fit_processing
+from .cache import cache_dir, remove_abandoned, sha256_file, temp_prefix
+from .config import DataConfig, SourceConfig, SplitConfig
+from .processing import FittedProcessing, _as_str, _dense_values, encode_multi, fit_processing
 from .schema import FIRST_INDEX, DatasetSchema, DomainSpec, FeatureSpec
 
 # 2: ``user`` holds the raw user identity (factorised), not the vocabulary index; domain rule keys are
 #    order-sensitive.
-FORMAT_VERSION = 2
+# 3: every entry has a manifest.json with the sha256 of each file (entries without one are rebuilt); the
+#    report holds the source files' sha256, duplicate counts and rows dropped for untrained domains; id
+#    columns of csv/parquet sources are read exactly (never through float64).
+FORMAT_VERSION = 3
 SPLITS = ("train", "val", "test")
+#: The file of a cache entry that lists every other file with its size and sha256.
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -101,6 +112,41 @@ class EncodedDataset:
         if oov:
             lines.append(f"  OOV rows (val/test ids unseen in train): {oov}")
         return "\n".join(lines)
+
+    def oov_table(self) -> str:
+        """Rows per feature and split whose id maps to the OOV bucket, as a compact text table.
+
+        One line per feature with an OOV row in some split (in schema order), one column per split: the
+        row count and its share of the split. Ids unseen in training (or rarer than ``min_count``) all
+        share one embedding, so a large share in val/test is worth knowing before reading the metrics.
+
+        Returns:
+            The table, or ``""`` when no row of any split is OOV (nothing to print).
+
+        Example::
+
+            OOV rows  train         val         test
+            user_id       0    2 (0.4%)    4 (0.8%)
+            item_id       0    4 (0.8%)   11 (2.2%)
+        """
+        oov = self.report.get("oov") or {}
+        seen = {k for s in SPLITS for k, n in (oov.get(s) or {}).items() if n}
+        if not seen:
+            return ""
+        order = [f.name for f in self.schema.features]
+        features = [f for f in order if f in seen] + sorted(seen - set(order))
+
+        def cell(n: int, size: int) -> str:
+            return f"{n:,}" if n == 0 or size == 0 else f"{n:,} ({100.0 * n / size:.1f}%)"
+
+        rows = [["OOV rows", *SPLITS]]
+        for f in features:
+            rows.append([f, *(cell(int((oov.get(s) or {}).get(f, 0)), len(self.splits[s])) for s in SPLITS)])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = []
+        for r in rows:
+            lines.append("  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
+        return "\n".join(line.rstrip() for line in lines)
 
 
 def split_hash(splits: dict[str, Tensor | np.ndarray]) -> str:
@@ -203,14 +249,29 @@ def make_splits(
 # ----------------------------------------------------------------------------------------- raw -> rows
 
 
-def load_source(cfg: SourceConfig) -> pd.DataFrame:
-    """Load the raw interaction rows of a source as one DataFrame."""
+def id_columns(cfg: DataConfig) -> tuple[str, ...]:
+    """The raw columns that hold identifiers: sparse and multi-valued features (the user feature is one),
+    and the domain column. :func:`load_source` reads them exactly, never through float64."""
+    cols = [f.source_column for f in cfg.features if f.kind in ("sparse", "multi")]
+    cols.append(cfg.domain.column)
+    return tuple(dict.fromkeys(cols))
+
+
+def load_source(cfg: SourceConfig, id_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Load the raw interaction rows of a source as one DataFrame.
+
+    Args:
+        cfg: the source.
+        id_columns: identifier columns of a ``csv`` / ``parquet`` source (see :func:`id_columns`): read as
+            exact integers or text, so that ids above 2**53 stay distinct even in a column with empty
+            cells. The other kinds read ids as text already.
+    """
     if cfg.kind == "movielens":
         return sources.load_movielens(cfg.name, path=cfg.path)
     if cfg.kind in ("csv", "parquet"):
         if not cfg.path:
             raise ValueError(f"data.source.path is required for kind {cfg.kind!r}")
-        return sources.load_table(cfg.path, format=cfg.kind, sep=cfg.sep)
+        return sources.load_table(cfg.path, format=cfg.kind, sep=cfg.sep, id_columns=tuple(id_columns))
     if cfg.kind == "atomic":
         if not cfg.path:
             raise ValueError("data.source.path (the folder of atomic files) is required for kind 'atomic'")
@@ -220,26 +281,61 @@ def load_source(cfg: SourceConfig) -> pd.DataFrame:
     raise ValueError(f"data.source.kind {cfg.kind!r} is not one of movielens, csv, parquet, atomic, synthetic")
 
 
-def source_fingerprint(cfg: SourceConfig) -> str:
-    """Content hash of the source files (the synthetic generator is identified by its options)."""
+def load_rows(cfg: DataConfig) -> pd.DataFrame:
+    """The raw rows of ``cfg.source``, with the identifier columns of ``cfg`` read exactly."""
+    return load_source(cfg.source, id_columns(cfg))
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def source_files(cfg: SourceConfig) -> dict[str, str]:
+    """The sha256 of every file the source reads, hashed now: ``{name: sha256}``.
+
+    A single file is named by its file name, the files of a folder by their path relative to it (every
+    file of the folder, sorted). The MovieLens wheel is its file name with the pinned digest (the download
+    is verified against it). A synthetic source reads no file: its entry ``options.json`` is the sha256 of
+    its generator options as sorted JSON. Comparing this with a run's recorded
+    :func:`data_fingerprint` tells whether the source changed since.
+    """
     if cfg.kind == "synthetic":
-        return "synthetic"
+        return {"options.json": _sha256_text(json.dumps(cfg.options, sort_keys=True, default=str))}
     if cfg.kind == "movielens" and cfg.path is None:
         # fetch_movielens_wheel verifies the file against the pinned digest; no need to hash it twice.
         sources.fetch_movielens_wheel()
-        return sources.MOVIELENS_WHEEL["sha256"]
+        return {sources.MOVIELENS_WHEEL["filename"]: sources.MOVIELENS_WHEEL["sha256"]}
     if cfg.path is None:
         raise ValueError(f"data.source.path is required for kind {cfg.kind!r}")
     path = Path(cfg.path).expanduser()
+    if not path.exists() and cfg.kind == "atomic":
+        # A prefix such as data/ml-1m/ml-1m: the atomic files it names.
+        folder, name = sources.tabular._atomic_paths(path, cfg.name)
+        files = [folder / f"{name}.{ext}" for ext in ("inter", "user", "item")]
+        return {f.name: sha256_file(f) for f in files if f.is_file()}
     if not path.exists():
         raise FileNotFoundError(f"data.source.path {str(path)!r} does not exist")
     if path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(str(f.relative_to(path)).encode())
-            h.update(sha256_file(f).encode())
-        return h.hexdigest()
-    return sha256_file(path)
+        return {f.relative_to(path).as_posix(): sha256_file(f)
+                for f in sorted(p for p in path.rglob("*") if p.is_file())}
+    return {path.name: sha256_file(path)}
+
+
+def _fingerprint_of(cfg: SourceConfig, files: dict[str, str]) -> str:
+    """One hash for the files of a source: a file's own sha256, or a hash over a folder's names and sums."""
+    path = Path(cfg.path).expanduser() if cfg.path else None
+    if len(files) == 1 and not (path is not None and path.is_dir()):
+        return next(iter(files.values()))
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode())
+        h.update(files[name].encode())
+    return h.hexdigest()
+
+
+def source_fingerprint(cfg: SourceConfig) -> str:
+    """Content hash of the source files, one hex digest (the synthetic generator: of its options)."""
+    return _fingerprint_of(cfg, source_files(cfg))
 
 
 def derive_label(frame: pd.DataFrame, rule) -> np.ndarray:
@@ -355,7 +451,7 @@ def encode_rows(
             if truncated is not None:
                 truncated[fc.name] = cut
         else:
-            dense_cols.append(fitted.scalers[fc.name].transform_values(col.to_numpy()))
+            dense_cols.append(fitted.scalers[fc.name].transform_values(_dense_values(col)))
     n = len(frame)
     arrays = {
         "sparse": np.stack(sparse_cols, axis=1) if sparse_cols else np.zeros((n, 0), np.int64),
@@ -401,12 +497,96 @@ def _validate(cfg: DataConfig) -> None:
         raise ValueError(f"data.user_feature {cfg.user_feature!r} must name a sparse feature in data.features")
 
 
+def duplicate_columns(cfg: DataConfig) -> tuple[str, ...]:
+    """The raw columns two rows must agree on to be exact duplicates: every feature's column, the label
+    and domain columns, and the time column of a ``time`` split (everything the encoded row is made of)."""
+    cols = [f.source_column for f in cfg.features] + [cfg.label.column, cfg.domain.column]
+    if cfg.split.method == "time":
+        cols.append(cfg.split.time_column)
+    return tuple(dict.fromkeys(cols))
+
+
+def row_groups(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """Per-row id of its group of exact duplicates over ``columns`` (0..G-1, in order of first appearance).
+
+    Each column is factorised (missing cells are one value of their own), and the codes are combined as
+    one mixed-radix integer per row, compressed again whenever it would overflow: exact, vectorised.
+    """
+    n = len(frame)
+    key = np.zeros(n, dtype=np.int64)
+    size = 1
+    for c in columns:
+        codes, uniques = pd.factorize(frame[c], use_na_sentinel=False)
+        card = max(len(uniques), 1)
+        if size * card >= 2**62:
+            key, uniq = pd.factorize(key)
+            size = max(len(uniq), 1)
+        key = key * card + codes.astype(np.int64)
+        size *= card
+    return pd.factorize(key)[0].astype(np.int64)
+
+
+def _duplicate_report(groups: np.ndarray, splits: dict[str, np.ndarray]) -> dict[str, int]:
+    counts = np.bincount(groups) if len(groups) else np.zeros(0, np.int64)
+    in_train = np.zeros(len(counts), dtype=bool)
+    in_train[groups[splits["train"]]] = True
+    return {
+        # Validation / test rows that have an exact copy among the training rows: their metrics partly
+        # measure memorisation.
+        "val_in_train": int(in_train[groups[splits["val"]]].sum()),
+        "test_in_train": int(in_train[groups[splits["test"]]].sum()),
+        # Rows of the data set (any split) with at least one exact copy.
+        "rows_with_copies": int((counts[groups] > 1).sum()),
+    }
+
+
+def _warn_duplicates(report: dict) -> None:
+    dup = report.get("duplicates") or {}
+    val, test = int(dup.get("val_in_train", 0)), int(dup.get("test_in_train", 0))
+    if val or test:
+        warnings.warn(
+            f"{val} validation and {test} test row(s) have an exact duplicate in the training split "
+            f"(identical in columns {dup.get('columns')}); their metrics partly measure memorisation. Set "
+            "data.split.dedupe: true to remove exact duplicates before splitting",
+            stacklevel=3,
+        )
+
+
+def _untrained_domains(domain: np.ndarray, splits: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Domains with validation or test rows but no training row: name -> rows per split."""
+    counts = {s: np.bincount(domain[splits[s]], minlength=len(names)) for s in SPLITS}
+    return {
+        names[d]: {"val": int(counts["val"][d]), "test": int(counts["test"][d])}
+        for d in range(len(names))
+        if counts["train"][d] == 0 and counts["val"][d] + counts["test"][d] > 0
+    }
+
+
+def _check_nonempty_splits(splits: dict[str, np.ndarray], n: int, split: SplitConfig, note: str = "") -> None:
+    for s in SPLITS:
+        if len(splits[s]) == 0 and split.ratios[SPLITS.index(s)] > 0:
+            raise ValueError(f"split {s!r} is empty ({n} rows, ratios {list(split.ratios)}){note}")
+
+
 def encode_frame(frame: pd.DataFrame, cfg: DataConfig) -> EncodedDataset:
     """Split, fit on the training rows, and encode ``frame`` (no cache).
 
     ``EncodedDataset.user`` (for GAUC and the user split) is the raw user identity, factorised to
     0..U-1 in order of first appearance: it is *not* the embedding index, which maps every user unseen
     in training (or rarer than ``min_count``) to the one OOV bucket and would merge them into one "user".
+
+    Besides the split, two data-trust rules apply here (not in :func:`make_splits`, which also splits the
+    rows of a domain a trained model has never seen):
+
+    - exact duplicate rows (:func:`duplicate_columns`) with a copy in train and another in val or test
+      are counted in ``report["duplicates"]`` and warned about; ``split.dedupe`` removes exact
+      duplicates before splitting (keeping the first occurrence);
+    - a domain with no training row is an error, or with ``split.untrained_domains: drop`` its val/test
+      rows are removed (``report["dropped_untrained"]``); the domain stays in the schema.
+
+    Raises:
+        ValueError: a domain has no training rows (naming it and its val/test rows), an empty split, or
+            any error of the label, domain and feature rules.
     """
     _validate(cfg)
     t0 = time.perf_counter()
@@ -419,24 +599,47 @@ def encode_frame(frame: pd.DataFrame, cfg: DataConfig) -> EncodedDataset:
             )
     label = derive_label(frame, cfg.label)
     domain, names = derive_domain(frame, cfg.domain)
+    if cfg.split.method == "time" and cfg.split.time_column not in frame.columns:
+        raise KeyError(f"split.time_column {cfg.split.time_column!r} is not a column; columns: {list(frame.columns)}")
+    dup_cols = duplicate_columns(cfg)
+    groups = row_groups(frame, dup_cols)
+    removed = 0
+    if cfg.split.dedupe:
+        keep = np.zeros(len(frame), dtype=bool)
+        keep[np.unique(groups, return_index=True)[1]] = True  # the first row of each group
+        removed = int(len(frame) - keep.sum())
+        if removed:
+            frame = frame.iloc[np.flatnonzero(keep)].reset_index(drop=True)
+            label, domain, groups = label[keep], domain[keep], groups[keep]
     users = None
     if cfg.user_feature is not None:
         fc = next(f for f in cfg.features if f.name == cfg.user_feature)
-        if fc.source_column not in frame.columns:
-            raise KeyError(
-                f"data.user_feature {fc.name!r}: column {fc.source_column!r} is not in the data; "
-                f"columns: {list(frame.columns)}"
-            )
         users = pd.factorize(_as_str(frame[fc.source_column]), use_na_sentinel=False)[0].astype(np.int64)
-    times = None
-    if cfg.split.method == "time":
-        if cfg.split.time_column not in frame.columns:
-            raise KeyError(f"split.time_column {cfg.split.time_column!r} is not a column; columns: {list(frame.columns)}")
-        times = frame[cfg.split.time_column].to_numpy()
+    times = frame[cfg.split.time_column].to_numpy() if cfg.split.method == "time" else None
     splits = make_splits(cfg.split.method, cfg.split.ratios, cfg.split.seed, label, domain, users, times)
-    for s in SPLITS:
-        if len(splits[s]) == 0 and cfg.split.ratios[SPLITS.index(s)] > 0:
-            raise ValueError(f"split {s!r} is empty ({len(frame)} rows, ratios {list(cfg.split.ratios)})")
+    _check_nonempty_splits(splits, len(frame), cfg.split)
+    untrained = _untrained_domains(domain, splits, names)
+    if untrained and cfg.split.untrained_domains == "error":
+        listed = ", ".join(f"{k!r} ({v['val']} validation, {v['test']} test rows)" for k, v in untrained.items())
+        raise ValueError(
+            f"domain(s) {listed} have no training rows under split.method {cfg.split.method!r} with ratios "
+            f"{list(cfg.split.ratios)}: their test metrics would come from untrained parameters. Fix: give them "
+            "training rows (another split method or seed, a larger training fraction), leave them out of "
+            "data.domain.groups, or set data.split.untrained_domains: drop to remove their validation and "
+            "test rows"
+        )
+    if untrained:
+        drop = np.isin(domain, [names.index(k) for k in untrained])
+        keep = ~drop
+        new_pos = np.cumsum(keep) - 1
+        splits = {s: new_pos[idx[keep[idx]]] for s, idx in splits.items()}
+        rows = np.flatnonzero(keep)
+        frame = frame.iloc[rows].reset_index(drop=True)
+        label, domain, groups = label[keep], domain[keep], groups[keep]
+        if users is not None:
+            users = pd.factorize(users[keep])[0].astype(np.int64)
+        _check_nonempty_splits(splits, len(frame), cfg.split,
+                               f" after dropping the untrained domain(s) {list(untrained)}")
     fitted = fit_processing(frame, cfg.features, splits["train"])
     truncated: dict[str, np.ndarray] = {}
     arrays, oov_rows = encode_rows(frame, cfg, fitted, truncated)
@@ -449,6 +652,8 @@ def encode_frame(frame: pd.DataFrame, cfg: DataConfig) -> EncodedDataset:
         arrays["user"] = users
     oov = {s: {k: int(v[splits[s]].sum()) for k, v in oov_rows.items()} for s in SPLITS}
     cut = {s: {k: int(v[splits[s]].sum()) for k, v in truncated.items()} for s in SPLITS}
+    duplicates = _duplicate_report(groups, splits)
+    duplicates.update(removed=removed, columns=list(dup_cols))
     report = {
         "rows": len(frame),
         "vocab_sizes": {k: v.size for k, v in fitted.vocabularies.items()},
@@ -456,8 +661,13 @@ def encode_frame(frame: pd.DataFrame, cfg: DataConfig) -> EncodedDataset:
         "oov": {s: {k: n for k, n in d.items() if n} for s, d in oov.items()},
         # Rows per split and multi-valued feature whose list was cut to the feature's max_len.
         "truncated": {s: {k: n for k, n in d.items() if n} for s, d in cut.items()},
+        # Exact duplicate rows (identical in ``columns``): copies across splits, and rows removed by dedupe.
+        "duplicates": duplicates,
+        # Domains without training rows whose val/test rows were removed (split.untrained_domains: drop).
+        "dropped_untrained": untrained,
         "encode_s": round(time.perf_counter() - t0, 3),
     }
+    _warn_duplicates(report)
     return _from_arrays(schema, arrays, {s: splits[s] for s in SPLITS}, fitted, report)
 
 
@@ -484,23 +694,71 @@ def _from_arrays(schema, arrays, splits, fitted, report) -> EncodedDataset:
 # ------------------------------------------------------------------------------------------------ cache
 
 
-def dataset_key(cfg: DataConfig) -> str:
-    """Content hash of the config, the source files and the encoding format."""
+class CacheEntryError(ValueError):
+    """A cache entry that must not be read: no manifest (an older format), or a file missing, unlisted or
+    changed since it was written. The message names the entry and the file."""
+
+
+# SplitConfig fields added after presets were published: left out of the key at their defaults, so a
+# config that does not use them keys (and splits) exactly as before they existed.
+_SPLIT_KEY_DEFAULTS = {"dedupe": False, "untrained_domains": "error"}
+
+
+def _key_payload(cfg: DataConfig, files: dict[str, str]) -> dict[str, Any]:
     config = to_dict(cfg)
     if cfg.domain.groups is not None:
         # The order of the groups is the domain index order; ``sort_keys`` below would erase it, so two
         # configs that number the domains differently would share one cache entry.
         config["domain"]["groups"] = [[name, list(values)] for name, values in cfg.domain.groups.items()]
-    payload = json.dumps(
-        {"config": config, "source": source_fingerprint(cfg.source), "format": FORMAT_VERSION},
-        sort_keys=True,
-        default=str,
-    )
+    for name, default in _SPLIT_KEY_DEFAULTS.items():
+        if config["split"].get(name) == default:
+            del config["split"][name]
+    return {"config": config, "source": _fingerprint_of(cfg.source, files), "format": FORMAT_VERSION}
+
+
+def _key(cfg: DataConfig, files: dict[str, str]) -> str:
+    payload = json.dumps(_key_payload(cfg, files), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def dataset_key(cfg: DataConfig) -> str:
+    """Content hash of the config, the source files and the encoding format (hashes the source now)."""
+    return _key(cfg, source_files(cfg.source))
+
+
+def data_fingerprint(cfg: DataConfig, ds: EncodedDataset) -> dict[str, Any]:
+    """Which data a run saw, as plain JSON for its run directory.
+
+    Returns:
+        ``{"source": {"kind", "files": {name: sha256}}, "split_hash", "rows": {split: {domain: n}},
+        "cache_key", "format"}``. The file sums are the ones :func:`build_dataset` computed for the cache
+        key (``ds.report["source_files"]``; a cache hit implies the same files), so nothing is hashed
+        again; a data set built without the cache has its source hashed here. Compare ``files`` with
+        :func:`source_files` to tell whether the source changed since.
+
+    Example:
+        >>> json.dumps(data_fingerprint(cfg, build_dataset(cfg)))          # doctest: +SKIP
+    """
+    files = ds.report.get("source_files")
+    if files is None:
+        files = source_files(cfg.source)
+    key = ds.report.get("cache_key") or _key(cfg, files)
+    return {
+        "source": {"kind": cfg.source.kind, "files": {str(k): str(v) for k, v in files.items()}},
+        "split_hash": ds.split_hash,
+        "rows": {s: {str(k): int(v) for k, v in ds.domain_counts(s).items()} for s in SPLITS},
+        "cache_key": key,
+        "format": FORMAT_VERSION,
+    }
 
 
 def save_dataset(ds: EncodedDataset, directory: Path) -> None:
     """Write ``ds`` to ``directory`` atomically (a temporary folder renamed into place).
+
+    The entry's ``manifest.json`` lists every other file with its size and sha256; :func:`load_dataset_dir`
+    refuses an entry whose files do not match it. The temporary folder's name holds this process's pid
+    (:func:`~polyrec.data.cache.temp_prefix`), so what a killed writer leaves behind is recognised and
+    removed by the next :func:`build_dataset`.
 
     A failure part-way leaves no partial folder and any existing ``directory`` untouched. When another
     process finished the same entry first (the key is a content hash, so its content is the same), that
@@ -508,7 +766,7 @@ def save_dataset(ds: EncodedDataset, directory: Path) -> None:
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix("tmp"), dir=directory.parent))
     try:
         arrays = {"sparse": ds.sparse, "dense": ds.dense, "label": ds.label, "domain": ds.domain}
         arrays.update({f"multi.{k}": v for k, v in ds.multi.items()})
@@ -516,10 +774,13 @@ def save_dataset(ds: EncodedDataset, directory: Path) -> None:
             arrays["user"] = ds.user
         arrays.update({f"split.{s}": ds.splits[s] for s in SPLITS})
         for k, v in arrays.items():
-            np.save(tmp / f"{k}.npy", v.numpy())
+            np.save(tmp / f"{k}.npy", v.numpy(), allow_pickle=False)
         (tmp / "schema.json").write_text(ds.schema.to_json())
         (tmp / "processing.json").write_text(json.dumps(ds.processing.to_dict() if ds.processing else {}))
         (tmp / "report.json").write_text(json.dumps(ds.report, sort_keys=True))
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
+        manifest = {"format": FORMAT_VERSION, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         _move_into_place(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -533,14 +794,14 @@ def _move_into_place(tmp: Path, directory: Path) -> None:
             os.replace(tmp, directory)
             return
         except OSError:
-            if not (directory / "report.json").exists():
+            if not (directory / MANIFEST).exists():
                 raise
             # Another process finished the same entry meanwhile (same key, same content): keep it.
             shutil.rmtree(tmp, ignore_errors=True)
             return
     # Replace an existing entry: rename it away, put the new one in place, then delete the old one. If
     # the second rename fails, the old entry is put back.
-    old = Path(tempfile.mkdtemp(prefix=".old-", dir=directory.parent)) / "entry"
+    old = Path(tempfile.mkdtemp(prefix=temp_prefix("old"), dir=directory.parent)) / "entry"
     os.replace(directory, old)
     try:
         os.replace(tmp, directory)
@@ -552,20 +813,72 @@ def _move_into_place(tmp: Path, directory: Path) -> None:
     shutil.rmtree(old.parent, ignore_errors=True)
 
 
+def _verified_files(directory: Path) -> dict[str, bytes]:
+    """The bytes of every file of the entry, each checked against the manifest (read once, so what is
+    parsed is what was checked)."""
+    label = f"dataset cache entry {str(directory)!r}"
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise CacheEntryError(f"{label} has no {MANIFEST} (written by a polyrec older than format "
+                              f"{FORMAT_VERSION}, or the file was deleted)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        listed = manifest["files"]
+        fmt = manifest["format"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CacheEntryError(f"{label}: file {MANIFEST!r} is not a valid manifest ({exc})") from None
+    if fmt != FORMAT_VERSION:
+        raise CacheEntryError(f"{label}: {MANIFEST} says format {fmt!r}, this polyrec reads format {FORMAT_VERSION}")
+    present = {p.name for p in directory.iterdir() if p.name != MANIFEST}
+    missing = sorted(set(listed) - present)
+    if missing:
+        raise CacheEntryError(f"{label}: file {missing[0]!r} listed in its manifest is missing")
+    extra = sorted(present - set(listed))
+    if extra:
+        raise CacheEntryError(f"{label}: file {extra[0]!r} is not listed in its manifest")
+    out = {}
+    for name in sorted(listed):
+        data = (directory / name).read_bytes()
+        want = listed[name]
+        if len(data) != want["bytes"]:
+            raise CacheEntryError(f"{label}: file {name!r} has {len(data)} bytes, its manifest says "
+                                  f"{want['bytes']} (truncated or rewritten)")
+        got = hashlib.sha256(data).hexdigest()
+        if got != want["sha256"]:
+            raise CacheEntryError(f"{label}: file {name!r} has changed (sha256 {got[:16]}..., its manifest "
+                                  f"says {want['sha256'][:16]}...)")
+        out[name] = data
+    return out
+
+
 def load_dataset_dir(directory: Path) -> EncodedDataset:
-    """Load a data set written by :func:`save_dataset`."""
+    """Load a data set written by :func:`save_dataset`, after checking every file against its manifest.
+
+    Nothing is unpickled: arrays are read with ``allow_pickle=False``, everything else is JSON.
+
+    Raises:
+        CacheEntryError: no manifest (an older format), or a file missing, unlisted or changed (named).
+    """
     directory = Path(directory)
-    schema = DatasetSchema.from_json((directory / "schema.json").read_text())
-    arrays = {p.stem: np.load(p) for p in directory.glob("*.npy")}
+    files = _verified_files(directory)
+    schema = DatasetSchema.from_json(files["schema.json"].decode())
+    arrays = {name[: -len(".npy")]: np.load(io.BytesIO(data), allow_pickle=False)
+              for name, data in files.items() if name.endswith(".npy")}
     splits = {s: arrays.pop(f"split.{s}") for s in SPLITS}
-    proc = json.loads((directory / "processing.json").read_text())
+    proc = json.loads(files["processing.json"].decode())
     fitted = FittedProcessing.from_dict(proc) if proc else None
-    report = json.loads((directory / "report.json").read_text())
+    report = json.loads(files["report.json"].decode())
     return _from_arrays(schema, arrays, splits, fitted, report)
 
 
 def build_dataset(cfg: DataConfig, cache: bool = True, cache_root: str | Path | None = None) -> EncodedDataset:
     """Encoded data set for ``cfg``, from the on-disk cache when an identical build exists.
+
+    The source files are hashed once per build, for the cache key; their sums are kept in
+    ``report["source_files"]`` (and in the entry, so a cache hit hashes nothing more) for
+    :func:`data_fingerprint`. A cache entry is read only if every file matches its manifest; a damaged
+    entry (a changed, missing or extra file, or no manifest) is warned about, naming the entry and the
+    file, and rebuilt. Temporary folders left in the cache by killed writers are removed first.
 
     Args:
         cfg: the data config (source, label, domains, features, split).
@@ -574,20 +887,23 @@ def build_dataset(cfg: DataConfig, cache: bool = True, cache_root: str | Path | 
     """
     t0 = time.perf_counter()
     if not cache:
-        return encode_frame(load_source(cfg.source), cfg)
-    key = dataset_key(cfg)
+        return encode_frame(load_rows(cfg), cfg)
     root = Path(cache_root) if cache_root else cache_dir() / "datasets"
+    remove_abandoned(root)
+    files = source_files(cfg.source)
+    key = _key(cfg, files)
     directory = root / key
-    if (directory / "report.json").exists():
+    if directory.exists():
         try:
             ds = load_dataset_dir(directory)
-        except Exception as exc:  # a damaged entry (files deleted by hand, disk error): rebuild it
+        except Exception as exc:  # a damaged entry (files changed or deleted, disk error): rebuild it
             warnings.warn(f"dataset cache entry {str(directory)!r} is unreadable ({exc}); rebuilding it", stacklevel=2)
         else:
-            ds.report.update(cache="hit", cache_key=key, load_s=round(time.perf_counter() - t0, 3))
+            ds.report.update(cache="hit", cache_key=key, source_files=files, load_s=round(time.perf_counter() - t0, 3))
+            _warn_duplicates(ds.report)
             return ds
-    ds = encode_frame(load_source(cfg.source), cfg)
-    ds.report.update(cache_key=key, prepare_s=round(time.perf_counter() - t0, 3))
+    ds = encode_frame(load_rows(cfg), cfg)
+    ds.report.update(cache_key=key, source_files=files, prepare_s=round(time.perf_counter() - t0, 3))
     save_dataset(ds, directory)
     ds.report["cache"] = "miss"
     return ds

@@ -32,7 +32,22 @@ def _as_str(values: pd.Series) -> pd.Series:
         other = ~integral & ~missing
         out[other] = v[other].astype(str)
         return pd.Series(out, index=values.index).astype(str)
+    if pd.api.types.is_integer_dtype(values) and isinstance(values.dtype, pd.api.extensions.ExtensionDtype):
+        # Nullable integers (ids with empty cells, read exactly rather than through float64): the same
+        # strings as int64, missing cells missing exactly as in a float column.
+        missing = values.isna().to_numpy()
+        out = np.full(len(values), np.nan, dtype=object)
+        out[~missing] = values[~missing].to_numpy(dtype=values.dtype.numpy_dtype).astype(str)
+        return pd.Series(out, index=values.index).astype(str)
     return values.astype(str)
+
+
+def _dense_values(values: pd.Series) -> np.ndarray:
+    """A dense column as a numpy array; nullable numbers give NaN for missing cells (refused, by name,
+    by :class:`DenseScaler`), never ``pd.NA`` objects."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return values.to_numpy()
 
 
 @dataclass
@@ -75,6 +90,9 @@ class Vocabulary:
 
 def split_multi(values: pd.Series, sep: str) -> pd.Series:
     """A column of ``sep``-joined id strings -> exploded Series of ids, indexed by row position."""
+    if pd.api.types.is_integer_dtype(values):
+        # A column of single integer ids (read exactly, possibly nullable): their strings, as a sparse id.
+        values = _as_str(values)
     s = values.fillna("").astype(str).reset_index(drop=True)
     if not sep:
         raise ValueError("a multi-valued feature needs a non-empty separator (FeatureConfig.sep)")
@@ -203,5 +221,5 @@ def fit_processing(frame: pd.DataFrame, features: tuple[FeatureConfig, ...], tra
             longest = int(exploded.index.value_counts().max()) if len(exploded) else 1
             fitted.max_lens[fc.name] = fc.max_len or max(longest, 1)
         else:
-            fitted.scalers[fc.name] = DenseScaler.fit(fc.name, col.to_numpy(), fc.transform)
+            fitted.scalers[fc.name] = DenseScaler.fit(fc.name, _dense_values(col), fc.transform)
     return fitted

@@ -10,10 +10,21 @@ A sampler never touches feature data; it only permutes row indices, so an epoch'
 - ``domain_sequential``: each epoch a random order of domains, each domain's rows in full (shuffled)
   before the next: the Alternate regime of MLoRA and MAMDR.
 - ``sequential``: rows in order, for evaluation.
+
+Random streams. The plain per-epoch stream of :func:`epoch_batches` is seeded by ``seed * 1_000_003 +
+epoch``, distinct for every (seed, epoch) with ``0 <= epoch < MAX_EPOCHS``; it is kept as it is because the
+committed results of the basic strategies were drawn from it. Every other stream a strategy draws (a
+domain's restarted shuffle, the domain order of a round, the n-th pass over a domain within an epoch) comes
+from :func:`stream_generator`: a seed hashed from (seed, epoch, purpose, *index), so that two distinct
+uses never share a stream. Sums of scaled integers do not guarantee that: with ``(seed + epoch) * K +
+restart`` seed 1 at epoch 0 replays seed 0 at epoch 1, batch for batch.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import operator
 from typing import Literal
 
 import torch
@@ -22,11 +33,52 @@ from torch import Tensor
 SamplerName = Literal["mixed", "domain_batched", "domain_sequential", "sequential"]
 SAMPLERS = ("mixed", "domain_batched", "domain_sequential", "sequential")
 
+# The plain per-epoch stream ``seed * MAX_EPOCHS + epoch`` is distinct for every (seed, epoch) only while
+# ``0 <= epoch < MAX_EPOCHS``; :func:`epoch_batches` refuses other epochs.
+MAX_EPOCHS = 1_000_003
+
 
 def _generator(seed: int, epoch: int) -> torch.Generator:
+    """The plain per-epoch stream (see the module docstring)."""
+    if not 0 <= int(epoch) < MAX_EPOCHS:
+        raise ValueError(f"epoch {epoch} is outside 0..{MAX_EPOCHS - 1}, where the per-epoch streams of a seed are "
+                         f"distinct; draw other streams with polyrec.data.samplers.stream_generator")
     g = torch.Generator()
-    g.manual_seed(int(seed) * 1_000_003 + int(epoch))
+    g.manual_seed(int(seed) * MAX_EPOCHS + int(epoch))
     return g
+
+
+def stream_seed(seed: int, epoch: int, purpose: str, *index: int) -> int:
+    """A 64-bit generator seed for one use of randomness: a hash of (seed, epoch, purpose, *index).
+
+    Distinct arguments give unrelated seeds (a 64-bit BLAKE2b digest of their canonical JSON encoding: no two
+    tuples share an encoding, and a digest collision needs about 2^32 streams), and the value is the same on
+    every machine and version, so runs and resumed runs draw the same numbers.
+
+    Args:
+        seed: the run's seed (``train.seed``).
+        epoch: the epoch the stream belongs to.
+        purpose: what the stream is for, e.g. ``"domain_stream"``, ``"rounds"``, ``"passes"``.
+        index: integers that tell apart several streams of one purpose (a domain and its restart, a pass).
+
+    Example:
+        >>> stream_seed(0, 0, "rounds") == stream_seed(0, 0, "rounds") != stream_seed(0, 1, "rounds")
+        True
+    """
+    if not isinstance(purpose, str) or not purpose:
+        raise ValueError(f"stream purpose must be a non-empty string, got {purpose!r}")
+    try:
+        ints = [operator.index(v) for v in (seed, epoch, *index)]
+    except TypeError:
+        raise TypeError(f"stream seed, epoch and index must be integers, got seed={seed!r}, epoch={epoch!r}, "
+                        f"index={index!r}") from None
+    key = json.dumps([ints[0], ints[1], purpose, *ints[2:]], separators=(",", ":")).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8, person=b"polyrec.stream").digest(), "big")
+
+
+def stream_generator(seed: int, epoch: int, purpose: str, *index: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with :func:`stream_seed` ``(seed, epoch, purpose, *index)``."""
+    return torch.Generator().manual_seed(stream_seed(seed, epoch, purpose, *index))
 
 
 def _by_domain(indices: Tensor, domain: Tensor, num_domains: int, g: torch.Generator) -> list[Tensor]:
@@ -47,6 +99,7 @@ def epoch_batches(
     seed: int = 0,
     epoch: int = 0,
     drop_last: bool = False,
+    generator: torch.Generator | None = None,
 ) -> list[Tensor]:
     """Index tensors of one epoch's batches.
 
@@ -56,14 +109,17 @@ def epoch_batches(
         domain: the domain of every row of the data set (indexed by ``indices``).
         num_domains: number of domains D.
         batch_size: rows per batch.
-        seed, epoch: the permutation is a function of both.
+        seed, epoch: the permutation is a function of both (the plain per-epoch stream, ``0 <= epoch <
+            MAX_EPOCHS``), unless ``generator`` is given.
         drop_last: drop each stream's last incomplete batch.
+        generator: draw the permutation from this generator instead (for a stream of its own, from
+            :func:`stream_generator`); it is consumed.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
-    g = _generator(seed, epoch)
+    g = _generator(seed, epoch) if generator is None else generator
 
     def cut(rows: Tensor) -> list[Tensor]:
         # torch.split of an empty tensor gives one empty chunk; an absent domain must give no batch.
@@ -87,5 +143,5 @@ def epoch_batches(
 
 
 def domain_order(num_domains: int, seed: int, epoch: int) -> list[int]:
-    """A random order of the domains for one epoch (used by strategies that loop over domains)."""
-    return torch.randperm(num_domains, generator=_generator(seed, epoch)).tolist()
+    """A random order of the domains for one epoch, from its own stream (``"domain_order"``)."""
+    return torch.randperm(num_domains, generator=stream_generator(seed, epoch, "domain_order")).tolist()

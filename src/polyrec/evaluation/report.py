@@ -394,14 +394,18 @@ def cost_table(
 
     Values are means over the group's runs; ``threads`` lists the torch intra-op thread counts the runs
     used (``environment.torch_threads``), since throughput is only comparable at equal thread counts.
+    Training time (and so rows/s) includes the per-epoch recalibration of normalisation statistics;
+    ``recal.`` is its share of the training time. Records made before that pass was counted (no
+    ``recalibration_s``) show ``excl.``: their rows/s leave it out and are not comparable with the others.
 
     Example:
         >>> runs = [{"model": "mlp", "num_parameters": 10, "train_samples_per_s": 5e5, "epochs": 7,
-        ...          "best_epoch": 3, "wall_s": 30.0, "environment": {"torch_threads": 2}}]
+        ...          "best_epoch": 3, "wall_s": 30.0, "train_s": 20.0, "recalibration_s": 0.0,
+        ...          "environment": {"torch_threads": 2}}]
         >>> print(cost_table(runs, group_by=["model"]).splitlines()[2])
-        | mlp | 1 | 10 | 500,000 | 7.0 | 3.0 | 30 | 2 |
+        | mlp | 1 | 10 | 500,000 | 0% | 7.0 | 3.0 | 30 | 2 |
     """
-    header = list(group_by) + ["n", "params", "train rows/s", "epochs", "best epoch", "wall s", "threads"]
+    header = list(group_by) + ["n", "params", "train rows/s", "recal.", "epochs", "best epoch", "wall s", "threads"]
     rows = []
     for key, members in _group_runs(runs, group_by).items():
         def m(field: str) -> Optional[float]:
@@ -410,10 +414,16 @@ def cost_table(
         params, speed, epochs, best, wall = (m(f) for f in
                                              ("num_parameters", "train_samples_per_s", "epochs", "best_epoch", "wall_s"))
         threads = sorted({(r.get("environment") or {}).get("torch_threads") for r in members} - {None})
+        if any(r.get("recalibration_s") is None for r in members):
+            recal = "excl."
+        else:
+            shares = [r["recalibration_s"] / r["train_s"] for r in members if r.get("train_s")]
+            recal = f"{100 * sum(shares) / len(shares):.0f}%" if shares else _MISSING
         rows.append(list(key) + [
             len(members),
             _MISSING if params is None else f"{params:,.0f}",
             _MISSING if speed is None else f"{speed:,.0f}",
+            recal,
             _MISSING if epochs is None else f"{epochs:.1f}",
             _MISSING if best is None else f"{best:.1f}",
             _MISSING if wall is None else f"{wall:,.0f}",

@@ -10,10 +10,19 @@ ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "sigmoid": nn.Sigmoid, "tanh"
                "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
 
 
+def activation_names() -> tuple[str, ...]:
+    """The names :func:`activation` accepts, sorted.
+
+    A function rather than a constant so that config checks (``choices=activation_names``) see an
+    activation registered in :data:`ACTIVATIONS` after import.
+    """
+    return tuple(sorted(ACTIVATIONS))
+
+
 def activation(name: str) -> nn.Module:
     """An activation module by name; unknown names raise with the valid ones."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
+        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(activation_names())}")
     return ACTIVATIONS[name]()
 
 

@@ -52,7 +52,7 @@ class PartitionedNorm(nn.Module):
     # ---- exact statistics ("precise" normalisation statistics) --------------------------------------
     # The moving averages lag behind the weights, and when training alternates between domains a
     # domain's statistics are a whole pass of the other domains old by the time it is evaluated. These
-    # three methods let the trainer replace them with the exact per-domain moments of the training rows
+    # methods let the trainer replace them with the exact per-domain moments of the training rows
     # under the current weights: the same E_p and Var_p as eq. 4, estimated without lag.
 
     def begin_calibration(self) -> None:
@@ -78,6 +78,10 @@ class PartitionedNorm(nn.Module):
         var = (sq[seen] / n[seen].unsqueeze(1) - mean * mean).clamp_min(0) * (n[seen] / (n[seen] - 1)).unsqueeze(1)
         self.running_mean[seen] = mean.to(self.running_mean.dtype)
         self.running_var[seen] = var.to(self.running_var.dtype)
+
+    def abort_calibration(self) -> None:
+        """Drop the sums of a calibration that did not finish; the statistics stay as they were."""
+        self.__dict__.pop("_calib", None)
 
     def forward(self, x: Tensor, local: Tensor, domains: Tensor) -> Tensor:
         if getattr(self, "_calib", None) is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable
 
-from ..config import from_dict, to_dict
+from ..config import ConfigError, from_dict, to_dict
 from ..data.schema import DatasetSchema
 
 _MODELS: dict[str, type] = {}
@@ -45,8 +45,16 @@ def get_model_class(name: str) -> type:
 
 
 def model_config(name: str, **overrides: Any):
-    """The validated config dataclass of model ``name`` with ``overrides`` applied."""
-    return from_dict(get_model_class(name).Config, overrides, path=f"model.{name}")
+    """The validated config dataclass of model ``name`` with ``overrides`` applied.
+
+    Errors name the key as the user wrote it in the ``model`` section (``model.dropout: 1.5 is not
+    allowed; must be >= 0 and < 1``) and end with the model's name, whose config rejected it.
+    """
+    cls = get_model_class(name)
+    try:
+        return from_dict(cls.Config, overrides, path="model")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (model {name!r})") from None
 
 
 def create_model(name: str, schema: DatasetSchema, **overrides: Any):

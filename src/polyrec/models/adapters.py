@@ -45,7 +45,7 @@ from typing import Iterable, Iterator, Literal
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..config import Check, field_error, param
 from ..data.batch import Batch
 from ..data.schema import DomainSpec
 from ..layers.domain import StarLinear
@@ -59,46 +59,51 @@ DNN_ATTRS = ("dnn", "mlp", "tower")
 DEFAULT_ALPHA = 32
 
 
+def _shown(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _target_list(targets: tuple[str, ...]) -> str | None:
+    """Why a list of adapter targets is not allowed (empty, or a target named twice), or None."""
+    if not targets:
+        return f"{_shown(targets)!r} is not allowed; name at least one of {', '.join(TARGETS)} (or leave it unset)"
+    for i, t in enumerate(targets):
+        if t in targets[:i]:
+            return f"{_shown(targets)!r} is not allowed; {t!r} is listed twice (name each target once)"
+    return None
+
+
 @dataclass(frozen=True)
 class AdapterConfig:
     """The ``adapter`` section of an experiment config.
 
+    Every field declares what it allows; a bad value is rejected when the config is read, as
+    ``adapter.<field>: <value> is not allowed; ...``.
+
     Args:
-        kind: ``none`` (the plain model) or ``mlora`` (per-domain low-rank adapters).
-        alpha: MLoRA's temperature coefficient α, ``r = max(d_out // α, 1)`` per layer (eq. 10). ``None``:
-            the protocol preset's per-model value (``mlora_alpha``), else 32 (the paper's §4.3 setting).
-        targets: which layers get adapters (``dnn``, ``output``, ``interaction``, ``star``); ``None``: ``dnn``
-            if the model has a DNN tower, else ``star``.
-        max_adapter_params: optional cap on one domain's adapter parameters per layer; each layer's rank is
-            reduced until ``D_in·r + r·D_out + D_out`` fits (the production setting).
+        kind: ``none`` (the plain model) or ``mlora`` (per-domain low-rank adapters). With ``none`` the other
+            fields must stay unset.
+        alpha: MLoRA's temperature coefficient α >= 1, ``r = max(d_out // α, 1)`` per layer (eq. 10).
+            ``None``: the protocol preset's per-model value (``mlora_alpha``), else 32 (the paper's §4.3
+            setting).
+        targets: which layers get adapters, a non-empty list of ``dnn``, ``output``, ``interaction``,
+            ``star``, each at most once; ``None``: ``dnn`` if the model has a DNN tower, else ``star``.
+        max_adapter_params: optional cap >= 1 on one domain's adapter parameters per layer; each layer's rank
+            is reduced until ``D_in·r + r·D_out + D_out`` fits (the production setting).
     """
 
     kind: Literal["none", "mlora"] = "none"
-    alpha: int | None = None
-    targets: tuple[str, ...] | None = None
-    max_adapter_params: int | None = None
+    alpha: int | None = param(None, ge=1)
+    targets: tuple[str, ...] | None = param(None, items=Check(choices=TARGETS), rule=_target_list)
+    max_adapter_params: int | None = param(None, ge=1)
 
     def __post_init__(self) -> None:
         if self.kind == "none":
-            set_keys = [f.name for f in dataclasses.fields(self)
-                        if f.name != "kind" and getattr(self, f.name) is not None]
-            if set_keys:
-                raise ConfigError(
-                    f"adapter.{set_keys[0]} is set but adapter.kind is 'none'; set adapter.kind=mlora or drop it"
-                )
-            return
-        if self.alpha is not None and self.alpha < 1:
-            raise ConfigError(f"adapter.alpha must be an integer >= 1 (r = max(d_out // alpha, 1)), got {self.alpha}")
-        if self.targets is not None:
-            bad = [t for t in self.targets if t not in TARGETS]
-            if bad:
-                raise ConfigError(f"adapter.targets: {bad[0]!r} is not a target; valid: {', '.join(TARGETS)}")
-            if not self.targets or len(set(self.targets)) != len(self.targets):
-                raise ConfigError(f"adapter.targets must be a non-empty list without repeats, got {list(self.targets)}")
-        if self.max_adapter_params is not None and self.max_adapter_params < 1:
-            raise ConfigError(
-                f"adapter.max_adapter_params must be a positive integer or null, got {self.max_adapter_params}"
-            )
+            for f in dataclasses.fields(self):
+                value = getattr(self, f.name)
+                if f.name != "kind" and value is not None:
+                    raise field_error(f.name, _shown(value), "it is used only with adapters; set adapter.kind=mlora "
+                                      "or drop it")
 
 
 # ------------------------------------------------------------------------------------------------ discovery

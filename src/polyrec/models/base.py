@@ -2,15 +2,68 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ..config import Check, param, validate
 from ..data.batch import Batch
 from ..data.schema import DatasetSchema
 from ..layers.domain import AuxiliaryDomainNetwork, DomainSegments
 from ..layers.embedding import EmbeddingCollection
+from ..layers.mlp import activation_names
+
+# ------------------------------------------------------------------------------ declared checks, shared
+# The checks below are the vocabulary of every model config: a field declares what it allows next to its
+# default, and :func:`polyrec.config.from_dict` rejects anything else when the config is read, naming the
+# key (``model.hidden_units: item 0 (0) is not allowed; must be >= 1``).
+
+
+def _shown(value: Any) -> Any:
+    # Users write lists in YAML and on the command line; show a tuple the way they wrote it.
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _at_least_one(value: Sequence[int]) -> str | None:
+    return None if len(value) else f"{_shown(value)!r} is not allowed; name at least one layer size"
+
+
+def _distinct_names(value: Sequence[str]) -> str | None:
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not name.strip():
+            return f"item {i} ({name!r}) is not allowed; every name must be a non-empty string"
+    for i, name in enumerate(value):
+        if name in value[:i]:
+            return f"{_shown(value)!r} is not allowed; {name!r} is listed twice (name each one once)"
+    return None
+
+
+def _finite(value: float) -> str | None:
+    return None if math.isfinite(value) else f"{value!r} is not allowed; must be a finite number"
+
+
+def layer_sizes(default: tuple[int, ...], *, required: bool = False) -> Any:
+    """A config field of layer sizes: every size >= 1; with ``required``, at least one size.
+
+    Without ``required`` an empty list is allowed: the field's docstring says what it means (usually "no
+    such part", a plain linear layer in its place).
+    """
+    return param(default, items=Check(ge=1), rule=_at_least_one if required else None)
+
+
+def feature_names(default: tuple[str, ...] = ()) -> Any:
+    """A config field naming features (or domains): non-empty strings, each at most once. Whether a name
+    exists in the data is checked where the schema is known, when the model is built."""
+    return param(default, rule=_distinct_names)
+
+
+def finite_number(default: float) -> Any:
+    """A float config field that may take any finite value (an initial logit, say); NaN and ±inf are not."""
+    return param(default, rule=_finite)
 
 
 @dataclass(frozen=True)
@@ -18,21 +71,26 @@ class ModelConfig:
     """The fields every model config shares; a model's ``Config`` inherits them and adds its own.
 
     Inherited fields come first in a subclass (and in its ``to_dict``). A subclass changes a default by
-    declaring the field again (STAR: ``aux_network: bool = True``).
+    declaring the field again (STAR: ``aux_network: bool = True``), with its ``param(...)`` check.
+
+    Every field declares the values it allows (:func:`polyrec.config.param`); a bad value is rejected when
+    the config is read, as ``model.<field>: <value> is not allowed; ...``.
 
     Args:
-        embedding_dim: E for every sparse feature (and for the model's own domain embedding, if it has one).
-        activation: hidden activation.
-        dropout: dropout after each hidden activation.
+        embedding_dim: E for every sparse feature (and for the model's own domain embedding, if it has one);
+            >= 1.
+        activation: hidden activation, a name of :data:`polyrec.layers.mlp.ACTIVATIONS`.
+        dropout: dropout probability after each hidden activation, in [0, 1) (0: no dropout).
         aux_network: add STAR's auxiliary domain network (STAR §3.5) to the logit (:meth:`Model.add_aux_logit`).
-        aux_hidden: hidden sizes of the auxiliary network.
+        aux_hidden: hidden sizes of the auxiliary network, each >= 1 (empty: a linear map of the domain
+            embedding).
     """
 
-    embedding_dim: int = 16
-    activation: str = "relu"
-    dropout: float = 0.0
+    embedding_dim: int = param(16, ge=1)
+    activation: str = param("relu", choices=activation_names)
+    dropout: float = param(0.0, ge=0, lt=1)
     aux_network: bool = False
-    aux_hidden: tuple[int, ...] = (32,)
+    aux_hidden: tuple[int, ...] = layer_sizes((32,))
 
 
 @dataclass
@@ -56,7 +114,9 @@ class Model(nn.Module):
 
     Subclasses set a ``Config`` dataclass (usually a :class:`ModelConfig`), call
     ``super().__init__(schema, config)`` and implement ``forward``. :meth:`check_batch` validates a batch
-    against the schema the model was built for.
+    against the schema the model was built for. The config's declared checks run again here, so a config
+    dataclass built directly (not read with :func:`polyrec.config.from_dict`) is held to the same values;
+    checks that need the schema (a feature name that must exist) belong in the subclass's ``__init__``.
 
     The common pieces, in one place: :meth:`_build_embeddings` and :meth:`flat_inputs` (every feature's
     embedding, flattened, then the dense values), :meth:`sorted_inputs` (the same, rows sorted by domain),
@@ -70,6 +130,9 @@ class Model(nn.Module):
 
     def __init__(self, schema: DatasetSchema, config) -> None:
         super().__init__()
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            # A config built directly (not read with from_dict) gets the same declared checks.
+            validate(config, "model")
         self.schema = schema
         self.config = config
 

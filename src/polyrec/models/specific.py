@@ -101,12 +101,21 @@ class DomainSpecificModel(Model):
         row (no offsets on top): train them with any optimiser over :meth:`shared_parameters`. On leaving,
         θ^d ← θ^d + scale · (trained − (θ^S + θ^d)) (MAMDR eq. 8; ``scale`` 1 keeps the trained copy) and θ^S
         is restored; after an exception only θ^S is restored.
+
+        Parameters without an offset (the embedding tables with ``include="dense"``) stay shared and are not
+        trained here: within the block they have ``requires_grad=False``, so backward neither computes nor
+        accumulates their gradients (their stale sum would otherwise count in a gradient-norm clip); their
+        flags are restored on leaving.
         """
         params, offsets = self.shared_parameters(), self.offsets(domain)
+        specific = {id(p) for p in params}
+        fixed = [p for p in self.model.parameters() if id(p) not in specific and p.requires_grad]
         with torch.no_grad():
             shared = [p.detach().clone() for p in params]
             for p, d in zip(params, offsets):
                 p.add_(d)
+        for p in fixed:
+            p.requires_grad_(False)
         try:
             with self.shared_only():
                 yield self
@@ -117,6 +126,8 @@ class DomainSpecificModel(Model):
             with torch.no_grad():
                 for p, s in zip(params, shared):
                     p.copy_(s)
+            for p in fixed:
+                p.requires_grad_(True)
 
     def num_specific_parameters(self) -> int:
         """Offsets of one domain (the parameters a new domain would add)."""

@@ -1,31 +1,136 @@
-"""Checkpoint files, written atomically so that a failed write keeps the previous one."""
+"""Training checkpoints: complete state, written atomically, the last two kept, each checksummed.
+
+A checkpoint is a folder ``checkpoints/epoch-NNNNNN/`` holding
+
+- ``state.safetensors``: every tensor of the training state (model, best weights, optimiser moments,
+  the strategy's own tensors, random-generator states);
+- ``state.json``: the rest of it (epoch, history, best value, hyper-parameters of the optimiser, ...)
+  with references to the tensors by name;
+- ``manifest.json``: the sha256 of the two files and the checkpoint format.
+
+The folder is written under a temporary name and renamed into place, so a checkpoint either exists
+whole or not at all; then all but the newest ``keep`` are removed. On resume the newest checkpoint whose
+files match their manifest is used; a damaged newest one (a truncated file, a flipped byte, a
+hand-edited state) falls back to the one before with a warning, and when none is usable the error
+names each checkpoint and what is wrong with it. Nothing is ever unpickled.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
+from typing import Any
 
-import torch
+from ..safeio import ArtifactError, flatten, load_tensors, read_json, save_tensors, sha256_file, unflatten, write_json
+
+FORMAT = "polyrec-checkpoint"
+VERSION = 1
+KEEP = 2
+_NAME = re.compile(r"^epoch-(\d{6,})$")
 
 
-def atomic_torch_save(obj, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+class CheckpointError(ArtifactError):
+    """No usable checkpoint (all damaged), or a checkpoint that does not belong to this run."""
+
+
+def checkpoint_dirs(root: str | Path) -> list[Path]:
+    """The checkpoint folders under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(root: str | Path, step: int, state: dict[str, Any], keep: int = KEEP) -> Path:
+    """Write ``state`` as checkpoint ``step`` under ``root``; keep the newest ``keep`` checkpoints."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    skeleton, tensors = flatten(state)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=root))
+    target = root / f"epoch-{step:06d}"
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
+        save_tensors(tmp / "state.safetensors", tensors)
+        write_json(tmp / "state.json", skeleton)
+        write_json(tmp / "manifest.json", {
+            "format": FORMAT, "version": VERSION, "step": step,
+            "files": {name: sha256_file(tmp / name) for name in ("state.safetensors", "state.json")},
+        })
+        if target.exists():  # a rerun of the same epoch after a resume: replace it
+            shutil.rmtree(target)
+        os.replace(tmp, target)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for old in checkpoint_dirs(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):  # folders of a writer killed mid-write
+        if stale != tmp and not _alive(stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
+    return target
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def _alive(name: str) -> bool:
+    """Whether the process whose pid a temporary folder's name carries is still running."""
+    m = re.match(r"^\.tmp-(\d+)-", name)
+    if not m:
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The state of one checkpoint folder, after checking its files against the manifest."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    manifest = read_json(path / "manifest.json", "checkpoint manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a polyrec checkpoint (manifest format "
+                              f"{manifest.get('format') if isinstance(manifest, dict) else manifest!r})")
+    if manifest.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r} has format version {manifest.get('version')!r}; this "
+                              f"polyrec reads version {VERSION}: resume with the polyrec that wrote it")
+    for name, digest in (manifest.get("files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint file {str(file)!r} is missing")
+        if sha256_file(file) != digest:
+            raise CheckpointError(f"checkpoint file {str(file)!r} does not match its manifest (sha256); it is "
+                                  "truncated or was changed after it was written")
+    if set(manifest.get("files") or {}) != {"state.safetensors", "state.json"}:
+        raise CheckpointError(f"checkpoint manifest {str(path / 'manifest.json')!r} lists "
+                              f"{sorted(manifest.get('files') or {})}, not state.safetensors and state.json")
+    tensors, _ = load_tensors(path / "state.safetensors", "checkpoint tensors")
+    return unflatten(read_json(path / "state.json", "checkpoint state"), tensors)
+
+
+def load_latest_checkpoint(root: str | Path) -> dict[str, Any] | None:
+    """The newest usable checkpoint's state under ``root`` (None when there is no checkpoint at all).
+
+    A damaged newest checkpoint falls back to the previous one with a warning; when every checkpoint is
+    damaged the :class:`CheckpointError` lists them all.
+    """
+    problems = []
+    for path in reversed(checkpoint_dirs(root)):
+        try:
+            state = read_checkpoint(path)
+        except ArtifactError as exc:
+            problems.append(f"{path.name}: {exc}")
+            continue
+        if problems:
+            warnings.warn(f"newest checkpoint(s) unusable, resuming from {str(path)!r}: " + "; ".join(problems),
+                          stacklevel=2)
+        return state
+    if problems:
+        raise CheckpointError(f"no usable checkpoint under {str(root)!r}: " + "; ".join(problems)
+                              + ". Start afresh (polyrec train ... --overwrite) or restore a checkpoint")
+    return None
+

@@ -13,22 +13,56 @@ import io
 import json
 import math
 import os
+import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..config import ConfigError, to_dict
+from ..config import ConfigError, field_error, param, to_dict
 from ..data.dataset import EncodedDataset
+from ..data.samplers import SAMPLERS
 from ..evaluation.metrics import MultiDomainEvaluator
 from ..models.base import Model
-from .checkpoint import atomic_torch_save, load_checkpoint
+from ..safeio import atomic_write_text
+from .calibration import recompute_norm_statistics  # re-exported: the trainer's per-epoch pass
+from .checkpoint import CheckpointError, load_latest_checkpoint, save_checkpoint
 from .strategies import TrainContext, create_strategy
 from .task import BinaryTask
+
+MONITORS = ("auc_mean", "auc_overall", "wauc", "logloss_overall", "gauc")
+#: Epochs are bounded so that the sampler's stream seed ``seed * 1_000_003 + epoch`` stays injective.
+MAX_EPOCHS = 1_000_000
+#: A validation logloss above this many nats means training diverged (a constant predictor at the base
+#: rate scores at most ln 2 ≈ 0.69).
+DIVERGED_LOGLOSS = 10.0
+
+
+class TrainingDiverged(ValueError):
+    """The loss became non-finite or exploded; the message names the epoch and the settings to change."""
+
+
+def available_devices() -> tuple[str, ...]:
+    """Device names this machine can train on: ``cpu``, and ``cuda`` / ``cuda:N`` / ``mps`` when present."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        out.append("mps")
+    return tuple(out)
+
+
+def _device_rule(value: str) -> str | None:
+    devices = available_devices()
+    if value in devices:
+        return None
+    return f"{value!r} is not a device of this machine; must be one of {', '.join(map(repr, devices))}"
 
 
 @dataclass(frozen=True)
@@ -63,21 +97,21 @@ class TrainConfig:
     """
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    batch_size: int = 4096
-    eval_batch_size: int = 32768
-    max_epochs: int = 50
-    patience: int = 3
-    monitor: str = "auc_mean"
+    lr: float = param(1e-3, gt=0, le=10)
+    weight_decay: float = param(0.0, ge=0)
+    momentum: float = param(0.9, ge=0, lt=1)
+    batch_size: int = param(4096, ge=1)
+    eval_batch_size: int = param(32768, ge=1)
+    max_epochs: int = param(50, ge=1, le=MAX_EPOCHS)
+    patience: int = param(3, ge=0)
+    monitor: str = param("auc_mean", choices=MONITORS)
     strategy: str = "joint"
     strategy_options: dict[str, Any] = field(default_factory=dict)
-    sampler: str | None = None
-    grad_clip: float = 0.0
-    seed: int = 0
-    num_threads: int = 0
-    device: str = "cpu"
+    sampler: str | None = param(None, choices=SAMPLERS)
+    grad_clip: float = param(0.0, ge=0)
+    seed: int = param(0, ge=0, lt=2**40)
+    num_threads: int = param(0, ge=0)
+    device: str = param("cpu", rule=_device_rule)
     precise_norm_stats: bool = True
     flush_denormal: bool = True
 
@@ -86,9 +120,6 @@ class TrainConfig:
             create_strategy(self.strategy, self.strategy_options)
         except KeyError as e:
             raise ConfigError(f"train.strategy: {e.args[0]}") from None
-
-
-MONITORS = ("auc_mean", "auc_overall", "wauc", "logloss_overall", "gauc")
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -100,33 +131,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"train.optimizer {cfg.optimizer!r} is not one of adam, adamw, sgd")
-
-
-@torch.no_grad()
-def recompute_norm_statistics(model: nn.Module, dataset: EncodedDataset, rows: torch.Tensor,
-                              batch_size: int = 32768, device: torch.device | str = "cpu") -> int:
-    """Replace the moving statistics of every layer with ``begin_calibration`` by exact ones over ``rows``.
-
-    Moving averages lag behind the weights; when training alternates between domains (the Alternate
-    regime), a domain's statistics are a whole pass of the other domains old at evaluation time, and the
-    predictions drift off calibration. One no-grad pass per normalisation layer (in module order, so a
-    later layer sees inputs normalised with the earlier layers' exact statistics) gives the exact
-    per-domain moments under the current weights. Returns the number of layers recalibrated.
-    """
-    layers = [m for m in model.modules() if hasattr(m, "begin_calibration")]
-    if not layers:
-        return 0
-    was_training = model.training
-    model.eval()
-    try:
-        for layer in layers:
-            layer.begin_calibration()
-            for start in range(0, len(rows), batch_size):
-                model(dataset.batch(rows[start:start + batch_size]).to(device))
-            layer.end_calibration()
-    finally:
-        model.train(was_training)
-    return len(layers)
 
 
 @torch.no_grad()
@@ -157,17 +161,72 @@ def evaluate(model: nn.Module, dataset: EncodedDataset, split: str = "test", bat
     return evaluator.compute()
 
 
+def check_ids(dataset: EncodedDataset, schema) -> None:
+    """Every id of ``dataset`` indexes its embedding table in ``schema`` (a clear error instead of an
+    ``IndexError`` deep inside an embedding lookup); domains are within the domain list."""
+    sparse = [f for f in schema.features if f.kind == "sparse"]
+    if dataset.sparse.numel() and sparse:
+        hi = dataset.sparse.amax(0).tolist()
+        lo = dataset.sparse.amin(0).tolist()
+        for f, top, bottom in zip(sparse, hi, lo):
+            if top >= f.vocab_size or bottom < 0:
+                raise ValueError(f"feature {f.name!r} holds id {top if top >= f.vocab_size else bottom}, outside its "
+                                 f"vocabulary of {f.vocab_size} (0..{f.vocab_size - 1}); encode the rows with the "
+                                 "model's vocabularies (the run directory's processing.json)")
+    for f in schema.features:
+        if f.kind == "multi" and f.name in dataset.multi and dataset.multi[f.name].numel():
+            values = dataset.multi[f.name]
+            if int(values.max()) >= f.vocab_size or int(values.min()) < 0:
+                raise ValueError(f"multi-valued feature {f.name!r} holds ids outside its vocabulary of {f.vocab_size}")
+    if len(dataset) and (int(dataset.domain.max()) >= schema.num_domains or int(dataset.domain.min()) < 0):
+        raise ValueError(f"rows name domain index {int(dataset.domain.max())}, but the model knows "
+                         f"{schema.num_domains} domains {list(schema.domain.values)}")
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every process-wide random generator polyrec or a model may draw from (dropout, numpy, python)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class Trainer:
     """Fit a model on an encoded data set with a strategy, early stopping and checkpoints.
+
+    With ``out_dir`` the Trainer writes ``metrics.jsonl`` / ``metrics.csv`` (one record per epoch) and,
+    after every epoch, a checkpoint (:mod:`polyrec.training.checkpoint`; the last two kept) holding the
+    complete training state: model, optimiser, the strategy's own state, the best weights so far, early
+    stopping's counters, the history, and every random generator's state. A run killed at any moment and
+    resumed (``resume=True``) repeats the interrupted epoch from the last checkpoint and ends with weights
+    and metrics bit-identical to an uninterrupted run (same machine, same thread count).
 
     Args:
         model: any registered model.
         dataset: the encoded data set (its ``train`` and ``val`` splits are used).
         config: the training config.
-        out_dir: where ``metrics.jsonl``, ``metrics.csv`` and ``checkpoint.pt`` go (None: nothing written).
-        resume: continue from ``out_dir/checkpoint.pt`` if it exists.
+        out_dir: where metrics and ``checkpoints/`` go (None: nothing written).
+        resume: continue from the newest usable checkpoint under ``out_dir`` if there is one.
         task: the loss (default binary cross-entropy).
         callbacks: functions called after every epoch with the epoch record.
+        progress: show a progress bar (default: when stderr is a terminal).
 
     Example:
         >>> trainer = Trainer(model, ds, TrainConfig(strategy="alternate"), out_dir="runs/x")  # doctest: +SKIP
@@ -185,10 +244,14 @@ class Trainer:
         callbacks: tuple[Callable[[dict], None], ...] = (),
         progress: bool | None = None,
     ) -> None:
-        if config.monitor not in MONITORS:
-            raise ValueError(f"train.monitor {config.monitor!r} is not one of {', '.join(MONITORS)}")
+        from ..config import validate
+
+        validate(config, "train")  # a TrainConfig built in Python, not read through from_dict
         if isinstance(model, Model):
             model.schema.check_compatible(dataset.schema)
+            check_ids(dataset, model.schema)
+        if len(dataset.splits["train"]) == 0:
+            raise ValueError("the training split is empty; check data.split.ratios")
         self.model, self.dataset, self.config = model, dataset, config
         self.out_dir = Path(out_dir) if out_dir else None
         self.device = torch.device(config.device)
@@ -210,11 +273,21 @@ class Trainer:
         self.best_state: dict | None = None
         self.bad_epochs = 0
         self.train_time = 0.0
+        self.recalibration_time = 0.0
         self.samples = 0
+        self.resumed_from: int | None = None
         self._optimizer_state: dict | None = None  # a resumed optimiser state, loaded in fit() after setup
         self._strategy_state: dict | None = None  # likewise the strategy's own state
-        if resume and self.out_dir is not None and (self.out_dir / "checkpoint.pt").exists():
-            self._restore(load_checkpoint(self.out_dir / "checkpoint.pt"))
+        self._rng_state: dict | None = None  # and the random generators, restored right before the next epoch
+        if resume and self.out_dir is not None:
+            state = load_latest_checkpoint(self.checkpoint_root)
+            if state is not None:
+                self._restore(state)
+
+    @property
+    def checkpoint_root(self) -> Path:
+        assert self.out_dir is not None
+        return self.out_dir / "checkpoints"
 
     # ------------------------------------------------------------------------------------ state
     def _state(self) -> dict:
@@ -222,13 +295,17 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "strategy": self.strategy.state_dict(),
+            "rng": _rng_state(),
+            "sampler": {"seed": self.config.seed, "note": "streams are functions of (seed, epoch, purpose)"},
             "epoch": self.epoch,
+            "steps": self.steps,
             "best": self.best,
             "best_epoch": self.best_epoch,
             "best_state": self.best_state,
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "train_time": self.train_time,
+            "recalibration_time": self.recalibration_time,
             "samples": self.samples,
             "config": to_dict(self.config),
             "schema": self.dataset.schema.to_json(),
@@ -237,12 +314,29 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         saved = state.get("schema")
         if saved is not None and saved != self.dataset.schema.to_json():
-            raise ValueError("checkpoint was written for a different data schema; resume with the same data config")
-        self.model.load_state_dict(state["model"])
+            raise CheckpointError(f"the checkpoint under {str(self.checkpoint_root)!r} was written for a different data "
+                                  "schema; resume with the same data config, or start afresh")
+        saved_cfg = state.get("config")
+        if saved_cfg is not None and _neutral(saved_cfg) != _neutral(to_dict(self.config)):
+            diff = sorted(k for k in set(saved_cfg) | set(to_dict(self.config))
+                          if saved_cfg.get(k) != to_dict(self.config).get(k) and k not in NEUTRAL_TRAIN_KEYS)
+            raise CheckpointError(f"the checkpoint under {str(self.checkpoint_root)!r} was written with a different "
+                                  f"training config (train.{', train.'.join(diff)}); resume with the same config, "
+                                  "or start afresh")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"the checkpoint under {str(self.checkpoint_root)!r} does not fit this model "
+                                  f"({str(exc).splitlines()[0]}); resume with the same model config") from None
         self._optimizer_state = state["optimizer"]  # the strategy may rebuild the optimiser in setup()
         self._strategy_state = state.get("strategy") or {}
-        for k in ("epoch", "best", "best_epoch", "best_state", "bad_epochs", "history", "train_time", "samples"):
+        self._rng_state = state["rng"]
+        for k in ("epoch", "best", "best_epoch", "best_state", "bad_epochs", "history", "train_time", "samples",
+                  "recalibration_time", "steps"):
             setattr(self, k, state[k])
+        self.resumed_from = self.epoch
+
+    steps = 0
 
     def _better(self, value: float) -> bool:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -252,20 +346,32 @@ class Trainer:
         return value < self.best if self.config.monitor.startswith("logloss") else value > self.best
 
     # ------------------------------------------------------------------------------------ logging
-    def _log(self, record: dict) -> None:
+    def _write_logs(self) -> None:
+        """``metrics.jsonl`` and ``metrics.csv`` from the history (atomically: one line per finished epoch,
+        so an epoch interrupted after its log line and before its checkpoint is not listed twice)."""
         if self.out_dir is None:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        flat = {k: v for k, v in record.items() if not isinstance(v, dict)}
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record, default=float) + "\n")
-        path = self.out_dir / "metrics.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(flat))
-            if new:
-                w.writeheader()
-            w.writerow(flat)
+        atomic_write_text(self.out_dir / "metrics.jsonl",
+                          "".join(json.dumps(r, default=float) + "\n" for r in self.history))
+        buf = io.StringIO()
+        flat = [{k: v for k, v in r.items() if not isinstance(v, dict)} for r in self.history]
+        if flat:
+            w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
+            w.writeheader()
+            w.writerows(flat)
+        atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())
+
+    def _check_diverged(self, stats: dict, val: dict) -> None:
+        loss = stats.get("loss", float("nan"))
+        logloss = val.get("logloss_overall", float("nan"))
+        bad = (not math.isfinite(loss) and "loss" in stats) or (math.isfinite(logloss) and logloss > DIVERGED_LOGLOSS)
+        bad = bad or (not math.isfinite(logloss) and len(self.dataset.splits["val"]) > 0)
+        if bad:
+            raise TrainingDiverged(
+                f"training diverged at epoch {self.epoch}: training loss {loss:.4g}, validation logloss {logloss:.4g} "
+                f"(above {DIVERGED_LOGLOSS:g} nats or not finite); lower train.lr (now {self.config.lr:g}) or set "
+                f"train.grad_clip (now {self.config.grad_clip:g})")
 
     # ------------------------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
@@ -292,7 +398,13 @@ class Trainer:
         if self._strategy_state is not None:
             self.strategy.load_state_dict(self._strategy_state)
             self._strategy_state = None
-        while self.epoch < cfg.max_epochs:
+        if self._rng_state is not None:
+            _set_rng_state(self._rng_state)
+            self._rng_state = None
+        if self.out_dir is not None and self.resumed_from is not None:
+            self._write_logs()  # drop the log lines of an epoch that ran after the checkpoint
+        stopped = self.history and cfg.patience > 0 and self.bad_epochs >= cfg.patience
+        while self.epoch < cfg.max_epochs and not stopped:
             if bar is not None:
                 bar.reset()
                 bar.set_description(f"epoch {self.epoch}")
@@ -300,12 +412,21 @@ class Trainer:
             t0 = time.perf_counter()
             seen0 = ctx.samples_seen
             stats = self.strategy.run_epoch(ctx, self.epoch)
-            dt = time.perf_counter() - t0
-            self.train_time += dt
-            self.samples += ctx.samples_seen - seen0
+            t1 = time.perf_counter()
             if cfg.precise_norm_stats:
                 recompute_norm_statistics(self.model, self.dataset, ctx.rows, cfg.eval_batch_size, self.device)
-            val = evaluate(self.model, self.dataset, "val", cfg.eval_batch_size, self.device)
+            t2 = time.perf_counter()
+            dt = t2 - t0  # what an epoch costs: the steps and the recalibration pass
+            self.train_time += dt
+            self.recalibration_time += t2 - t1
+            self.samples += ctx.samples_seen - seen0
+            try:
+                val = evaluate(self.model, self.dataset, "val", cfg.eval_batch_size, self.device)
+            except ValueError as exc:  # the evaluator refuses non-finite logits: the weights blew up
+                if "non-finite" not in str(exc):
+                    raise
+                val = {"logloss_overall": float("inf")}
+            self._check_diverged(stats, val)
             value = val.get(cfg.monitor, float("nan"))
             improved = self._better(value)
             if improved:
@@ -321,25 +442,26 @@ class Trainer:
                 "val_logloss_overall": val.get("logloss_overall"),
                 "val_auc_per_domain": val.get("auc_per_domain"),
                 "epoch_s": round(dt, 3),
+                "recalibration_s": round(t2 - t1, 3),
                 "samples_per_s": round((ctx.samples_seen - seen0) / dt, 1) if dt > 0 else None,
                 "best": improved,
             }
             self.history.append(record)
-            self._log(record)
+            self.epoch += 1
+            self.steps = ctx.samples_seen
+            if self.out_dir is not None:  # the checkpoint first: the log never lists an epoch it lacks
+                save_checkpoint(self.checkpoint_root, self.epoch, self._state())
+                self._write_logs()
             for cb in self.callbacks:
                 cb(record)
             if not self.progress and os.environ.get("POLYREC_QUIET") != "1":
                 print(
-                    f"epoch {self.epoch:3d}  loss {stats.get('loss', float('nan')):.4f}  "
+                    f"epoch {record['epoch']:3d}  loss {stats.get('loss', float('nan')):.4f}  "
                     f"val {cfg.monitor} {value:.4f}{' *' if improved else ''}  "
                     f"{record['samples_per_s'] or 0:,.0f} rows/s",
                     file=sys.stderr,
                 )
-            self.epoch += 1
-            if self.out_dir is not None:
-                atomic_torch_save(self._state(), self.out_dir / "checkpoint.pt")
-            if cfg.patience > 0 and self.bad_epochs >= cfg.patience:
-                break
+            stopped = cfg.patience > 0 and self.bad_epochs >= cfg.patience
         if bar is not None:
             bar.close()
         if self.best_state is not None:
@@ -350,7 +472,20 @@ class Trainer:
             f"best_val_{cfg.monitor}": self.best,
             "train_samples_per_s": self.samples / self.train_time if self.train_time > 0 else None,
             "train_s": self.train_time,
+            "recalibration_s": self.recalibration_time,
+            "resumed_from_epoch": self.resumed_from,
         }
 
     def evaluate(self, split: str = "test") -> dict[str, Any]:
         return evaluate(self.model, self.dataset, split, self.config.eval_batch_size, self.device)
+
+
+#: Training settings a Trainer may resume with changed values: threads (they change the order of
+#: floating-point sums, not the experiment), how long to train (max_epochs, patience: continuing a run
+#: for more epochs) and the evaluation batch size. Any other difference from the checkpoint's config is
+#: refused. (``polyrec train --out DIR`` is stricter: it resumes only under the identical config.)
+NEUTRAL_TRAIN_KEYS = ("num_threads", "max_epochs", "patience", "eval_batch_size")
+
+
+def _neutral(train: dict) -> dict:
+    return {k: v for k, v in train.items() if k not in NEUTRAL_TRAIN_KEYS}

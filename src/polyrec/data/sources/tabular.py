@@ -22,18 +22,20 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-__all__ = ["load_table", "load_atomic", "SUPPORTED_FORMATS", "ATOMIC_TYPES"]
+__all__ = ["load_table", "load_atomic", "default_sep", "SUPPORTED_FORMATS", "ATOMIC_TYPES"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Formats accepted by :func:`load_table` and the extensions that imply them.
 SUPPORTED_FORMATS = {
-    "csv": (".csv", ".tsv"),
+    "csv": (".csv", ".tsv", ".tab"),
     "parquet": (".parquet", ".pq"),
     "atomic": (".inter",),
 }
 # pandas decompresses these transparently; they may follow .csv / .tsv.
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+# Text files whose fields are separated by tabs.
+_TAB_EXTENSIONS = (".tsv", ".tab")
 
 #: RecBole column types and the pandas dtype each is read as. Sequence types
 #: stay as the raw space-separated string: splitting them is a feature
@@ -276,6 +278,25 @@ def load_atomic(prefix_or_dir: PathLike, name: Optional[str] = None) -> pd.DataF
 # --------------------------------------------------------------------------- #
 # Generic tables
 # --------------------------------------------------------------------------- #
+def _text_extension(path: Path) -> str:
+    """The extension that names a file's format, past a compression suffix (``a.tsv.gz`` -> ``.tsv``)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if len(suffixes) >= 2 and suffixes[-1] in _COMPRESSION_SUFFIXES:
+        return suffixes[-2]
+    return suffixes[-1] if suffixes else ""
+
+
+def default_sep(path: PathLike) -> str:
+    """The CSV field separator a file name implies: a tab for ``.tsv`` / ``.tab`` (compressed too, as in
+    ``.tsv.gz``), else ``","``.
+
+    Example:
+        >>> default_sep("clicks.tsv.gz") == "\\t", default_sep("clicks.csv")
+        (True, ',')
+    """
+    return "\t" if _text_extension(Path(path)) in _TAB_EXTENSIONS else ","
+
+
 def _infer_format(path: Path) -> tuple[str, Optional[str]]:
     """Return ``(format, default separator)`` implied by ``path``'s extension."""
     if path.is_dir():
@@ -297,7 +318,7 @@ def _infer_format(path: Path) -> tuple[str, Optional[str]]:
         ext = suffixes[-1] if suffixes else ""
     for fmt, exts in SUPPORTED_FORMATS.items():
         if ext in exts:
-            return fmt, ("\t" if ext == ".tsv" else "," if fmt == "csv" else None)
+            return fmt, (default_sep(path) if fmt == "csv" else None)
     supported = sorted(e for exts in SUPPORTED_FORMATS.values() for e in exts)
     raise ValueError(
         f"load_table: unsupported extension {ext or '(none)'!r} of {str(path)!r}; supported extensions are "
@@ -312,28 +333,105 @@ def _check_columns(wanted: Sequence[str], available: Sequence[str], label: str) 
         raise ValueError(f"{label}: requested column(s) {missing} not found; available columns are {list(available)}.")
 
 
+# An integer written as text, optionally with a zero fraction ("12", "-3", "12.0" as written by a float
+# column that holds integers and missing cells).
+_INTEGER_TEXT = r"[+-]?\d+(?:\.0*)?"
+
+
+def _ids_from_text(text: pd.Series) -> pd.Series:
+    """An identifier column read as text -> exact identifiers.
+
+    pandas infers ``float64`` for an integer column with an empty cell, and float64 holds integers exactly
+    only up to 2**53: ids such as 9007199254740992 and 9007199254740993 would become one id. Here:
+
+    - every present value an integer: ``int64`` (no missing cell) or the nullable ``Int64`` (missing cells
+      stay missing), exact over the whole int64 range; an integer beyond it keeps its text;
+    - every present value some other number: ``float64``, as pandas infers it;
+    - otherwise the text as written (missing cells missing), as pandas infers it.
+
+    Vectorised string operations, no per-row Python.
+    """
+    mask = text.notna().to_numpy()
+    present = text[mask].str.strip()
+    if len(present) == 0:
+        return text
+    if present.str.fullmatch(_INTEGER_TEXT).all():
+        try:
+            ints = present.str.replace(r"\.0*$", "", regex=True).astype(np.int64).to_numpy()
+        except (OverflowError, ValueError):  # beyond int64: the text is the exact id
+            return text
+        if mask.all():
+            return pd.Series(ints, index=text.index, name=text.name)
+        values = np.zeros(len(text), dtype=np.int64)
+        values[mask] = ints
+        return pd.Series(pd.arrays.IntegerArray(values, ~mask), index=text.index, name=text.name)
+    numbers = pd.to_numeric(present, errors="coerce")
+    if numbers.notna().all():
+        return pd.to_numeric(text)
+    return text
+
+
+def _read_csv(path: Path, sep: str, columns: Optional[list[str]], id_columns: Sequence[str]) -> pd.DataFrame:
+    header = pd.read_csv(path, sep=sep, nrows=0).columns
+    if columns is not None:
+        _check_columns(columns, header, str(path))
+    ids = [c for c in dict.fromkeys(id_columns) if c in header and (columns is None or c in columns)]
+    frame = pd.read_csv(path, sep=sep, usecols=columns, dtype={c: str for c in ids})
+    for c in ids:
+        frame[c] = _ids_from_text(frame[c])
+    return frame
+
+
+def _read_parquet(path: Path, columns: Optional[list[str]], id_columns: Sequence[str]) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.ParquetDataset(path).schema
+    if columns is not None:
+        _check_columns(columns, schema.names, str(path))
+    frame = pd.read_parquet(path, engine="pyarrow", columns=columns)
+    # pandas turns an integer column with nulls into float64 (ids above 2**53 merge); read those id
+    # columns again as nullable integers. Without nulls they are plain int64, as before.
+    ints = [c for c in dict.fromkeys(id_columns) if c in frame.columns and c in schema.names
+            and pa.types.is_integer(schema.field(c).type)]
+    if ints:
+        exact = pd.read_parquet(path, engine="pyarrow", columns=ints, dtype_backend="numpy_nullable")
+        for c in ints:
+            col = exact[c]
+            frame[c] = col.array if col.isna().any() else col.to_numpy(dtype=col.dtype.numpy_dtype)
+    return frame
+
+
 def load_table(
     path: PathLike,
     format: Optional[str] = None,
     sep: Optional[str] = None,
     columns: Optional[Sequence[str]] = None,
+    id_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Load an interaction table from CSV/TSV, Parquet or RecBole atomic files.
 
     Args:
         path: File (or Parquet dataset folder / RecBole folder) to read.
         format: ``"csv"``, ``"parquet"`` or ``"atomic"``; inferred from the
-            extension when omitted (``.csv``, ``.tsv``, optionally compressed
-            with ``.gz``/``.bz2``/``.xz``/``.zst``/``.zip``; ``.parquet``,
-            ``.pq``; ``.inter``).
-        sep: CSV field separator. Defaults to ``","`` (``"\\t"`` for
-            ``.tsv``). Only valid for CSV.
+            extension when omitted (``.csv``, ``.tsv``, ``.tab``, optionally
+            compressed with ``.gz``/``.bz2``/``.xz``/``.zst``/``.zip``;
+            ``.parquet``, ``.pq``; ``.inter``).
+        sep: CSV field separator. Defaults to a tab for ``.tsv`` / ``.tab``
+            (compressed too) and ``","`` otherwise. Only valid for CSV.
         columns: Optional subset of columns to return, in this order.
+        id_columns: Columns that hold identifiers (sparse ids, domain values,
+            users). They are never read through float64, which merges integer
+            ids above 2**53: from CSV they are read as text, then as ``int64``
+            / nullable ``Int64`` when every value is an integer (see
+            :func:`_ids_from_text`); from Parquet an integer column with nulls
+            is a nullable integer column. Names not in the file are ignored.
+            Atomic files read ids as text already.
 
     Returns:
         The table as a DataFrame in file order. CSV dtypes are inferred by
-        pandas; atomic files are typed by their headers and joined with their
-        user/item files (see :func:`load_atomic`).
+        pandas (except ``id_columns``); atomic files are typed by their headers
+        and joined with their user/item files (see :func:`load_atomic`).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
@@ -350,32 +448,25 @@ def load_table(
         if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
             raise TypeError(f"load_table: columns must be a list of column names, got {columns!r}.")
         columns = list(columns)
+    if isinstance(id_columns, str):
+        raise TypeError(f"load_table: id_columns must be a list of column names, got {id_columns!r}.")
     if format is None:
-        fmt, default_sep = _infer_format(p)
+        fmt, implied_sep = _infer_format(p)
     else:
         fmt = str(format).lower()
         if fmt == "tsv":
-            fmt, default_sep = "csv", "\t"
+            fmt, implied_sep = "csv", "\t"
         elif fmt not in SUPPORTED_FORMATS:
             raise ValueError(f"load_table: unknown format={format!r}; supported formats are {sorted(SUPPORTED_FORMATS)}.")
         else:
-            default_sep = "\t" if p.name.lower().endswith((".tsv", ".tsv.gz")) else ","
+            implied_sep = default_sep(p)
     if sep is not None and fmt != "csv":
         raise ValueError(f"load_table: sep={sep!r} only applies to CSV files, but {str(p)!r} is read as {fmt}.")
 
     if fmt == "csv":
-        sep = default_sep if sep is None else sep
-        if columns is not None:
-            header = pd.read_csv(p, sep=sep, nrows=0).columns
-            _check_columns(columns, header, str(p))
-        frame = pd.read_csv(p, sep=sep, usecols=columns)
+        frame = _read_csv(p, implied_sep if sep is None else sep, columns, id_columns)
     elif fmt == "parquet":
-        if columns is not None:
-            import pyarrow.parquet as pq
-
-            names = pq.ParquetDataset(p).schema.names
-            _check_columns(columns, names, str(p))
-        frame = pd.read_parquet(p, engine="pyarrow", columns=columns)
+        frame = _read_parquet(p, columns, id_columns)
     else:
         frame = load_atomic(p)
     if columns is not None:

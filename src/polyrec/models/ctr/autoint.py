@@ -24,11 +24,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...config import param
 from ...data.batch import Batch
 from ...layers.interaction import SelfAttentionInteraction
 from ...layers.mlp import optional_mlp
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -36,20 +37,20 @@ class AutoIntConfig(ModelConfig):
     """Config of :class:`AutoIntModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: sizes of the AutoInt+ MLP branch; empty gives plain AutoInt.
+        hidden_units: sizes of the AutoInt+ MLP branch, each >= 1; empty gives plain AutoInt.
         activation: hidden activation of the MLP branch.
         dropout: dropout after each hidden layer of the MLP branch.
-        num_attention_layers: number of stacked interacting layers.
-        num_heads: attention heads H per layer.
-        attention_dim: per-head size d of queries, keys and values (0: ``embedding_dim``).
+        num_attention_layers: number of stacked interacting layers, >= 1 (the attention stack is the model).
+        num_heads: attention heads H per layer, >= 1.
+        attention_dim: per-head size d of queries, keys and values, >= 1, or 0: ``embedding_dim``.
         use_residual: the projected residual connection of each interacting layer (Eq. 8).
         attention_scale: divide attention logits by √d.
     """
 
-    hidden_units: tuple[int, ...] = (256, 128, 64)
-    num_attention_layers: int = 3
-    num_heads: int = 2
-    attention_dim: int = 0
+    hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
+    num_attention_layers: int = param(3, ge=1)
+    num_heads: int = param(2, ge=1)
+    attention_dim: int = param(0, ge=0)
     use_residual: bool = True
     attention_scale: bool = True
 
@@ -72,8 +73,6 @@ class AutoIntModel(Model):
 
     def __init__(self, schema, config: AutoIntConfig) -> None:
         super().__init__(schema, config)
-        if config.num_attention_layers < 1:
-            raise ValueError(f"autoint.num_attention_layers must be >= 1, got {config.num_attention_layers}")
         E = config.embedding_dim
         in_dim = self._build_embeddings()
         d = config.attention_dim or E

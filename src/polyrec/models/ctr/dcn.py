@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...config import param
 from ...data.batch import Batch
 from ...layers.interaction import CrossNetwork
 from ...layers.mlp import optional_mlp
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,12 @@ class DCNConfig(ModelConfig):
     """Config of :class:`DCNModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: deep-network sizes; empty drops the deep network.
-        num_cross_layers: L_c, cross layers.
+        hidden_units: deep-network sizes, each >= 1; empty drops the deep network.
+        num_cross_layers: L_c, cross layers, >= 1 (the cross network is what DCN adds to an MLP).
     """
 
-    hidden_units: tuple[int, ...] = (256, 128, 64)
-    num_cross_layers: int = 3
+    hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
+    num_cross_layers: int = param(3, ge=1)
 
 
 @register_model("dcn")

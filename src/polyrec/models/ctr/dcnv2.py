@@ -22,11 +22,12 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ...config import param
 from ...data.batch import Batch
 from ...layers.interaction import CrossNetworkV2
 from ...layers.mlp import optional_mlp
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -34,17 +35,17 @@ class DCNv2Config(ModelConfig):
     """Config of :class:`DCNv2Model` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: deep-network sizes; empty drops the deep network.
-        num_cross_layers: cross layers.
-        low_rank: rank r of the cross layers' low-rank factors; None for full-rank W.
-        num_experts: low-rank (or full-rank) experts per cross layer, mixed by a softmax gate.
+        hidden_units: deep-network sizes, each >= 1; empty drops the deep network.
+        num_cross_layers: cross layers, >= 1.
+        low_rank: rank r >= 1 of the cross layers' low-rank factors; None for full-rank W.
+        num_experts: low-rank (or full-rank) experts per cross layer, >= 1, mixed by a softmax gate.
         structure: ``parallel`` (cross ∥ deep on x_0) or ``stacked`` (deep on the cross output).
     """
 
-    hidden_units: tuple[int, ...] = (256, 128, 64)
-    num_cross_layers: int = 3
-    low_rank: int | None = None
-    num_experts: int = 1
+    hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
+    num_cross_layers: int = param(3, ge=1)
+    low_rank: int | None = param(None, ge=1)
+    num_experts: int = param(1, ge=1)
     structure: Literal["parallel", "stacked"] = "parallel"
 
 
@@ -67,8 +68,6 @@ class DCNv2Model(Model):
 
     def __init__(self, schema, config: DCNv2Config) -> None:
         super().__init__(schema, config)
-        if config.structure not in ("parallel", "stacked"):
-            raise ValueError(f"dcnv2.structure must be parallel or stacked, got {config.structure!r}")
         in_dim = self._build_embeddings()
         self.cross = CrossNetworkV2(in_dim, config.num_cross_layers, config.low_rank, config.num_experts)
         self.stacked = config.structure == "stacked"

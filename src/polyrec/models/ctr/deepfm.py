@@ -23,7 +23,7 @@ from ...layers.interaction import FMInteraction
 from ...layers.linear import LinearPart
 from ...layers.mlp import optional_mlp
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,10 @@ class DeepFMConfig(ModelConfig):
 
     Args:
         embedding_dim: E, shared by the FM and the deep component.
-        hidden_units: deep-component sizes; empty drops the deep component (a plain FM).
+        hidden_units: deep-component sizes, each >= 1; empty drops the deep component (a plain FM).
     """
 
-    hidden_units: tuple[int, ...] = (256, 128, 64)
+    hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
 
 
 @register_model("deepfm")

@@ -22,12 +22,13 @@ from typing import Literal
 
 import torch
 
+from ...config import param
 from ...data.batch import Batch
 from ...layers.interaction import BilinearInteraction, SENETLayer
 from ...layers.linear import LinearPart
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,14 @@ class FiBiNETConfig(ModelConfig):
     """Config of :class:`FiBiNETModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: sizes of the MLP on [p, q] (an output layer of size 1 follows).
-        reduction_ratio: SENET reduction ratio r.
+        hidden_units: sizes of the MLP on [p, q], each >= 1 (an output layer of size 1 follows; empty: that
+            layer alone).
+        reduction_ratio: SENET reduction ratio r >= 1 (the bottleneck has max(1, F // r) units).
         bilinear_type: ``field_all``, ``field_each`` or ``field_interaction`` (how W is shared).
     """
 
-    hidden_units: tuple[int, ...] = (256, 128, 64)
-    reduction_ratio: int = 3
+    hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
+    reduction_ratio: int = param(3, ge=1)
     bilinear_type: Literal["field_all", "field_each", "field_interaction"] = "field_interaction"
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from ...data.batch import Batch
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -19,13 +19,14 @@ class MLPConfig(ModelConfig):
     """Config of :class:`MLPModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: DNN sizes.
+        hidden_units: DNN sizes, each >= 1 (an output layer of size 1 follows; empty: that layer alone, a
+            logistic regression on the embeddings).
         norm: ``none``, ``batch`` or ``layer`` normalisation in the DNN.
         domain_embedding: add a domain-indicator embedding as an input feature (when the data does not
             already expose the domain as a feature).
     """
 
-    hidden_units: tuple[int, ...] = (256, 128, 64)
+    hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
     norm: Literal["none", "batch", "layer"] = "none"
     domain_embedding: bool = False
 

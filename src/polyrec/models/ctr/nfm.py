@@ -20,12 +20,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...config import param
 from ...data.batch import Batch
 from ...layers.interaction import BiInteractionPooling
 from ...layers.linear import LinearPart
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,15 @@ class NFMConfig(ModelConfig):
 
     Args:
         embedding_dim: E, also the size of the Bi-Interaction vector.
-        hidden_units: sizes of the MLP on the pooled vector (an output layer of size 1 follows).
+        hidden_units: sizes of the MLP on the pooled vector, each >= 1 (an output layer of size 1 follows;
+            empty: that layer alone, the paper's NFM-0).
         bi_batch_norm: batch normalisation of the Bi-Interaction vector (paper Sec. 3.4).
-        bi_dropout: dropout on the Bi-Interaction vector (paper Sec. 3.3).
+        bi_dropout: dropout probability on the Bi-Interaction vector (paper Sec. 3.3), in [0, 1) (0: none).
     """
 
-    hidden_units: tuple[int, ...] = (256, 128, 64)
+    hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
     bi_batch_norm: bool = True
-    bi_dropout: float = 0.0
+    bi_dropout: float = param(0.0, ge=0, lt=1)
 
 
 @register_model("nfm")
@@ -62,8 +64,6 @@ class NFMModel(Model):
 
     def __init__(self, schema, config: NFMConfig) -> None:
         super().__init__(schema, config)
-        if not 0.0 <= config.bi_dropout < 1.0:
-            raise ValueError(f"nfm.bi_dropout must be in [0, 1), got {config.bi_dropout}")
         E = config.embedding_dim
         self._build_embeddings()
         self.linear = LinearPart(schema)

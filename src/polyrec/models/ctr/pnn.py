@@ -27,7 +27,7 @@ from ...data.batch import Batch
 from ...layers.interaction import InnerProduct, OuterProduct
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,13 @@ class PNNConfig(ModelConfig):
     """Config of :class:`PNNModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: sizes of the MLP on the product layer (an output layer of size 1 follows).
+        hidden_units: sizes of the MLP on the product layer, each >= 1 (an output layer of size 1 follows;
+            empty: that layer alone).
         product_type: ``inner`` (IPNN), ``outer`` (OPNN) or ``both`` (PNN*).
         kernel_type: the outer-product kernel K_ij: ``mat`` (E×E), ``vec`` (diagonal) or ``num`` (scalar).
     """
 
-    hidden_units: tuple[int, ...] = (256, 128, 64)
+    hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
     product_type: Literal["inner", "outer", "both"] = "inner"
     kernel_type: Literal["mat", "vec", "num"] = "mat"
 
@@ -63,8 +64,6 @@ class PNNModel(Model):
 
     def __init__(self, schema, config: PNNConfig) -> None:
         super().__init__(schema, config)
-        if config.product_type not in ("inner", "outer", "both"):
-            raise ValueError(f"pnn.product_type must be one of inner, outer, both; got {config.product_type!r}")
         E = config.embedding_dim
         self._build_embeddings()
         F = self.embeddings.num_fields

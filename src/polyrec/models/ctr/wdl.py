@@ -22,7 +22,7 @@ from ...data.batch import Batch
 from ...layers.linear import LinearPart
 from ...layers.mlp import optional_mlp
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,10 @@ class WDLConfig(ModelConfig):
     """Config of :class:`WDLModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: deep-part sizes; empty drops the deep part.
+        hidden_units: deep-part sizes, each >= 1; empty drops the deep part (the wide, linear part alone).
     """
 
-    hidden_units: tuple[int, ...] = (256, 128, 64)
+    hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
 
 
 @register_model("wdl")

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ...config import field_error
 from ...data.batch import Batch
 from ...layers.interaction import CIN
 from ...layers.linear import LinearPart
 from ...layers.mlp import optional_mlp
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -31,14 +32,23 @@ class XDeepFMConfig(ModelConfig):
     """Config of :class:`XDeepFMModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: DNN sizes; empty drops the DNN.
-        cin_layer_sizes: feature maps H_k of each CIN layer.
-        cin_split_half: send half of each hidden CIN layer's maps to the output (they must then be even).
+        hidden_units: DNN sizes, each >= 1; empty drops the DNN.
+        cin_layer_sizes: feature maps H_k >= 1 of each CIN layer; at least one layer (the CIN is what
+            xDeepFM adds to DeepFM).
+        cin_split_half: send half of each hidden CIN layer's maps to the output (every size but the last
+            must then be even).
     """
 
-    hidden_units: tuple[int, ...] = (256, 128, 64)
-    cin_layer_sizes: tuple[int, ...] = (128, 128)
+    hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
+    cin_layer_sizes: tuple[int, ...] = layer_sizes((128, 128), required=True)
     cin_split_half: bool = True
+
+    def __post_init__(self) -> None:
+        sizes = self.cin_layer_sizes
+        if self.cin_split_half and all(h >= 1 for h in sizes) and any(h % 2 for h in sizes[:-1]):
+            raise field_error("cin_layer_sizes", list(sizes), "with cin_split_half every size but the last must "
+                              "be even (half of each layer's maps feed the next); make them even or set "
+                              "cin_split_half=false")
 
 
 @register_model("xdeepfm")

@@ -35,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...config import param
 from ...data.batch import Batch
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -46,17 +47,19 @@ class AdaptDHMConfig(ModelConfig):
     """Config of :class:`AdaptDHMModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: hidden sizes of each cluster tower (default (64, 64), the P2 benchmark's); a
-            cluster-specific output layer of size 1 follows.
-        num_clusters: K, the number of distribution clusters and expert towers (default 3).
-        momentum: β of the centre update (default 0.9).
-        temperature: τ of the soft assignment over cosine similarities (default 0.1).
+        hidden_units: hidden sizes of each cluster tower, each >= 1 (default (64, 64), the P2 benchmark's);
+            a cluster-specific output layer of size 1 follows (empty: that layer alone).
+        num_clusters: K >= 1, the number of distribution clusters and expert towers (default 3).
+        momentum: β of the centre update ``c ← β c + (1 − β) m``, in [0, 1) (default 0.9; 0: each batch's
+            assigned mean replaces the centre; 1 would never move the centres).
+        temperature: τ > 0 of the soft assignment over cosine similarities (default 0.1; τ → 0 is the
+            paper's hard arg-max routing).
     """
 
-    hidden_units: tuple[int, ...] = (64, 64)
-    num_clusters: int = 3
-    momentum: float = 0.9
-    temperature: float = 0.1
+    hidden_units: tuple[int, ...] = layer_sizes((64, 64))
+    num_clusters: int = param(3, ge=1)
+    momentum: float = param(0.9, ge=0, lt=1)
+    temperature: float = param(0.1, gt=0)
 
 
 class ClusterStarLayer(nn.Module):
@@ -96,12 +99,6 @@ class AdaptDHMModel(Model):
 
     def __init__(self, schema, config: AdaptDHMConfig) -> None:
         super().__init__(schema, config)
-        if config.num_clusters < 1:
-            raise ValueError(f"adaptdhm.num_clusters must be >= 1, got {config.num_clusters}")
-        if not 0.0 <= config.momentum < 1.0 or config.temperature <= 0:
-            raise ValueError(
-                f"adaptdhm: momentum must be in [0, 1) and temperature > 0; got {config.momentum}, {config.temperature}"
-            )
         E, K = config.embedding_dim, config.num_clusters
         feat_dim = self._build_embeddings()
         self.domain_embedding = nn.Embedding(schema.num_domains, E)

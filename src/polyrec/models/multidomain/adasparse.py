@@ -33,10 +33,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ...config import Check, field_error, param
 from ...data.batch import Batch
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -44,26 +45,33 @@ class AdaSparseConfig(ModelConfig):
     """Config of :class:`AdaSparseModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: backbone hidden sizes (default (128, 64, 32); the P2 benchmark's port uses (32, 32)
-            with dropout 0.2).
+        hidden_units: backbone hidden sizes, each >= 1 (default (128, 64, 32); the P2 benchmark's port uses
+            (32, 32) with dropout 0.2). Empty: the pruned input feeds the output layer directly.
         form: weighting factor form, ``binarization``, ``scaling`` or ``fusion`` (default, as the port).
-        epsilon: ε, the pruning threshold on σ(α v) (default 1e-2).
-        beta: β, the scale of the scaling and fusion forms (default 2).
-        alpha: initial α (default 1).
-        alpha_step: Δα added to α at every training-mode forward (default 1e-4).
-        sparsity_weight: λ of the sparsity regularisation (0 disables it; default 1e-2).
-        sparsity_range: the target interval ``(r_min, r_max)`` of each layer's pruned fraction
-            (default (0.1, 0.5)).
+        epsilon: ε, the pruning threshold on σ(α v), in (0, 1) (default 1e-2): σ is in (0, 1), so a
+            threshold outside would prune nothing or everything.
+        beta: β > 0, the scale of the scaling and fusion forms, whose factors lie in (0, β) (default 2).
+        alpha: initial α > 0, the slope of σ(α v) (default 1); it only grows from there.
+        alpha_step: Δα >= 0 added to α at every training-mode forward (default 1e-4; 0: α stays fixed).
+        sparsity_weight: λ >= 0 of the sparsity regularisation (0 disables it; default 1e-2).
+        sparsity_range: the target interval ``(r_min, r_max)`` of each layer's pruned fraction, with
+            0 <= r_min <= r_max <= 1 (default (0.1, 0.5)).
     """
 
-    hidden_units: tuple[int, ...] = (128, 64, 32)
+    hidden_units: tuple[int, ...] = layer_sizes((128, 64, 32))
     form: Literal["binarization", "scaling", "fusion"] = "fusion"
-    epsilon: float = 1e-2
-    beta: float = 2.0
-    alpha: float = 1.0
-    alpha_step: float = 1e-4
-    sparsity_weight: float = 1e-2
-    sparsity_range: tuple[float, float] = (0.1, 0.5)
+    epsilon: float = param(1e-2, gt=0, lt=1)
+    beta: float = param(2.0, gt=0)
+    alpha: float = param(1.0, gt=0)
+    alpha_step: float = param(1e-4, ge=0)
+    sparsity_weight: float = param(1e-2, ge=0)
+    sparsity_range: tuple[float, float] = param((0.1, 0.5), items=Check(ge=0, le=1))
+
+    def __post_init__(self) -> None:
+        lo, hi = self.sparsity_range
+        if lo > hi:
+            raise field_error("sparsity_range", list(self.sparsity_range),
+                              "r_min must not exceed r_max; give the interval as [r_min, r_max]")
 
 
 @register_model("adasparse")
@@ -81,11 +89,6 @@ class AdaSparseModel(Model):
 
     def __init__(self, schema, config: AdaSparseConfig) -> None:
         super().__init__(schema, config)
-        lo, hi = config.sparsity_range
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"adasparse.sparsity_range must satisfy 0 <= r_min <= r_max <= 1, got {config.sparsity_range}")
-        if not 0.0 < config.epsilon < 1.0:
-            raise ValueError(f"adasparse.epsilon must be in (0, 1), got {config.epsilon}")
         E = config.embedding_dim
         in_dim = self._build_embeddings()
         self.domain_embedding = nn.Embedding(schema.num_domains, E)

@@ -38,7 +38,7 @@ from ...data.batch import Batch
 from ...layers.domain import DomainSegments
 from ...layers.experts import BankLinear, ExpertBank
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, feature_names, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -46,15 +46,16 @@ class AITMConfig(ModelConfig):
     """Config of :class:`AITMModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        tower_units: hidden sizes of each domain's tower; its last size k is also the size of the
-            transferred information and of the AIT attention.
-        domain_order: the sequence of domains by name, first to last (empty: the schema's order).
+        tower_units: hidden sizes of each domain's tower, each >= 1 and at least one; its last size k is
+            also the size of the transferred information and of the AIT attention.
+        domain_order: the sequence of domains by name, first to last, each domain once (empty: the
+            schema's order).
         activation: hidden activation of the towers.
         dropout: dropout after each hidden activation and after the transfer layer.
     """
 
-    tower_units: tuple[int, ...] = (128, 64, 32)
-    domain_order: tuple[str, ...] = ()
+    tower_units: tuple[int, ...] = layer_sizes((128, 64, 32), required=True)
+    domain_order: tuple[str, ...] = feature_names()
 
 
 @register_model("aitm")
@@ -74,13 +75,12 @@ class AITMModel(Model):
 
     def __init__(self, schema, config: AITMConfig) -> None:
         super().__init__(schema, config)
-        if not config.tower_units:
-            raise ConfigError("aitm.tower_units must name at least one layer size")
         D = schema.num_domains
         names = list(schema.domain.values)
         order = list(config.domain_order) or names
-        if sorted(order) != sorted(names) or len(set(order)) != len(order):
-            raise ConfigError(f"aitm.domain_order must list every domain once, got {order}; domains: {names}")
+        if sorted(order) != sorted(names):
+            raise ConfigError(f"model.domain_order: {order!r} is not allowed; list every domain of the data once, "
+                              f"in chain order: {names} (model {self.model_name!r})")
         # position_of[domain index] = the domain's position in the chain.
         self.register_buffer(
             "position_of", torch.tensor([order.index(n) for n in names], dtype=torch.long), persistent=False

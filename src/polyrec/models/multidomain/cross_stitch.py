@@ -30,13 +30,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...config import ConfigError
+from ...config import param
 from ...data.batch import Batch
 from ...layers.domain import DomainLinearBank
 from ...layers.experts import BankLinear, CrossStitchUnit
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,16 @@ class CrossStitchConfig(ModelConfig):
     """Config of :class:`CrossStitchModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: hidden sizes of every domain's network; a cross-stitch unit follows each hidden layer
-            and a per-domain ``Linear(·, 1)`` output layer the last one.
-        stitch_self_weight: initial diagonal of every cross-stitch matrix α (α_S in the paper).
+        hidden_units: hidden sizes of every domain's network, each >= 1 and at least one (the units follow
+            the hidden layers); a cross-stitch unit follows each hidden layer and a per-domain
+            ``Linear(·, 1)`` output layer the last one.
+        stitch_self_weight: initial diagonal of every cross-stitch matrix α (α_S in the paper), in [0, 1]:
+            each row of α starts as a convex combination, α_S on the own column and (1 − α_S)/(D − 1) on
+            each other (1: the domains start apart, as separate networks).
     """
 
-    hidden_units: tuple[int, ...] = (128, 64, 32)
-    stitch_self_weight: float = 0.9
+    hidden_units: tuple[int, ...] = layer_sizes((128, 64, 32), required=True)
+    stitch_self_weight: float = param(0.9, ge=0, le=1)
 
 
 @register_model("cross_stitch")
@@ -71,10 +74,6 @@ class CrossStitchModel(Model):
 
     def __init__(self, schema, config: CrossStitchConfig) -> None:
         super().__init__(schema, config)
-        if not config.hidden_units:
-            raise ConfigError("cross_stitch.hidden_units must name at least one hidden layer (the units follow them)")
-        if not 0.0 <= config.dropout < 1.0:
-            raise ConfigError(f"cross_stitch.dropout must be in [0, 1), got {config.dropout}")
         D = schema.num_domains
         in_dim = self._build_embeddings()
         sizes = [in_dim, *config.hidden_units]

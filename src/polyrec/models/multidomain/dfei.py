@@ -45,12 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...config import ConfigError
+from ...config import param
 from ...data.batch import Batch
 from ...layers.domain import DomainMLPBank, DomainSegments
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -59,33 +59,28 @@ class DFEIConfig(ModelConfig):
 
     Args:
         embedding_dim: E for every sparse feature (paper: 16).
-        shared_units: hidden sizes of the shared tower f (paper: 128, 64, 32).
-        domain_units: hidden sizes of every domain tower f_d; the last size is the size of u_d and v_d.
-        head_units: hidden sizes of the prediction MLP of eq. 7 (an output layer of size 1 follows).
+        shared_units: hidden sizes of the shared tower f, each >= 1 and at least one (paper: 128, 64, 32).
+        domain_units: hidden sizes of every domain tower f_d, each >= 1 and at least one; the last size is
+            the size of u_d and v_d.
+        head_units: hidden sizes of the prediction MLP of eq. 7, each >= 1 (an output layer of size 1
+            follows; empty: that layer alone).
         domain_head: one prediction MLP per domain (θ^u_d, the paper's split) instead of one shared.
-        attention_dim: k, the size of h1, h2, h3 and the √k of eq. 6 (paper: 32).
-        alpha: decay α of the domain-feature moving average, eq. 4 (paper: 0.9).
+        attention_dim: k >= 1, the size of h1, h2, h3 and the √k of eq. 6 (paper: 32).
+        alpha: decay α of the domain-feature moving average, eq. 4, in [0, 1] (paper: 0.9; 0: v_d is the
+            current batch's mean, 1: v_d keeps its first batch's value).
         mean_gradient: let the current batch's mean term of eq. 4 carry gradient to the rows of its own
             domain (False: v_d is a constant for the loss).
         activation: hidden activation of towers and head.
         dropout: dropout after each hidden activation of towers and head.
     """
 
-    shared_units: tuple[int, ...] = (128, 64, 32)
-    domain_units: tuple[int, ...] = (128, 64, 32)
-    head_units: tuple[int, ...] = (32,)
+    shared_units: tuple[int, ...] = layer_sizes((128, 64, 32), required=True)
+    domain_units: tuple[int, ...] = layer_sizes((128, 64, 32), required=True)
+    head_units: tuple[int, ...] = layer_sizes((32,))
     domain_head: bool = True
-    attention_dim: int = 32
-    alpha: float = 0.9
+    attention_dim: int = param(32, ge=1)
+    alpha: float = param(0.9, ge=0, le=1)
     mean_gradient: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"dfei.alpha must be in [0, 1], got {self.alpha}")
-        if self.attention_dim < 1:
-            raise ConfigError(f"dfei.attention_dim must be >= 1, got {self.attention_dim}")
-        if not self.shared_units or not self.domain_units:
-            raise ConfigError("dfei.shared_units and dfei.domain_units need at least one layer each")
 
 
 @register_model("dfei")

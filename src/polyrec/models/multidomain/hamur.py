@@ -36,13 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...config import param
 from ...data.batch import Batch
 from ...layers.domain import DomainLinearBank, DomainSegments
 from ...layers.gates import segment_einsum
 from ...layers.mlp import MLP
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -50,19 +51,21 @@ class HamurConfig(ModelConfig):
     """Config of :class:`HamurModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: hidden sizes of each domain's backbone (default (256, 128), the P2 benchmark's
-            HAMUR-small); an adapter cell follows every hidden layer, a per-domain output layer the last.
-        adapter_dim: width of the adapters' bottleneck (default 32).
-        hyper_rank: k, the size of the instance representation matrix H(x) (default 16).
-        hyper_units: hidden sizes of the shared hypernetwork (default (64,)).
+        hidden_units: hidden sizes of each domain's backbone, each >= 1 and at least one (default (256, 128),
+            the P2 benchmark's HAMUR-small); an adapter cell follows every hidden layer, a per-domain output
+            layer the last.
+        adapter_dim: width >= 1 of the adapters' bottleneck (default 32).
+        hyper_rank: k >= 1, the size of the instance representation matrix H(x) (default 16).
+        hyper_units: hidden sizes of the shared hypernetwork, each >= 1 (default (64,); empty: a linear
+            hypernetwork).
         activation: hidden activation of backbone and hypernetwork.
         dropout: dropout after each backbone hidden layer.
     """
 
-    hidden_units: tuple[int, ...] = (256, 128)
-    adapter_dim: int = 32
-    hyper_rank: int = 16
-    hyper_units: tuple[int, ...] = (64,)
+    hidden_units: tuple[int, ...] = layer_sizes((256, 128), required=True)
+    adapter_dim: int = param(32, ge=1)
+    hyper_rank: int = param(16, ge=1)
+    hyper_units: tuple[int, ...] = layer_sizes((64,))
 
 
 class HyperAdapterBank(nn.Module):
@@ -121,8 +124,6 @@ class HamurModel(Model):
 
     def __init__(self, schema, config: HamurConfig) -> None:
         super().__init__(schema, config)
-        if not config.hidden_units or config.hyper_rank < 1 or config.adapter_dim < 1:
-            raise ValueError("hamur: needs hidden_units, hyper_rank >= 1 and adapter_dim >= 1")
         D, E, k = schema.num_domains, config.embedding_dim, config.hyper_rank
         in_dim = self._build_embeddings()
         self.domain_embedding = nn.Embedding(D, E)

@@ -40,13 +40,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...config import param
 from ...data.batch import Batch
 from ...layers.domain import DomainSegments
 from ...layers.experts import DomainGate, ExpertBank, mix_experts
 from ...layers.gates import ParallelMLP
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -54,22 +55,24 @@ class HiNetConfig(ModelConfig):
     """Config of :class:`HiNetModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        shared_experts: scenario-shared sub-experts (default 4).
-        specific_experts: sub-experts per scenario (default 2).
-        expert_units: layer sizes of every sub-expert (default (64, 32)).
+        shared_experts: scenario-shared sub-experts, >= 1 (default 4).
+        specific_experts: sub-experts per scenario, >= 1 (default 2).
+        expert_units: layer sizes of every sub-expert, each >= 1 and at least one (default (64, 32)).
         san: use the scenario-aware attentive network (default True).
-        san_hidden: hidden sizes of the SAN's attention MLP on the domain embedding (default (32,)).
-        tower_units: hidden sizes of the tower on the scenario representation (default (64, 32)).
+        san_hidden: hidden sizes of the SAN's attention MLP on the domain embedding, each >= 1 (default
+            (32,); empty: a linear map).
+        tower_units: hidden sizes of the tower on the scenario representation, each >= 1 (default (64, 32);
+            empty: the output layer alone).
         activation: activation of experts, attention MLP and tower.
         dropout: dropout in the experts and the tower.
     """
 
-    shared_experts: int = 4
-    specific_experts: int = 2
-    expert_units: tuple[int, ...] = (64, 32)
+    shared_experts: int = param(4, ge=1)
+    specific_experts: int = param(2, ge=1)
+    expert_units: tuple[int, ...] = layer_sizes((64, 32), required=True)
     san: bool = True
-    san_hidden: tuple[int, ...] = (32,)
-    tower_units: tuple[int, ...] = (64, 32)
+    san_hidden: tuple[int, ...] = layer_sizes((32,))
+    tower_units: tuple[int, ...] = layer_sizes((64, 32))
 
 
 @register_model("hinet")
@@ -93,8 +96,6 @@ class HiNetModel(Model):
 
     def __init__(self, schema, config: HiNetConfig) -> None:
         super().__init__(schema, config)
-        if config.shared_experts < 1 or config.specific_experts < 1 or not config.expert_units:
-            raise ValueError("hinet: needs shared_experts >= 1, specific_experts >= 1 and expert_units")
         D, E, Ksp = schema.num_domains, config.embedding_dim, config.specific_experts
         in_dim = self._build_embeddings()
         act, drop = config.activation, config.dropout

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...config import ConfigError
+from ...config import param
 from ...data.batch import Batch
 from ...layers.experts import DomainGate, ExpertBank
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -42,16 +42,17 @@ class HMoEConfig(ModelConfig):
     """Config of :class:`HMoEModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        num_experts: shared experts.
-        expert_units: hidden sizes of every expert.
-        tower_units: hidden sizes of each domain's tower (a ``Linear(·, 1)`` score layer follows).
+        num_experts: shared experts, >= 1.
+        expert_units: hidden sizes of every expert, each >= 1 and at least one.
+        tower_units: hidden sizes of each domain's tower, each >= 1 (a ``Linear(·, 1)`` score layer
+            follows; empty: that layer alone).
         stop_gradient: stop the gradient of other domains' scores in the label-space mixture (the paper's
             task-constrained back-propagation); False gives the plain end-to-end stacked model.
     """
 
-    num_experts: int = 4
-    expert_units: tuple[int, ...] = (128, 64)
-    tower_units: tuple[int, ...] = (32,)
+    num_experts: int = param(4, ge=1)
+    expert_units: tuple[int, ...] = layer_sizes((128, 64), required=True)
+    tower_units: tuple[int, ...] = layer_sizes((32,))
     stop_gradient: bool = True
 
 
@@ -73,10 +74,6 @@ class HMoEModel(Model):
 
     def __init__(self, schema, config: HMoEConfig) -> None:
         super().__init__(schema, config)
-        if config.num_experts < 1:
-            raise ConfigError(f"hmoe.num_experts must be >= 1, got {config.num_experts}")
-        if not config.expert_units:
-            raise ConfigError("hmoe.expert_units must name at least one layer size")
         D = schema.num_domains
         in_dim = self._build_embeddings()
         self.experts = ExpertBank(in_dim, config.expert_units, config.num_experts, config.activation, config.dropout)

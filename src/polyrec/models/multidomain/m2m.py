@@ -34,13 +34,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ...config import param
 from ...data.batch import Batch
 from ...layers.domain import segment_linear
 from ...layers.gates import ParallelMLP, segment_einsum
 from ...layers.mlp import MLP
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -48,21 +49,23 @@ class M2MConfig(ModelConfig):
     """Config of :class:`M2MModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        num_experts: K shared experts (default 4, the P2 benchmark's).
-        expert_units: layer sizes of each expert; the last one, d, is the representation size of the meta
-            modules (default (64, 32)).
-        scenario_dim: size of the scenario knowledge representation S (default 32).
-        meta_tower_layers: number of residual meta layers in the tower (default 2).
-        tower_units: hidden sizes of the output MLP after the meta tower (default (32,)).
+        num_experts: K >= 1 shared experts (default 4, the P2 benchmark's).
+        expert_units: layer sizes of each expert, each >= 1 and at least one; the last one, d, is the
+            representation size of the meta modules (default (64, 32)).
+        scenario_dim: size >= 1 of the scenario knowledge representation S (default 32).
+        meta_tower_layers: number of residual meta layers in the tower, >= 0 (default 2; 0: no meta tower,
+            the scenario then acts through the meta attention only).
+        tower_units: hidden sizes of the output MLP after the meta tower, each >= 1 (default (32,); empty:
+            its output layer alone).
         activation: activation everywhere.
         dropout: dropout in the experts and output MLP.
     """
 
-    num_experts: int = 4
-    expert_units: tuple[int, ...] = (64, 32)
-    scenario_dim: int = 32
-    meta_tower_layers: int = 2
-    tower_units: tuple[int, ...] = (32,)
+    num_experts: int = param(4, ge=1)
+    expert_units: tuple[int, ...] = layer_sizes((64, 32), required=True)
+    scenario_dim: int = param(32, ge=1)
+    meta_tower_layers: int = param(2, ge=0)
+    tower_units: tuple[int, ...] = layer_sizes((32,))
 
 
 class MetaLinear(nn.Module):
@@ -103,8 +106,6 @@ class M2MModel(Model):
 
     def __init__(self, schema, config: M2MConfig) -> None:
         super().__init__(schema, config)
-        if config.num_experts < 1 or not config.expert_units:
-            raise ValueError("m2m: needs num_experts >= 1 and non-empty expert_units")
         E = config.embedding_dim
         in_dim = self._build_embeddings()
         # N(0, 1) (nn.Embedding's default): every generated weight derives from it, so domains start apart.

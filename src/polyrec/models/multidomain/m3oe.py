@@ -34,13 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config import param
 from ...data.batch import Batch
 from ...layers.domain import DomainLinearBank, DomainMLPBank
 from ...layers.experts import ExpertBank
 from ...layers.gates import ParallelMLP
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, finite_number, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -48,23 +49,24 @@ class M3oEConfig(ModelConfig):
     """Config of :class:`M3oEModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        shared_experts: K shared experts (default 4, the P2 benchmark's).
-        expert_units: layer sizes of every expert (default (64, 32)).
-        tower_units: hidden sizes of each domain's tower (default (32,)).
+        shared_experts: K >= 1 shared experts (default 4, the P2 benchmark's).
+        expert_units: layer sizes of every expert, each >= 1 and at least one (default (64, 32)).
+        tower_units: hidden sizes of each domain's tower, each >= 1 (default (32,); empty: the output layer
+            alone).
         domain_weight: initial pre-sigmoid value of w_D, the domain aspect's fusion weight (default 1, the
-            P2 benchmark's ``exp_d``).
-        task_weight: initial pre-sigmoid value of w_T (default 1, ``exp_t``).
+            P2 benchmark's ``exp_d``). Any finite number: it is a logit, σ maps it into (0, 1).
+        task_weight: initial pre-sigmoid value of w_T (default 1, ``exp_t``), any finite number.
         balance: initial pre-sigmoid value of α, the own domain's share in the domain balance (default 1,
-            ``bal_d``).
+            ``bal_d``), any finite number.
         activation: activation of experts and towers.
     """
 
-    shared_experts: int = 4
-    expert_units: tuple[int, ...] = (64, 32)
-    tower_units: tuple[int, ...] = (32,)
-    domain_weight: float = 1.0
-    task_weight: float = 1.0
-    balance: float = 1.0
+    shared_experts: int = param(4, ge=1)
+    expert_units: tuple[int, ...] = layer_sizes((64, 32), required=True)
+    tower_units: tuple[int, ...] = layer_sizes((32,))
+    domain_weight: float = finite_number(1.0)
+    task_weight: float = finite_number(1.0)
+    balance: float = finite_number(1.0)
 
 
 @register_model("m3oe")
@@ -88,8 +90,6 @@ class M3oEModel(Model):
 
     def __init__(self, schema, config: M3oEConfig) -> None:
         super().__init__(schema, config)
-        if config.shared_experts < 1 or not config.expert_units:
-            raise ValueError("m3oe: needs shared_experts >= 1 and non-empty expert_units")
         D, E = schema.num_domains, config.embedding_dim
         act, drop = config.activation, config.dropout
         in_dim = self._build_embeddings()

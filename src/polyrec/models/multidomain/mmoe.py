@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ...config import ConfigError
+from ...config import param
 from ...data.batch import Batch
 from ...layers.domain import DomainMLPBank
 from ...layers.experts import DomainGate, ExpertBank, mix_experts
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,15 @@ class MMoEConfig(ModelConfig):
     """Config of :class:`MMoEModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        num_experts: shared experts (STAR and Scenario-Wise-Rec use one per domain).
-        expert_units: hidden sizes of every expert.
-        tower_units: hidden sizes of each domain's tower (a ``Linear(·, 1)`` output layer follows).
+        num_experts: shared experts, >= 1 (STAR and Scenario-Wise-Rec use one per domain).
+        expert_units: hidden sizes of every expert, each >= 1 and at least one.
+        tower_units: hidden sizes of each domain's tower, each >= 1 (a ``Linear(·, 1)`` output layer
+            follows; empty: that layer alone).
     """
 
-    num_experts: int = 4
-    expert_units: tuple[int, ...] = (16,)
-    tower_units: tuple[int, ...] = (8,)
+    num_experts: int = param(4, ge=1)
+    expert_units: tuple[int, ...] = layer_sizes((16,), required=True)
+    tower_units: tuple[int, ...] = layer_sizes((8,))
 
 
 @register_model("mmoe")
@@ -61,10 +62,6 @@ class MMoEModel(Model):
 
     def __init__(self, schema, config: MMoEConfig) -> None:
         super().__init__(schema, config)
-        if config.num_experts < 1:
-            raise ConfigError(f"mmoe.num_experts must be >= 1, got {config.num_experts}")
-        if not config.expert_units:
-            raise ConfigError("mmoe.expert_units must name at least one layer size")
         D = schema.num_domains
         in_dim = self._build_embeddings()
         self.experts = ExpertBank(in_dim, config.expert_units, config.num_experts, config.activation, config.dropout)

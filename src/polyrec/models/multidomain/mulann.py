@@ -28,13 +28,13 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...config import ConfigError
+from ...config import param
 from ...data.batch import Batch
 from ...layers.domain import DomainMLPBank, DomainSegments
 from ...layers.experts import grad_reverse
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -42,20 +42,25 @@ class MuLANNConfig(ModelConfig):
     """Config of :class:`MuLANNModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: hidden sizes of the shared feature extractor.
-        tower_units: hidden sizes of the click head(s) (a ``Linear(·, 1)`` output layer follows).
+        hidden_units: hidden sizes of the shared feature extractor, each >= 1 (empty: the heads and the
+            discriminator read the embeddings).
+        tower_units: hidden sizes of the click head(s), each >= 1 (a ``Linear(·, 1)`` output layer follows;
+            empty: that layer alone).
         domain_heads: one head per domain (True) or one shared head (False, the STAR paper's MuLANN).
-        discriminator_units: hidden sizes of the domain discriminator (a ``Linear(·, D)`` output follows).
-        adversarial_weight: weight of the discriminator's cross-entropy in ``aux_losses``.
-        reversal_scale: λ, the factor of the reversed gradient that reaches the extractor.
+        discriminator_units: hidden sizes of the domain discriminator, each >= 1 (a ``Linear(·, D)`` output
+            follows; empty: that layer alone).
+        adversarial_weight: weight >= 0 of the discriminator's cross-entropy in ``aux_losses`` (0: the
+            discriminator is not trained, so no adversarial signal).
+        reversal_scale: λ >= 0, the factor of the reversed gradient that reaches the extractor (0: the
+            discriminator trains but the extractor gets no adversarial gradient).
     """
 
-    hidden_units: tuple[int, ...] = (128, 64)
-    tower_units: tuple[int, ...] = (32,)
+    hidden_units: tuple[int, ...] = layer_sizes((128, 64))
+    tower_units: tuple[int, ...] = layer_sizes((32,))
     domain_heads: bool = True
-    discriminator_units: tuple[int, ...] = (32,)
-    adversarial_weight: float = 0.1
-    reversal_scale: float = 1.0
+    discriminator_units: tuple[int, ...] = layer_sizes((32,))
+    adversarial_weight: float = param(0.1, ge=0)
+    reversal_scale: float = param(1.0, ge=0)
 
 
 @register_model("mulann")
@@ -74,11 +79,6 @@ class MuLANNModel(Model):
 
     def __init__(self, schema, config: MuLANNConfig) -> None:
         super().__init__(schema, config)
-        if config.adversarial_weight < 0 or config.reversal_scale < 0:
-            raise ConfigError(
-                f"mulann.adversarial_weight and mulann.reversal_scale must be >= 0, got "
-                f"{config.adversarial_weight} and {config.reversal_scale}"
-            )
         D = schema.num_domains
         in_dim = self._build_embeddings()
         self.extractor = MLP(in_dim, config.hidden_units, config.activation, config.dropout)

@@ -35,11 +35,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ...config import ConfigError, param
 from ...data.batch import Batch
 from ...layers.gates import GateNU
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, feature_names, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -47,15 +48,16 @@ class EPNetConfig(ModelConfig):
     """Config of :class:`EPNetModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: the DNN's hidden sizes (default (128, 64, 32), the P2 benchmark's); a linear output
-            layer of size 1 follows.
-        gamma: γ of every Gate NU (paper: 2).
-        gate_hidden: hidden size of every Gate NU (0: the size of what the gate scales).
+        hidden_units: the DNN's hidden sizes, each >= 1 and at least one (default (128, 64, 32), the P2
+            benchmark's); a linear output layer of size 1 follows.
+        gamma: γ > 0 of every Gate NU, whose output lies in (0, γ) (paper: 2, so a gate can amplify as well
+            as damp).
+        gate_hidden: hidden size of every Gate NU, >= 1, or 0: the size of what the gate scales.
     """
 
-    hidden_units: tuple[int, ...] = (128, 64, 32)
-    gamma: float = 2.0
-    gate_hidden: int = 0
+    hidden_units: tuple[int, ...] = layer_sizes((128, 64, 32), required=True)
+    gamma: float = param(2.0, gt=0)
+    gate_hidden: int = param(0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,10 @@ class PEPNetConfig(EPNetConfig):
         prior_features: the sparse features whose embeddings condition the PPNet gates (the paper's user,
             item and author ids). Empty: the schema's user feature and the first other sparse feature (by
             the protocols' convention the item id); without a user feature, the first two sparse features.
+            Each name once; that it is a sparse feature of the data is checked when the model is built.
     """
 
-    prior_features: tuple[str, ...] = ()
+    prior_features: tuple[str, ...] = feature_names()
 
 
 PPNetConfig = PEPNetConfig
@@ -86,8 +89,6 @@ class _PEPNetFamily(Model):
 
     def __init__(self, schema, config: EPNetConfig) -> None:
         super().__init__(schema, config)
-        if not config.hidden_units:
-            raise ValueError(f"{type(self).__name__}: hidden_units must not be empty")
         E = config.embedding_dim
         input_dim = self._build_embeddings()
         self.domain_embedding = nn.Embedding(schema.num_domains, E)
@@ -105,9 +106,9 @@ class _PEPNetFamily(Model):
             names = self._prior_names(schema, config.prior_features)
             for n in names:
                 if n not in self.embeddings.sparse_names:
-                    raise ValueError(
-                        f"{self.model_name}.prior_features: {n!r} is not a sparse feature; valid: "
-                        f"{self.embeddings.sparse_names}"
+                    raise ConfigError(
+                        f"model.prior_features: {n!r} is not allowed; it is not a sparse feature of the data; "
+                        f"valid: {self.embeddings.sparse_names} (model {self.model_name!r})"
                     )
             self.prior_names = names
             self.register_buffer(

@@ -30,12 +30,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...config import ConfigError
+from ...config import field_error, param
 from ...data.batch import Batch
 from ...layers.domain import DomainMLPBank
 from ...layers.experts import ExtractionLayer
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -43,18 +43,26 @@ class PLEConfig(ModelConfig):
     """Config of :class:`PLEModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        num_levels: extraction levels (1 = CGC).
-        num_shared_experts: shared experts per level.
-        num_specific_experts: experts per domain per level.
-        expert_units: hidden sizes of every expert (every level's experts output ``expert_units[-1]``).
-        tower_units: hidden sizes of each domain's tower (a ``Linear(·, 1)`` output layer follows).
+        num_levels: extraction levels, >= 1 (1 = CGC).
+        num_shared_experts: shared experts per level, >= 0 (0: none, domain experts only).
+        num_specific_experts: experts per domain per level, >= 0 (0: none, shared experts only, an MMoE
+            with per-level gates); the two counts must not both be 0.
+        expert_units: hidden sizes of every expert, each >= 1 and at least one (every level's experts
+            output ``expert_units[-1]``).
+        tower_units: hidden sizes of each domain's tower, each >= 1 (a ``Linear(·, 1)`` output layer
+            follows; empty: that layer alone).
     """
 
-    num_levels: int = 2
-    num_shared_experts: int = 1
-    num_specific_experts: int = 2
-    expert_units: tuple[int, ...] = (16,)
-    tower_units: tuple[int, ...] = (8,)
+    num_levels: int = param(2, ge=1)
+    num_shared_experts: int = param(1, ge=0)
+    num_specific_experts: int = param(2, ge=0)
+    expert_units: tuple[int, ...] = layer_sizes((16,), required=True)
+    tower_units: tuple[int, ...] = layer_sizes((8,))
+
+    def __post_init__(self) -> None:
+        if self.num_shared_experts == 0 and self.num_specific_experts == 0:
+            raise field_error("num_specific_experts", 0, "PLE needs at least one expert per level; set "
+                              "num_shared_experts or num_specific_experts to 1 or more")
 
 
 @register_model("ple")
@@ -74,17 +82,6 @@ class PLEModel(Model):
 
     def __init__(self, schema, config: PLEConfig) -> None:
         super().__init__(schema, config)
-        if config.num_levels < 1:
-            raise ConfigError(f"ple.num_levels must be >= 1, got {config.num_levels}")
-        if config.num_shared_experts < 0 or config.num_specific_experts < 0:
-            raise ConfigError(
-                f"ple expert counts must be >= 0, got num_shared_experts={config.num_shared_experts}, "
-                f"num_specific_experts={config.num_specific_experts}"
-            )
-        if config.num_shared_experts + config.num_specific_experts < 1:
-            raise ConfigError("ple needs at least one expert: set num_shared_experts or num_specific_experts >= 1")
-        if not config.expert_units:
-            raise ConfigError("ple.expert_units must name at least one layer size")
         D = schema.num_domains
         in_dim = self._build_embeddings()
         L = config.num_levels

@@ -35,12 +35,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...config import field_error, param
 from ...data.batch import Batch
 from ...layers.domain import DomainLinearBank, DomainSegments
 from ...layers.gates import DomainExpertBank, ParallelMLP
 from ...layers.mlp import MLP
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,24 @@ class SarNetConfig(ModelConfig):
     Defaults: the P2 benchmark's SAR-Net sizes.
 
     Args:
-        shared_experts: experts shared by all scenarios (default 8).
-        specific_experts: experts per scenario (default 2).
-        expert_dim: output size of every expert (default 16).
-        tower_units: hidden sizes of the tower on the gated expert mixture (default (32, 32)).
+        shared_experts: experts shared by all scenarios, >= 0 (default 8; 0: scenario experts only).
+        specific_experts: experts per scenario, >= 0 (default 2; 0: shared experts only); the two counts
+            must not both be 0.
+        expert_dim: output size >= 1 of every expert (default 16).
+        tower_units: hidden sizes of the tower on the gated expert mixture, each >= 1 (default (32, 32);
+            empty: the output layer alone).
         activation: activation of experts and tower.
     """
 
-    shared_experts: int = 8
-    specific_experts: int = 2
-    expert_dim: int = 16
-    tower_units: tuple[int, ...] = (32, 32)
+    shared_experts: int = param(8, ge=0)
+    specific_experts: int = param(2, ge=0)
+    expert_dim: int = param(16, ge=1)
+    tower_units: tuple[int, ...] = layer_sizes((32, 32))
+
+    def __post_init__(self) -> None:
+        if self.shared_experts == 0 and self.specific_experts == 0:
+            raise field_error("specific_experts", 0, "SAR-Net needs at least one expert; set shared_experts "
+                              "or specific_experts to 1 or more")
 
 
 @register_model("sarnet")
@@ -78,11 +86,6 @@ class SarNetModel(Model):
 
     def __init__(self, schema, config: SarNetConfig) -> None:
         super().__init__(schema, config)
-        if config.shared_experts < 0 or config.specific_experts < 0 or config.shared_experts + config.specific_experts < 1:
-            raise ValueError(
-                f"sarnet: needs at least one expert; got shared_experts={config.shared_experts}, "
-                f"specific_experts={config.specific_experts}"
-            )
         D = schema.num_domains
         in_dim = self._build_embeddings()
         # Scenario-specific transformation x ⊙ w_d + b_d: the domain indicator embeddings of this model.

@@ -21,7 +21,7 @@ from ...data.batch import Batch
 from ...layers.domain import DomainMLPBank, DomainSegments
 from ...layers.mlp import optional_mlp
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -29,12 +29,14 @@ class SharedBottomConfig(ModelConfig):
     """Config of :class:`SharedBottomModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        bottom_units: hidden sizes of the shared bottom MLP (empty: the towers read the embeddings).
-        tower_units: hidden sizes of each domain's tower (a ``Linear(·, 1)`` output layer follows).
+        bottom_units: hidden sizes of the shared bottom MLP, each >= 1 (empty: the towers read the
+            embeddings).
+        tower_units: hidden sizes of each domain's tower, each >= 1 (a ``Linear(·, 1)`` output layer
+            follows; empty: that layer alone).
     """
 
-    bottom_units: tuple[int, ...] = (128,)
-    tower_units: tuple[int, ...] = (8,)
+    bottom_units: tuple[int, ...] = layer_sizes((128,))
+    tower_units: tuple[int, ...] = layer_sizes((8,))
 
 
 @register_model("shared_bottom")

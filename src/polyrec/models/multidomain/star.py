@@ -24,12 +24,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ...config import ConfigError, param
 from ...data.batch import Batch
 from ...layers.domain import DomainSegments, StarLinear, segment_linear
 from ...layers.mlp import activation as make_activation
 from ...layers.norm import PartitionedNorm
 from .._registry import register_model
-from ..base import Model, ModelConfig, ModelOutput
+from ..base import Model, ModelConfig, ModelOutput, feature_names, layer_sizes
 
 
 @dataclass(frozen=True)
@@ -37,27 +38,32 @@ class StarConfig(ModelConfig):
     """Config of :class:`StarModel` (the shared fields: :class:`~polyrec.models.base.ModelConfig`).
 
     Args:
-        hidden_units: hidden sizes of the star-topology FCN (an output layer of size 1 follows).
+        hidden_units: hidden sizes of the star-topology FCN, each >= 1 (an output layer of size 1 follows;
+            empty: that star layer alone).
         activation: hidden activation φ.
         partitioned_norm: PN on the FCN input (§3.3).
         norm_hidden: also PN after each hidden star layer, before the activation.
-        pn_momentum: weight of the batch in PN's moving statistics.
-        pn_eps: PN's ε.
+        pn_momentum: weight of the batch in PN's moving statistics, in [0, 1] (as ``nn.BatchNorm1d``'s
+            momentum; 0: the moving statistics never move, which suits only ``train.precise_norm_stats``,
+            where they are set exactly after every epoch).
+        pn_eps: PN's ε > 0, the floor under each domain's variance (a constant feature would otherwise
+            divide by zero).
         aux_network: add the auxiliary network's logit (§3.5).
         aux_hidden: hidden sizes of the auxiliary network (paper: a two-layer network, i.e. one hidden layer).
-        aux_embedding_dim: size of the domain indicator embedding (0: ``embedding_dim``).
+        aux_embedding_dim: size of the domain indicator embedding, >= 1, or 0: ``embedding_dim``.
         aux_features: other features that describe the domain, whose embeddings also feed the auxiliary
-            network.
+            network; each name once, and each an embedded feature of the data (checked when the model is
+            built).
     """
 
-    hidden_units: tuple[int, ...] = (256, 128, 64)
+    hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
     partitioned_norm: bool = True
     norm_hidden: bool = False
-    pn_momentum: float = 0.1
-    pn_eps: float = 1e-5
+    pn_momentum: float = param(0.1, ge=0, le=1)
+    pn_eps: float = param(1e-5, gt=0)
     aux_network: bool = True
-    aux_embedding_dim: int = 0
-    aux_features: tuple[str, ...] = ()
+    aux_embedding_dim: int = param(0, ge=0)
+    aux_features: tuple[str, ...] = feature_names()
 
 
 @register_model("star")
@@ -91,7 +97,8 @@ class StarModel(Model):
             fields = self.embeddings.sparse_names + self.embeddings.multi_names
             for name in config.aux_features:
                 if name not in fields:
-                    raise ValueError(f"star.aux_features: {name!r} is not an embedded feature; valid: {fields}")
+                    raise ConfigError(f"model.aux_features: {name!r} is not allowed; it is not an embedded feature "
+                                      f"of the data; valid: {fields} (model {self.model_name!r})")
             self.register_buffer(
                 "aux_fields", torch.tensor([fields.index(n) for n in config.aux_features], dtype=torch.long),
                 persistent=False,

@@ -17,11 +17,20 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from ...config import from_dict
+from ...config import from_dict, param, validate
 from ...data.batch import Batch
 from ...data.dataset import EncodedDataset
-from ...data.samplers import epoch_batches
+from ...data.samplers import epoch_batches, stream_generator
 from ..task import BinaryTask
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"{value!r} is not allowed; must be true or false"
+
+
+def flag(default: bool) -> Any:
+    """A boolean strategy option (``param`` with a check that the value is a bool)."""
+    return param(default, rule=_boolean)
 
 
 @dataclass
@@ -42,8 +51,14 @@ class TrainContext:
     on_step: Callable[[dict[str, float]], None] | None = None
     _by_domain: tuple[Tensor, dict[int, Tensor]] | None = field(default=None, init=False, repr=False)
 
-    def batches(self, epoch: int, sampler: str | None = None, rows: Tensor | None = None) -> Iterator[Batch]:
-        """Batches of one epoch with the configured (or the given) sampler over ``rows``."""
+    def batches(self, epoch: int, sampler: str | None = None, rows: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Batches of one epoch with the configured (or the given) sampler over ``rows``.
+
+        Without ``generator`` they are the plain per-epoch stream of (seed, epoch): the one every basic
+        strategy draws. A second shuffle within the epoch (another pass, a restarted domain) must pass
+        its own generator, from :meth:`stream`, or it would replay the first.
+        """
         for idx in epoch_batches(
             sampler or self.sampler,
             self.rows if rows is None else rows,
@@ -52,8 +67,15 @@ class TrainContext:
             self.batch_size,
             seed=self.seed,
             epoch=epoch,
+            generator=generator,
         ):
             yield self.dataset.batch(idx).to(self.device)
+
+    def stream(self, epoch: int, purpose: str, *index: int) -> torch.Generator:
+        """A generator of its own for one use of randomness in ``epoch`` (see
+        :func:`polyrec.data.samplers.stream_generator`): ``purpose`` names the use (``"rounds"``,
+        ``"passes"``, ...) and ``index`` tells apart several of one purpose."""
+        return stream_generator(self.seed, epoch, purpose, *index)
 
     def domain_rows(self, domain: int) -> Tensor:
         """Training rows of one domain."""
@@ -70,12 +92,15 @@ class TrainContext:
             self._by_domain = (self.rows, rows)
         return self._by_domain[1]
 
-    def domain_stream(self, epoch: int, rows: Tensor) -> Iterator[Batch]:
-        """An endless stream of single-domain batches over ``rows``: a domain that runs out restarts with
-        a fresh shuffle, seeded by (seed, epoch, restart), so runs and resumed runs see the same batches."""
+    def domain_stream(self, epoch: int, domain: int, rows: Tensor | None = None) -> Iterator[Batch]:
+        """An endless stream of batches of ``domain`` (over ``rows``, default its training rows): a domain
+        that runs out restarts with a fresh shuffle, from the stream (seed, epoch, "domain_stream", domain,
+        restart), so runs and resumed runs see the same batches and no two domains, restarts, epochs or
+        seeds share a shuffle."""
+        rows = self.rows_by_domain()[domain] if rows is None else rows
         restart = 0
         while True:
-            yield from self.batches(epoch * 1_000_003 + restart, rows=rows)
+            yield from self.batches(epoch, rows=rows, generator=self.stream(epoch, "domain_stream", domain, restart))
             restart += 1
 
     def domain_rounds(self, epoch: int, rounds: int, generator: torch.Generator, per_domain: int = 1,
@@ -85,7 +110,7 @@ class TrainContext:
         (a fresh permutation from ``generator`` when ``shuffle``, else ascending)."""
         rows = self.rows_by_domain()
         domains = sorted(rows)
-        streams = {d: self.domain_stream(epoch, rows[d]) for d in domains}
+        streams = {d: self.domain_stream(epoch, d, rows[d]) for d in domains}
         for _ in range(rounds):
             order = [domains[i] for i in torch.randperm(len(domains), generator=generator)] if shuffle else domains
             yield {d: [next(streams[d]) for _ in range(per_domain)] for d in order}
@@ -93,15 +118,40 @@ class TrainContext:
     def compute_loss(self, batch: Batch) -> dict[str, Tensor]:
         return self.task.losses(self.model(batch), batch)
 
-    def step(self, batch: Batch, optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
-        """One standard step: forward, loss, backward, optional clipping, optimiser step."""
+    def zero_grad(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Drop the gradients of every model parameter and of every parameter of ``optimizer`` (default
+        :attr:`optimizer`): a phase whose optimiser holds only some parameters (Domain Regularization's
+        dense ones) must not let the others' gradients pile up from step to step."""
+        self.model.zero_grad(set_to_none=True)
+        (optimizer or self.optimizer).zero_grad(set_to_none=True)
+
+    def apply_gradients(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Clip and step: the gradients of model parameters that ``optimizer`` (default :attr:`optimizer`)
+        does not update are dropped, the rest clipped to :attr:`grad_clip` (global norm, if set) and applied.
+
+        Only what the step updates counts in the clipping norm; a parameter the backward pass reached but
+        the optimiser does not hold (a shared embedding table while domain-specific parameters train)
+        neither scales the update down nor keeps a gradient after the step.
+        """
         opt = optimizer or self.optimizer
-        opt.zero_grad(set_to_none=True)
+        held = {id(p) for group in opt.param_groups for p in group["params"]}
+        updated = []
+        for p in self.model.parameters():  # model order, as the clipping norm has always summed
+            if id(p) in held:
+                updated.append(p)
+            else:
+                p.grad = None
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(updated, self.grad_clip)
+        opt.step()
+
+    def step(self, batch: Batch, optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
+        """One standard step: forward, loss, backward, optional clipping, optimiser step (with ``optimizer``,
+        default :attr:`optimizer`; see :meth:`zero_grad` and :meth:`apply_gradients`)."""
+        self.zero_grad(optimizer)
         losses = self.compute_loss(batch)
         losses["loss"].backward()
-        if self.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        opt.step()
+        self.apply_gradients(optimizer)
         self.samples_seen += len(batch)
         stats = {k: float(v.detach()) for k, v in losses.items()}
         if self.on_step is not None:
@@ -123,7 +173,8 @@ class Strategy:
         pass
 
     def __init__(self, config: Any = None) -> None:
-        self.config = config if config is not None else self.Config()
+        # Options built directly (not read by create_strategy) are checked here the same way.
+        self.config = validate(config if config is not None else self.Config(), "train.strategy_options")
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """The model this strategy trains, built from ``model`` (default: ``model`` itself). A strategy
@@ -151,7 +202,18 @@ _STRATEGIES: dict[str, type[Strategy]] = {}
 
 
 def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator: register a :class:`Strategy` under ``name`` (``train.strategy``).
+
+    A name names one strategy: a second class registering a taken name raises (the same class defined
+    again by reloading its module replaces itself).
+    """
+
     def deco(cls: type[Strategy]) -> type[Strategy]:
+        taken = _STRATEGIES.get(name)
+        if taken is not None and (taken.__module__, taken.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f"strategy name {name!r} is already registered by "
+                             f"{taken.__module__}.{taken.__qualname__}; register {cls.__module__}.{cls.__qualname__} "
+                             f"under another name")
         cls.name = name
         _STRATEGIES[name] = cls
         return cls

@@ -22,8 +22,9 @@ Readings of the paper made here:
   domain parameters in this sense and all its parameters are treated as shared, i.e. trained at lr/D.
   D is the number of domains with training rows (the number of steps in a round). The trainer
   checkpoints the rebuilt optimiser (it reads ``ctx.optimizer`` back after ``setup``).
-- Per-domain streams are shuffled with the configured sampler over that domain's rows alone, seeded by
-  (seed, epoch, restart), so runs and resumed runs see the same batches.
+- Per-domain streams are shuffled with the configured sampler over that domain's rows alone, from the
+  stream (seed, epoch, domain, restart) (:meth:`TrainContext.domain_stream`), and the rounds' orders from
+  (seed, epoch, ``"dfei_rounds"``), so runs and resumed runs see the same batches.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .base import Strategy, TrainContext, mean_stats, optimizer_like, register_strategy
+from ...config import param
+from .base import Strategy, TrainContext, flag, mean_stats, optimizer_like, register_strategy
 
 # Group names that mark an optimiser already built by this strategy (setup is then a no-op).
 SHARED, DOMAIN = "dfei_shared", "dfei_domain"
@@ -91,9 +93,9 @@ class DFEICyclic(Strategy):
             scale_shared_lr: train shared parameters at lr/D (False: everything at lr, the ablation).
         """
 
-        epoch_end: Literal["largest", "smallest"] = "largest"
-        shuffle_order: bool = False
-        scale_shared_lr: bool = True
+        epoch_end: Literal["largest", "smallest"] = param("largest", choices=("largest", "smallest"))
+        shuffle_order: bool = flag(False)
+        scale_shared_lr: bool = flag(True)
 
     def setup(self, ctx: TrainContext) -> None:
         opt = ctx.optimizer
@@ -111,6 +113,6 @@ class DFEICyclic(Strategy):
         return max(batches) if self.config.epoch_end == "largest" else min(batches)
 
     def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
-        g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
+        g = ctx.stream(epoch, "dfei_rounds")
         rounds = ctx.domain_rounds(epoch, self.rounds(ctx), g, shuffle=self.config.shuffle_order)
         return mean_stats([ctx.step(batch) for batches in rounds for (batch,) in batches.values()])

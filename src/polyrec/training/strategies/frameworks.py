@@ -9,8 +9,8 @@ Readings shared by all five:
 - A *round* uses single-domain batches of every domain that has training rows (``ctx.domain_stream``:
   per-domain shuffled streams; a domain that runs out restarts with a fresh shuffle), in a random domain
   order, and makes one update of the model. The order, PCGrad's projection orders and MLDG's
-  meta-train/meta-test splits come from a ``torch.Generator`` seeded by (seed, epoch), so runs (and
-  resumed runs) are reproducible.
+  meta-train/meta-test splits come from the epoch's own stream (seed, epoch, ``"rounds"``), so runs (and
+  resumed runs) are reproducible and no other shuffle replays it.
 - An epoch is one pass over the largest domain's batches, like ``dfei_cyclic``'s ``epoch_end="largest"``:
   with ``k`` batches of a domain per round (MAML: support + query, Reptile: ``inner_steps``, the others:
   1), an epoch has ``ceil(batches of the largest domain / k)`` rounds. Smaller domains are oversampled.
@@ -44,21 +44,17 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ...config import ConfigError
+from ...config import param
 from ...data.batch import Batch
 from ...layers.domain import DomainSegments
-from .base import Strategy, TrainContext, mean_stats, register_strategy
+from .base import Strategy, TrainContext, flag, mean_stats, register_strategy
 
 Params = dict[str, Tensor]
 SAMPLING = ("mixed", "rounds")
+INF = math.inf  # an upper bound that rejects inf (and, as every bound does, NaN)
 
 
 # --------------------------------------------------------------------------------------- shared helpers
-def _require(ok: bool, name: str, value: Any, valid: str) -> None:
-    if not ok:
-        raise ConfigError(f"train.strategy_options.{name} must be {valid}, got {value!r}")
-
-
 def _trainable(model: nn.Module) -> Params:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
@@ -86,13 +82,6 @@ def _sgd(params: Params, loss: Tensor, lr: float, create_graph: bool = False, re
 
 def _flat(grads: list[Tensor]) -> Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
-
-
-def _optimizer_step(ctx: TrainContext) -> None:
-    """Clip the model's gradients to ``ctx.grad_clip`` (if set) and step ``ctx.optimizer``."""
-    if ctx.grad_clip > 0:
-        nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.grad_clip)
-    ctx.optimizer.step()
 
 
 class _RoundStrategy(Strategy):
@@ -129,7 +118,7 @@ class _RoundStrategy(Strategy):
 
     def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
         # One generator for the rounds' domain orders and what an update draws (PCGrad's projection orders).
-        g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
+        g = ctx.stream(epoch, "rounds")
         stats = []
         for batches in self.updates(ctx, epoch, g):
             stats.append(self.round(ctx, batches, g))
@@ -177,13 +166,8 @@ class WeightedLoss(_RoundStrategy):
                 one single-domain batch of every domain per step (small domains oversampled).
         """
 
-        log_var_lr: float | None = None
-        sampling: Literal["mixed", "rounds"] = "mixed"
-
-        def __post_init__(self) -> None:
-            v = self.log_var_lr
-            _require(v is None or (math.isfinite(v) and v > 0), "log_var_lr", v, "a float > 0 or null")
-            _require(self.sampling in SAMPLING, "sampling", self.sampling, "one of 'mixed', 'rounds'")
+        log_var_lr: float | None = param(None, gt=0, lt=INF)
+        sampling: Literal["mixed", "rounds"] = param("mixed", choices=SAMPLING)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -207,9 +191,9 @@ class WeightedLoss(_RoundStrategy):
         losses = {d: _loss(ctx, b[0]) for d, b in batches.items()}
         s = self.log_vars
         objective = sum(torch.exp(-s[d]) * loss + s[d] for d, loss in losses.items())
-        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.zero_grad()
         objective.backward()
-        _optimizer_step(ctx)
+        ctx.apply_gradients()
         return {"loss": sum(float(v.detach()) for v in losses.values()) / len(losses), "objective": float(objective.detach())}
 
     def epoch_stats(self, ctx):
@@ -266,12 +250,8 @@ class PCGrad(_RoundStrategy):
                 over the rows per epoch) or ``rounds`` (one single-domain batch of every domain per step).
         """
 
-        reduction: Literal["sum", "mean"] = "sum"
-        sampling: Literal["mixed", "rounds"] = "mixed"
-
-        def __post_init__(self) -> None:
-            _require(self.reduction in ("sum", "mean"), "reduction", self.reduction, "one of 'sum', 'mean'")
-            _require(self.sampling in SAMPLING, "sampling", self.sampling, "one of 'mixed', 'rounds'")
+        reduction: Literal["sum", "mean"] = param("sum", choices=("sum", "mean"))
+        sampling: Literal["mixed", "rounds"] = param("mixed", choices=SAMPLING)
 
     def round(self, ctx, batches, g):
         params = _trainable(ctx.model)
@@ -279,9 +259,10 @@ class PCGrad(_RoundStrategy):
         grads = torch.stack([_flat(_grads(loss, params)) for loss in losses])
         update = project_conflicting(grads, g)
         update = update.sum(0) if self.config.reduction == "sum" else update.mean(0)
+        ctx.zero_grad()
         for p, gp in zip(params.values(), update.split([p.numel() for p in params.values()])):
             p.grad = gp.view_as(p).clone()
-        _optimizer_step(ctx)
+        ctx.apply_gradients()
         n = len(grads)
         dots = grads @ grads.T
         conflicts = int((dots.triu(1) < 0).sum())
@@ -315,13 +296,9 @@ class MAML(_RoundStrategy):
             first_order: FOMAML (no second derivatives).
         """
 
-        inner_lr: float = 0.01
-        inner_steps: int = 1
-        first_order: bool = False
-
-        def __post_init__(self) -> None:
-            _require(math.isfinite(self.inner_lr) and self.inner_lr >= 0, "inner_lr", self.inner_lr, "a float >= 0")
-            _require(self.inner_steps >= 0, "inner_steps", self.inner_steps, "an integer >= 0")
+        inner_lr: float = param(0.01, ge=0, lt=INF)
+        inner_steps: int = param(1, ge=0)
+        first_order: bool = flag(False)
 
     def batches_per_domain(self) -> int:
         return 2
@@ -329,7 +306,7 @@ class MAML(_RoundStrategy):
     def round(self, ctx, batches, g):
         cfg = self.config
         params = _trainable(ctx.model)
-        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.zero_grad()
         query_losses, support_losses = [], []
         for support, query in batches.values():
             fast = params
@@ -341,7 +318,7 @@ class MAML(_RoundStrategy):
             q = _loss(ctx, query, fast)
             (q / len(batches)).backward()  # per domain, so only one domain's graph is alive at a time
             query_losses.append(float(q.detach()))
-        _optimizer_step(ctx)
+        ctx.apply_gradients()
         stats = {"loss": sum(query_losses) / len(query_losses)}
         if support_losses:
             stats["support_loss"] = sum(support_losses) / len(support_losses)
@@ -379,17 +356,10 @@ class Reptile(_RoundStrategy):
             outer_lr: interpolation factor ε of θ ← θ + ε(θ̃ − θ), in [0, 1].
         """
 
-        inner_optimizer: Literal["train", "sgd"] = "train"
-        inner_lr: float = 0.1
-        inner_steps: int = 5
-        outer_lr: float = 0.1
-
-        def __post_init__(self) -> None:
-            _require(self.inner_optimizer in ("train", "sgd"), "inner_optimizer", self.inner_optimizer,
-                     "one of 'train', 'sgd'")
-            _require(math.isfinite(self.inner_lr) and self.inner_lr > 0, "inner_lr", self.inner_lr, "a float > 0")
-            _require(self.inner_steps >= 1, "inner_steps", self.inner_steps, "an integer >= 1")
-            _require(0 <= self.outer_lr <= 1, "outer_lr", self.outer_lr, "a float in [0, 1]")
+        inner_optimizer: Literal["train", "sgd"] = param("train", choices=("train", "sgd"))
+        inner_lr: float = param(0.1, gt=0, lt=INF)
+        inner_steps: int = param(5, ge=1)
+        outer_lr: float = param(0.1, ge=0, le=1)
 
     def batches_per_domain(self) -> int:
         return self.config.inner_steps
@@ -466,15 +436,10 @@ class MLDG(_RoundStrategy):
             first_order: do not differentiate through the virtual step.
         """
 
-        inner_lr: float = 0.01
-        beta: float = 1.0
-        meta_test_domains: int = 1
-        first_order: bool = False
-
-        def __post_init__(self) -> None:
-            _require(math.isfinite(self.inner_lr) and self.inner_lr >= 0, "inner_lr", self.inner_lr, "a float >= 0")
-            _require(math.isfinite(self.beta) and self.beta >= 0, "beta", self.beta, "a float >= 0")
-            _require(self.meta_test_domains >= 1, "meta_test_domains", self.meta_test_domains, "an integer >= 1")
+        inner_lr: float = param(0.01, ge=0, lt=INF)
+        beta: float = param(1.0, ge=0, lt=INF)
+        meta_test_domains: int = param(1, ge=1)
+        first_order: bool = flag(False)
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
@@ -493,7 +458,7 @@ class MLDG(_RoundStrategy):
         fast = _sgd(params, f, cfg.inner_lr, create_graph=not cfg.first_order, retain_graph=True)
         g_loss = sum(_loss(ctx, batches[d][0], fast) for d in test) / len(test)
         total = f + cfg.beta * g_loss
-        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.zero_grad()
         total.backward()
-        _optimizer_step(ctx)
+        ctx.apply_gradients()
         return {"loss": float(total.detach()), "meta_train": float(f.detach()), "meta_test": float(g_loss.detach())}

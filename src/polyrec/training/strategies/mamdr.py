@@ -34,6 +34,11 @@ Readings of the paper made here (it leaves them open):
 - Alternate + Finetune: the finetuning of each domain starts every epoch from the current θ^S + θ^d with
   a per-domain optimiser of the configured type (state kept per domain), and early stopping and the
   restored best weights follow the Trainer's validation monitor over all domains.
+- Randomness: every shuffle and draw of an epoch has its own stream (seed, epoch, purpose, ...): DN's
+  domain order ``"dn_order"``, DR's target order and helper draws ``"dr_order"``, the n-th full or bounded
+  pass over a domain within the epoch ``("passes", n)``, the per-domain streams of ``inner_batches``
+  (``"domain_stream"``). Alternate + Finetune's Alternate epochs draw the plain per-epoch stream, as
+  ``alternate`` does.
 """
 
 from __future__ import annotations
@@ -46,24 +51,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ...config import ConfigError
+from ...config import ConfigError, param
 from ...models.specific import INCLUDE, DomainSpecificModel
-from .base import Strategy, TrainContext, mean_stats, optimizer_like, register_strategy
-
-
-def _check_optional_positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ConfigError(f"train.strategy_options.{name} must be a positive integer or null, got {value}")
-
-
-def _check_rate(name: str, value: float) -> None:
-    if not 0.0 < value <= 1.0:
-        raise ConfigError(f"train.strategy_options.{name} must be in (0, 1], got {value}")
-
-
-def _check_include(value: str) -> None:
-    if value not in INCLUDE:
-        raise ConfigError(f"train.strategy_options.specific_parameters {value!r} is not one of {', '.join(INCLUDE)}")
+from .base import Strategy, TrainContext, flag, mean_stats, optimizer_like, register_strategy
 
 
 def _specific_model(ctx: TrainContext, strategy: str) -> DomainSpecificModel:
@@ -83,7 +73,8 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
 
 
 class _Passes:
-    """Single-domain batches of one epoch: full passes over a domain, or bounded ones; distinct shuffles."""
+    """Single-domain batches of one epoch: full passes over a domain, or bounded ones; the n-th pass of
+    the epoch shuffles from its own stream (seed, epoch, "passes", n), so no two passes share a shuffle."""
 
     def __init__(self, ctx: TrainContext, epoch: int) -> None:
         self.ctx, self.epoch, self.n = ctx, epoch, 0
@@ -92,15 +83,11 @@ class _Passes:
         """Steps with ``optimizer`` over one pass of ``rows`` (at most ``max_batches`` batches)."""
         self.n += 1
         stats = []
-        for batch in self.ctx.batches(self.epoch * 100_003 + self.n, rows=rows):
+        for batch in self.ctx.batches(self.epoch, rows=rows, generator=self.ctx.stream(self.epoch, "passes", self.n)):
             if max_batches is not None and len(stats) >= max_batches:
                 break
             stats.append(self.ctx.step(batch, optimizer))
         return stats
-
-
-def _generator(ctx: TrainContext, epoch: int, salt: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch * 7919 + salt)
 
 
 @torch.no_grad()
@@ -124,18 +111,14 @@ class DomainNegotiation(Strategy):
 
     @dataclass(frozen=True)
     class Config:
-        outer_lr: float = 0.1
-        inner_batches: int | None = None
-
-        def __post_init__(self) -> None:
-            _check_rate("outer_lr", self.outer_lr)
-            _check_optional_positive("inner_batches", self.inner_batches)
+        outer_lr: float = param(0.1, gt=0, le=1)
+        inner_batches: int | None = param(None, ge=1)
 
     def negotiate(self, ctx: TrainContext, epoch: int, passes: _Passes) -> list[dict]:
         """One epoch of DN on the model's trainable parameters (with the Trainer's optimiser)."""
         rows = ctx.rows_by_domain()
         domains = sorted(rows)
-        g = _generator(ctx, epoch)
+        g = ctx.stream(epoch, "dn_order")
         params = _trainable(ctx.model)
         cfg = self.config
         stats: list[dict] = []
@@ -174,20 +157,13 @@ class MAMDR(DomainNegotiation):
 
     @dataclass(frozen=True)
     class Config(DomainNegotiation.Config):
-        specific_lr: float = 0.1
-        helper_domains: int | None = None
-        helper_batches: int | None = None
-        target_batches: int | None = None
-        add_target_domain: bool = False
-        specific_parameters: Literal["all", "dense"] = "all"
-        regularize: bool = True
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            _check_rate("specific_lr", self.specific_lr)
-            for name in ("helper_domains", "helper_batches", "target_batches"):
-                _check_optional_positive(name, getattr(self, name))
-            _check_include(self.specific_parameters)
+        specific_lr: float = param(0.1, gt=0, le=1)
+        helper_domains: int | None = param(None, ge=1)
+        helper_batches: int | None = param(None, ge=1)
+        target_batches: int | None = param(None, ge=1)
+        add_target_domain: bool = flag(False)
+        specific_parameters: Literal["all", "dense"] = param("all", choices=INCLUDE)
+        regularize: bool = flag(True)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -202,7 +178,7 @@ class MAMDR(DomainNegotiation):
         model = _specific_model(ctx, self.name)
         n = len(ctx.rows_by_domain())
         k = self.config.helper_domains
-        if k is not None and k > n - 1:
+        if k is not None and k > n - 1:  # depends on the data, so checked here rather than when read
             raise ConfigError(f"train.strategy_options.helper_domains is {k}, but only {n - 1} other domain(s) have "
                               f"training rows; set it to at most {n - 1} (or null for min(3, D - 1))")
         if self.dr_optimizer is None:
@@ -219,7 +195,7 @@ class MAMDR(DomainNegotiation):
         model = _specific_model(ctx, self.name)
         rows = ctx.rows_by_domain()
         domains = sorted(rows)
-        g = _generator(ctx, epoch, salt=1)
+        g = ctx.stream(epoch, "dr_order")
         cfg, opt = self.config, self.dr_optimizer
         stats: list[dict] = []
         for i in torch.randperm(len(domains), generator=g).tolist():
@@ -257,7 +233,7 @@ class DomainRegularization(MAMDR):
 
     @dataclass(frozen=True)
     class Config(MAMDR.Config):
-        outer_lr: float = 1.0
+        outer_lr: float = param(1.0, gt=0, le=1)
 
 
 @register_strategy("alternate_finetune")
@@ -277,13 +253,8 @@ class AlternateFinetune(Strategy):
 
     @dataclass(frozen=True)
     class Config:
-        alternate_epochs: int = 5
-        specific_parameters: Literal["all", "dense"] = "all"
-
-        def __post_init__(self) -> None:
-            if self.alternate_epochs < 1:
-                raise ConfigError(f"train.strategy_options.alternate_epochs must be >= 1, got {self.alternate_epochs}")
-            _check_include(self.specific_parameters)
+        alternate_epochs: int = param(5, ge=1)
+        specific_parameters: Literal["all", "dense"] = param("all", choices=INCLUDE)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)

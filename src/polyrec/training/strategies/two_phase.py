@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ...config import ConfigError
+from ...config import param
 from ...models.adapters import MLoRAModel, merge_new_domains, stage_new_domains
-from .base import Strategy, TrainContext, mean_stats, register_strategy
+from .base import Strategy, TrainContext, flag, mean_stats, register_strategy
 
 
 @register_strategy("two_phase")
@@ -48,12 +48,8 @@ class TwoPhase(Strategy):
 
     @dataclass(frozen=True)
     class Config:
-        pretrain_epochs: int = 1
-        freeze_norm_stats: bool = True
-
-        def __post_init__(self) -> None:
-            if self.pretrain_epochs < 0:
-                raise ConfigError(f"train.strategy_options.pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
+        pretrain_epochs: int = param(1, ge=0)
+        freeze_norm_stats: bool = flag(True)
 
     def setup(self, ctx: TrainContext) -> None:
         if not isinstance(ctx.model, MLoRAModel):

@@ -1,0 +1,222 @@
+"""The run directory: what a training run leaves behind, self-describing and safe to open from a stranger.
+
+A finished run directory holds::
+
+    run.json            the manifest, written last: format, polyrec version, config hash, and the sha256
+                        of every file below (a run without it is unfinished: ``polyrec train`` resumes it)
+    config.json         the resolved experiment config (every default filled in)
+    schema.json         the encoded features and domains the model reads
+    processing.json     the vocabularies and scalers fitted on the training split (to encode new rows)
+    data.json           the data fingerprint: source files' sha256, split hash, rows per split and domain
+    model.safetensors   the best weights
+    result.json         the run record (test and validation metrics, OOV counts, cost, environment)
+    metrics.jsonl/.csv  one record per epoch
+    checkpoints/        the last two complete training states (:mod:`polyrec.training.checkpoint`)
+
+Only JSON and safetensors are ever read back; nothing is unpickled. A run directory written by polyrec
+0.1 (``model.pt``, ``checkpoint.pt``: pickles) is refused with a message, never opened.
+
+Resuming is exact and guarded: ``polyrec train --out DIR`` on an existing DIR continues it only when the
+resolved config and the data fingerprint are those of the run in DIR; otherwise :class:`RunMismatch`
+names the keys that differ and DIR is left untouched. ``overwrite=True`` (``--overwrite``) removes the
+files polyrec wrote there (and only those) and starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .safeio import ArtifactError, read_json, sha256_file, write_json
+
+RUN_FORMAT = "polyrec-run"
+RUN_VERSION = 1
+#: Files and folders polyrec writes into a run directory (what ``--overwrite`` removes; nothing else).
+OWNED = ("run.json", "config.json", "schema.json", "processing.json", "data.json", "model.safetensors",
+         "result.json", "metrics.jsonl", "metrics.csv", "add_domain.json", "checkpoints")
+#: Files of polyrec 0.1 run directories (pickles), refused on sight.
+LEGACY = ("model.pt", "checkpoint.pt")
+#: Config keys that do not change what a run computes in principle (threads only change the order of
+#: floating-point sums); they are left out of the config hash and of resume / reuse comparisons.
+NEUTRAL_KEYS = ("train.num_threads",)
+
+
+class RunMismatch(ValueError):
+    """A run directory or a benchmark record was made with another config or other data."""
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict) and v and key not in ("data.domain.groups",):
+                out.update(_flat(v, key))
+            else:
+                out[key] = v
+        return out
+    return {prefix: d}
+
+
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A config as flat dotted keys, without the neutral ones (JSON round trip: tuples become lists)."""
+    flat = _flat(json.loads(json.dumps(config, default=str)))
+    return {k: v for k, v in flat.items() if k not in NEUTRAL_KEYS}
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Identity of a resolved config (neutral keys left out): equal hashes, the same experiment."""
+    payload = json.dumps(comparable(config), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], skip_missing_old: bool = False) -> list[str]:
+    """Dotted keys whose values differ, each as ``key: old -> new`` (``skip_missing_old``: keys the old
+    config does not have at all are not differences, for records made before a key existed)."""
+    a, b = comparable(old), comparable(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key not in a and skip_missing_old:
+            continue
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            out.append(f"{key}: {_short(a.get(key, '<unset>'))} -> {_short(b.get(key, '<unset>'))}")
+    return out
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, default=str) if not isinstance(v, str) or v == "<unset>" else repr(v)
+    text = v if v == "<unset>" else text
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two data fingerprints: source files, split hash, row counts."""
+    out = []
+    old_files = (old.get("source") or {}).get("files") or {}
+    new_files = (new.get("source") or {}).get("files") or {}
+    for name in sorted(set(old_files) | set(new_files)):
+        if old_files.get(name) != new_files.get(name):
+            before = (old_files.get(name) or "absent")[:12]
+            after = (new_files.get(name) or "absent")[:12]
+            out.append(f"source file {name!r}: sha256 {before}… -> {after}…")
+    if old.get("split_hash") != new.get("split_hash"):
+        out.append(f"split hash: {old.get('split_hash')} -> {new.get('split_hash')}")
+    if old.get("rows") != new.get("rows"):
+        out.append(f"rows per split and domain: {old.get('rows')} -> {new.get('rows')}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- state
+
+
+def inspect(run_dir: str | Path) -> str:
+    """``"absent"`` (no folder or nothing of polyrec's in it), ``"legacy"`` (a polyrec 0.1 run of pickles),
+    ``"unfinished"`` (started, no manifest yet) or ``"finished"``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return "absent"
+    if any((run_dir / f).exists() for f in LEGACY):
+        return "legacy"
+    if (run_dir / "run.json").exists():
+        return "finished"
+    if any((run_dir / f).exists() for f in OWNED):
+        return "unfinished"
+    return "absent"
+
+
+def clear(run_dir: str | Path) -> None:
+    """Remove what polyrec wrote into ``run_dir`` (``OWNED`` and the legacy pickles), nothing else."""
+    run_dir = Path(run_dir)
+    for name in OWNED + LEGACY:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def legacy_error(run_dir: Path) -> ArtifactError:
+    found = [f for f in LEGACY if (run_dir / f).exists()]
+    return ArtifactError(
+        f"{str(run_dir)!r} holds a run written by polyrec 0.1 ({', '.join(found)}: pickle files, which can run code "
+        "when opened); polyrec no longer opens them. Retrain the run (polyrec train ... --overwrite) or use another "
+        "directory")
+
+
+def check_resumable(run_dir: Path, config: dict[str, Any]) -> None:
+    """Raise :class:`RunMismatch` when ``run_dir`` holds a run of another config (before any data work)."""
+    state = inspect(run_dir)
+    if state == "legacy":
+        raise legacy_error(run_dir)
+    if state == "absent":
+        return
+    if not (run_dir / "config.json").exists():
+        raise RunMismatch(f"{str(run_dir)!r} holds an incomplete run without config.json; use --overwrite to start "
+                          "afresh or another --out")
+    old = read_json(run_dir / "config.json", "run config")
+    diff = config_diff(old, config)
+    if diff:
+        raise RunMismatch(f"{str(run_dir)!r} holds a run with a different config ({'; '.join(diff)}); it was left "
+                          "untouched. Use --overwrite to replace it, or another --out")
+
+
+def check_data(run_dir: Path, fingerprint: dict[str, Any]) -> None:
+    """Raise :class:`RunMismatch` when ``run_dir``'s run was trained on other data than ``fingerprint``."""
+    path = run_dir / "data.json"
+    if inspect(run_dir) in ("absent",) or not path.exists():
+        return
+    diff = fingerprint_diff(read_json(path, "run data fingerprint"), fingerprint)
+    if diff:
+        raise RunMismatch(f"{str(run_dir)!r} holds a run trained on other data ({'; '.join(diff)}); it was left "
+                          "untouched. Use --overwrite to replace it, or another --out")
+
+
+def write_manifest(run_dir: Path, config: dict[str, Any], model: dict[str, Any] | None = None,
+                   version: str = "") -> None:
+    """Write ``run.json`` (last): it lists every file of the run with its sha256."""
+    files = {name: sha256_file(run_dir / name) for name in OWNED
+             if name not in ("run.json", "checkpoints") and (run_dir / name).is_file()}
+    manifest = {"format": RUN_FORMAT, "version": RUN_VERSION, "polyrec": version,
+                "config_hash": config_hash(config), "files": files, "model": model or {}}
+    write_json(run_dir / "run.json", {**manifest, "manifest_sha256": _self_hash(manifest)})
+
+
+def _self_hash(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a finished run after checking every file it lists against its sha256."""
+    run_dir = Path(run_dir)
+    state = inspect(run_dir)
+    if state == "legacy":
+        raise legacy_error(run_dir)
+    if state != "finished":
+        raise ArtifactError(f"{str(run_dir)!r} is not a finished run directory (no run.json); a run that was "
+                            "interrupted is finished by running the same `polyrec train` again")
+    manifest = read_json(run_dir / "run.json", "run manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != RUN_FORMAT:
+        raise ArtifactError(f"{str(run_dir / 'run.json')!r} is not a polyrec run manifest")
+    if manifest.get("manifest_sha256") != _self_hash(manifest):
+        raise ArtifactError(f"run manifest {str(run_dir / 'run.json')!r} was changed after the run was written (its "
+                            "own sha256 does not match); restore it, or retrain the run")
+    if manifest.get("version") != RUN_VERSION:
+        raise ArtifactError(f"run {str(run_dir)!r} has format version {manifest.get('version')!r}; this polyrec "
+                            f"reads version {RUN_VERSION}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or "model.safetensors" not in files or "config.json" not in files:
+        raise ArtifactError(f"{str(run_dir / 'run.json')!r} does not list the run's files")
+    for name, digest in files.items():
+        if name not in OWNED or "/" in name:
+            raise ArtifactError(f"{str(run_dir / 'run.json')!r} lists an unexpected file {name!r}")
+        path = run_dir / name
+        if not path.is_file():
+            raise ArtifactError(f"run file {str(path)!r} is missing")
+        if sha256_file(path) != digest:
+            raise ArtifactError(f"run file {str(path)!r} does not match the run's manifest (sha256): it changed after "
+                                "the run was written. Restore it, or retrain the run")
+    return manifest
