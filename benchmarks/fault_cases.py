@@ -236,11 +236,12 @@ def main() -> None:
     dup = pd.concat([frame, frame.sample(600, random_state=0)], ignore_index=True)
     case("data", "exact duplicate rows across splits", data_case("dups", dup, {}))
     case("data", "... with `split.dedupe: true`", data_case("dedupe", dup, {"data.split.dedupe": True}))
-    small = frame.copy()
-    small.loc[small.index[:2], "domain"] = "tiny"
-    case("data", "a domain with no training rows", data_case("untrained", small, {}))
+    late = frame.assign(timestamp=np.arange(n))
+    late.loc[late.index[-30:], "domain"] = "late"  # a domain that only appears after the training period
+    by_time = {"data.split.method": "time", "data.split.time_column": "timestamp"}
+    case("data", "a domain with no training rows (time split)", data_case("untrained", late, dict(by_time)))
     case("data", "... with `split.untrained_domains: drop`",
-         data_case("untrained-drop", small, {"data.split.untrained_domains": "drop"}))
+         data_case("untrained-drop", late, {**by_time, "data.split.untrained_domains": "drop"}))
     big = frame.copy().astype({"user_id": object})
     big.loc[0, "user_id"] = 9007199254740993
     big.loc[1, "user_id"] = 9007199254740992

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from builders import new_domain_csv_config
 from typer.testing import CliRunner
 
 from polyrec.cli import app
-from polyrec.data.sources import make_synthetic
 from polyrec.experiment import evaluate_run, load_run, make_config
 from polyrec.safeio import ArtifactError
 
@@ -45,19 +45,7 @@ def _evil(marker: Path) -> bytes:
 def base(tmp_path_factory):
     """A finished MLP+MLoRA run (two domains) and the data with a third domain for add-domain."""
     root = tmp_path_factory.mktemp("artifact")
-    frame = make_synthetic(n_domains=3, n_samples=[400, 300, 200], n_users=50, n_items=40, seed=2, n_dense=1)
-    frame[frame.domain < 2].to_csv(root / "base.csv", index=False)
-    frame.to_csv(root / "all.csv", index=False)
-    config = {
-        "protocol": "tiny",
-        "data": {"source": {"kind": "csv", "path": str(root / "base.csv")}, "label": {"column": "label"},
-                 "domain": {"column": "domain", "as_feature": True},
-                 "features": [{"name": "user_id"}, {"name": "item_id"}, {"name": "dense_0", "kind": "dense"}],
-                 "user_feature": "user_id",
-                 "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 0}},
-        "train": {"batch_size": 128, "max_epochs": 2, "patience": 0},
-        "adapter": {"alpha": 4},
-    }
+    config = new_domain_csv_config(root, n_samples=(400, 300, 200), n_users=50, n_items=40, seed=2)
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))
     args = ["--config", str(root / "tiny.yaml"), "--model", "mlp+mlora", "--set", "model.embedding_dim=4",
             "--set", "model.hidden_units=[8]"]

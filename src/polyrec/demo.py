@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = make_config(args.preset, name, overrides=overrides)
         print(f"\n== training {name} ({cfg.train.strategy}, batch {cfg.train.batch_size}, "
               f"early stopping on val {cfg.train.monitor})", flush=True)
-        results[name] = run_experiment(cfg, out_dir=os.path.join(args.out, name), dataset=ds, progress=False)
+        results[name] = run_experiment(cfg, out_dir=os.path.join(args.out, name), dataset=ds, progress=False,
+                                       overwrite=True)  # a demo always trains afresh
     domains = list(ds.schema.domain.values)
     print(f"\n== test results, {args.preset} (split {ds.split_hash}, model seed {args.seed})\n")
     header = ["domain", "rows", "pos rate"] + [f"{m} AUC" for m in models] + [f"{m} logloss" for m in models]

@@ -30,7 +30,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .safeio import ArtifactError, read_json, sha256_file, write_json
+from .safeio import ArtifactError, read_json, sha256_file, verify_files, write_json
 
 RUN_FORMAT = "polyrec-run"
 RUN_VERSION = 1
@@ -210,13 +210,8 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict) or "model.safetensors" not in files or "config.json" not in files:
         raise ArtifactError(f"{str(run_dir / 'run.json')!r} does not list the run's files")
-    for name, digest in files.items():
-        if name not in OWNED or "/" in name:
-            raise ArtifactError(f"{str(run_dir / 'run.json')!r} lists an unexpected file {name!r}")
-        path = run_dir / name
-        if not path.is_file():
-            raise ArtifactError(f"run file {str(path)!r} is missing")
-        if sha256_file(path) != digest:
-            raise ArtifactError(f"run file {str(path)!r} does not match the run's manifest (sha256): it changed after "
-                                "the run was written. Restore it, or retrain the run")
+    unexpected = sorted(set(files) - set(OWNED))
+    if unexpected:
+        raise ArtifactError(f"{str(run_dir / 'run.json')!r} lists unexpected files {unexpected}")
+    verify_files(run_dir, files, "run file")
     return manifest

@@ -14,20 +14,19 @@ the file and what to do.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .data.cache import atomic_write_bytes, sha256_file  # the one home of atomic writes and file hashes
+
 __all__ = [
-    "ArtifactError", "atomic_write_text", "write_json", "read_json", "sha256_file", "save_tensors", "load_tensors",
-    "flatten", "unflatten",
+    "ArtifactError", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "sha256_file",
+    "verify_files", "save_tensors", "load_tensors", "flatten", "unflatten",
 ]
 
 
@@ -35,38 +34,20 @@ class ArtifactError(ValueError):
     """A file polyrec was asked to read is missing, corrupt, of another format or not what it should be."""
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Replace ``path`` with ``data`` atomically (temporary sibling, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=f"-{path.name}", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+def verify_files(folder: Path, files: Any, what: str, error: type[ArtifactError] = ArtifactError) -> None:
+    """Check that every ``{name: sha256}`` of a manifest is a file in ``folder`` with that digest; the first
+    missing or changed one raises ``error`` naming it (``what``: "run file", "checkpoint file")."""
+    if not isinstance(files, dict):
+        raise error(f"the manifest in {str(folder)!r} does not list its files")
+    for name, digest in files.items():
+        path = folder / name
+        if not isinstance(name, str) or "/" in name or name.startswith("."):
+            raise error(f"the manifest in {str(folder)!r} lists an unexpected file {name!r}")
+        if not path.is_file():
+            raise error(f"{what} {str(path)!r} is missing")
+        if sha256_file(path) != digest:
+            raise error(f"{what} {str(path)!r} does not match its manifest (sha256): it is truncated or was changed "
+                        "after it was written. Restore it, or rerun the step that wrote it")
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -17,6 +17,7 @@ from polyrec.layers.lora import LoRALinear, LoRAStarLinear
 from polyrec.models.adapters import AdapterConfig, MLoRAModel, add_domain, attach_mlora, find_targets, strip_adapters
 from polyrec.training.strategies.two_phase import finetune_new_domains
 
+from builders import new_domain_csv_config
 from test_all_models import tiny_batch, tiny_schema  # the registry test's tiny schema and batches
 
 
@@ -232,19 +233,7 @@ def test_suffix_conflicting_with_adapter_kind_is_an_error():
 
 
 def test_cli_train_mlora_then_add_domain(tmp_path):
-    frame = make_synthetic(n_domains=3, n_samples=[500, 400, 300], n_users=60, n_items=50, seed=1, n_dense=1)
-    frame[frame.domain < 2].to_csv(tmp_path / "base.csv", index=False)
-    frame.to_csv(tmp_path / "all.csv", index=False)
-    config = {
-        "protocol": "tiny",
-        "data": {"source": {"kind": "csv", "path": str(tmp_path / "base.csv")}, "label": {"column": "label"},
-                 "domain": {"column": "domain", "as_feature": True},
-                 "features": [{"name": "user_id"}, {"name": "item_id"}, {"name": "dense_0", "kind": "dense"}],
-                 "user_feature": "user_id",
-                 "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 0}},
-        "train": {"batch_size": 128, "max_epochs": 2, "patience": 0},
-        "adapter": {"alpha": 4},
-    }
+    config = new_domain_csv_config(tmp_path)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     runner = CliRunner()
     run, run2 = tmp_path / "run", tmp_path / "run2"

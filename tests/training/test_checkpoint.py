@@ -103,7 +103,9 @@ def test_no_usable_checkpoint_is_a_clear_error(ds, tmp_path, damage):
 def test_a_crashed_checkpoint_writer_leaves_nothing_that_later_runs_trip_over(ds, tmp_path):
     root = tmp_path / "checkpoints"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = root / f".tmp-{dead.stdout.strip()}-abc"
+    from polyrec.data.cache import temp_prefix
+
+    stale = root / (temp_prefix("tmp").replace(f"-{os.getpid()}-", f"-{dead.stdout.strip()}-", 1) + "abc")
     stale.mkdir(parents=True)
     (stale / "state.safetensors").write_bytes(b"partial")
     save_checkpoint(root, 1, {"x": torch.zeros(2)})

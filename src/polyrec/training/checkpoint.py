@@ -25,7 +25,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..safeio import ArtifactError, flatten, load_tensors, read_json, save_tensors, sha256_file, unflatten, write_json
+from ..data.cache import remove_abandoned, temp_prefix
+from ..safeio import (
+    ArtifactError,
+    flatten,
+    load_tensors,
+    read_json,
+    save_tensors,
+    sha256_file,
+    unflatten,
+    verify_files,
+    write_json,
+)
 
 FORMAT = "polyrec-checkpoint"
 VERSION = 1
@@ -51,7 +62,8 @@ def save_checkpoint(root: str | Path, step: int, state: dict[str, Any], keep: in
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     skeleton, tensors = flatten(state)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=root))
+    remove_abandoned(root)  # folders of a writer killed mid-write
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix("tmp"), dir=root))
     target = root / f"epoch-{step:06d}"
     try:
         save_tensors(tmp / "state.safetensors", tensors)
@@ -68,24 +80,7 @@ def save_checkpoint(root: str | Path, step: int, state: dict[str, Any], keep: in
         raise
     for old in checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp-*"):  # folders of a writer killed mid-write
-        if stale != tmp and not _alive(stale.name):
-            shutil.rmtree(stale, ignore_errors=True)
     return target
-
-
-def _alive(name: str) -> bool:
-    """Whether the process whose pid a temporary folder's name carries is still running."""
-    m = re.match(r"^\.tmp-(\d+)-", name)
-    if not m:
-        return False
-    try:
-        os.kill(int(m.group(1)), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -98,13 +93,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if manifest.get("version") != VERSION:
         raise CheckpointError(f"checkpoint {str(path)!r} has format version {manifest.get('version')!r}; this "
                               f"polyrec reads version {VERSION}: resume with the polyrec that wrote it")
-    for name, digest in (manifest.get("files") or {}).items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint file {str(file)!r} is missing")
-        if sha256_file(file) != digest:
-            raise CheckpointError(f"checkpoint file {str(file)!r} does not match its manifest (sha256); it is "
-                                  "truncated or was changed after it was written")
+    verify_files(path, manifest.get("files"), "checkpoint file", CheckpointError)
     if set(manifest.get("files") or {}) != {"state.safetensors", "state.json"}:
         raise CheckpointError(f"checkpoint manifest {str(path / 'manifest.json')!r} lists "
                               f"{sorted(manifest.get('files') or {})}, not state.safetensors and state.json")
