@@ -175,3 +175,20 @@ def test_result_json_records_oov_counts_and_the_config_hash(base):
     assert manifest["config_hash"] == record["config_hash"]
     assert {"model.safetensors", "config.json", "schema.json", "processing.json", "data.json",
             "result.json"} <= set(manifest["files"])
+
+
+def test_an_added_domain_run_refuses_evaluation_when_its_new_rows_changed(base, tmp_path):
+    root, _ = base
+    added = tmp_path / "added"
+    out = runner.invoke(app, ["add-domain", str(root / "run"), "--domain", "2", "--out", str(added),
+                              "--set", f"data.source.path={root / 'all.csv'}", "--set", "train.max_epochs=1"])
+    assert out.exit_code == 0, out.output
+    assert json.loads((added / "data.json").read_text())["rows"]["train"] == {"0": 0, "1": 0, "2": 120}
+    original = (root / "all.csv").read_bytes()
+    try:
+        (root / "all.csv").write_bytes(original.replace(b"\n1,", b"\n2,", 1))  # one id changed
+        out = runner.invoke(app, ["evaluate", str(added)])
+        assert out.exit_code == 2 and "all.csv" in out.output and "changed since it was trained" in out.output
+    finally:
+        (root / "all.csv").write_bytes(original)
+    assert runner.invoke(app, ["evaluate", str(added)]).exit_code == 0

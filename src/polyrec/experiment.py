@@ -374,17 +374,18 @@ def load_run(run_dir: str | Path):
     return _model_from_run(run_dir, read_manifest(run_dir))
 
 
-def check_run_data(run_dir: str | Path, cfg: ExperimentConfig, ds: EncodedDataset | None = None) -> None:
+def check_run_data(run_dir: str | Path, data: DataConfig, ds: EncodedDataset | None = None) -> None:
     """Raise :class:`~polyrec.rundir.RunMismatch` when the run's data changed since it was trained: a source
-    file's sha256 (before anything is encoded), then the split hash and the rows per split and domain."""
+    file's sha256 (before anything is encoded: ``ds`` None), then the split hash and the rows per split and
+    domain of the data set ``data`` gives now (``ds``)."""
     from .data import data_fingerprint, source_files
 
     run_dir = Path(run_dir)
     stored = read_json(run_dir / "data.json", "run data fingerprint")
-    now = {"source": {"files": source_files(cfg.data.source)}, "split_hash": stored.get("split_hash"),
+    now = {"source": {"files": source_files(data.source)}, "split_hash": stored.get("split_hash"),
            "rows": stored.get("rows")}
     if ds is not None:
-        now = data_fingerprint(cfg.data, ds)
+        now = data_fingerprint(data, ds)
     diff = fingerprint_diff(stored, now)
     if diff:
         raise RunMismatch(f"the data of run {str(run_dir)!r} changed since it was trained ({'; '.join(diff)}); "
@@ -407,13 +408,15 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     info_path = run_dir / "add_domain.json"
     if info_path.exists():
         info = read_json(info_path, "add-domain record")
-        base = build_dataset(cfg.data)
         new_data = from_dict(DataConfig, info["data"], path="data")
+        check_run_data(run_dir, new_data)
+        base = build_dataset(cfg.data)
         ds = new_domain_dataset(cfg.data, base, model.schema, new_data, info["domain"], int(model.backbone_domain[-1]))
+        check_run_data(run_dir, new_data, ds)
     else:
-        check_run_data(run_dir, cfg)
+        check_run_data(run_dir, cfg.data)
         ds = build_dataset(cfg.data)
-        check_run_data(run_dir, cfg, ds)
+        check_run_data(run_dir, cfg.data, ds)
     return {"split": split, "split_hash": ds.split_hash, **evaluate(model, ds, split)}
 
 
@@ -513,6 +516,8 @@ def add_domain_run(
         parameters) and ``added_share`` (that / backbone parameters), ``trainable_params``, and
         ``existing_domains_unchanged``.
     """
+    from .data import data_fingerprint
+
     t0 = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out_dir)
     if inspect(out) != "absent":
@@ -578,6 +583,7 @@ def add_domain_run(
     write_json(out / "schema.json", model.schema.to_dict())
     write_json(out / "processing.json", base.processing.to_dict() if base.processing else {})
     write_json(out / "add_domain.json", info)
+    write_json(out / "data.json", data_fingerprint(new_data, ds))  # the new domain's rows
     save_tensors(out / "model.safetensors", model.state_dict())
     write_json(out / "result.json", record)
     write_manifest(out, cfg.to_dict(), model={"backbone_schema": model.backbone.schema.to_dict()},
