@@ -27,7 +27,7 @@ from torch import nn
 
 from ..config import ConfigError, field_error, param, to_dict
 from ..data.dataset import EncodedDataset
-from ..data.samplers import SAMPLERS
+from ..data.samplers import MAX_EPOCHS, SAMPLERS  # epochs bounded: the sampler's stream seed stays injective
 from ..evaluation.metrics import MultiDomainEvaluator
 from ..models.base import Model
 from ..safeio import atomic_write_text
@@ -37,8 +37,6 @@ from .strategies import TrainContext, create_strategy
 from .task import BinaryTask
 
 MONITORS = ("auc_mean", "auc_overall", "wauc", "logloss_overall", "gauc")
-#: Epochs are bounded so that the sampler's stream seed ``seed * 1_000_003 + epoch`` stays injective.
-MAX_EPOCHS = 1_000_000
 #: A validation logloss above this many nats means training diverged (a constant predictor at the base
 #: rate scores at most ln 2 ≈ 0.69).
 DIVERGED_LOGLOSS = 10.0
@@ -102,7 +100,7 @@ class TrainConfig:
     momentum: float = param(0.9, ge=0, lt=1)
     batch_size: int = param(4096, ge=1)
     eval_batch_size: int = param(32768, ge=1)
-    max_epochs: int = param(50, ge=1, le=MAX_EPOCHS)
+    max_epochs: int = param(50, ge=1, lt=MAX_EPOCHS)
     patience: int = param(3, ge=0)
     monitor: str = param("auc_mean", choices=MONITORS)
     strategy: str = "joint"
