@@ -87,8 +87,7 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], skip_missing_old: bool
 
 
 def _short(v: Any) -> str:
-    text = json.dumps(v, default=str) if not isinstance(v, str) or v == "<unset>" else repr(v)
-    text = v if v == "<unset>" else text
+    text = v if v == "<unset>" else repr(v) if isinstance(v, str) else json.dumps(v, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -294,9 +294,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "strategy": self.strategy.state_dict(),
             "rng": _rng_state(),
-            "sampler": {"seed": self.config.seed, "note": "streams are functions of (seed, epoch, purpose)"},
             "epoch": self.epoch,
-            "steps": self.steps,
             "best": self.best,
             "best_epoch": self.best_epoch,
             "best_state": self.best_state,
@@ -314,10 +312,10 @@ class Trainer:
         if saved is not None and saved != self.dataset.schema.to_json():
             raise CheckpointError(f"the checkpoint under {str(self.checkpoint_root)!r} was written for a different data "
                                   "schema; resume with the same data config, or start afresh")
-        saved_cfg = state.get("config")
-        if saved_cfg is not None and _neutral(saved_cfg) != _neutral(to_dict(self.config)):
-            diff = sorted(k for k in set(saved_cfg) | set(to_dict(self.config))
-                          if saved_cfg.get(k) != to_dict(self.config).get(k) and k not in NEUTRAL_TRAIN_KEYS)
+        saved_cfg, current = state.get("config"), to_dict(self.config)
+        if saved_cfg is not None and _neutral(saved_cfg) != _neutral(current):
+            diff = sorted(k for k in set(saved_cfg) | set(current)
+                          if saved_cfg.get(k) != current.get(k) and k not in NEUTRAL_TRAIN_KEYS)
             raise CheckpointError(f"the checkpoint under {str(self.checkpoint_root)!r} was written with a different "
                                   f"training config (train.{', train.'.join(diff)}); resume with the same config, "
                                   "or start afresh")
@@ -330,11 +328,9 @@ class Trainer:
         self._strategy_state = state.get("strategy") or {}
         self._rng_state = state["rng"]
         for k in ("epoch", "best", "best_epoch", "best_state", "bad_epochs", "history", "train_time", "samples",
-                  "recalibration_time", "steps"):
+                  "recalibration_time"):
             setattr(self, k, state[k])
         self.resumed_from = self.epoch
-
-    steps = 0
 
     def _better(self, value: float) -> bool:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -446,7 +442,6 @@ class Trainer:
             }
             self.history.append(record)
             self.epoch += 1
-            self.steps = ctx.samples_seen
             if self.out_dir is not None:  # the checkpoint first: the log never lists an epoch it lacks
                 save_checkpoint(self.checkpoint_root, self.epoch, self._state())
                 self._write_logs()
