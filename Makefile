@@ -42,7 +42,7 @@ bench-p2-zoo: $(STAMP)
 P1_BACKBONES := mlp wdl nfm autoint pnn dcn fibinet deepfm xdeepfm star
 bench-mlora: $(STAMP)
 	$(VENV)/bin/polyrec benchmark ml1m-gender --seeds 5 --out benchmarks/results/p1_mlora \
-		--models $(subst $(space),$(comma),$(foreach m,$(P1_BACKBONES),$(m) $(m)+mlora))
+		--models $(subst $(space),$(comma),$(foreach m,$(P1_BACKBONES),$(m) $(m)+mlora) mlp+mlora@two_phase)
 
 # P3: MLP under every learning framework of MAMDR's comparison (MLP alone is the Alternate baseline).
 P3_FRAMEWORKS := joint alternate_finetune weighted_loss pcgrad maml reptile mldg domain_negotiation \

@@ -36,9 +36,10 @@ from .safeio import read_json
 def check_reuse(record: dict[str, Any], cfg: ExperimentConfig, split_hash: str, where: Path | None) -> None:
     """Raise :class:`~polyrec.rundir.RunMismatch` unless ``record`` is a run of ``cfg`` on the same split.
 
-    A record with a ``config_hash`` must match ``cfg``'s exactly (neutral keys aside). Records written
-    before runs carried a hash are compared key by key on the config they stored (keys they predate are
-    skipped) and on the split hash.
+    A record whose ``config_hash`` equals ``cfg``'s is a run of it. Otherwise the config the record stored is
+    compared key by key with ``cfg``'s, in the form :func:`~polyrec.rundir.comparable` gives both (so a
+    record made before a config key existed matches a config that holds the key at the value that
+    reproduces it), and its data by ``data_hash`` where it has one, else by the split hash alone.
     """
     config = cfg.to_dict()
     name = f"{record.get('model')} seed {record.get('seed')}"
@@ -53,10 +54,11 @@ def check_reuse(record: dict[str, Any], cfg: ExperimentConfig, split_hash: str, 
         raise RunMismatch(f"the {name} record{src} carries no config to compare with; use another --out, or remove "
                           "that record from results.json")
     new = {k: v for k, v in config.items() if k != "data"}
-    skip_missing = "config_hash" not in record
-    diff = config_diff(stored, new, skip_missing_old=skip_missing)
-    if diff or not skip_missing:
-        raise RunMismatch(f"the {name} record{src} was run with another config ({'; '.join(diff) or 'data'}); use "
+    diff = config_diff({k: v for k, v in stored.items() if k != "data"}, new)
+    if not diff and record.get("data_hash") not in (None, config_hash({"data": config["data"]})):
+        diff = ["data (the data section of the config)"]
+    if diff:
+        raise RunMismatch(f"the {name} record{src} was run with another config ({'; '.join(diff)}); use "
                           "another --out for this config, or remove that record from results.json to rerun it")
 
 

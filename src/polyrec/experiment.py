@@ -42,6 +42,7 @@ from .models.adapters import (
 )
 from .models.specific import specific_summary
 from .rundir import (
+    with_legacy_values,
     RunMismatch,
     check_data,
     check_resumable,
@@ -156,6 +157,9 @@ def _resolve_adapter(raw: Any, protocol: str, model_name: str) -> AdapterConfig:
         except KeyError:  # not a preset (a custom protocol name)
             alpha = DEFAULT_ALPHA
         adapter = dataclasses.replace(adapter, alpha=alpha)
+    if adapter.kind == "mlora":  # held resolved, so a saved config says which layer the run had
+        adapter = dataclasses.replace(adapter, domain_bias=bool(adapter.domain_bias),
+                                      a_init=adapter.a_init or "gaussian")
     return adapter
 
 
@@ -194,11 +198,16 @@ def resolve_config(data: dict[str, Any]) -> ExperimentConfig:
         raw_adapter = {**(raw_adapter if isinstance(raw_adapter, dict) else {}), "kind": "mlora"}
     cls = get_model_class(name)
     protocol = str(data.get("protocol", "custom"))
+    data_cfg = from_dict(DataConfig, data.get("data") or {}, path="data")
+    model_cfg = from_dict(cls.Config, model, path="model")
+    if getattr(model_cfg, "aux_features", ()) is None:
+        # STAR's auxiliary network: the data's domain-describing features, held resolved in the config.
+        model_cfg = dataclasses.replace(model_cfg, aux_features=tuple(data_cfg.domain.describing))
     return ExperimentConfig(
         protocol=protocol,
-        data=from_dict(DataConfig, data.get("data") or {}, path="data"),
+        data=data_cfg,
         model_name=name,
-        model=from_dict(cls.Config, model, path="model"),
+        model=model_cfg,
         train=from_dict(TrainConfig, train, path="train"),
         adapter=_resolve_adapter(raw_adapter, protocol, name),
         strategy_in_name=strategy is not None,
@@ -241,7 +250,8 @@ def build_model(cfg: ExperimentConfig, schema):
     if cfg.adapter.kind == "mlora":
         a = cfg.adapter
         model = attach_mlora(model, alpha=a.alpha if a.alpha is not None else DEFAULT_ALPHA, targets=a.targets,
-                             max_adapter_params=a.max_adapter_params)
+                             max_adapter_params=a.max_adapter_params, domain_bias=bool(a.domain_bias),
+                             a_init=a.a_init or "gaussian")
     # A strategy may need parameters of its own (MAMDR's domain-specific offsets): it wraps the model here.
     return create_strategy(cfg.train.strategy, cfg.train.strategy_options).prepare_model(model)
 
@@ -314,6 +324,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dat
         "split_seed": cfg.data.split.seed,
         "split_hash": ds.split_hash,
         "config_hash": config_hash(config),
+        "data_hash": config_hash({"data": config["data"]}),
         "metrics": _metrics(test),
         "val_metrics": _metrics(val),
         "data": data_summary(ds),
@@ -323,6 +334,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dat
         "recalibration_s": summary["recalibration_s"],
         "epochs": summary["epochs"],
         "best_epoch": summary["best_epoch"],
+        "stopped_by": summary["stopped_by"],
         "num_parameters": sum(p.numel() for p in model.parameters()),
         **adapter_summary(model),
         **specific_summary(model),
@@ -342,7 +354,7 @@ def _model_from_run(run_dir: Path, manifest: dict[str, Any]):
     from .data.schema import DatasetSchema
 
     try:
-        cfg = resolve_config(read_json(run_dir / "config.json", "run config"))
+        cfg = resolve_config(with_legacy_values(read_json(run_dir / "config.json", "run config")))
     except ConfigError as exc:
         raise ArtifactError(f"run config {str(run_dir / 'config.json')!r} is not a valid config: {exc}") from None
     try:
@@ -569,6 +581,7 @@ def add_domain_run(
         "val_metrics": _metrics(val),
         "epochs": summary["epochs"],
         "best_epoch": summary["best_epoch"],
+        "stopped_by": summary["stopped_by"],
         "train_samples_per_s": summary["train_samples_per_s"],
         "trainable_params": summary["trainable_params"],
         "added_params": added,

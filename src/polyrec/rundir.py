@@ -61,10 +61,73 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: d}
 
 
+#: Keys that configs gained after runs were recorded without them, each with the value that computes what
+#: those runs computed. A key at that value is left out of comparisons and hashes, so a record that predates
+#: the key still matches a config that reproduces it, and one at any other value does not.
+LEGACY_VALUES: dict[str, Any] = {
+    "adapter.domain_bias": True,  # MLoRA's per-domain bias b_d, always present before 0.3
+    "adapter.a_init": "uniform",  # MLoRA's A drawn uniform in ±1/sqrt(d_in) before 0.3
+    "data.domain.describing": [],  # no domain-describing features before 0.3
+}
+#: Strategy options whose default changed, with the default that records made before the change ran with.
+#: Records store the options a config gave (older ones) or all of them, resolved (0.3 on); both are
+#: compared as the options that differ from these defaults.
+LEGACY_STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "two_phase": {"pretrain_epochs": 1},
+    "alternate_finetune": {"alternate_epochs": 5},
+}
+
+
+def with_legacy_values(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a stored run's) with every :data:`LEGACY_VALUES` key it lacks set to that value, where the
+    key's section exists: what a run made before the key existed computed. Strategy options need nothing:
+    a stored run's options are given back as they were saved, and :data:`LEGACY_STRATEGY_DEFAULTS` fill in."""
+    out = json.loads(json.dumps(config, default=str))
+    for key, value in LEGACY_VALUES.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+    train = out.get("train")
+    if isinstance(train, dict) and train.get("strategy") in LEGACY_STRATEGY_DEFAULTS:
+        given = train.get("strategy_options") or {}
+        train["strategy_options"] = {**LEGACY_STRATEGY_DEFAULTS[train["strategy"]], **given}
+    return out
+
+
+def _strategy_defaults(name: Any) -> dict[str, Any]:
+    """The option defaults of strategy ``name`` that comparisons hold as 'unset' ({} for an unknown name)."""
+    import dataclasses
+
+    from .training.strategies import base as strategies
+
+    cls = strategies._STRATEGIES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        return {}
+    out = {f.name: json.loads(json.dumps(f.default, default=str)) for f in dataclasses.fields(cls.Config)
+           if f.default is not dataclasses.MISSING}
+    return {**out, **LEGACY_STRATEGY_DEFAULTS.get(name, {})}
+
+
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A config as flat dotted keys, without the neutral ones (JSON round trip: tuples become lists)."""
-    flat = _flat(json.loads(json.dumps(config, default=str)))
-    return {k: v for k, v in flat.items() if k not in NEUTRAL_KEYS}
+    """A config as flat dotted keys, without the neutral ones (JSON round trip: tuples become lists), keys at
+    their :data:`LEGACY_VALUES` value, and strategy options at their default (held as unset)."""
+    plain = json.loads(json.dumps(config, default=str))
+    flat = _flat(plain)
+    defaults = _strategy_defaults((plain.get("train") or {}).get("strategy"))
+    prefix = "train.strategy_options."
+    out = {}
+    for k, v in flat.items():
+        if k in NEUTRAL_KEYS or (k in LEGACY_VALUES and v == LEGACY_VALUES[k]):
+            continue
+        if k.startswith(prefix) and k[len(prefix):] in defaults and v == defaults[k[len(prefix):]]:
+            continue
+        if k == "train.strategy_options" and v == {}:
+            continue
+        out[k] = v
+    return out
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -73,14 +136,11 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def config_diff(old: dict[str, Any], new: dict[str, Any], skip_missing_old: bool = False) -> list[str]:
-    """Dotted keys whose values differ, each as ``key: old -> new`` (``skip_missing_old``: keys the old
-    config does not have at all are not differences, for records made before a key existed)."""
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ (in the form :func:`comparable` gives), each as ``key: old -> new``."""
     a, b = comparable(old), comparable(new)
     out = []
     for key in sorted(set(a) | set(b)):
-        if key not in a and skip_missing_old:
-            continue
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             out.append(f"{key}: {_short(a.get(key, '<unset>'))} -> {_short(b.get(key, '<unset>'))}")
     return out

@@ -14,12 +14,14 @@ def randomize(bank: LoRABank, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         bank.B.copy_(torch.randn(bank.B.shape, generator=g))
-        bank.bias.copy_(torch.randn(bank.bias.shape, generator=g))
+        if bank.bias is not None:
+            bank.bias.copy_(torch.randn(bank.bias.shape, generator=g))
 
 
 def reference(bank: LoRABank, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
     """Row by row: x_i A_d B_d + b_d."""
-    return torch.stack([x[i] @ bank.A[d] @ bank.B[d] + bank.bias[d] for i, d in enumerate(domain.tolist())])
+    bias = bank.bias if bank.bias is not None else torch.zeros(bank.A.shape[0], bank.out_dim)
+    return torch.stack([x[i] @ bank.A[d] @ bank.B[d] + bias[d] for i, d in enumerate(domain.tolist())])
 
 
 def test_rank_is_dout_over_alpha_at_least_one():
@@ -32,21 +34,43 @@ def test_rank_is_dout_over_alpha_at_least_one():
 
 
 def test_cap_reduces_rank_until_it_fits():
-    # 256 -> 128, alpha 16: r = 8 costs 256·8 + 8·128 + 128 = 3200 parameters per domain.
-    assert lora_rank(256, 128, 16, max_params=3200) == 8
-    assert lora_rank(256, 128, 16, max_params=3199) == 7
-    r = lora_rank(256, 128, 16, max_params=1000)
+    # 256 -> 128, alpha 16: r = 8 costs 256·8 + 8·128 = 3072 parameters per domain (+ 128 with the bias).
+    assert lora_rank(256, 128, 16, max_params=3072) == 8
+    assert lora_rank(256, 128, 16, max_params=3071) == 7
+    assert lora_rank(256, 128, 16, max_params=3200, domain_bias=True) == 8
+    assert lora_rank(256, 128, 16, max_params=3199, domain_bias=True) == 7
+    r = lora_rank(256, 128, 16, max_params=1000, domain_bias=True)
     assert 256 * r + r * 128 + 128 <= 1000 < 256 * (r + 1) + (r + 1) * 128 + 128
-    assert lora_rank(256, 128, 16, max_params=1000, domain_bias=False) == 2
+    assert lora_rank(256, 128, 16, max_params=1000) == 2
+    with pytest.raises(ValueError, match="at least 384"):
+        lora_rank(256, 128, 16, max_params=380)
     with pytest.raises(ValueError, match="at least 512"):
-        lora_rank(256, 128, 16, max_params=500)
+        lora_rank(256, 128, 16, max_params=500, domain_bias=True)
 
 
 def test_bank_shapes_and_init():
-    bank = LoRABank(10, 6, rank=3, num_domains=4)
-    assert bank.A.shape == (4, 10, 3) and bank.B.shape == (4, 3, 6) and bank.bias.shape == (4, 6)
-    assert bank.A.abs().sum() > 0 and bank.B.abs().sum() == 0 and bank.bias.abs().sum() == 0
-    assert bank.params_per_domain() == 10 * 3 + 3 * 6 + 6
+    bank = LoRABank(10, 6, rank=3, num_domains=4)  # MLoRA eq. 9: no per-domain bias
+    assert bank.A.shape == (4, 10, 3) and bank.B.shape == (4, 3, 6) and bank.bias is None
+    assert bank.params_per_domain() == 10 * 3 + 3 * 6
+    biased = LoRABank(10, 6, rank=3, num_domains=4, domain_bias=True)
+    assert biased.bias.shape == (4, 6) and biased.bias.abs().sum() == 0
+    assert biased.A.abs().sum() > 0 and biased.B.abs().sum() == 0
+    assert biased.params_per_domain() == 10 * 3 + 3 * 6 + 6
+    with pytest.raises(ValueError, match="a_init 'xavier' is not allowed"):
+        LoRABank(10, 6, rank=3, num_domains=4, a_init="xavier")
+
+
+def test_a_is_drawn_gaussian_by_default_and_uniform_on_request():
+    """§3.2: A Gaussian (std 1/sqrt(d_in)); 'uniform' keeps nn.Linear's draw, bounded by 1/sqrt(d_in)."""
+    torch.manual_seed(0)
+    g = LoRABank(400, 8, rank=50, num_domains=4).A
+    u = LoRABank(400, 8, rank=50, num_domains=4, a_init="uniform").A
+    bound = 1 / 400 ** 0.5
+    assert abs(g.std().item() - bound) < 0.03 * bound and g.abs().max() > bound  # a normal's tails pass the bound
+    assert u.abs().max() <= bound and abs(u.std().item() - bound / 3 ** 0.5) < 0.03 * bound
+    bank = LoRABank(400, 8, rank=50, num_domains=1)
+    bank.extend(2)  # new domains are drawn the same way
+    assert abs(bank.A[1:].std().item() - bound) < 0.05 * bound
 
 
 def test_lora_linear_with_zero_b_is_the_wrapped_layer_exactly():
@@ -79,7 +103,7 @@ def test_both_paths_compute_the_per_row_formula(loop_max):
 @pytest.mark.parametrize("loop_max", [0, L.LOOP_MAX])
 def test_gradient_reaches_only_the_rows_of_present_domains(loop_max):
     torch.manual_seed(2)
-    bank = LoRABank(6, 4, rank=2, num_domains=5)
+    bank = LoRABank(6, 4, rank=2, num_domains=5, domain_bias=True)
     randomize(bank)
     domain = torch.tensor([1, 3, 1, 3, 3])
     bank.delta(torch.randn(5, 6), AdapterRouting(domain), loop_max=loop_max).pow(2).sum().backward()
@@ -151,7 +175,7 @@ def test_layer_without_routing_is_a_clear_error():
 
 def test_extend_stage_merge_keep_outputs_and_isolate_new_rows():
     torch.manual_seed(6)
-    bank = LoRABank(5, 3, rank=2, num_domains=3)
+    bank = LoRABank(5, 3, rank=2, num_domains=3, domain_bias=True)
     randomize(bank)
     x, domain = torch.randn(9, 5), torch.tensor([0, 1, 2] * 3)
     before = bank.delta(x, AdapterRouting(domain))

@@ -31,7 +31,8 @@ def randomize_adapters(model, seed=0):
     with torch.no_grad():
         for bank in model.banks():
             bank.B.copy_(torch.randn(bank.B.shape, generator=g) * 0.1)
-            bank.bias.copy_(torch.randn(bank.bias.shape, generator=g) * 0.1)
+            if bank.bias is not None:
+                bank.bias.copy_(torch.randn(bank.bias.shape, generator=g) * 0.1)
 
 
 @pytest.mark.parametrize("name", ["mlp", "deepfm", "star"])
@@ -63,7 +64,9 @@ def test_default_targets_and_ranks():
     capped = attach_mlora(build("mlp", hidden_units=[256, 128, 64]), alpha=16, max_adapter_params=2000)
     for bank in capped.banks():
         assert bank.params_per_domain() <= 2000
-    assert [b.rank for b in capped.banks()] == [5, 4, 4]  # (2000 - 256) // (65 + 256), (2000 - 128) // (256 + 128), uncapped
+    assert [b.rank for b in capped.banks()] == [6, 5, 4]  # 2000 // (65 + 256), 2000 // (256 + 128), uncapped
+    biased = attach_mlora(build("mlp", hidden_units=[256, 128, 64]), alpha=16, max_adapter_params=2000, domain_bias=True)
+    assert [b.rank for b in biased.banks()] == [5, 4, 4]  # (2000 - 256) // (65 + 256), (2000 - 128) // (256 + 128)
 
 
 def test_other_targets():
@@ -107,7 +110,7 @@ def test_state_dict_round_trip(name):
 
 
 def test_adapter_gradient_only_from_its_domains_rows():
-    adapted = attach_mlora(build("mlp"), alpha=4)
+    adapted = attach_mlora(build("mlp"), alpha=4, domain_bias=True)
     randomize_adapters(adapted)
     batch = tiny_batch(domain=2)
     torch.nn.functional.binary_cross_entropy_with_logits(adapted(batch).logits, batch.label).backward()
@@ -181,8 +184,10 @@ def _predict(model, ds, rows):
 
 def test_parameter_share_reported():
     adapted = attach_mlora(build("mlp", hidden_units=[256, 128, 64]), alpha=16)
-    per_domain = (16 * (adapted.backbone.dnn.net[0].in_features + 256) + 256) + (8 * (256 + 128) + 128) + (4 * (128 + 64) + 64)
+    per_domain = 16 * (adapted.backbone.dnn.net[0].in_features + 256) + 8 * (256 + 128) + 4 * (128 + 64)
     assert adapted.per_domain_adapter_parameters() == per_domain
+    biased = attach_mlora(build("mlp", hidden_units=[256, 128, 64]), alpha=16, domain_bias=True)
+    assert biased.per_domain_adapter_parameters() == per_domain + 256 + 128 + 64
     assert adapted.num_adapter_parameters() == 3 * per_domain
     assert adapted.adapter_share() == pytest.approx(3 * per_domain / adapted.num_backbone_parameters())
 
@@ -193,7 +198,7 @@ def test_parameter_share_reported():
 def test_model_name_suffix_and_protocol_alpha():
     cfg = make_config("ml1m-gender", "deepfm+mlora")
     assert cfg.model_name == "deepfm" and cfg.display_name == "deepfm+mlora"
-    assert cfg.adapter == AdapterConfig(kind="mlora", alpha=32)
+    assert cfg.adapter == AdapterConfig(kind="mlora", alpha=32, domain_bias=False, a_init="gaussian")
     assert cfg.model.embedding_dim == 8
     assert make_config("ml1m-gender", "mlp+mlora").adapter.alpha == 16
     assert make_config("ml1m-gender", "nfm+mlora").adapter.alpha == 4
@@ -243,7 +248,7 @@ def test_cli_train_mlora_then_add_domain(tmp_path):
     result = json.loads((run / "result.json").read_text())
     assert result["model"] == "mlp+mlora" and result["backbone"] == "mlp" and result["adapter"] == "mlora"
     assert result["adapter_ranks"] == [4, 2] and 0 < result["adapter_share"] < 1
-    assert result["adapter_params"] == 2 * ((16 // 4) * (3 * 4 + 1 + 16) + 16 + (8 // 4) * (16 + 8) + 8)
+    assert result["adapter_params"] == 2 * ((16 // 4) * (3 * 4 + 1 + 16) + (8 // 4) * (16 + 8))
     out = runner.invoke(app, ["add-domain", str(run), "--domain", "2", "--out", str(run2),
                               "--set", f"data.source.path={tmp_path / 'all.csv'}", "--set", "train.max_epochs=2"])
     assert out.exit_code == 0, out.output

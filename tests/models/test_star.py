@@ -265,3 +265,25 @@ def test_recompute_norm_statistics_matches_the_population_moments(norm_hidden):
         for i, d in enumerate(seg.domains.tolist()):
             rows = h[seg.local == i]
             torch.testing.assert_close(model.hidden_norms[0].running_mean[d], rows.mean(0), atol=1e-5, rtol=1e-4)
+
+
+def test_aux_network_takes_the_schemas_domain_describing_features_by_default():
+    """§3.5: the auxiliary network sees the indicator and the features that describe the domain."""
+    import dataclasses
+
+    described = dataclasses.replace(schema_of(), domain_features=("item",))
+    torch.manual_seed(0)
+    star = create_model("star", described, embedding_dim=4, hidden_units=[8], aux_network=True)
+    assert star.aux_feature_names == ("item",) and star.aux.extra_dim == 4
+    # two rows of one domain that differ only in the domain-describing feature get different aux logits
+    b = batch_of(2, domains=[1, 1])
+    b.sparse[1] = b.sparse[0]
+    b.sparse[1, 1] = (b.sparse[0, 1] + 1) % 40
+    perturb(star)
+    star.eval()
+    aux = star.aux(b.domain, star._aux_extra(star.embeddings(b)))
+    assert aux[0] != aux[1]
+    alone = create_model("star", described, embedding_dim=4, hidden_units=[8], aux_features=[])  # indicator only
+    assert alone.aux_feature_names == () and alone.aux.extra_dim == 0
+    plain = create_model("star", schema_of(), embedding_dim=4, hidden_units=[8])  # the schema declares none
+    assert plain.aux_feature_names == () and plain.aux.extra_dim == 0

@@ -224,7 +224,7 @@ def test_mamdr_checks_its_options_and_its_model(tiny_dataset):
     with pytest.raises(ValueError, match="DomainSpecificModel"):
         Trainer(mlp(tiny_dataset), tiny_dataset, cfg("mamdr")).fit()
     with pytest.raises(ValueError, match="DomainSpecificModel"):
-        Trainer(mlp(tiny_dataset), tiny_dataset, cfg("alternate_finetune")).fit()
+        Trainer(mlp(tiny_dataset), tiny_dataset, cfg("alternate_finetune", alternate_epochs=1)).fit()
 
 
 @pytest.mark.parametrize("strategy,options", [
@@ -249,7 +249,7 @@ def test_strategies_learn_and_are_deterministic(tiny_dataset, strategy, options)
 
 def test_alternate_finetune_trains_only_offsets_after_the_alternate_epochs(tiny_dataset):
     model = DomainSpecificModel(mlp(tiny_dataset))
-    ctx = context(model, tiny_dataset, cfg("alternate_finetune"))
+    ctx = context(model, tiny_dataset, cfg("alternate_finetune", alternate_epochs=1))
     strategy = create_strategy("alternate_finetune", {"alternate_epochs": 1})
     strategy.setup(ctx)
     start = [p.detach().clone() for p in model.shared_parameters()]
@@ -373,3 +373,20 @@ def test_train_specific_freezes_the_parameters_without_offsets_and_restores_them
         with model.train_specific(0):
             raise RuntimeError("boom")
     assert all(p.requires_grad for p in embeddings)
+
+
+def test_alternate_finetune_starts_finetuning_when_early_stopping_ends_alternate(tiny_dataset):
+    """By default no epoch count ends the Alternate stage: early stopping does, and finetuning starts from the
+    best θ^S, which then stays fixed."""
+    model = DomainSpecificModel(mlp(tiny_dataset))
+    shared = []
+    config = dataclasses.replace(cfg("alternate_finetune", max_epochs=40), patience=1)
+    trainer = Trainer(model, tiny_dataset, config,
+                      callbacks=(lambda r: shared.append([p.detach().clone() for p in model.shared_parameters()]),))
+    summary = trainer.fit()
+    phases = [r["train_phase"] for r in trainer.history]
+    switch = phases.index(2.0)
+    assert set(phases[:switch]) == {1.0} and set(phases[switch:]) == {2.0} and summary["stopped_by"] == "early_stopping"
+    best = max(i for i in range(switch) if trainer.history[i]["best"])
+    assert all(torch.equal(a, b) for a, b in zip(shared[switch], shared[best]))
+    assert trainer.strategy.state_dict()["switch_epoch"] == switch

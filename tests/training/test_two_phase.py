@@ -110,3 +110,65 @@ def test_two_phase_needs_adapters_and_valid_options(tiny_dataset):
         Trainer(adapted(tiny_dataset), tiny_dataset, cfg(strategy_options={"pretrain_epochs": -1}))
     with pytest.raises(ConfigError, match="unknown config key 'pretrain'"):
         Trainer(adapted(tiny_dataset), tiny_dataset, cfg(strategy_options={"pretrain": 1}))
+
+
+# ----------------------------------------------------------------------- phases ended by early stopping
+
+
+def _auto(**kw):
+    """The paper's schedule: no fixed phase 1 length, each phase ended by early stopping (patience 1)."""
+    return cfg(**{"max_epochs": 40, "patience": 1, "strategy_options": {}, **kw})
+
+
+def _timeless(history):
+    return [{k: v for k, v in r.items() if k not in ("epoch_s", "recalibration_s", "samples_per_s")} for r in history]
+
+
+def test_early_stopping_ends_phase_one_and_phase_two_starts_from_the_best_backbone(tiny_dataset):
+    model = adapted(tiny_dataset)
+    backbones = []
+    trainer = Trainer(model, tiny_dataset, _auto(),
+                      callbacks=(lambda r: backbones.append(snapshot(model.backbone_parameters())),))
+    summary = trainer.fit()
+    phases = [r["train_phase"] for r in trainer.history]
+    switch = phases.index(2.0)
+    assert switch >= 2 and set(phases[:switch]) == {1.0} and set(phases[switch:]) == {2.0}
+    assert not trainer.history[switch - 1]["best"]  # phase 1 ended because it stopped improving
+    assert trainer.strategy.switch_epoch == switch and summary["stopped_by"] == "early_stopping"
+    best_one = max(i for i in range(switch) if trainer.history[i]["best"])
+    # phase 2 trained adapters on the best phase-1 backbone, not on the last one
+    assert same(backbones[switch], backbones[best_one]) and not same(backbones[switch - 1], backbones[best_one])
+    assert same(snapshot(model.backbone_parameters()), backbones[best_one])
+    assert not trainer.history[-1]["best"] and len(phases) < 40
+
+
+def test_a_run_interrupted_at_the_phase_change_resumes_bit_identically(tiny_dataset, tmp_path):
+    whole = adapted(tiny_dataset)
+    reference = Trainer(whole, tiny_dataset, _auto(), out_dir=tmp_path / "whole")
+    reference.fit()
+    switch = reference.strategy.switch_epoch
+    part = adapted(tiny_dataset)
+    with pytest.warns(RuntimeWarning, match="before strategy 'two_phase' reached its last stage"):
+        Trainer(part, tiny_dataset, _auto(max_epochs=switch), out_dir=tmp_path / "part").fit()
+    resumed = Trainer(adapted(tiny_dataset, seed=9), tiny_dataset, _auto(), out_dir=tmp_path / "part", resume=True)
+    resumed.fit()
+    assert resumed.strategy.switch_epoch == switch
+    assert _timeless(resumed.history) == _timeless(reference.history)
+    for (k, a), b in zip(whole.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_staged_strategies_need_patience(tiny_dataset):
+    with pytest.raises(ConfigError, match="patience: 0 is not allowed; strategy 'two_phase' ends its stages"):
+        Trainer(adapted(tiny_dataset), tiny_dataset, _auto(patience=0))
+    Trainer(adapted(tiny_dataset), tiny_dataset, cfg(patience=0))  # a fixed phase 1 needs none
+
+
+def test_max_epochs_ending_an_improving_run_is_warned_about(tiny_dataset):
+    torch.manual_seed(0)
+    plain = create_model("mlp", tiny_dataset.schema, embedding_dim=4, hidden_units=[8])
+    run = from_dict(TrainConfig, {"batch_size": 256, "max_epochs": 1, "patience": 3, "lr": 1e-2})
+    with pytest.warns(RuntimeWarning, match=r"train.max_epochs=1 ended the run while validation auc_mean was still "
+                                            r"improving \(best epoch 0 of 1\)"):
+        summary = Trainer(plain, tiny_dataset, run).fit()
+    assert summary["stopped_by"] == "max_epochs"

@@ -54,6 +54,16 @@ def _groups_error(groups: dict[str, list[Any]]) -> str | None:
     return None
 
 
+def _unique_strings_error(names: tuple[str, ...]) -> str | None:
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        return f"{list(names)!r} is not allowed; every name must be a non-empty string"
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        return f"{list(names)!r} is not allowed; {dup} listed more than once (name each feature once)"
+    return None
+
+
 def _unique_names_error(features: tuple["FeatureConfig", ...]) -> str | None:
     names = [f.name for f in features]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -115,11 +125,15 @@ class DomainRule:
         groups: domain name -> list of raw values. ``None`` makes each distinct value its own domain
             (names are the values as strings, in sorted order). A raw value in no group is an error.
         as_feature: also expose the domain indicator as a sparse input feature named ``domain``.
+        describing: features of ``data.features`` (sparse or multi-valued) that describe the domain rather
+            than the user or the item (a page's type, a scenario's theme, its position); STAR's auxiliary
+            network takes them with the domain indicator (§3.5). Each name once.
     """
 
     column: str = param("domain", rule=_NON_EMPTY)
     groups: dict[str, list[Any]] | None = param(None, rule=_groups_error)
     as_feature: bool = False
+    describing: tuple[str, ...] = param((), rule=_unique_strings_error)
 
 
 @dataclass(frozen=True)
@@ -224,6 +238,12 @@ class DataConfig:
             raise field_error("user_feature", self.user_feature,
                               f"data.user_feature must name a sparse feature in data.features (sparse features: "
                               f"{sparse}); set it to one of them or leave it unset")
+        embedded = [f.name for f in self.features if f.kind in ("sparse", "multi")]
+        for name in self.domain.describing:
+            if name not in embedded:
+                raise field_error("domain.describing", list(self.domain.describing),
+                                  f"{name!r} is not a sparse or multi-valued feature of data.features (those are "
+                                  f"{embedded}); name only such features, or add {name!r} to data.features")
         if self.domain.as_feature and "domain" in [f.name for f in self.features]:
             raise field_error("features", [f.name for f in self.features],
                               "data.domain.as_feature adds a feature named 'domain'; rename the feature called "

@@ -481,6 +481,7 @@ def schema_from(cfg: DataConfig, fitted: FittedProcessing, domain_names: tuple[s
         label=cfg.label.column,
         user_feature=cfg.user_feature,
         domain_feature="domain" if cfg.domain.as_feature else None,
+        domain_features=tuple(cfg.domain.describing),
     )
 
 
@@ -713,6 +714,8 @@ def _key_payload(cfg: DataConfig, files: dict[str, str]) -> dict[str, Any]:
     for name, default in _SPLIT_KEY_DEFAULTS.items():
         if config["split"].get(name) == default:
             del config["split"][name]
+    if not config["domain"].get("describing"):  # likewise domain.describing (0.3), when empty
+        config["domain"].pop("describing", None)
     return {"config": config, "source": _fingerprint_of(cfg.source, files), "format": FORMAT_VERSION}
 
 

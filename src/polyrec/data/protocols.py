@@ -57,6 +57,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # authors' MLoRA-on-FCN config ("mlora") uses 16; they publish no STAR+MLoRA config.
         "mlora_alpha": {"mlp": 16, "wdl": 16, "nfm": 4, "autoint": 4, "pnn": 16, "dcn": 16, "deepfm": 32,
                         "xdeepfm": 32, "fibinet": 32, "star": 16},
+        # MLoRA's two-phase schedule (§3.3), '<model>+mlora@two_phase': the preset's domain-after-domain
+        # order in both phases, each phase ended by early stopping.
+        "strategy_train": {"two_phase": {"sampler": "domain_sequential"}},
         "primary_metric": "wauc",
         "reference": {"wauc": {"mlp": 0.8015, "star": 0.8018, "wdl": 0.8017, "nfm": 0.8057, "autoint": 0.8025,
                                "pnn": 0.8026, "dcn": 0.8028, "fibinet": 0.8047, "deepfm": 0.8024,

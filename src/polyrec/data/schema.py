@@ -106,6 +106,8 @@ class DatasetSchema:
         user_feature: name of the sparse feature that identifies users (for GAUC), if any.
         domain_feature: name of the sparse feature that carries the domain indicator, if the data set
             exposes the domain as an input feature.
+        domain_features: the sparse or multi-valued features that describe the domain (the data config's
+            ``domain.describing``), which STAR's auxiliary network takes with the domain indicator.
     """
 
     features: tuple[FeatureSpec, ...]
@@ -113,9 +115,16 @@ class DatasetSchema:
     label: str = "label"
     user_feature: str | None = None
     domain_feature: str | None = None
+    domain_features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "domain_features", tuple(self.domain_features))
+        embedded = [f.name for f in self.features if f.kind in ("sparse", "multi")]
+        for name in self.domain_features:
+            if name not in embedded:
+                raise ValueError(f"domain_features names {name!r}, which is not a sparse or multi-valued feature; "
+                                 f"those are {embedded}")
         names = [f.name for f in self.features]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -153,7 +162,10 @@ class DatasetSchema:
         raise KeyError(f"unknown feature {name!r}; the schema has {[f.name for f in self.features]}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not self.domain_features:  # schemas without them read (and hash) as before the field existed
+            del out["domain_features"]
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -166,6 +178,7 @@ class DatasetSchema:
             label=data.get("label", "label"),
             user_feature=data.get("user_feature"),
             domain_feature=data.get("domain_feature"),
+            domain_features=tuple(data.get("domain_features", ())),
         )
 
     @classmethod
@@ -202,7 +215,7 @@ class DatasetSchema:
                 f"{list(self.domain.values)} vs {other.domain.name!r} {list(other.domain.values)}; "
                 "use data encoded with the same domain rule"
             )
-        for ref in ("label", "user_feature", "domain_feature"):
+        for ref in ("label", "user_feature", "domain_feature", "domain_features"):
             if getattr(self, ref) != getattr(other, ref):
                 raise ValueError(
                     f"schema mismatch between the model and the {what}: {ref} is {getattr(self, ref)!r} in the "

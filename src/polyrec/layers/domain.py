@@ -178,6 +178,7 @@ class AuxiliaryDomainNetwork(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
+        self.extra_dim = extra_dim
         self.embedding = nn.Embedding(num_domains, embedding_dim)
         nn.init.normal_(self.embedding.weight, std=1e-2)
         self.mlp = MLP(embedding_dim + extra_dim, hidden_units, activation=activation, output_dim=1)

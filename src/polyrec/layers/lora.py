@@ -2,12 +2,17 @@
 
 MLoRA (paper eq. 8-9) splits every adapted layer into a shared part and a per-domain low-rank part::
 
-    h_d = W x + b + B_d A_d x + b_d
+    h_d = W x + b + B_d A_d x
 
-``W, b`` are the wrapped layer's own parameters (shared by all domains); ``A_d`` (``D_in × r``, random),
-``B_d`` (``r × D_out``, zeros) and the per-domain bias ``b_d`` (zeros) belong to domain d only. With
-``B = 0`` and ``b_d = 0`` an adapted layer computes exactly what the wrapped layer computes, so a model
-starts from (or, in two-phase training, keeps) its backbone's function. The rank of each layer follows
+``W, b`` are the wrapped layer's own parameters (shared by all domains); ``A_d`` (``D_in × r``, Gaussian,
+§3.2) and ``B_d`` (``r × D_out``, zeros) belong to domain d only. With ``B = 0`` an adapted layer computes
+exactly what the wrapped layer computes, so a model starts from (or, in two-phase training, keeps) its
+backbone's function.
+
+Two options go beyond the paper and are off by default: ``domain_bias`` adds a per-domain bias ``b_d``
+(zeros at the start; eq. 9 has none, and polyrec 0.2 always had it), and ``a_init="uniform"`` draws ``A``
+as ``nn.Linear`` draws a weight, uniform in ±1/√D_in (polyrec 0.2's draw). The Gaussian draw has standard
+deviation 1/√D_in, so ``x A_d`` keeps the scale of ``x``. The rank of each layer follows
 paper eq. 10, ``r = max(d_out // α, 1)``, optionally reduced until the per-domain adapter fits a parameter
 cap (:func:`lora_rank`).
 
@@ -52,9 +57,11 @@ from .domain import DomainSegments, StarLinear
 #: Up to this many domains present in a batch, adapters run one matmul pair per present domain; beyond it,
 #: every row gathers its own matrices (batched matmul).
 LOOP_MAX = 16
+#: How ``A`` is drawn: ``gaussian`` (MLoRA §3.2) or ``uniform`` (``nn.Linear``'s draw).
+A_INITS = ("gaussian", "uniform")
 
 
-def lora_rank(in_dim: int, out_dim: int, alpha: int, max_params: int | None = None, domain_bias: bool = True) -> int:
+def lora_rank(in_dim: int, out_dim: int, alpha: int, max_params: int | None = None, domain_bias: bool = False) -> int:
     """Rank of one adapted layer: ``max(out_dim // alpha, 1)`` (MLoRA eq. 10), reduced to fit a cap.
 
     Args:
@@ -71,7 +78,9 @@ def lora_rank(in_dim: int, out_dim: int, alpha: int, max_params: int | None = No
     Example:
         >>> lora_rank(24, 256, alpha=16), lora_rank(256, 128, alpha=16), lora_rank(64, 1, alpha=16)
         (16, 8, 1)
-        >>> lora_rank(256, 128, alpha=16, max_params=2000)   # 256·r + 128·r + 128 <= 2000
+        >>> lora_rank(256, 128, alpha=16, max_params=2000)   # 256·r + 128·r <= 2000
+        5
+        >>> lora_rank(256, 128, alpha=16, max_params=2000, domain_bias=True)   # 256·r + 128·r + 128 <= 2000
         4
     """
     if isinstance(alpha, bool) or not isinstance(alpha, int) or alpha < 1:
@@ -145,10 +154,11 @@ class LoRABank(nn.Module):
         out_dim: D_out.
         rank: r.
         num_domains: D.
-        domain_bias: include the per-domain bias ``b_d``.
+        domain_bias: include the per-domain bias ``b_d`` (not in MLoRA's eq. 9).
+        a_init: ``gaussian`` (MLoRA §3.2: normal, std 1/√D_in) or ``uniform`` (±1/√D_in, as ``nn.Linear``).
 
-    ``A`` is initialised like ``nn.Linear``'s weight (uniform ±1/√D_in, per domain), ``B`` and ``b_d`` at
-    zero, so ``delta = 0`` until training moves ``B`` (MLoRA §3.2, as in LoRA).
+    ``A`` is drawn per domain by ``a_init``, ``B`` and ``b_d`` start at zero, so ``delta = 0`` until
+    training moves ``B`` (MLoRA §3.2, as in LoRA).
 
     New domains (:meth:`extend`) append rows. :meth:`stage` splits the rows from ``first`` on into separate
     trainable parameters (``A_new`` ...) and freezes the others, so an optimiser can train a new domain's
@@ -161,12 +171,15 @@ class LoRABank(nn.Module):
         :meth:`forward_segments`: domain-sorted x ``[B, N, D_in]``, segments -> ``[B, N, D_out]``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, rank: int, num_domains: int, domain_bias: bool = True) -> None:
+    def __init__(self, in_dim: int, out_dim: int, rank: int, num_domains: int, domain_bias: bool = False,
+                 a_init: str = "gaussian") -> None:
         super().__init__()
         if rank < 1 or num_domains < 1:
             raise ValueError(f"LoRABank needs rank >= 1 and num_domains >= 1, got rank={rank}, "
                              f"num_domains={num_domains}")
-        self.in_dim, self.out_dim, self.rank = in_dim, out_dim, rank
+        if a_init not in A_INITS:
+            raise ValueError(f"LoRABank a_init {a_init!r} is not allowed; must be one of {', '.join(A_INITS)}")
+        self.in_dim, self.out_dim, self.rank, self.a_init = in_dim, out_dim, rank, a_init
         self.A = nn.Parameter(self._init_a(num_domains))
         self.B = nn.Parameter(torch.zeros(num_domains, rank, out_dim))
         self.bias = nn.Parameter(torch.zeros(num_domains, out_dim)) if domain_bias else None
@@ -175,9 +188,10 @@ class LoRABank(nn.Module):
         self.bias_new: nn.Parameter | None = None
 
     def _init_a(self, n: int, like: Tensor | None = None) -> Tensor:
-        bound = 1.0 / math.sqrt(self.in_dim)
+        scale = 1.0 / math.sqrt(self.in_dim)
         kw = {} if like is None else {"device": like.device, "dtype": like.dtype}
-        return torch.empty(n, self.in_dim, self.rank, **kw).uniform_(-bound, bound)
+        a = torch.empty(n, self.in_dim, self.rank, **kw)
+        return a.normal_(0.0, scale) if self.a_init == "gaussian" else a.uniform_(-scale, scale)
 
     @property
     def num_domains(self) -> int:
@@ -303,19 +317,20 @@ class LoRALinear(nn.Module):
         num_domains: D.
         rank: r (see :func:`lora_rank`).
         state: the model's :class:`AdapterState` (gives the batch's domains).
-        domain_bias: include the per-domain bias.
+        domain_bias: include the per-domain bias (not in MLoRA's eq. 9).
+        a_init: how ``A`` is drawn (see :class:`LoRABank`).
 
     Shape:
         ``[B, ..., D_in]`` -> ``[B, ..., D_out]``, batch dimension first.
     """
 
     def __init__(self, base: nn.Linear, num_domains: int, rank: int, state: AdapterState,
-                 domain_bias: bool = True) -> None:
+                 domain_bias: bool = False, a_init: str = "gaussian") -> None:
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
         self.bias = base.bias
-        self.lora = LoRABank(base.in_features, base.out_features, rank, num_domains, domain_bias)
+        self.lora = LoRABank(base.in_features, base.out_features, rank, num_domains, domain_bias, a_init)
         self.lora.to(device=base.weight.device, dtype=base.weight.dtype)
         self.state = state
 
@@ -348,19 +363,20 @@ class LoRAStarLinear(StarLinear):
         num_domains: D (of the adapters; at least the star layer's).
         rank: r.
         state: the model's :class:`AdapterState`.
-        domain_bias: include the per-domain bias.
+        domain_bias: include the per-domain bias (not in MLoRA's eq. 9).
+        a_init: how ``A`` is drawn (see :class:`LoRABank`).
 
     Shape:
         forward(x ``[B, D_in]`` sorted by domain, seg) -> ``[B, D_out]``.
     """
 
     def __init__(self, base: StarLinear, num_domains: int, rank: int, state: AdapterState,
-                 domain_bias: bool = True) -> None:
+                 domain_bias: bool = False, a_init: str = "gaussian") -> None:
         nn.Module.__init__(self)
         self.in_dim, self.out_dim, self.num_domains = base.in_dim, base.out_dim, base.num_domains
         self.weight, self.bias = base.weight, base.bias
         self.domain_weight, self.domain_bias = base.domain_weight, base.domain_bias
-        self.lora = LoRABank(base.in_dim, base.out_dim, rank, num_domains, domain_bias)
+        self.lora = LoRABank(base.in_dim, base.out_dim, rank, num_domains, domain_bias, a_init)
         self.lora.to(device=base.weight.device, dtype=base.weight.dtype)
         self.state = state
 

@@ -49,7 +49,7 @@ from ..config import Check, field_error, param
 from ..data.batch import Batch
 from ..data.schema import DomainSpec
 from ..layers.domain import StarLinear
-from ..layers.lora import AdapterRouting, AdapterState, LoRABank, LoRALinear, LoRAStarLinear, lora_rank
+from ..layers.lora import A_INITS, AdapterRouting, AdapterState, LoRABank, LoRALinear, LoRAStarLinear, lora_rank
 from ..layers.mlp import MLP
 from .base import Model, ModelOutput
 
@@ -89,13 +89,20 @@ class AdapterConfig:
         targets: which layers get adapters, a non-empty list of ``dnn``, ``output``, ``interaction``,
             ``star``, each at most once; ``None``: ``dnn`` if the model has a DNN tower, else ``star``.
         max_adapter_params: optional cap >= 1 on one domain's adapter parameters per layer; each layer's rank
-            is reduced until ``D_in·r + r·D_out + D_out`` fits (the production setting).
+            is reduced until ``D_in·r + r·D_out`` (``+ D_out`` with ``domain_bias``) fits (the production
+            setting).
+        domain_bias: a per-domain bias ``b_d`` in every adapted layer, beyond MLoRA's eq. 9 (``None``: off,
+            the paper's layer; polyrec 0.2 always had it).
+        a_init: how each ``A_d`` is drawn, ``gaussian`` (MLoRA §3.2, std 1/√D_in) or ``uniform``
+            (±1/√D_in, ``nn.Linear``'s draw and polyrec 0.2's); ``None``: ``gaussian``.
     """
 
     kind: Literal["none", "mlora"] = "none"
     alpha: int | None = param(None, ge=1)
     targets: tuple[str, ...] | None = param(None, items=Check(choices=TARGETS), rule=_target_list)
     max_adapter_params: int | None = param(None, ge=1)
+    domain_bias: bool | None = None
+    a_init: str | None = param(None, choices=A_INITS)
 
     def __post_init__(self) -> None:
         if self.kind == "none":
@@ -303,7 +310,8 @@ def attach_mlora(
     alpha: int = DEFAULT_ALPHA,
     targets: Iterable[str] | None = None,
     max_adapter_params: int | None = None,
-    domain_bias: bool = True,
+    domain_bias: bool = False,
+    a_init: str = "gaussian",
 ) -> MLoRAModel:
     """Wrap ``model``'s target layers with per-domain low-rank adapters (MLoRA); returns the adapted model.
 
@@ -317,7 +325,8 @@ def attach_mlora(
         targets: ``dnn``, ``output``, ``interaction``, ``star`` (see the module docstring); ``None``: ``dnn``
             if the model has a DNN tower, else ``star``.
         max_adapter_params: optional cap on one domain's adapter parameters per layer.
-        domain_bias: the per-domain bias ``b_d`` of each adapted layer.
+        domain_bias: a per-domain bias ``b_d`` in each adapted layer (not in MLoRA's eq. 9).
+        a_init: how ``A`` is drawn: ``gaussian`` (§3.2) or ``uniform``.
 
     Example:
         >>> model = attach_mlora(create_model("mlp", schema, hidden_units=[256, 128, 64]), alpha=16)  # doctest: +SKIP
@@ -336,14 +345,15 @@ def attach_mlora(
         layer = getattr(parent, child)
         if isinstance(layer, StarLinear):
             rank = lora_rank(layer.in_dim, layer.out_dim, alpha, max_adapter_params, domain_bias)
-            new: nn.Module = LoRAStarLinear(layer, D, rank, state, domain_bias)
+            new: nn.Module = LoRAStarLinear(layer, D, rank, state, domain_bias, a_init)
         elif isinstance(layer, nn.Linear):
             rank = lora_rank(layer.in_features, layer.out_features, alpha, max_adapter_params, domain_bias)
-            new = LoRALinear(layer, D, rank, state, domain_bias)
+            new = LoRALinear(layer, D, rank, state, domain_bias, a_init)
         else:
             raise TypeError(f"adapter target {name!r} is a {type(layer).__name__}, not nn.Linear or StarLinear")
         setattr(parent, child, new)
-    cfg = AdapterConfig(kind="mlora", alpha=alpha, targets=targets, max_adapter_params=max_adapter_params)
+    cfg = AdapterConfig(kind="mlora", alpha=alpha, targets=targets, max_adapter_params=max_adapter_params,
+                        domain_bias=domain_bias, a_init=a_init)
     return MLoRAModel(model, cfg, names, state)
 
 

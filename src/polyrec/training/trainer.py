@@ -115,9 +115,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         try:  # the strategy's name and options are checked here, where the config is read
-            create_strategy(self.strategy, self.strategy_options)
+            strategy = create_strategy(self.strategy, self.strategy_options)
         except KeyError as e:
             raise ConfigError(f"train.strategy: {e.args[0]}") from None
+        # Held resolved (every option, defaults included), so a saved config says what the run used.
+        object.__setattr__(self, "strategy_options", to_dict(strategy.config))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -263,6 +265,10 @@ class Trainer:
             torch.set_flush_denormal(True)
         self.model.to(self.device)
         self.strategy = create_strategy(config.strategy, config.strategy_options)
+        if self.strategy.stages_end_by_early_stopping() and config.patience == 0:
+            raise field_error("patience", 0, f"strategy {config.strategy!r} ends its stages by early stopping "
+                              "(its stage lengths are unset), which needs train.patience >= 1; set patience, "
+                              "or set the stage lengths in train.strategy_options")
         self.optimizer = make_optimizer(self.model, config)
         self.history: list[dict] = []
         self.epoch = 0
@@ -397,7 +403,7 @@ class Trainer:
             self._rng_state = None
         if self.out_dir is not None and self.resumed_from is not None:
             self._write_logs()  # drop the log lines of an epoch that ran after the checkpoint
-        stopped = self.history and cfg.patience > 0 and self.bad_epochs >= cfg.patience
+        stopped = bool(self.history) and self._patience_spent(ctx)
         while self.epoch < cfg.max_epochs and not stopped:
             if bar is not None:
                 bar.reset()
@@ -454,20 +460,53 @@ class Trainer:
                     f"{record['samples_per_s'] or 0:,.0f} rows/s",
                     file=sys.stderr,
                 )
-            stopped = cfg.patience > 0 and self.bad_epochs >= cfg.patience
+            stopped = self._patience_spent(ctx)
         if bar is not None:
             bar.close()
+        stopped_by = "early_stopping" if stopped else "max_epochs"
+        if not stopped:
+            self._warn_cap()
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         return {
             "epochs": self.epoch,
             "best_epoch": self.best_epoch,
+            "stopped_by": stopped_by,
             f"best_val_{cfg.monitor}": self.best,
             "train_samples_per_s": self.samples / self.train_time if self.train_time > 0 else None,
             "train_s": self.train_time,
             "recalibration_s": self.recalibration_time,
             "resumed_from_epoch": self.resumed_from,
         }
+
+    def _patience_spent(self, ctx: TrainContext) -> bool:
+        """True when early stopping ends the run. A strategy with a further stage (two-phase training's
+        adapter phase, say) moves to it instead: the best weights so far are restored, the patience counter
+        starts again, and the best value stays, so a later stage's weights are kept only if they beat it."""
+        cfg = self.config
+        if not (cfg.patience > 0 and self.bad_epochs >= cfg.patience):
+            return False
+        if not self.strategy.next_stage(ctx, self.epoch):
+            return True
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.bad_epochs = 0
+        if not self.progress and os.environ.get("POLYREC_QUIET") != "1":
+            print(f"epoch {self.epoch:3d}  {cfg.strategy}: next stage, from the best weights (epoch "
+                  f"{self.best_epoch})", file=sys.stderr)
+        return False
+
+    def _warn_cap(self) -> None:
+        """Warn when ``max_epochs`` ended a run that early stopping had not: still improving, or a stage short."""
+        cfg = self.config
+        pending = self.strategy.stages_end_by_early_stopping() and self.strategy.stage_pending(self.epoch)
+        recent = self.best_epoch >= self.epoch - max(cfg.patience, 1)
+        if cfg.patience > 0 and (recent or pending):
+            why = (f"before strategy {cfg.strategy!r} reached its last stage" if pending else
+                   f"while validation {cfg.monitor} was still improving (best epoch {self.best_epoch} of "
+                   f"{self.epoch})")
+            warnings.warn(f"train.max_epochs={cfg.max_epochs} ended the run {why}; early stopping did not; raise "
+                          "train.max_epochs so that patience ends it", RuntimeWarning, stacklevel=3)
 
     def evaluate(self, split: str = "test") -> dict[str, Any]:
         return evaluate(self.model, self.dataset, split, self.config.eval_batch_size, self.device)

@@ -1,7 +1,7 @@
 """STAR: Star Topology Adaptive Recommender (Sheng et al., CIKM 2021).
 
 Embeddings → Partitioned Normalization (§3.3) → star-topology FCN (§3.4) → logit, plus the auxiliary
-network on the domain indicator (§3.5) whose logit is added (eq. 7). The final layer is star-topology
+network on the domain indicator and the domain-describing features (§3.5) whose logit is added (eq. 7). The final layer is star-topology
 too and has no activation or normalisation: its output is the logit.
 
 Readings of the paper made here:
@@ -12,6 +12,19 @@ Readings of the paper made here:
 - PN is applied to the FCN's input representation z, as in §3.3; ``norm_hidden`` optionally adds PN after
   each hidden star layer.
 - ``W_p`` is initialised to ones and ``b_p`` to zeros, so training starts from the shared network.
+- The auxiliary network takes the domain indicator and the features that describe the domain (§3.5):
+  ``aux_features``, by default the schema's ``domain_features`` (the data config's
+  ``domain.describing``). A data set that declares none gives it the indicator alone, and it is then a
+  learned per-domain bias.
+
+Deviation, switchable: PN's statistics at inference. Eq. 4 keeps moving averages of the batch moments; the
+Trainer by default sets them after every epoch to their exact values over the training rows under the
+current weights (``train.precise_norm_stats: true``, :func:`polyrec.training.calibration
+.recompute_norm_statistics`), because the moving averages lag the weights. On P1 (``ml1m-gender``, 5
+seeds; ``benchmarks/pn_statistics_ablation.py``, ``benchmarks/results/p1_ml1m_gender/``) the moving
+averages gave test WAUC 80.96 ± 0.05 but logloss 0.634 ± 0.146, with per-domain PCOC between 0.19 and 0.71
+(the predicted rates far from the observed ones), against WAUC 80.82 ± 0.15 and logloss 0.4239 ± 0.0016
+with the exact statistics. ``train.precise_norm_stats: false`` gives eq. 4 as written.
 
 At serving time :meth:`StarModel.fold` precomputes each domain's ``W ⊙ W_p``, ``b + b_p`` and PN affine
 (§4.4), so inference costs what a single shared network costs.
@@ -51,9 +64,11 @@ class StarConfig(ModelConfig):
         aux_network: add the auxiliary network's logit (§3.5).
         aux_hidden: hidden sizes of the auxiliary network (paper: a two-layer network, i.e. one hidden layer).
         aux_embedding_dim: size of the domain indicator embedding, >= 1, or 0: ``embedding_dim``.
-        aux_features: other features that describe the domain, whose embeddings also feed the auxiliary
-            network; each name once, and each an embedded feature of the data (checked when the model is
-            built).
+        aux_features: the features that describe the domain, whose embeddings feed the auxiliary network
+            with the domain indicator (§3.5); each name once, and each an embedded feature of the data
+            (checked when the model is built). ``None`` (the default): the schema's domain-describing
+            features (``data.domain.describing``); on data that declares none, the network sees the
+            indicator alone, and is then a learned per-domain bias. ``[]``: the indicator alone, always.
     """
 
     hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
@@ -63,7 +78,7 @@ class StarConfig(ModelConfig):
     pn_eps: float = param(1e-5, gt=0)
     aux_network: bool = True
     aux_embedding_dim: int = param(0, ge=0)
-    aux_features: tuple[str, ...] = feature_names()
+    aux_features: tuple[str, ...] | None = feature_names(None)
 
 
 @register_model("star")
@@ -93,19 +108,21 @@ class StarModel(Model):
         ) if config.norm_hidden else None
         self.act = make_activation(config.activation)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        #: the features the auxiliary network takes besides the indicator (config, else the schema's)
+        self.aux_feature_names = tuple(schema.domain_features if config.aux_features is None else config.aux_features)
         if config.aux_network:
             fields = self.embeddings.sparse_names + self.embeddings.multi_names
-            for name in config.aux_features:
+            for name in self.aux_feature_names:
                 if name not in fields:
                     raise ConfigError(f"model.aux_features: {name!r} is not allowed; it is not an embedded feature "
                                       f"of the data; valid: {fields} (model {self.model_name!r})")
             self.register_buffer(
-                "aux_fields", torch.tensor([fields.index(n) for n in config.aux_features], dtype=torch.long),
+                "aux_fields", torch.tensor([fields.index(n) for n in self.aux_feature_names], dtype=torch.long),
                 persistent=False,
             )
         self._build_aux(
             embedding_dim=config.aux_embedding_dim or config.embedding_dim,
-            extra_dim=len(config.aux_features) * config.embedding_dim,
+            extra_dim=len(self.aux_feature_names) * config.embedding_dim,
         )
 
     def _inputs(self, batch: Batch) -> tuple[Tensor, Tensor]:

@@ -188,6 +188,21 @@ class Strategy:
     def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
         raise NotImplementedError
 
+    def next_stage(self, ctx: TrainContext, epoch: int) -> bool:
+        """Called when early stopping would end the run before ``epoch``: return True to go on to a further
+        stage instead (the Trainer then restores the best weights and starts the patience counter again).
+        Record the switch in :meth:`state_dict`, so that a resumed run is in the same stage."""
+        return False
+
+    def stages_end_by_early_stopping(self) -> bool:
+        """True when :meth:`next_stage` may return True (the Trainer then requires ``patience >= 1``)."""
+        return False
+
+    def stage_pending(self, epochs: int) -> bool:
+        """True when, after ``epochs`` epochs, a further stage has yet to train one (for the warning when
+        ``max_epochs`` ends a run)."""
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         """State the strategy owns beyond the model and the optimiser (learned loss weights, a second
         optimiser's moments); the Trainer checkpoints it and gives it back on resume, after :meth:`setup`."""

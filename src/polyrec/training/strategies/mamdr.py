@@ -240,12 +240,14 @@ class DomainRegularization(MAMDR):
 class AlternateFinetune(Strategy):
     """Alternate + Finetune (MAMDR §V-B): Alternate training of θ^S, then each domain finetuned alone as θ^d.
 
-    Epochs ``0 .. alternate_epochs-1`` train θ^S domain after domain (a random domain order, each in
-    full); every later epoch finetunes, for each domain d, the copy θ^S + θ^d on d's rows alone with
-    d's own optimiser and keeps the result as θ^d (θ^S is then fixed).
+    The Alternate stage trains θ^S domain after domain (a random domain order, each in full); every later
+    epoch finetunes, for each domain d, the copy θ^S + θ^d on d's rows alone with d's own optimiser and
+    keeps the result as θ^d (θ^S is then fixed). The Alternate stage ends by early stopping (the best θ^S
+    restored, finetuning starts from it), and finetuning ends the run the same way.
 
     Options (``train.strategy_options``):
-        alternate_epochs: epochs of Alternate training before finetuning starts (>= 1).
+        alternate_epochs: a fixed length of the Alternate stage instead (>= 1; epochs ``0 ..
+            alternate_epochs-1``); ``None`` (the default): early stopping ends it.
         specific_parameters: ``all`` or ``dense`` (embedding tables stay shared).
     """
 
@@ -253,12 +255,29 @@ class AlternateFinetune(Strategy):
 
     @dataclass(frozen=True)
     class Config:
-        alternate_epochs: int = param(5, ge=1)
+        alternate_epochs: int | None = param(None, ge=1)
         specific_parameters: Literal["all", "dense"] = param("all", choices=INCLUDE)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.optimizers: dict[int, torch.optim.Optimizer] = {}
+        self.switch_epoch: int | None = None  # the epoch finetuning started at, when early stopping ended Alternate
+
+    def finetuning(self, epoch: int) -> bool:
+        first = self.config.alternate_epochs if self.config.alternate_epochs is not None else self.switch_epoch
+        return first is not None and epoch >= first
+
+    def stages_end_by_early_stopping(self) -> bool:
+        return self.config.alternate_epochs is None
+
+    def stage_pending(self, epochs: int) -> bool:
+        return self.switch_epoch is None or self.switch_epoch >= epochs
+
+    def next_stage(self, ctx: TrainContext, epoch: int) -> bool:
+        if self.config.alternate_epochs is not None or self.switch_epoch is not None:
+            return False
+        self.switch_epoch = epoch
+        return True
 
     prepare_model = MAMDR.prepare_model
 
@@ -270,7 +289,7 @@ class AlternateFinetune(Strategy):
 
     def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
         model = _specific_model(ctx, self.name)
-        if epoch < self.config.alternate_epochs:
+        if not self.finetuning(epoch):
             with model.shared_only():
                 batches = ctx.batches(epoch, sampler="domain_sequential")
                 return {**mean_stats([ctx.step(b) for b in batches]), "phase": 1.0}
@@ -281,8 +300,12 @@ class AlternateFinetune(Strategy):
         return {**mean_stats(stats), "phase": 2.0}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizers": {d: o.state_dict() for d, o in self.optimizers.items()}}
+        out: dict[str, Any] = {"optimizers": {d: o.state_dict() for d, o in self.optimizers.items()}}
+        if self.switch_epoch is not None:
+            out["switch_epoch"] = self.switch_epoch
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for d, sd in state.get("optimizers", {}).items():
             self.optimizers[int(d)].load_state_dict(sd)
+        self.switch_epoch = None if state.get("switch_epoch") is None else int(state["switch_epoch"])

@@ -1,17 +1,21 @@
 """MLoRA's two-phase training (Yang et al. 2024, §3.3), and training the adapter of a domain added later.
 
-Phase 1 (epochs ``0 .. pretrain_epochs-1``) trains the backbone on all domains with the adapters off and
-frozen: with ``B = 0`` they contribute nothing, so switching them off only skips their cost. Phase 2 (the
-remaining epochs) freezes the backbone (``requires_grad=False``, and by default its normalisation
-statistics) and trains only the domain-specific adapters. The phase is set at the start of every epoch
-from the epoch number, so a resumed run continues in the right phase.
+Phase 1 trains the backbone on all domains with the adapters off and frozen: with ``B = 0`` they contribute
+nothing, so switching them off only skips their cost. Phase 2 freezes the backbone (``requires_grad=False``,
+and by default its normalisation statistics) and trains only the domain-specific adapters.
+
+Each phase ends as the paper's training does, by early stopping: when the validation metric has not
+improved for ``train.patience`` epochs in phase 1, the Trainer restores the best backbone and phase 2
+starts from it (adapters at ``B = 0``, the patience counter afresh); phase 2 ends the run the same way. The
+best validation value carries over, so the adapters' weights are kept only if they beat the backbone alone
+(otherwise the best weights are the backbone's, with ``B = 0``). ``pretrain_epochs`` fixes phase 1's length
+instead (epochs ``0 .. pretrain_epochs-1``; the patience counter then runs through the phase change, and a
+run may stop before phase 2). The epoch phase 2 started at is the strategy's checkpointed state, so a
+resumed run continues in the right phase.
 
 The Trainer's optimiser is kept across the phases: a frozen parameter gets no gradient, and the optimisers
 skip parameters without one, so the backbone stays bit-for-bit unchanged in phase 2 and the adapters in
-phase 1 (weight decay included), and the optimiser the Trainer checkpoints is the one in use. Early
-stopping and best-weight selection work across both phases as usual: the patience counter runs through the
-phase change, so with ``patience`` smaller than ``pretrain_epochs`` a run may stop before phase 2 (its best
-weights are then the backbone's, with ``B = 0``).
+phase 1 (weight decay included), and the optimiser the Trainer checkpoints is the one in use.
 
 :func:`finetune_new_domains` trains only the adapters of domains added with
 :func:`polyrec.models.adapters.add_domain`: every other parameter is frozen (``requires_grad=False``), the
@@ -39,8 +43,9 @@ class TwoPhase(Strategy):
     adapters (``adapter.kind: mlora``).
 
     Options (``train.strategy_options``):
-        pretrain_epochs: epochs of phase 1 (0: adapters only from the first epoch, for a backbone whose
-            weights were loaded beforehand).
+        pretrain_epochs: epochs of phase 1; ``None`` (the default, the paper's): phase 1 lasts until early
+            stopping, then phase 2 starts from the best backbone; 0: adapters only from the first epoch, for
+            a backbone whose weights were loaded beforehand.
         freeze_norm_stats: in phase 2, keep the backbone's batch/partitioned-norm statistics fixed too.
     """
 
@@ -48,8 +53,12 @@ class TwoPhase(Strategy):
 
     @dataclass(frozen=True)
     class Config:
-        pretrain_epochs: int = param(1, ge=0)
+        pretrain_epochs: int | None = param(None, ge=0)
         freeze_norm_stats: bool = flag(True)
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.switch_epoch: int | None = None  # the epoch phase 2 started at, when early stopping ended phase 1
 
     def setup(self, ctx: TrainContext) -> None:
         if not isinstance(ctx.model, MLoRAModel):
@@ -60,7 +69,29 @@ class TwoPhase(Strategy):
             )
 
     def phase(self, epoch: int) -> int:
-        return 1 if epoch < self.config.pretrain_epochs else 2
+        first = self.config.pretrain_epochs if self.config.pretrain_epochs is not None else self.switch_epoch
+        return 1 if first is None or epoch < first else 2
+
+    def stages_end_by_early_stopping(self) -> bool:
+        return self.config.pretrain_epochs is None
+
+    def stage_pending(self, epochs: int) -> bool:
+        return self.switch_epoch is None or self.switch_epoch >= epochs
+
+    def next_stage(self, ctx: TrainContext, epoch: int) -> bool:
+        if self.config.pretrain_epochs is not None or self.switch_epoch is not None:
+            return False
+        self.switch_epoch = epoch
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.switch_epoch is None else {"switch_epoch": self.switch_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unknown = set(state) - {"switch_epoch"}
+        if unknown:
+            raise ValueError(f"strategy two_phase keeps only switch_epoch, but the checkpoint holds {sorted(unknown)}")
+        self.switch_epoch = None if state.get("switch_epoch") is None else int(state["switch_epoch"])
 
     def enter_phase(self, model: MLoRAModel, phase: int) -> None:
         if phase == 1:
