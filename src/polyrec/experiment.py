@@ -464,13 +464,14 @@ def new_domain_dataset(run_data: DataConfig, base: EncodedDataset, schema, data:
         id_columns,
         load_source,
         make_splits,
+        sample_rows,
     )
     from .data.processing import _as_str
     from .data.schema import FIRST_INDEX
 
     if base.processing is None:
         raise ValueError("the run's data set has no fitted processing to encode new rows with; rebuild its cache")
-    frame = load_source(data.source, id_columns(run_data))  # ids read exactly, as in training
+    frame = sample_rows(load_source(data.source, id_columns(run_data)), data.sample)  # ids read exactly
     codes, names = derive_domain(frame, data.domain)
     if name not in names:
         raise ValueError(f"domain {name!r} is not in the new data; its domain rule gives {list(names)}; "

@@ -68,6 +68,8 @@ LEGACY_VALUES: dict[str, Any] = {
     "adapter.domain_bias": True,  # MLoRA's per-domain bias b_d, always present before 0.3
     "adapter.a_init": "uniform",  # MLoRA's A drawn uniform in ±1/sqrt(d_in) before 0.3
     "data.domain.describing": [],  # no domain-describing features before 0.3
+    "data.sample.fraction": 1.0,  # every source row before 0.3
+    "data.sample.seed": 0,
 }
 #: Strategy options whose default changed, with the default that records made before the change ran with.
 #: Records store the options a config gave (older ones) or all of them, resolved (0.3 on); both are

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from polyrec.config import ConfigError, from_dict
+from polyrec.config import ConfigError, from_dict, to_dict
 from polyrec.data.config import DataConfig, SourceConfig, SplitConfig
 
 VALID = {
@@ -120,3 +120,25 @@ def test_constructing_in_code_checks_the_cross_field_rules_too():
     cfg = from_dict(DataConfig, VALID, path="data")
     with pytest.raises(ConfigError, match=r"^user_feature: 'price' is not allowed"):
         dataclasses.replace(cfg, user_feature="price")
+
+
+def test_sample_keeps_a_seeded_subset_of_the_rows_in_order(synthetic_cfg):
+    import dataclasses
+
+    from polyrec.data.config import SampleConfig
+    from polyrec.data.dataset import _key_payload, load_rows
+
+    full = load_rows(synthetic_cfg)
+    part_cfg = dataclasses.replace(synthetic_cfg, sample=SampleConfig(fraction=0.25, seed=3))
+    part = load_rows(part_cfg)
+    assert len(part) == round(0.25 * len(full))
+    again = load_rows(part_cfg)
+    assert part.equals(again)  # the same draw every time
+    other = load_rows(dataclasses.replace(synthetic_cfg, sample=SampleConfig(fraction=0.25, seed=4)))
+    assert not part.equals(other)
+    merged = part.merge(full.reset_index(), on=list(full.columns), how="left")
+    assert merged["index"].is_monotonic_increasing  # rows of the source, in its order
+    assert "sample" not in _key_payload(synthetic_cfg, {})["config"]  # an unused sample keys as before
+    assert "sample" in _key_payload(part_cfg, {})["config"]
+    with pytest.raises(ConfigError, match=r"data.sample.fraction: 0.0 is not allowed; must be > 0 and <= 1"):
+        from_dict(DataConfig, {**to_dict(synthetic_cfg), "sample": {"fraction": 0.0}}, path="data")

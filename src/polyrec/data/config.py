@@ -182,6 +182,19 @@ def ratios_ok(ratios: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class SampleConfig:
+    """A seeded random subset of the source's rows, drawn before anything else (for data-size studies).
+
+    Args:
+        fraction: share of the rows kept, in (0, 1] (1: all of them, no draw).
+        seed: seed of the draw (the split has its own).
+    """
+
+    fraction: float = param(1.0, gt=0, le=1)
+    seed: int = param(0, ge=0, lt=2**32)
+
+
+@dataclass(frozen=True)
 class SplitConfig:
     """How rows are split into train / validation / test.
 
@@ -231,6 +244,7 @@ class DataConfig:
     features: tuple[FeatureConfig, ...] = param((), rule=_unique_names_error)
     user_feature: str | None = param(None, rule=_NON_EMPTY)
     split: SplitConfig = field(default_factory=SplitConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
     def __post_init__(self) -> None:
         sparse = [f.name for f in self.features if f.kind == "sparse"]

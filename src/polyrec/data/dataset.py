@@ -37,7 +37,7 @@ from ..config import to_dict
 from . import sources
 from .batch import Batch
 from .cache import cache_dir, remove_abandoned, sha256_file, temp_prefix
-from .config import DataConfig, SourceConfig, SplitConfig
+from .config import DataConfig, SampleConfig, SourceConfig, SplitConfig
 from .processing import FittedProcessing, _as_str, _dense_values, encode_multi, fit_processing
 from .schema import FIRST_INDEX, DatasetSchema, DomainSpec, FeatureSpec
 
@@ -282,8 +282,18 @@ def load_source(cfg: SourceConfig, id_columns: Sequence[str] = ()) -> pd.DataFra
 
 
 def load_rows(cfg: DataConfig) -> pd.DataFrame:
-    """The raw rows of ``cfg.source``, with the identifier columns of ``cfg`` read exactly."""
-    return load_source(cfg.source, id_columns(cfg))
+    """The raw rows of ``cfg.source``, with the identifier columns of ``cfg`` read exactly, subsampled by
+    ``cfg.sample`` (a seeded draw without replacement; the rows keep their source order)."""
+    return sample_rows(load_source(cfg.source, id_columns(cfg)), cfg.sample)
+
+
+def sample_rows(frame: pd.DataFrame, sample: SampleConfig) -> pd.DataFrame:
+    """The rows of ``frame`` that ``sample`` keeps, in their order (all of them at fraction 1)."""
+    if sample.fraction >= 1.0:
+        return frame
+    n = max(1, int(round(sample.fraction * len(frame))))
+    keep = np.sort(np.random.default_rng(sample.seed).choice(len(frame), size=n, replace=False))
+    return frame.iloc[keep].reset_index(drop=True)
 
 
 def _sha256_text(text: str) -> str:
@@ -716,6 +726,8 @@ def _key_payload(cfg: DataConfig, files: dict[str, str]) -> dict[str, Any]:
             del config["split"][name]
     if not config["domain"].get("describing"):  # likewise domain.describing (0.3), when empty
         config["domain"].pop("describing", None)
+    if config.get("sample") == {"fraction": 1.0, "seed": 0}:  # and data.sample (0.3), when unused
+        del config["sample"]
     return {"config": config, "source": _fingerprint_of(cfg.source, files), "format": FORMAT_VERSION}
 
 
