@@ -106,3 +106,17 @@ def test_domain_describing_features_are_checked_and_reach_the_schema_and_star(ti
     assert star.model.aux_features == ("tags",)  # resolved into the config the run saves
     assert _config("star").model.aux_features == ()  # data without them: the indicator alone, as before
     assert tiny_dataset.schema.domain_features == () and "domain_features" not in tiny_dataset.schema.to_dict()
+
+
+def test_a_record_that_early_stopping_ended_before_either_bound_is_reused_under_another_bound():
+    cfg = _config(train={"max_epochs": 100})
+    stored = _legacy(_config(train={"max_epochs": 30}).to_dict(), [])
+    check_reuse({**_record(stored), "epochs": 12}, cfg, "s", None)  # stopped at 12 < 30: the same run
+    with pytest.raises(RunMismatch, match="train.max_epochs: 30 -> 100"):
+        check_reuse({**_record(stored), "epochs": 30}, cfg, "s", None)  # the old bound ended it
+    with pytest.raises(RunMismatch, match="train.max_epochs: 30 -> 100"):
+        check_reuse({**_record(stored), "epochs": 12, "stopped_by": "max_epochs"}, cfg, "s", None)
+    with pytest.raises(RunMismatch, match="train.lr"):  # any other difference still refuses
+        check_reuse({**_record(stored), "epochs": 12}, _config(train={"max_epochs": 100, "lr": 0.01}), "s", None)
+    with pytest.raises(RunMismatch, match="train.max_epochs: 30 -> 10"):
+        check_reuse({**_record(stored), "epochs": 12}, _config(train={"max_epochs": 10}), "s", None)

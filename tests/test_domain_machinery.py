@@ -8,7 +8,9 @@ sees the domain as a feature), and on identical domains (nothing to gain, nothin
 Measured at this size (test WAUC ×100, seeds 0 and 1): MLP 66.5 / 65.5 on conflict_blind, 83.5 / 82.7 on
 conflict, 82.2 / 82.7 on identical; the per-seed differences method − MLP have a std of at most 1.2. Mean
 gains: conflict_blind STAR +20.2, MLP+MLoRA +17.1; conflict STAR +3.8, and +1.5 over STAR routed as one
-domain; identical STAR +0.5, MLP+MLoRA −2.2. The margins below are fixed from that noise: 5 points for the
+domain; identical STAR +0.5, MLP+MLoRA −2.2 trained jointly (its adapters overfit next to the backbone), while with the
+paper's two-phase schedule (§3.3, each phase ended by early stopping) it keeps the backbone's weights where
+the adapters do not help on validation. The margins below are fixed from that noise: 5 points for the
 machinery alone (more than 4 std of one seed's difference below what STAR and MLoRA reach, far above what
 a model without domain machinery gets: STAR routed as one domain +0.3, MLoRA routed so +0.0), 1 point for
 STAR over the MLP that sees the domain and 0.5 for STAR's routing over its own one-domain control (each
@@ -114,7 +116,7 @@ def _gain(wauc, scenario: str, method: str, seeds=SEEDS) -> float:
     return statistics.fmean(wauc(scenario, method, s) - wauc(scenario, "mlp", s) for s in seeds)
 
 
-@pytest.mark.parametrize("method", ["star", "mlp+mlora"])
+@pytest.mark.parametrize("method", ["star", "mlp+mlora", "mlp+mlora@two_phase"])
 def test_the_machinery_alone_recovers_conflicting_domains(wauc, method):
     # conflict_blind: the domain is not a feature, so the MLP pools domains whose signal has opposite signs.
     gain = _gain(wauc, "conflict_blind", method, seeds=SEEDS[:1])
@@ -136,9 +138,16 @@ def test_star_does_not_lose_on_identical_domains(wauc):
     assert gain > -IDENTICAL_SLACK, f"STAR loses {-gain:.2f} WAUC on identical domains; allowed {IDENTICAL_SLACK}"
 
 
-@pytest.mark.xfail(strict=True, reason="measured: MLP+MLoRA loses about 2 WAUC on identical domains at this size "
-                                       "(per-domain adapters overfit; the one-domain control is level with the MLP)")
-def test_mlora_does_not_lose_on_identical_domains(wauc):
+def test_mlora_with_its_two_phase_schedule_does_not_lose_on_identical_domains(wauc):
+    # MLoRA §3.3: the backbone first, then the adapters, each phase ended by early stopping on validation.
+    gain = _gain(wauc, "identical", "mlp+mlora@two_phase")
+    assert gain > -IDENTICAL_SLACK, f"MLP+MLoRA (two-phase) loses {-gain:.2f} WAUC on identical domains"
+
+
+@pytest.mark.xfail(strict=True, reason="measured: MLP+MLoRA trained jointly from the first step (not the paper's "
+                                       "two-phase schedule) loses about 2 WAUC on identical domains at this size: "
+                                       "the per-domain adapters overfit alongside the backbone")
+def test_mlora_trained_jointly_does_not_lose_on_identical_domains(wauc):
     gain = _gain(wauc, "identical", "mlp+mlora", seeds=SEEDS[:1])
     assert gain > -IDENTICAL_SLACK, f"MLP+MLoRA loses {-gain:.2f} WAUC on identical domains"
 

@@ -57,9 +57,24 @@ def check_reuse(record: dict[str, Any], cfg: ExperimentConfig, split_hash: str, 
     diff = config_diff({k: v for k, v in stored.items() if k != "data"}, new)
     if not diff and record.get("data_hash") not in (None, config_hash({"data": config["data"]})):
         diff = ["data (the data section of the config)"]
+    if _stopped_before_either_bound(record, stored, new, diff):
+        diff = []
     if diff:
         raise RunMismatch(f"the {name} record{src} was run with another config ({'; '.join(diff)}); use "
                           "another --out for this config, or remove that record from results.json to rerun it")
+
+
+def _stopped_before_either_bound(record: dict[str, Any], stored: dict[str, Any], new: dict[str, Any],
+                                 diff: list[str]) -> bool:
+    """True when ``train.max_epochs`` is the only difference and early stopping ended the recorded run before
+    either bound: such a run trains exactly as it would have under the other bound."""
+    if len(diff) != 1 or not diff[0].startswith("train.max_epochs:"):
+        return False
+    epochs = record.get("epochs")
+    bounds = [(c.get("train") or {}).get("max_epochs") for c in (stored, new)]
+    if not isinstance(epochs, int) or not all(isinstance(b, int) for b in bounds):
+        return False
+    return record.get("stopped_by", "early_stopping") == "early_stopping" and epochs < min(bounds)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
