@@ -213,6 +213,34 @@ class Strategy:
             raise ValueError(f"strategy {self.name!r} keeps no state, but the checkpoint holds {sorted(state)}")
 
 
+class TwoStages:
+    """Mixin of a :class:`Strategy` with two stages (two-phase training, Alternate + Finetune): the first
+    lasts :meth:`first_stage_epochs` epochs, or, when that is None, until early stopping ends it; the
+    epoch the second stage started at is then ``switch_epoch``, which the strategy checkpoints."""
+
+    switch_epoch: int | None = None
+
+    def first_stage_epochs(self) -> int | None:
+        raise NotImplementedError
+
+    def in_second_stage(self, epoch: int) -> bool:
+        first = self.first_stage_epochs()
+        first = first if first is not None else self.switch_epoch
+        return first is not None and epoch >= first
+
+    def stages_end_by_early_stopping(self) -> bool:
+        return self.first_stage_epochs() is None
+
+    def stage_pending(self, epochs: int) -> bool:
+        return self.switch_epoch is None or self.switch_epoch >= epochs
+
+    def next_stage(self, ctx: TrainContext, epoch: int) -> bool:
+        if self.first_stage_epochs() is not None or self.switch_epoch is not None:
+            return False
+        self.switch_epoch = epoch
+        return True
+
+
 _STRATEGIES: dict[str, type[Strategy]] = {}
 
 

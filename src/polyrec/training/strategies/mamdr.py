@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from ...config import ConfigError, param
 from ...models.specific import INCLUDE, DomainSpecificModel
-from .base import Strategy, TrainContext, flag, mean_stats, optimizer_like, register_strategy
+from .base import Strategy, TrainContext, TwoStages, flag, mean_stats, optimizer_like, register_strategy
 
 
 def _specific_model(ctx: TrainContext, strategy: str) -> DomainSpecificModel:
@@ -237,7 +237,7 @@ class DomainRegularization(MAMDR):
 
 
 @register_strategy("alternate_finetune")
-class AlternateFinetune(Strategy):
+class AlternateFinetune(TwoStages, Strategy):
     """Alternate + Finetune (MAMDR §V-B): Alternate training of θ^S, then each domain finetuned alone as θ^d.
 
     The Alternate stage trains θ^S domain after domain (a random domain order, each in full); every later
@@ -261,23 +261,9 @@ class AlternateFinetune(Strategy):
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.optimizers: dict[int, torch.optim.Optimizer] = {}
-        self.switch_epoch: int | None = None  # the epoch finetuning started at, when early stopping ended Alternate
 
-    def finetuning(self, epoch: int) -> bool:
-        first = self.config.alternate_epochs if self.config.alternate_epochs is not None else self.switch_epoch
-        return first is not None and epoch >= first
-
-    def stages_end_by_early_stopping(self) -> bool:
-        return self.config.alternate_epochs is None
-
-    def stage_pending(self, epochs: int) -> bool:
-        return self.switch_epoch is None or self.switch_epoch >= epochs
-
-    def next_stage(self, ctx: TrainContext, epoch: int) -> bool:
-        if self.config.alternate_epochs is not None or self.switch_epoch is not None:
-            return False
-        self.switch_epoch = epoch
-        return True
+    def first_stage_epochs(self) -> int | None:
+        return self.config.alternate_epochs
 
     prepare_model = MAMDR.prepare_model
 
@@ -289,7 +275,7 @@ class AlternateFinetune(Strategy):
 
     def run_epoch(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
         model = _specific_model(ctx, self.name)
-        if not self.finetuning(epoch):
+        if not self.in_second_stage(epoch):
             with model.shared_only():
                 batches = ctx.batches(epoch, sampler="domain_sequential")
                 return {**mean_stats([ctx.step(b) for b in batches]), "phase": 1.0}

@@ -31,11 +31,11 @@ from typing import Any
 
 from ...config import param
 from ...models.adapters import MLoRAModel, merge_new_domains, stage_new_domains
-from .base import Strategy, TrainContext, flag, mean_stats, register_strategy
+from .base import Strategy, TrainContext, TwoStages, flag, mean_stats, register_strategy
 
 
 @register_strategy("two_phase")
-class TwoPhase(Strategy):
+class TwoPhase(TwoStages, Strategy):
     """Pretrain the backbone (adapters off), then train only the adapters (backbone frozen). MLoRA §3.3.
 
     Steps are ordinary steps on the configured sampler's batches (``mixed`` by default; set
@@ -56,10 +56,6 @@ class TwoPhase(Strategy):
         pretrain_epochs: int | None = param(None, ge=0)
         freeze_norm_stats: bool = flag(True)
 
-    def __init__(self, config: Any = None) -> None:
-        super().__init__(config)
-        self.switch_epoch: int | None = None  # the epoch phase 2 started at, when early stopping ended phase 1
-
     def setup(self, ctx: TrainContext) -> None:
         if not isinstance(ctx.model, MLoRAModel):
             raise ValueError(
@@ -68,21 +64,11 @@ class TwoPhase(Strategy):
                 "(or use a '<model>+mlora' model name)"
             )
 
+    def first_stage_epochs(self) -> int | None:
+        return self.config.pretrain_epochs
+
     def phase(self, epoch: int) -> int:
-        first = self.config.pretrain_epochs if self.config.pretrain_epochs is not None else self.switch_epoch
-        return 1 if first is None or epoch < first else 2
-
-    def stages_end_by_early_stopping(self) -> bool:
-        return self.config.pretrain_epochs is None
-
-    def stage_pending(self, epochs: int) -> bool:
-        return self.switch_epoch is None or self.switch_epoch >= epochs
-
-    def next_stage(self, ctx: TrainContext, epoch: int) -> bool:
-        if self.config.pretrain_epochs is not None or self.switch_epoch is not None:
-            return False
-        self.switch_epoch = epoch
-        return True
+        return 2 if self.in_second_stage(epoch) else 1
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.switch_epoch is None else {"switch_epoch": self.switch_epoch}
