@@ -20,7 +20,7 @@ from .training.trainer import TrainConfig, Trainer, evaluate
 
 load_dataset = build_dataset
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "AdapterConfig", "MLoRAModel", "add_domain", "attach_mlora",
