@@ -312,3 +312,14 @@ def test_benchmark_jobs_run_in_worker_processes_with_the_same_records(tmp_path, 
         assert a["metrics"] == b["metrics"] and a["strategy"] == b["strategy"]
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         run_benchmark("tiny-jobs", models, seeds=1, jobs=0)
+
+
+def test_adapter_layer_options_are_checked_when_read():
+    with pytest.raises(ConfigError, match=r"adapter.a_init: 'xavier' is not allowed; must be one of"):
+        make_config("ml1m-gender", "mlp+mlora", overrides=["adapter.a_init=xavier"])
+    with pytest.raises(ConfigError, match=r"adapter.domain_bias"):
+        make_config("ml1m-gender", "mlp+mlora", overrides=["adapter.domain_bias=maybe"])
+    with pytest.raises(ConfigError, match=r"adapter.domain_bias: True is not allowed; it is used only with adapters"):
+        make_config("ml1m-gender", "mlp", overrides=["adapter.domain_bias=true"])
+    cfg = make_config("ml1m-gender", "mlp+mlora", overrides=["adapter.domain_bias=true", "adapter.a_init=uniform"])
+    assert (cfg.adapter.domain_bias, cfg.adapter.a_init) == (True, "uniform")
