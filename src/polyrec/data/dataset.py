@@ -710,9 +710,10 @@ class CacheEntryError(ValueError):
     changed since it was written. The message names the entry and the file."""
 
 
-# SplitConfig fields added after presets were published: left out of the key at their defaults, so a
+# Data config fields added after presets were published: left out of the key at their defaults, so a
 # config that does not use them keys (and splits) exactly as before they existed.
-_SPLIT_KEY_DEFAULTS = {"dedupe": False, "untrained_domains": "error"}
+_KEY_DEFAULTS = {("split", "dedupe"): False, ("split", "untrained_domains"): "error", ("domain", "describing"): [],
+                 ("sample", "fraction"): 1.0, ("sample", "seed"): 0}
 
 
 def _key_payload(cfg: DataConfig, files: dict[str, str]) -> dict[str, Any]:
@@ -721,12 +722,11 @@ def _key_payload(cfg: DataConfig, files: dict[str, str]) -> dict[str, Any]:
         # The order of the groups is the domain index order; ``sort_keys`` below would erase it, so two
         # configs that number the domains differently would share one cache entry.
         config["domain"]["groups"] = [[name, list(values)] for name, values in cfg.domain.groups.items()]
-    for name, default in _SPLIT_KEY_DEFAULTS.items():
-        if config["split"].get(name) == default:
-            del config["split"][name]
-    if not config["domain"].get("describing"):  # likewise domain.describing (0.3), when empty
-        config["domain"].pop("describing", None)
-    if config.get("sample") == {"fraction": 1.0, "seed": 0}:  # and data.sample (0.3), when unused
+    for (section, name), default in _KEY_DEFAULTS.items():
+        value = config[section].get(name)
+        if (list(value) if isinstance(value, tuple) else value) == default:
+            del config[section][name]
+    if not config["sample"]:
         del config["sample"]
     return {"config": config, "source": _fingerprint_of(cfg.source, files), "format": FORMAT_VERSION}
 
