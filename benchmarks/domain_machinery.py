@@ -31,6 +31,7 @@ The rule (per method, WAUC on the test split, paired with the MLP by seed):
 
     python benchmarks/domain_machinery.py                # 5 seeds, every method; writes results/domain_machinery.{json,md}
     python benchmarks/domain_machinery.py --quick        # smaller data, 3 seeds; writes to --out (default: a temp dir)
+    python benchmarks/domain_machinery.py --size large --methods mlp,shared_bottom --scenarios identical --out /tmp/l
     python benchmarks/domain_machinery.py --methods mlp,star --seeds 2 --out /tmp/dm
 
 Runs are resumable: the JSON is rewritten after every run and a rerun skips the (scenario, method, seed)
@@ -48,8 +49,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "domain_machinery"
@@ -63,6 +65,8 @@ SIGNS = (1.0, -1.0, 1.0, -1.0, 1.0)
 # Data sizes: rows over all domains (Zipf-like sizes, exponent 1, smallest domain >= min_rows), users, items.
 SIZES: dict[str, dict[str, int]] = {
     "full": {"rows": 60_000, "min_rows": 2_000, "users": 600, "items": 300},
+    # The full size's users and items with four times the rows: how a cost measured at full size moves with data.
+    "large": {"rows": 240_000, "min_rows": 8_000, "users": 600, "items": 300},
     "quick": {"rows": 30_000, "min_rows": 1_500, "users": 150, "items": 80},
     "test": {"rows": 16_000, "min_rows": 1_200, "users": 100, "items": 60},
 }
@@ -93,6 +97,24 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "mlp@domain_regularization": ("mlp@domain_regularization", _DNN,
                                   {"strategy_options": {"specific_lr": 0.1, "helper_domains": 3}}),
 }
+# Ablations that locate a failure of the check, run only when named in --methods (never by default): each
+# changes one thing of a method above (or gives the MLP one thing of a method), same data and training.
+DIAGNOSTICS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    # MLoRA trained jointly, its adapters on the logit layer only (no adapter on the layers reading the ids).
+    "mlp+mlora[output]": ("mlp+mlora", _DNN, {}),
+    # The MLP under DFEI's Algorithm 1 (one single-domain batch per domain in turn, lr/D): the schedule alone.
+    "mlp@dfei_cyclic": ("mlp", _DNN, {"strategy": "dfei_cyclic"}),
+    # DFEI trained like the MLP (mixed batches, one learning rate): the model alone.
+    "dfei@joint": METHODS["dfei"][:2] + ({},),
+    # DFEI jointly trained, its domain towers cut to one layer of 8 and one shared prediction head.
+    "dfei[small]@joint": ("dfei", {**METHODS["dfei"][1], "domain_units": [8], "domain_head": False}, {}),
+    # PEPNet's halves: the domain gate on the embeddings alone, the id-conditioned layer gates alone.
+    "epnet": ("epnet", _DNN, {}),
+    "ppnet": ("ppnet", _DNN, {}),
+}
+# Adapter options beyond MLORA, per method.
+ADAPTER_EXTRA: dict[str, dict[str, Any]] = {"mlp+mlora[output]": {"targets": ["output"]}}
+VARIANTS = {**METHODS, **DIAGNOSTICS}
 BASELINE = "mlp"
 # MLoRA's α for the MLP and STAR backbones, as the ml1m-gender preset gives it (r = max(d_out // 16, 1): 4, 2).
 MLORA = {"alpha": 16}
@@ -158,16 +180,16 @@ def experiment_config(scenario: str, method: str, seed: int, size: str = "full",
 
     from polyrec.experiment import make_config
 
-    if method not in METHODS:
-        raise KeyError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    model, options, train_extra = METHODS[method]
+    if method not in VARIANTS:
+        raise KeyError(f"unknown method {method!r}; valid: {', '.join(VARIANTS)}")
+    model, options, train_extra = VARIANTS[method]
     train_doc = {**TRAIN, **train_extra, **(train or {}), "seed": seed}
     if "@" in model:  # '<model>@<strategy>' names its strategy; the file must not name another
         train_doc.pop("strategy")
     doc = {"protocol": f"synthetic-{scenario}", "data": data_config(scenario, size), "model": dict(options),
            "train": train_doc}
     if model.endswith("+mlora"):
-        doc["adapter"] = dict(MLORA)
+        doc["adapter"] = {**MLORA, **ADAPTER_EXTRA.get(method, {})}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(doc))
@@ -291,8 +313,10 @@ def markdown(meta: dict[str, Any], records: list[dict[str, Any]], methods: list[
         lines.append("")
     lines += ["## Settings", "", f"Training: `{json.dumps(TRAIN)}` (per-method extras below)", ""]
     for method in methods:
-        model, options, extra = METHODS[method]
-        lines.append(f"- `{method}`: model `{model}` `{json.dumps(options)}`" + (f", train `{json.dumps(extra)}`" if extra else ""))
+        model, options, extra = VARIANTS[method]
+        adapter = ADAPTER_EXTRA.get(method)
+        lines.append(f"- `{method}`: model `{model}` `{json.dumps(options)}`" + (f", train `{json.dumps(extra)}`" if extra else "")
+                     + (f", adapter `{json.dumps({**MLORA, **adapter})}`" if adapter else ""))
     env = meta["environment"]
     lines += ["", f"Machine: {env['cpu']} ({env['cpu_count']} CPUs, torch threads {env['torch_threads']}), "
               f"{env['platform']}; python {env['python']}, torch {env['torch']}, numpy {env['numpy']}, "
@@ -303,26 +327,35 @@ def markdown(meta: dict[str, Any], records: list[dict[str, Any]], methods: list[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=None, help="model seeds 0..n-1 (default 5; 3 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="smaller data (30k rows) and 3 seeds")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
+    parser.add_argument("--quick", action="store_true", help="smaller data (30k rows) and 3 seeds (= --size quick)")
+    parser.add_argument("--size", choices=tuple(SIZES), default=None,
+                        help="data size (default full; quick: 30k rows, large: 240k rows); not full: --out is required "
+                        "unless --quick")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated subset of: " + ", ".join(METHODS) + "; or the ablations (named only "
+                        "explicitly): " + ", ".join(DIAGNOSTICS))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--out", default=None, help="output stem: writes STEM.json and STEM.md")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                         help="dotted override applied to every run (train.lr=3e-3)")
     args = parser.parse_args(argv)
-    size = "quick" if args.quick else "full"
-    seeds = list(range(args.seeds if args.seeds is not None else (3 if args.quick else 5)))
+    if args.quick and args.size not in (None, "quick"):
+        parser.error(f"--quick is --size quick; it cannot be combined with --size {args.size}")
+    size = "quick" if args.quick else (args.size or "full")
+    if size not in ("full", "quick") and not args.out:
+        parser.error(f"--size {size} needs --out (results/domain_machinery holds the full size only)")
+    seeds = list(range(args.seeds if args.seeds is not None else (3 if size == "quick" else 5)))
     methods = [m for m in args.methods.split(",") if m]
     scenarios = [s for s in args.scenarios.split(",") if s]
     for m in methods:
-        if m not in METHODS:
-            parser.error(f"--methods: unknown method {m!r}; valid: {', '.join(METHODS)}")
+        if m not in VARIANTS:
+            parser.error(f"--methods: unknown method {m!r}; valid: {', '.join(VARIANTS)}")
     if BASELINE not in methods:
         methods.insert(0, BASELINE)
     for s in scenarios:
         if s not in SCENARIOS:
             parser.error(f"--scenarios: unknown scenario {s!r}; valid: {', '.join(SCENARIOS)}")
-    stem = Path(args.out) if args.out else (OUT if not args.quick else Path(tempfile.gettempdir()) / "domain_machinery_quick")
+    stem = Path(args.out) if args.out else (OUT if size == "full" else Path(tempfile.gettempdir()) / "domain_machinery_quick")
     os.environ.setdefault("POLYREC_QUIET", "1")
 
     import torch

@@ -43,7 +43,11 @@ BASELINE = "mlp"
 # The domain-aware methods of the check on synthetic data, each with its paper's schedule.
 METHODS = ("mlp", "star", "mlp+mlora@two_phase", "pepnet", "shared_bottom", "mmoe", "dfei", "mlp@mamdr",
            "mlp@domain_regularization")
-MODEL_OVERRIDES = {"dfei": ["train.strategy=dfei_cyclic"]}  # DFEI's Algorithm 1
+# DFEI's Algorithm 1; MAMDR's k = 3 helper domains, or D - 1 where fewer exist (gender has 2 domains; null is
+# min(3, D - 1), the preset's 3 on age and occupation).
+MODEL_OVERRIDES = {"dfei": ["train.strategy=dfei_cyclic"],
+                   "mlp@mamdr": ["train.strategy_options.helper_domains=null"],
+                   "mlp@domain_regularization": ["train.strategy_options.helper_domains=null"]}
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
 
 
@@ -133,7 +137,7 @@ def svg(rows: list[dict[str, Any]]) -> str:
     for i, domain in enumerate(domains):
         ox = i * W
 
-        def px(v: float) -> float:
+        def px(v: float, ox: float = ox) -> float:
             return ox + pad + (v - x0) / (x1 - x0) * (W - pad - 10)
 
         def py(v: float) -> float:
