@@ -36,6 +36,17 @@ The rule (per method, WAUC on the test split, paired with the MLP by seed):
 
 Runs are resumable: the JSON is rewritten after every run and a rerun skips the (scenario, method, seed)
 triples it holds with the same config hash.
+
+A failure is traced with the ablations of ``DIAGNOSTICS`` (one change to a method each, named only in
+``--methods``) and with the ``large`` size (four times the full size's rows, same users and items), which
+tells a cost that data removes from one it does not. The committed tables:
+
+    python benchmarks/domain_machinery.py --quick --scenarios identical,conflict --out results/domain_machinery_ablations \
+        --methods mlp,mlp+mlora,mlp+mlora[output],dfei,dfei@joint,dfei[small]@joint,mlp@dfei_cyclic,pepnet,epnet,ppnet
+    python benchmarks/domain_machinery.py --methods mlp,mlp@domain_negotiation --scenarios conflict,identical \
+        --out results/domain_machinery_ablations_full
+    python benchmarks/domain_machinery.py --size large --seeds 3 --scenarios identical,conflict \
+        --methods mlp,shared_bottom,mmoe,mlp+mlora,mlp+mlora@two_phase,pepnet,dfei --out results/domain_machinery_large
 """
 
 from __future__ import annotations
@@ -111,6 +122,9 @@ DIAGNOSTICS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # PEPNet's halves: the domain gate on the embeddings alone, the id-conditioned layer gates alone.
     "epnet": ("epnet", _DNN, {}),
     "ppnet": ("ppnet", _DNN, {}),
+    # MAMDR's halves: Domain Negotiation alone (DR alone is a method above).
+    "mlp@domain_negotiation": ("mlp@domain_negotiation", _DNN, {"strategy_options": {"outer_lr": 0.1},
+                                                               "max_epochs": 600}),
 }
 # Adapter options beyond MLORA, per method.
 ADAPTER_EXTRA: dict[str, dict[str, Any]] = {"mlp+mlora[output]": {"targets": ["output"]}}
