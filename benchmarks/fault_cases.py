@@ -17,8 +17,9 @@ import pickle
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,8 +53,8 @@ def main() -> None:
     def cli(*argv: str) -> dict[str, Any]:
         out = runner.invoke(app, [str(a) for a in argv])
         lines = out.output.strip().splitlines()
-        errors = [l for l in lines if l.startswith("error: ")]
-        warns = [l for l in lines if l.startswith("warning: ")]
+        errors = [line for line in lines if line.startswith("error: ")]
+        warns = [line for line in lines if line.startswith("warning: ")]
         return {"exit": out.exit_code, "error": errors[0] if errors else "",
                 "warnings": warns, "traceback": out.exit_code == 1 and out.exception is not None}
 
@@ -182,7 +183,6 @@ def main() -> None:
         d = copy_run("source-changed")
         other = work / "rows2.csv"
         frame.assign(label=1 - frame.label).to_csv(other, index=False)
-        cfg = json.loads((d / "config.json").read_text())
         shutil.copy(work / "rows.csv", work / "rows.bak")
         shutil.copy(other, work / "rows.csv")
         try:
@@ -259,7 +259,6 @@ def main() -> None:
              lambda o=override: cli(*train, "--out", work / f"v-{len(cases)}", "--set", o))
 
     def out_of_range() -> dict:
-        import torch
 
         from polyrec.training.trainer import Trainer
 

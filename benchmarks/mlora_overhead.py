@@ -22,11 +22,11 @@ import json
 from pathlib import Path
 
 import torch
+from throughput import epoch_rates  # benchmarks/throughput.py: the same end-to-end epoch timing
 
 from polyrec.data.dataset import build_dataset
 from polyrec.experiment import build_model, environment, make_config
 from polyrec.models.adapters import adapter_summary
-from throughput import epoch_rates  # benchmarks/throughput.py: the same end-to-end epoch timing
 
 OUT = Path(__file__).resolve().parent / "results"
 BACKBONES = ["mlp", "star", "wdl", "nfm", "autoint", "pnn", "dcn", "fibinet", "deepfm", "xdeepfm"]

@@ -36,11 +36,11 @@ def main() -> None:
     if ablation.exists():
         moving = json.loads(ablation.read_text())
         w, ws = summarize_runs([r["metrics"]["wauc"] * 100 for r in moving])
-        l, ls = summarize_runs([r["metrics"]["logloss_overall"] for r in moving])
+        ll, lls = summarize_runs([r["metrics"]["logloss_overall"] for r in moving])
         p = {d: summarize_runs([r["metrics"]["pcoc_per_domain"][d] for r in moving])[0] for d in ("F", "M")}
         lines += ["", "### STAR with moving-average PN statistics (`train.precise_norm_stats=false`)", "",
                   f"Same protocol and seeds, PN statistics left as the moving averages of eq. 4: WAUC {w:.2f} ± {ws:.2f}, "
-                  f"overall logloss {l:.4f} ± {ls:.4f}, mean PCOC F {p['F']:.2f} / M {p['M']:.2f} "
+                  f"overall logloss {ll:.4f} ± {lls:.4f}, mean PCOC F {p['F']:.2f} / M {p['M']:.2f} "
                   f"(`{ablation.name}`). Under the Alternate regime the moving averages drift away from the "
                   "statistics the weights expect and the predictions lose their calibration while the ranking "
                   "survives; `pn_stats_diagnostic.txt` (from `benchmarks/pn_statistics_ablation.py`) follows it "

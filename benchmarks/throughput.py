@@ -79,10 +79,10 @@ def epoch_rates(cfg, ds, model, epochs: int, warmup: int = 6):
 def measure_model(name: str, epochs: int) -> dict:
     import torch
 
+    from polyrec.config import to_dict
     from polyrec.data.dataset import build_dataset
     from polyrec.experiment import make_config
     from polyrec.models import create_model
-    from polyrec.config import to_dict
 
     cfg = make_config("ml1m-age3", name)
     ds = build_dataset(cfg.data)

@@ -7,7 +7,7 @@ parameter off its initial value so that per-domain banks differ and gates are no
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

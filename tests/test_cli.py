@@ -62,7 +62,6 @@ def test_train_then_evaluate(config_file, tmp_path):
 
 
 def test_benchmark_writes_results(config_file, tmp_path, monkeypatch):
-    import polyrec.benchmark as bench
     import polyrec.data.protocols as protocols
 
     monkeypatch.setitem(protocols._PRESETS, "tiny", {**CONFIG, "description": "tiny", "models": {},

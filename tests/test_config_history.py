@@ -1,18 +1,15 @@
 """Configs gain keys and change defaults; records and run directories made before must compare (and load)
 as what they computed: equal when a config reproduces them, different when it does not."""
 
-import dataclasses
 
 import pytest
+from conftest import SYNTHETIC_DATA
 
 from polyrec.benchmark import check_reuse
 from polyrec.config import ConfigError, from_dict, to_dict
 from polyrec.data.config import DataConfig
-from polyrec.experiment import make_config, resolve_config
-from polyrec.rundir import (LEGACY_VALUES, RunMismatch, comparable, config_diff, config_hash,
-                            with_legacy_values)
-
-from conftest import SYNTHETIC_DATA
+from polyrec.experiment import resolve_config
+from polyrec.rundir import LEGACY_VALUES, RunMismatch, comparable, config_diff, config_hash, with_legacy_values
 
 
 def _config(model="mlp", train=None, adapter=None):

@@ -9,9 +9,10 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .data.dataset import build_dataset
 from .data.protocols import preset as get_preset

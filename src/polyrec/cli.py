@@ -10,10 +10,10 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any
 
 import typer
 
@@ -63,7 +63,7 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(exc)
         except KeyboardInterrupt:
             typer.secho("interrupted", err=True)
-            raise typer.Exit(code=130)
+            raise typer.Exit(code=130) from None
 
     return wrapper
 
@@ -97,7 +97,7 @@ def data_fetch(name: str = typer.Argument(..., help="movielens-1m or movielens-1
 
 @_command("prepare", app_=data_app)
 def data_prepare(preset: str = typer.Option(..., help="protocol preset"),
-                 set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+                 set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Encode (and cache) a preset's data set and print its summary."""
     from .data.dataset import build_dataset
     from .data.protocols import preset as get_preset
@@ -142,9 +142,9 @@ def train(
     model: str = typer.Option(..., help="registered model name (see `polyrec models`); '<model>+mlora' adds MLoRA adapters, "
                        "'<model>@<strategy>' trains it with that strategy (see `polyrec strategies`)"),
     out: Path = typer.Option(..., help="run directory"),
-    preset: Optional[str] = typer.Option(None, help="protocol preset (see `polyrec presets`)"),
-    config: Optional[Path] = typer.Option(None, help="YAML experiment config"),
-    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    preset: str | None = typer.Option(None, help="protocol preset (see `polyrec presets`)"),
+    config: Path | None = typer.Option(None, help="YAML experiment config"),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="replace a run already in --out (default: resume it when its config and data "
                                         "are the same, refuse otherwise)"),
@@ -189,7 +189,7 @@ def benchmark(
                                "'<model>@<strategy>' trains it with that strategy"),
     seeds: int = typer.Option(5, help="number of model seeds (0..n-1)"),
     out: Path = typer.Option(..., help="output folder for results.json and results.md"),
-    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     jobs: int = typer.Option(1, help="runs trained at the same time (processes; cpu_count // jobs torch threads each)"),
 ) -> None:
     """Run every model with every seed on a protocol and write results.json and results.md."""
@@ -204,11 +204,11 @@ def add_domain_cmd(
     run: Path = typer.Argument(..., help="run directory of a model trained with MLoRA (e.g. --model mlp+mlora)"),
     domain: str = typer.Option(..., help="name of the new domain (one of the new data's domains)"),
     out: Path = typer.Option(..., help="new run directory"),
-    data: Optional[Path] = typer.Option(None, help="YAML config whose data section gives the new domain's rows"),
-    preset: Optional[str] = typer.Option(None, help="protocol preset whose data gives the new domain's rows"),
-    backbone_domain: Optional[str] = typer.Option(
+    data: Path | None = typer.Option(None, help="YAML config whose data section gives the new domain's rows"),
+    preset: str | None = typer.Option(None, help="protocol preset whose data gives the new domain's rows"),
+    backbone_domain: str | None = typer.Option(
         None, help="existing domain the backbone computes the new one as (default: the first)"),
-    set_: List[str] = typer.Option([], "--set", help=SET_HELP + " (data.* and train.* only)"),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP + " (data.* and train.* only)"),
 ) -> None:
     """Add a domain to a trained MLoRA run and train only its adapter (other domains stay bit-identical)."""
     from .experiment import add_domain_run

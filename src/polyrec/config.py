@@ -17,14 +17,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
 import math
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
@@ -70,7 +72,7 @@ class Check:
     lt: float | None = None
     le: float | None = None
     choices: Any = None
-    items: "Check | None" = None
+    items: Check | None = None
     rule: Any = None
 
     def describe(self) -> str:
@@ -305,10 +307,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
                           "close brackets, for example model.hidden_units=[64,32]") from None
     # YAML reads "1e-3" as a string (it wants "1.0e-3"); accept the common spelling.
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            pass
     return key.split("."), value
 
 
@@ -320,7 +320,7 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
         node = out
         for k in keys[:-1]:
             if k not in node or not isinstance(node[k], dict):
-                node[k] = {} if k not in node else node[k]
+                node[k] = node.get(k, {})
                 if not isinstance(node[k], dict):
                     raise ConfigError(f"override {text!r}: {k!r} is not a section")
             node = node[k]

@@ -17,13 +17,13 @@ evaluates the test split and writes a run directory; :func:`evaluate_run` reload
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -42,16 +42,15 @@ from .models.adapters import (
 )
 from .models.specific import specific_summary
 from .rundir import (
-    with_legacy_values,
     RunMismatch,
     check_data,
     check_resumable,
     clear,
-    config_diff,
     config_hash,
     fingerprint_diff,
     inspect,
     read_manifest,
+    with_legacy_values,
     write_manifest,
 )
 from .safeio import ArtifactError, load_tensors, read_json, save_tensors, write_json

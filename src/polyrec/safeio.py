@@ -25,8 +25,17 @@ from torch import Tensor
 from .data.cache import atomic_write_bytes, sha256_file  # the one home of atomic writes and file hashes
 
 __all__ = [
-    "ArtifactError", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "sha256_file",
-    "verify_files", "save_tensors", "load_tensors", "flatten", "unflatten",
+    "ArtifactError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "flatten",
+    "load_tensors",
+    "read_json",
+    "save_tensors",
+    "sha256_file",
+    "unflatten",
+    "verify_files",
+    "write_json",
 ]
 
 

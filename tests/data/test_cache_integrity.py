@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_dataset import assert_same_data
 
 import polyrec.data
 from polyrec.config import to_dict
@@ -35,8 +36,6 @@ from polyrec.data.dataset import (
     source_fingerprint,
 )
 from polyrec.data.sources import MOVIELENS_WHEEL, make_synthetic
-
-from test_dataset import assert_same_data
 
 
 def entry_of(ds) -> Path:

@@ -26,8 +26,8 @@ from polyrec.data.dataset import (
     save_dataset,
     split_hash,
 )
-from polyrec.data.sources import make_synthetic
 from polyrec.data.schema import OOV_INDEX
+from polyrec.data.sources import make_synthetic
 
 
 def assert_same_data(a: EncodedDataset, b: EncodedDataset) -> None:

@@ -171,7 +171,7 @@ def test_multi_padding_and_truncation():
     assert out.tolist() == [[2, 3], [3, PAD_INDEX], [PAD_INDEX, PAD_INDEX], [PAD_INDEX, PAD_INDEX], [5, OOV_INDEX]]
     assert oov == 1
     assert cut.tolist() == [True, False, False, False, False]
-    out2, oov2 = encode_multi(v, values, "|", max_len=4)
+    out2, _oov2 = encode_multi(v, values, "|", max_len=4)
     assert out2[0].tolist() == [2, 3, 4, 5]
     with pytest.raises(ValueError, match="max_len must be >= 1"):
         encode_multi(v, values, "|", max_len=0)
@@ -292,9 +292,11 @@ def test_fitted_processing_json_round_trip_reencodes_identically():
     again = FittedProcessing.from_dict(json.loads(json.dumps(fitted.to_dict())))
     a, oov_a = encode_rows(frame, cfg, fitted)
     b, oov_b = encode_rows(frame, cfg, again)
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and oov_a.keys() == oov_b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+    for k in oov_a:
+        np.testing.assert_array_equal(oov_a[k], oov_b[k])
 
 
 def test_missing_feature_column_raises_naming_it():

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_dataset import assert_same_data
 
 from polyrec.config import ConfigError, from_dict
 from polyrec.data.config import DataConfig
@@ -15,8 +16,6 @@ from polyrec.data.dataset import build_dataset, id_columns, load_rows, load_sour
 from polyrec.data.schema import OOV_INDEX
 from polyrec.data.sources import load_table
 from polyrec.data.sources.tabular import _ids_from_text, default_sep
-
-from test_dataset import assert_same_data
 
 BIG = 2**53  # 9007199254740992: float64 cannot tell it from BIG + 1
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import zipfile
 from pathlib import Path
@@ -23,8 +22,8 @@ from polyrec.data.sources import (
     load_movielens,
     load_table,
     make_synthetic,
+    movielens,
 )
-from polyrec.data.sources import movielens
 
 
 @pytest.fixture(autouse=True)

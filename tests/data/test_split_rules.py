@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from test_dataset import assert_partition, with_split
 
 from polyrec.config import from_dict
 from polyrec.data.config import DataConfig
@@ -22,8 +23,6 @@ from polyrec.data.dataset import (
     row_groups,
 )
 from polyrec.data.sources import make_synthetic
-
-from test_dataset import assert_partition, with_split
 
 
 def config(split: dict | None = None, groups: dict | None = None) -> DataConfig:

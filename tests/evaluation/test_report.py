@@ -2,7 +2,14 @@
 
 import pytest
 
-from polyrec.evaluation.report import adapter_table, cost_table, metrics_table, per_domain_table, rank_table, results_table
+from polyrec.evaluation.report import (
+    adapter_table,
+    cost_table,
+    metrics_table,
+    per_domain_table,
+    rank_table,
+    results_table,
+)
 
 
 def _run(model, seed, wauc, strategy="joint", split="h1", **extra):
@@ -82,7 +89,7 @@ def test_metrics_table_from_evaluator_output():
     assert ["auc_overall", "100.00"] in rows and ["n", "4"] in rows
     assert rows[rows.index(["domain", "n", "pos", "auc", "logloss", "pcoc", "gauc"]) + 2][:4] == [
         "a", "2", "1", "100.00"]
-    assert ["b", "2", "2", "nan"] == rows[-1][:4]
+    assert rows[-1][:4] == ["b", "2", "2", "nan"]
 
 
 def _adapter_runs():

@@ -11,8 +11,8 @@ import dataclasses
 
 import pytest
 import torch
-
 from builders import make_batch, make_schema
+
 from polyrec import TrainConfig, Trainer, create_model
 from polyrec.config import from_dict
 from polyrec.layers.norm import PartitionedNorm

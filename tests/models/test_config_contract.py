@@ -20,9 +20,9 @@ import typing
 from typing import Any, Union
 
 import pytest
+from builders import make_schema
 
 import polyrec
-from builders import make_schema
 from polyrec.config import Check, ConfigError, field_check, from_dict
 from polyrec.data.protocols import list_presets, preset
 from polyrec.experiment import make_config
@@ -179,7 +179,9 @@ def test_activation_choices_are_the_activation_registry() -> None:
     for name in MODELS:
         check = field_check(get_model_class(name).Config, "activation")
         assert callable(check.choices) and set(check.choices()) == set(ACTIVATIONS), name
-    message = str(pytest.raises(ConfigError, model_config, "mlp", activation="swishy").value)
+    with pytest.raises(ConfigError) as err:
+        model_config("mlp", activation="swishy")
+    message = str(err.value)
     assert message.startswith("model.activation: 'swishy' is not allowed; must be one of")
     assert all(repr(a) in message for a in ACTIVATIONS)
 

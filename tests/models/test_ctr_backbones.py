@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from builders import make_batch, perturb
 from torch import nn
 
 import polyrec
-from builders import make_batch, perturb
 from polyrec import Batch, ConfigError, DatasetSchema, DomainSpec, FeatureSpec, create_model
 from polyrec.layers.interaction import BiInteractionPooling, CrossNetworkV2, FMInteraction, InnerProduct
 from polyrec.layers.linear import LinearPart

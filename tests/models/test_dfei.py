@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
+from builders import make_batch, make_schema
 from torch import nn
 
-from builders import make_batch, make_schema
 from polyrec import ConfigError, create_model
 from polyrec.layers.domain import DomainSegments
 

@@ -6,19 +6,17 @@ import json
 import pytest
 import torch
 import yaml
+from builders import new_domain_csv_config
+from test_all_models import tiny_batch, tiny_schema  # the registry test's tiny schema and batches
 from typer.testing import CliRunner
 
 from polyrec import ConfigError, TrainConfig, create_model
 from polyrec.cli import app
 from polyrec.config import from_dict
-from polyrec.data.sources import make_synthetic
 from polyrec.experiment import make_config, resolve_config
 from polyrec.layers.lora import LoRALinear, LoRAStarLinear
 from polyrec.models.adapters import AdapterConfig, MLoRAModel, add_domain, attach_mlora, find_targets, strip_adapters
 from polyrec.training.strategies.two_phase import finetune_new_domains
-
-from builders import new_domain_csv_config
-from test_all_models import tiny_batch, tiny_schema  # the registry test's tiny schema and batches
 
 
 def build(name, seed=0, **kw):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from builders import make_batch, make_schema, perturb
+
 from polyrec import ConfigError, create_model
 from polyrec.data.batch import Batch
 from polyrec.data.schema import DatasetSchema

@@ -11,10 +11,10 @@ import dataclasses
 
 import pytest
 import torch
+from builders import make_batch, make_schema, perturb
 from torch import nn
 
 import polyrec
-from builders import make_batch, make_schema, perturb
 from polyrec import Batch, ConfigError, DatasetSchema, create_model
 from polyrec.layers.domain import DomainSegments
 from polyrec.layers.gates import DomainExpertBank, GateNU, ParallelMLP, segment_einsum
@@ -171,7 +171,7 @@ def test_adasparse_binarization_prunes_with_0_1_factors_and_alpha_moves_only_in_
     model = perturb(create_model("adasparse", schema_of(), hidden_units=(16, 8), form="binarization",
                                  epsilon=0.3), scale=1.0)
     dom = model.domain_embedding(torch.tensor([0, 1, 2]))
-    pi, soft = model.weighting_factors(1, dom, torch.randn(3, 16))
+    pi, _soft = model.weighting_factors(1, dom, torch.randn(3, 16))
     assert set(pi.detach().unique().tolist()) <= {0.0, 1.0} and (pi == 0).any() and (pi == 1).any()
     alpha = float(model.alpha)
     model.eval()

@@ -3,10 +3,10 @@ per-domain towers run on every row) and check the paper's equations."""
 
 import pytest
 import torch
-from torch import nn
-
 from builders import make_batch, make_schema
 from builders import perturb as perturb_params
+from torch import nn
+
 from polyrec import create_model
 from polyrec.layers.domain import DomainSegments, StarLinear, segment_linear
 from polyrec.layers.norm import PartitionedNorm

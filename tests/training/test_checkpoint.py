@@ -171,6 +171,6 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):
     ra = json.loads((straight / "result.json").read_text())
     rb = json.loads((killed / "result.json").read_text())
     assert ra["metrics"] == rb["metrics"] and ra["val_metrics"] == rb["val_metrics"]
-    history_a = [json.loads(l)["val_auc_mean"] for l in (straight / "metrics.jsonl").read_text().splitlines()]
-    history_b = [json.loads(l)["val_auc_mean"] for l in (killed / "metrics.jsonl").read_text().splitlines()]
+    history_a = [json.loads(line)["val_auc_mean"] for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    history_b = [json.loads(line)["val_auc_mean"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert history_a == history_b and len(history_a) == 4

@@ -120,7 +120,7 @@ def test_bad_option_raises_config_error(name, options, field):
 @pytest.mark.parametrize("name", NAMES)
 def test_rounds_hold_every_domain_and_an_epoch_is_one_pass_of_the_largest(tiny_dataset, monkeypatch, name):
     strategy = create_strategy(name, {"sampling": "rounds"} if name in MIXED else {})
-    seen, ctx = epoch_updates(strategy, tiny_dataset, monkeypatch)
+    seen, _ctx = epoch_updates(strategy, tiny_dataset, monkeypatch)
     counts = torch.bincount(tiny_dataset.domain[tiny_dataset.splits["train"]]).tolist()
     k = strategy.batches_per_domain()
     assert len(seen) == math.ceil(math.ceil(max(counts) / BS) / k)

@@ -95,7 +95,7 @@ def test_checkpoint_resume_equals_uninterrupted_training(ds, tmp_path):
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["epoch"] for l in lines] == [0, 1, 2, 3]
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
     assert (tmp_path / "metrics.csv").read_text().count("\n") == 5
 
 

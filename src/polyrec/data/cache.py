@@ -20,18 +20,19 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Union
+from typing import Union
 
 __all__ = [
-    "CACHE_ENV_VAR",
     "ABANDONED_AFTER_S",
-    "cache_dir",
-    "atomic_write_bytes",
+    "CACHE_ENV_VAR",
     "atomic_write",
+    "atomic_write_bytes",
+    "cache_dir",
+    "remove_abandoned",
     "sha256_file",
     "temp_prefix",
-    "remove_abandoned",
 ]
 
 #: Environment variable that overrides the default cache location.

@@ -22,8 +22,9 @@ Example (YAML)::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from ..config import field_error, param
 
@@ -64,7 +65,7 @@ def _unique_strings_error(names: tuple[str, ...]) -> str | None:
     return None
 
 
-def _unique_names_error(features: tuple["FeatureConfig", ...]) -> str | None:
+def _unique_names_error(features: tuple[FeatureConfig, ...]) -> str | None:
     names = [f.name for f in features]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

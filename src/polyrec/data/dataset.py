@@ -24,9 +24,10 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -163,8 +164,8 @@ def split_hash(splits: dict[str, Tensor | np.ndarray]) -> str:
 
 
 def _cut(n: int, ratios: tuple[float, float, float]) -> tuple[int, int]:
-    n_train = int(round(n * ratios[0]))
-    n_val = int(round(n * ratios[1]))
+    n_train = round(n * ratios[0])
+    n_val = round(n * ratios[1])
     return n_train, min(n_train + n_val, n)
 
 
@@ -291,7 +292,7 @@ def sample_rows(frame: pd.DataFrame, sample: SampleConfig) -> pd.DataFrame:
     """The rows of ``frame`` that ``sample`` keeps, in their order (all of them at fraction 1)."""
     if sample.fraction >= 1.0:
         return frame
-    n = max(1, int(round(sample.fraction * len(frame))))
+    n = max(1, round(sample.fraction * len(frame)))
     keep = np.sort(np.random.default_rng(sample.seed).choice(len(frame), size=n, replace=False))
     return frame.iloc[keep].reset_index(drop=True)
 

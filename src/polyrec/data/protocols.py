@@ -18,6 +18,7 @@ import copy
 import difflib
 from typing import Any
 
+
 class UnknownPresetError(KeyError):
     """An unknown preset name (a KeyError whose message prints as written, without KeyError's quoting)."""
 

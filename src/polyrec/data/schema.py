@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 PAD_INDEX = 0
@@ -171,7 +171,7 @@ class DatasetSchema:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DatasetSchema":
+    def from_dict(cls, data: dict) -> DatasetSchema:
         return cls(
             features=tuple(FeatureSpec(**f) for f in data["features"]),
             domain=DomainSpec(data["domain"]["name"], tuple(data["domain"]["values"])),
@@ -182,14 +182,14 @@ class DatasetSchema:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "DatasetSchema":
+    def from_json(cls, text: str) -> DatasetSchema:
         return cls.from_dict(json.loads(text))
 
     def fingerprint(self) -> str:
         """Short content hash, recorded with checkpoints to detect a model/data mismatch."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
-    def check_compatible(self, other: "DatasetSchema", what: str = "data") -> None:
+    def check_compatible(self, other: DatasetSchema, what: str = "data") -> None:
         """Raise ValueError naming the first difference if a model built for ``self`` cannot read ``other``."""
         if self == other:
             return

@@ -19,19 +19,20 @@ Public API:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = [
-    "auc",
-    "StreamingAUC",
-    "logloss",
-    "gauc",
     "MultiDomainEvaluator",
-    "summarize_runs",
+    "StreamingAUC",
+    "auc",
+    "gauc",
+    "logloss",
     "paired_ttest",
+    "summarize_runs",
 ]
 
 # Probabilities are clipped to [_PROB_EPS, 1 - _PROB_EPS] before taking logs so
@@ -148,7 +149,7 @@ def _auc_from_counts(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(num2) / (2.0 * n_pos * n_neg)
 
 
-def _compress(scores: np.ndarray, is_pos: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _compress(scores: np.ndarray, is_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted unique scores with positive and negative counts per score."""
     uniq, inv = np.unique(scores, return_inverse=True)
     inv = inv.reshape(-1)
@@ -219,7 +220,7 @@ class StreamingAUC:
         self._neg = np.empty(0, dtype=np.int64)
         # Compressed batches not yet folded into the sorted state. Arrays are
         # never modified in place, so they can be shared with merged objects.
-        self._pending: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_size = 0
         self._n_pos = 0
         self._n_neg = 0
@@ -288,7 +289,7 @@ class StreamingAUC:
         self._compact()
         return _auc_from_counts(self._pos, self._neg)
 
-    def merge(self, other: "StreamingAUC") -> "StreamingAUC":
+    def merge(self, other: StreamingAUC) -> StreamingAUC:
         """Add another accumulator's data to this one (exact); returns ``self``.
 
         ``other`` is left unchanged, so the result equals one accumulator fed
@@ -303,7 +304,7 @@ class StreamingAUC:
             self._add_chunk(*chunk)
         return self
 
-    def state_dict(self) -> Dict[str, np.ndarray]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Return the state as plain numpy arrays (for ``all_gather_object`` / saving).
 
         Returns:
@@ -314,7 +315,7 @@ class StreamingAUC:
         return {"scores": self._scores.copy(), "pos": self._pos.copy(), "neg": self._neg.copy()}
 
     @classmethod
-    def from_state(cls, state: Dict[str, Any]) -> "StreamingAUC":
+    def from_state(cls, state: dict[str, Any]) -> StreamingAUC:
         """Rebuild an accumulator from :meth:`state_dict` output."""
         missing = {"scores", "pos", "neg"} - set(state)
         if missing:
@@ -386,7 +387,7 @@ def logloss(labels: Any, probs_or_logits: Any, from_logits: bool = True) -> floa
     return float(-np.mean(yf * np.log(p) + (1.0 - yf) * np.log1p(-p)))
 
 
-def _per_user_auc(users: np.ndarray, y: np.ndarray, s: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _per_user_auc(users: np.ndarray, y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-user (auc2_numerator, n_pos, n_neg), vectorised with one sort.
 
     Rows are sorted by (user, score); runs of equal (user, score) are
@@ -501,7 +502,7 @@ class MultiDomainEvaluator:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"domain_names must be unique, but {dupes} appear more than once: {names}.")
-        self.domain_names: List[str] = names
+        self.domain_names: list[str] = names
         self.reset()
 
     @property
@@ -517,8 +518,8 @@ class MultiDomainEvaluator:
         self._pos = np.zeros(d, dtype=np.int64)
         self._neg = np.zeros(d, dtype=np.int64)
         # None until the first non-empty batch decides whether users are tracked.
-        self._with_users: Optional[bool] = None
-        self._user_rows: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._with_users: bool | None = None
+        self._user_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def _set_user_mode(self, with_users: bool) -> None:
         if self._with_users is None:
@@ -592,7 +593,7 @@ class MultiDomainEvaluator:
         if u is not None:
             self._user_rows.append((u.copy(), x.copy(), y.copy(), dom.copy()))
 
-    def merge(self, other: "MultiDomainEvaluator") -> "MultiDomainEvaluator":
+    def merge(self, other: MultiDomainEvaluator) -> MultiDomainEvaluator:
         """Add another evaluator's data (e.g. from another rank); returns ``self``."""
         if not isinstance(other, MultiDomainEvaluator):
             raise TypeError(f"can only merge another MultiDomainEvaluator, got {type(other).__name__}.")
@@ -612,7 +613,7 @@ class MultiDomainEvaluator:
         self._user_rows.extend(other._user_rows)
         return self
 
-    def compute(self) -> Dict[str, Any]:
+    def compute(self) -> dict[str, Any]:
         """Return all metrics accumulated so far.
 
         Returns:
@@ -638,7 +639,7 @@ class MultiDomainEvaluator:
         n = int(n_d.sum())
 
         finite = np.isfinite(auc_d)
-        out: Dict[str, Any] = {
+        out: dict[str, Any] = {
             "auc_per_domain": {k: float(v) for k, v in zip(names, auc_d)},
             "logloss_per_domain": {k: float(v) for k, v in zip(names, loss_d)},
             "pcoc_per_domain": {k: float(v) for k, v in zip(names, pcoc_d)},
@@ -675,7 +676,7 @@ class MultiDomainEvaluator:
 # --------------------------------------------------------------------------- #
 # statistics across runs
 # --------------------------------------------------------------------------- #
-def summarize_runs(values: Sequence[float]) -> Tuple[float, float]:
+def summarize_runs(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1) of per-seed results.
 
     Args:

@@ -15,12 +15,18 @@ protocol and training strategy, different seeds) become one table row showing
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .metrics import paired_ttest, summarize_runs
 
 __all__ = [
-    "results_table", "per_domain_table", "metrics_table", "adapter_table", "cost_table", "rank_table",
+    "adapter_table",
+    "cost_table",
+    "metrics_table",
+    "per_domain_table",
+    "rank_table",
+    "results_table",
 ]
 
 _MISSING = "-"
@@ -46,10 +52,10 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _group_runs(
     runs: Sequence[Mapping[str, Any]], group_by: Sequence[str]
-) -> Dict[Tuple[Any, ...], List[Mapping[str, Any]]]:
+) -> dict[tuple[Any, ...], list[Mapping[str, Any]]]:
     if isinstance(runs, Mapping):
         raise TypeError("runs must be a list of run dicts, got a single dict; wrap it in a list: [run].")
-    groups: Dict[Tuple[Any, ...], List[Mapping[str, Any]]] = {}
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for i, run in enumerate(runs):
         if not isinstance(run, Mapping):
             raise TypeError(f"runs[{i}] is a {type(run).__name__}; expected a dict describing one run.")
@@ -58,7 +64,7 @@ def _group_runs(
     return groups
 
 
-def _lookup(run: Mapping[str, Any], key: str) -> Optional[float]:
+def _lookup(run: Mapping[str, Any], key: str) -> float | None:
     """Metric ``key`` from ``run["metrics"]``, falling back to a top-level run field."""
     metrics = run.get("metrics") or {}
     value = metrics.get(key, run.get(key))
@@ -78,7 +84,7 @@ def _mean_std(values: Sequence[float], n_runs: int, scale: float, decimals: int)
     return text
 
 
-def _format_reference(value: Any, scale: float, decimals: Optional[int]) -> str:
+def _format_reference(value: Any, scale: float, decimals: int | None) -> str:
     if value is None:
         return _MISSING
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -108,10 +114,10 @@ def results_table(
     runs: Sequence[Mapping[str, Any]],
     metric_keys: Sequence[str] = ("wauc", "auc_overall", "auc_mean", "logloss_overall"),
     group_by: Sequence[str] = ("protocol", "model", "strategy"),
-    reference: Optional[Mapping[str, Any]] = None,
+    reference: Mapping[str, Any] | None = None,
     scale: float = 100.0,
-    decimals: Optional[int] = None,
-    reference_metric: Optional[str] = None,
+    decimals: int | None = None,
+    reference_metric: str | None = None,
 ) -> str:
     """Markdown table with one row per group of runs and mean ± std per metric.
 
@@ -159,7 +165,7 @@ def results_table(
 
     rows, notes = [], []
     for key, members in groups.items():
-        row: List[Any] = list(key) + [len(members)]
+        row: list[Any] = list(key) + [len(members)]
         for metric in metric_keys:
             values = [v for v in (_lookup(r, metric) for r in members) if v is not None]
             auc_like = _is_auc_like(metric)
@@ -185,9 +191,9 @@ def per_domain_table(
     runs: Sequence[Mapping[str, Any]],
     key: str = "auc_per_domain",
     group_by: Sequence[str] = ("protocol", "model", "strategy"),
-    scale: Optional[float] = None,
-    decimals: Optional[int] = None,
-    reference: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    scale: float | None = None,
+    decimals: int | None = None,
+    reference: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     """Markdown table of a per-domain metric: one row per group, one column per domain.
 
@@ -218,7 +224,7 @@ def per_domain_table(
         decimals = 2 if scale != 1 else 4
     groups = _group_runs(runs, group_by)
 
-    domains: List[str] = []
+    domains: list[str] = []
     for members in groups.values():
         for run in members:
             per_domain = (run.get("metrics") or {}).get(key) or {}
@@ -232,7 +238,7 @@ def per_domain_table(
     header = list(group_by) + ["n"] + domains
     rows = []
     for group_key, members in groups.items():
-        row: List[Any] = list(group_key) + [len(members)]
+        row: list[Any] = list(group_key) + [len(members)]
         published: Mapping[str, Any] = {}
         if reference is not None and "model" in group_by:
             published = _reference_value(reference, group_key[list(group_by).index("model")]) or {}
@@ -291,7 +297,7 @@ def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
         domain_rows = []
         for name in names:
             count = counts.get(name, {})
-            row: List[Any] = [name, count.get("n", _MISSING), count.get("pos", _MISSING)]
+            row: list[Any] = [name, count.get("n", _MISSING), count.get("pos", _MISSING)]
             for key, _, col_scale, col_dec in columns:
                 value = metrics[key].get(name)
                 row.append(_fmt(None if value is None else float(value) * col_scale, col_dec))
@@ -300,11 +306,11 @@ def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
     return "\n\n".join(parts)
 
 
-def _runs_by_model(runs: Sequence[Mapping[str, Any]]) -> Dict[Any, List[Mapping[str, Any]]]:
+def _runs_by_model(runs: Sequence[Mapping[str, Any]]) -> dict[Any, list[Mapping[str, Any]]]:
     return {key[0]: members for key, members in _group_runs(runs, ("model",)).items()}
 
 
-def _mean(values: Sequence[float]) -> Optional[float]:
+def _mean(values: Sequence[float]) -> float | None:
     values = [float(v) for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
@@ -312,7 +318,7 @@ def _mean(values: Sequence[float]) -> Optional[float]:
 def adapter_table(
     runs: Sequence[Mapping[str, Any]],
     metric: str = "wauc",
-    reference: Optional[Mapping[str, Any]] = None,
+    reference: Mapping[str, Any] | None = None,
     suffix: str = "+mlora",
     scale: float = 100.0,
     decimals: int = 2,
@@ -408,7 +414,7 @@ def cost_table(
     header = list(group_by) + ["n", "params", "train rows/s", "recal.", "epochs", "best epoch", "wall s", "threads"]
     rows = []
     for key, members in _group_runs(runs, group_by).items():
-        def m(field: str) -> Optional[float]:
+        def m(field: str, members: Sequence[Mapping[str, Any]] = members) -> float | None:
             return _mean([r.get(field) for r in members])
 
         params, speed, epochs, best, wall = (m(f) for f in
@@ -449,10 +455,10 @@ def rank_table(
         >>> print(rank_table(runs, group_by=["model"]).splitlines()[2])
         | a | 1 | 80.00 | 1.50 |
     """
-    means: Dict[Tuple[Any, ...], Dict[str, float]] = {}
-    counts: Dict[Tuple[Any, ...], int] = {}
+    means: dict[tuple[Any, ...], dict[str, float]] = {}
+    counts: dict[tuple[Any, ...], int] = {}
     for group_key, members in _group_runs(runs, group_by).items():
-        per: Dict[str, List[float]] = {}
+        per: dict[str, list[float]] = {}
         for run in members:
             for domain, value in ((run.get("metrics") or {}).get(key) or {}).items():
                 if value is not None and math.isfinite(float(value)):
@@ -460,7 +466,7 @@ def rank_table(
         means[group_key] = {d: sum(v) / len(v) for d, v in per.items()}
         counts[group_key] = len(members)
     domains = [d for d in dict.fromkeys(d for m in means.values() for d in m) if all(d in m for m in means.values())]
-    ranks: Dict[Tuple[Any, ...], List[float]] = {g: [] for g in means}
+    ranks: dict[tuple[Any, ...], list[float]] = {g: [] for g in means}
     for d in domains:
         values = sorted((means[g][d] for g in means), reverse=True)
         for g in means:

@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .mlp import MLP
@@ -41,7 +40,7 @@ class DomainSegments:
     local: Tensor
 
     @classmethod
-    def from_domain(cls, domain: Tensor) -> "DomainSegments":
+    def from_domain(cls, domain: Tensor) -> DomainSegments:
         perm = torch.argsort(domain, stable=True)
         d_sorted = domain.index_select(0, perm)
         domains, counts = torch.unique_consecutive(d_sorted, return_counts=True)

@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from .domain import DomainLinearBank, DomainSegments, segment_linear
 from .mlp import activation as make_activation
 
-
 # --------------------------------------------------------------------------------------------------------
 # Banks of linear layers and MLPs
 # --------------------------------------------------------------------------------------------------------
@@ -97,8 +96,8 @@ class ExpertBank(nn.Module):
         k = E/D experts of its own domain only (see :meth:`forward_domain`).
 
     Example:
-        >>> experts = ExpertBank(32, (16,), num_experts=4)          # doctest: +SKIP
-        >>> experts(torch.randn(8, 32)).shape                        # doctest: +SKIP
+        >>> experts = ExpertBank(32, (16,), num_experts=4)
+        >>> experts(torch.randn(8, 32)).shape
         torch.Size([4, 8, 16])
     """
 

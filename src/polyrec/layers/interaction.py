@@ -15,16 +15,16 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "FMInteraction",
+    "CIN",
     "BiInteractionPooling",
-    "SelfAttentionInteraction",
-    "InnerProduct",
-    "OuterProduct",
+    "BilinearInteraction",
     "CrossNetwork",
     "CrossNetworkV2",
-    "CIN",
+    "FMInteraction",
+    "InnerProduct",
+    "OuterProduct",
     "SENETLayer",
-    "BilinearInteraction",
+    "SelfAttentionInteraction",
 ]
 
 

@@ -49,8 +49,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .domain import DomainSegments, StarLinear
 

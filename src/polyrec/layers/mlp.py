@@ -41,7 +41,8 @@ class MLP(nn.Module):
         ``[B, D_in]`` -> ``[B, hidden_units[-1]]`` (or ``[B, output_dim]``).
 
     Example:
-        >>> MLP(16, (32, 8), output_dim=1)(torch.randn(4, 16)).shape   # doctest: +SKIP
+        >>> import torch
+        >>> MLP(16, (32, 8), output_dim=1)(torch.randn(4, 16)).shape
         torch.Size([4, 1])
     """
 

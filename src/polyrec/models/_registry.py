@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..config import ConfigError, from_dict, to_dict
 from ..data.schema import DatasetSchema

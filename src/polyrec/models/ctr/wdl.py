@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from ...data.batch import Batch
 from ...layers.linear import LinearPart
 from ...layers.mlp import optional_mlp

@@ -69,7 +69,6 @@ class XDeepFMModel(Model):
 
     def __init__(self, schema, config: XDeepFMConfig) -> None:
         super().__init__(schema, config)
-        E = config.embedding_dim
         in_dim = self._build_embeddings()
         self.linear = LinearPart(schema)
         self.cin = CIN(self.embeddings.num_fields, config.cin_layer_sizes, config.cin_split_half)

@@ -90,7 +90,7 @@ class M3oEModel(Model):
 
     def __init__(self, schema, config: M3oEConfig) -> None:
         super().__init__(schema, config)
-        D, E = schema.num_domains, config.embedding_dim
+        D = schema.num_domains
         act, drop = config.activation, config.dropout
         in_dim = self._build_embeddings()
         self.shared = ParallelMLP(in_dim, config.expert_units, config.shared_experts, act, drop)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ...config import field_error, param
@@ -73,7 +72,7 @@ class PLEModel(Model):
         forward(batch) -> logits ``[B]``.
 
     Example:
-        >>> model = create_model("ple", schema, num_levels=1)   # doctest: +SKIP  (CGC)
+        >>> model = create_model("ple", schema, num_levels=1)   # CGC  # doctest: +SKIP
         >>> model(batch).logits.shape                          # doctest: +SKIP
         torch.Size([B])
     """

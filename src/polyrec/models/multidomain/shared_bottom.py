@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ...data.batch import Batch
 from ...layers.domain import DomainMLPBank, DomainSegments
 from ...layers.mlp import optional_mlp

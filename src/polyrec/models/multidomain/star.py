@@ -152,7 +152,7 @@ class StarModel(Model):
         return ModelOutput(self.add_aux_logit(logits, batch, self._aux_extra(emb)))
 
     @torch.no_grad()
-    def fold(self) -> "FoldedStar":
+    def fold(self) -> FoldedStar:
         """An inference-only copy with every domain's weights and PN affine precomputed (STAR §4.4)."""
         return FoldedStar(self)
 
