@@ -16,11 +16,11 @@ from builders import make_batch, make_schema, perturb
 from polyrec import ConfigError, create_model
 from polyrec.data.batch import Batch
 from polyrec.data.schema import DatasetSchema
+from polyrec.layers.bank import MLPBank
 from polyrec.layers.domain import DomainSegments
 from polyrec.layers.experts import (
     CrossStitchUnit,
     DomainGate,
-    ExpertBank,
     ExtractionLayer,
     GradientReversal,
     grad_reverse,
@@ -132,25 +132,6 @@ def test_domain_gate_rows_sum_to_one_and_forward_all_agrees_with_own_domain() ->
     torch.testing.assert_close(every[domain, torch.arange(10)], own)
 
 
-def test_expert_bank_equals_independent_mlps() -> None:
-    torch.manual_seed(0)
-    bank = ExpertBank(5, (7, 3), num_experts=4, output_dim=2)
-    x = torch.randn(9, 5)
-    out = bank(x)
-    assert out.shape == (4, 9, 2)
-    for e in range(4):
-        h = x
-        for layer in bank.hidden:
-            h = torch.relu(h @ layer.weight[e] + layer.bias[e])
-        torch.testing.assert_close(out[e], h @ bank.out.weight[e] + bank.out.bias[e])
-        torch.testing.assert_close(bank.forward_member(x, e), out[e])
-    # Grouped input: experts 2g, 2g+1 read x_groups[g].
-    xg = torch.randn(2, 9, 5)
-    grouped = bank(xg)
-    torch.testing.assert_close(grouped[3], bank.forward_member(xg[1], 3))
-    torch.testing.assert_close(grouped[0], bank.forward_member(xg[0], 0))
-
-
 def test_ple_cgc_without_specific_experts_is_mmoe() -> None:
     common = dict(expert_units=(16, 8), tower_units=(4,))
     mmoe = perturb(build("mmoe", num_experts=3, **common))
@@ -163,7 +144,7 @@ def test_ple_cgc_without_specific_experts_is_mmoe() -> None:
     torch.testing.assert_close(ple(batch).logits, mmoe(batch).logits, rtol=1e-6, atol=1e-6)
 
 
-def _mlp_member(bank: ExpertBank, j: int, x: torch.Tensor) -> torch.Tensor:
+def _mlp_member(bank: MLPBank, j: int, x: torch.Tensor) -> torch.Tensor:
     for layer in bank.hidden:
         x = torch.relu(x @ layer.weight[j] + layer.bias[j])
     return x

@@ -202,24 +202,6 @@ def test_star_config_errors():
         create_model("star", schema_of(), hiden_units=[8])
 
 
-def test_domain_mlp_bank_runs_each_row_through_its_own_tower():
-    from polyrec.layers.domain import DomainMLPBank
-
-    torch.manual_seed(0)
-    bank = DomainMLPBank(5, (7,), num_domains=4, output_dim=2)
-    x = torch.randn(40, 5)
-    domain = torch.randint(0, 4, (40,))
-    seg = DomainSegments.from_domain(domain)
-    out = seg.unsort(bank(seg.sort(x), seg))
-    for i, d in enumerate(domain.tolist()):
-        h = torch.relu(x[i] @ bank.hidden[0].weight[d] + bank.hidden[0].bias[d])
-        torch.testing.assert_close(out[i], h @ bank.out.weight[d] + bank.out.bias[d], atol=1e-5, rtol=1e-5)
-    out.sum().backward()
-    absent = sorted(set(range(4)) - set(domain.tolist()))
-    for d in absent:
-        assert bank.hidden[0].weight.grad[d].abs().sum() == 0
-
-
 def test_calibration_sets_exact_per_domain_statistics():
     torch.manual_seed(0)
     pn = PartitionedNorm(3, 3)

@@ -18,7 +18,13 @@ from polyrec.data.config import DataConfig
 from polyrec.data.dataset import build_dataset
 from polyrec.models import create_model
 from polyrec.safeio import flatten, load_tensors, unflatten
-from polyrec.training.checkpoint import CheckpointError, checkpoint_dirs, load_latest_checkpoint, save_checkpoint
+from polyrec.training.checkpoint import (
+    CheckpointError,
+    check_optimizer_state,
+    checkpoint_dirs,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 from polyrec.training.trainer import TrainConfig, Trainer
 
 DATA = {
@@ -53,6 +59,23 @@ def test_flatten_round_trips_nested_state():
     assert torch.equal(back["a"], state["a"]) and back["opt"]["state"][0]["step"] == 2.0
     assert back["opt"]["groups"][0]["betas"] == (0.9, 0.99) and back["rng"] == (3, (1, 2), None)
     assert back["best"] != back["best"] and back["none"] is None
+
+
+def test_an_optimiser_state_paired_with_parameters_of_another_shape_is_refused():
+    # Optimizer.load_state_dict pairs by position: a model that lists its parameters in another order than
+    # the one that wrote the checkpoint (e.g. HiNet's shared experts before the banks were merged: every
+    # weight, then every bias) gets each moment paired with the wrong parameter.
+    w, b = torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))
+    written = torch.optim.Adam([w, b])
+    (w.sum() + b.sum()).backward()
+    written.step()
+    same = torch.optim.Adam([w, b])
+    same.load_state_dict(written.state_dict())
+    check_optimizer_state(same, "runs/x/checkpoints")
+    swapped = torch.optim.Adam([b, w])
+    swapped.load_state_dict(written.state_dict())
+    with pytest.raises(CheckpointError, match=r"runs/x/checkpoints.*another order"):
+        check_optimizer_state(swapped, "runs/x/checkpoints")
 
 
 def test_resume_in_process_is_bit_identical_with_dropout(ds, tmp_path):

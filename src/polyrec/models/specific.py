@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..data.batch import Batch
+from ..layers.bank import MLPBank
 from ..layers.domain import DomainSegments
 from .base import Model, ModelOutput
 
@@ -78,6 +79,7 @@ class DomainSpecificModel(Model):
             _key(n): nn.Parameter(p.detach().new_zeros((D, *p.shape)), requires_grad=False) for n, p in named
         })
         self.use_specific = True
+        self.register_load_state_dict_pre_hook(_load_legacy_offsets)
 
     # ------------------------------------------------------------------------------------ parameters
     def shared_parameters(self) -> list[nn.Parameter]:
@@ -161,6 +163,19 @@ class DomainSpecificModel(Model):
     def extra_repr(self) -> str:
         return (f"include={self.include!r}, domains={self.num_domains}, "
                 f"specific parameters per domain={self.num_specific_parameters():,}")
+
+
+def _load_legacy_offsets(module: DomainSpecificModel, state_dict: dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: offsets saved before the expert banks were merged are keyed by the bank
+    parameters' former names (:meth:`~polyrec.layers.bank.MLPBank.legacy_names`); map them to today's."""
+    for path, bank in module.model.named_modules():
+        if not isinstance(bank, MLPBank):
+            continue
+        for name, old in bank.legacy_names().items():
+            key, old_key = prefix + "specific." + _key(f"{path}.{name}"), prefix + "specific." + _key(f"{path}.{old}")
+            if _key(f"{path}.{name}") in module.specific and old_key in state_dict and key not in state_dict:
+                t, target = state_dict.pop(old_key), module.specific[_key(f"{path}.{name}")]
+                state_dict[key] = t.reshape(target.shape) if t.numel() == target.numel() else t
 
 
 def specific_summary(model: nn.Module) -> dict[str, object]:

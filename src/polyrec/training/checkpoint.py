@@ -25,6 +25,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..data.cache import remove_abandoned, temp_prefix
 from ..safeio import (
     ArtifactError,
@@ -46,6 +48,25 @@ _NAME = re.compile(r"^epoch-(\d{6,})$")
 
 class CheckpointError(ArtifactError):
     """No usable checkpoint (all damaged), or a checkpoint that does not belong to this run."""
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, where: str) -> None:
+    """Refuse a resumed optimiser state whose tensors do not fit the parameters they were paired with.
+
+    ``Optimizer.load_state_dict`` pairs saved states with parameters by position. A checkpoint written by a
+    polyrec whose model listed its parameters in another order (HiNet's, M3oE's and M2M's shared experts,
+    before the expert banks were merged) pairs them wrongly; without this check the next step fails with a
+    bare shape error.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise CheckpointError(
+                        f"the optimiser state of the checkpoint under {where!r} does not fit the model's parameters "
+                        f"(its {name!r} of shape {list(value.shape)} is paired with a parameter of shape "
+                        f"{list(p.shape)}): it was written by a polyrec whose model listed its parameters in "
+                        "another order; resume with the polyrec that wrote it, or start afresh")
 
 
 def checkpoint_dirs(root: str | Path) -> list[Path]:

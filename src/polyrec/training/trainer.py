@@ -33,7 +33,7 @@ from ..evaluation.metrics import MultiDomainEvaluator
 from ..models.base import Model
 from ..safeio import atomic_write_text
 from .calibration import recompute_norm_statistics  # re-exported: the trainer's per-epoch pass
-from .checkpoint import CheckpointError, load_latest_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, check_optimizer_state, load_latest_checkpoint, save_checkpoint
 from .strategies import TrainContext, create_strategy
 from .task import BinaryTask
 
@@ -395,6 +395,7 @@ class Trainer:
         self.optimizer = ctx.optimizer
         if self._optimizer_state is not None:
             self.optimizer.load_state_dict(self._optimizer_state)
+            check_optimizer_state(self.optimizer, str(self.checkpoint_root))
             self._optimizer_state = None
         if self._strategy_state is not None:
             self.strategy.load_state_dict(self._strategy_state)

@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from ...config import ConfigError
 from ...data.batch import Batch
+from ...layers.bank import LinearBank, MLPBank, linear_init_
 from ...layers.domain import DomainSegments
-from ...layers.experts import BankLinear, ExpertBank
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, feature_names, layer_sizes
 
@@ -88,12 +88,11 @@ class AITMModel(Model):
         in_dim = self._build_embeddings()
         k = config.tower_units[-1]
         self.k = k
-        self.towers = ExpertBank(in_dim, config.tower_units, D, config.activation, config.dropout)  # by position
-        self.heads = BankLinear(k, 1, D)
+        self.towers = MLPBank(in_dim, config.tower_units, D, config.activation, config.dropout)  # by position
+        self.heads = LinearBank(k, 1, D)
         if D > 1:
-            self.transfer = BankLinear(k, k, D - 1)  # position t-1 -> t
-            bound = 1.0 / math.sqrt(k)
-            self.attention = nn.Parameter(torch.empty(D - 1, 3, k, k).uniform_(-bound, bound))  # h1, h2, h3
+            self.transfer = LinearBank(k, k, D - 1)  # position t-1 -> t
+            self.attention = nn.Parameter(linear_init_(torch.empty(D - 1, 3, k, k), k))  # h1, h2, h3
         else:
             self.transfer = None
             self.register_parameter("attention", None)

@@ -31,7 +31,7 @@ from torch import nn
 
 from ...config import field_error, param
 from ...data.batch import Batch
-from ...layers.domain import DomainMLPBank
+from ...layers.bank import MLPBank
 from ...layers.experts import ExtractionLayer
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, layer_sizes
@@ -97,7 +97,7 @@ class PLEModel(Model):
             )
             for i in range(L)
         )
-        self.towers = DomainMLPBank(
+        self.towers = MLPBank(
             config.expert_units[-1], config.tower_units, D, config.activation, config.dropout, output_dim=1
         )
         self._build_aux()
