@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -131,7 +132,9 @@ def run_benchmark(
             raise RunMismatch(f"{str(out / 'results.json')!r} is not a list of run records; use another --out")
     done = {(r["model"], r["seed"]): r for r in runs}
     preset = protocol
-    first = make_config(preset, models[0], config_file, overrides=overrides)
+    with warnings.catch_warnings():  # said once, by the loop below, for every model name it concerns
+        warnings.simplefilter("ignore")
+        first = make_config(preset, models[0], config_file, overrides=overrides)
     protocol = first.protocol  # what the report is named after: the preset, or the config file's protocol
     t0 = time.perf_counter()
     dataset = build_dataset(first.data)
