@@ -24,8 +24,9 @@ app.add_typer(data_app, name="data")
 SET_HELP = "Dotted config override, repeatable: --set train.lr=1e-3 --set model.dropout=0.2"
 PRESET_HELP = "protocol preset (see `polyrec presets`)"
 CONFIG_HELP = "YAML experiment config (data, model, train); with --preset, its keys override the preset's"
-MODEL_HELP = ("model name '<model>[+<adapter>][@<strategy>]': a registered model (see `polyrec models`); '+mlora' "
-              "adds MLoRA adapters; '@<strategy>' trains it with that strategy (see `polyrec strategies`). The "
+MODEL_HELP = ("model name MODEL, MODEL+ADAPTER, MODEL@STRATEGY or MODEL+ADAPTER@STRATEGY: a registered model (see "
+              "`polyrec models`); '+mlora' adds MLoRA adapters; '@STRATEGY' trains it with that strategy (see "
+              "`polyrec strategies`). The "
               "name's parts replace the preset's and the config file's; the file's train.strategy_options are kept "
               "only when the file's train.strategy is the named one (or unset), else dropped with a warning; a "
               "--set that contradicts the name is an error")

@@ -13,8 +13,11 @@ A finished run directory holds::
     metrics.jsonl/.csv  one record per epoch
     checkpoints/        the last two complete training states (:mod:`polyrec.training.checkpoint`)
 
-Only JSON and safetensors are ever read back; nothing is unpickled. A run directory written by polyrec
-0.1 (``model.pt``, ``checkpoint.pt``: pickles) is refused with a message, never opened.
+This module writes (:func:`write_run_inputs`, :func:`write_run_outputs`, :func:`write_manifest`) and reads
+(:func:`read_manifest`, :func:`read_run_config`, :func:`read_run_schemas`, :func:`read_run_weights`) those
+files, and holds the checks a run directory is opened under. Only JSON and safetensors are ever read back;
+nothing is unpickled. A run directory written by polyrec 0.1 (``model.pt``, ``checkpoint.pt``: pickles) is
+refused with a message, never opened.
 
 Resuming is exact and guarded: ``polyrec train --out DIR`` on an existing DIR continues it only when the
 resolved config and the data fingerprint are those of the run in DIR; otherwise :class:`RunMismatch`

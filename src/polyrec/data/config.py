@@ -76,7 +76,7 @@ def _unique_names_error(features: tuple[FeatureConfig, ...]) -> str | None:
 
 #: The MovieLens data sets, by the one name configs, records and the CLI use.
 MOVIELENS_NAMES = ("ml-1m", "ml-100k")
-#: Other spellings accepted for them (``polyrec data fetch movielens-1m``, ``name: movielens-100k``); read
+#: Other spellings accepted for them (``polyrec data fetch movielens-1m``, ``name: movielens-100k``), read
 #: as the name they stand for, so a config spelt either way is the same config (and the same cache entry).
 MOVIELENS_ALIASES = {"movielens-1m": "ml-1m", "movielens-100k": "ml-100k"}
 
@@ -146,7 +146,9 @@ class DomainRule:
     Args:
         column: the raw column that defines the domain.
         groups: domain name -> list of raw values. ``None`` makes each distinct value its own domain
-            (names are the values as strings, in sorted order). A raw value in no group is an error.
+            (names are the values as strings, in sorted order: numerically for a numeric column, as strings
+            for a string column, such as MovieLens' occupation codes; listings and reports show integer
+            codes numerically either way). A raw value in no group is an error.
         as_feature: also expose the domain indicator as a sparse input feature named ``domain``.
         describing: features of ``data.features`` (sparse or multi-valued) that describe the domain rather
             than the user or the item (a page's type, a scenario's theme, its position); STAR's auxiliary

