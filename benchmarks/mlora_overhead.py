@@ -27,6 +27,7 @@ from throughput import epoch_rates  # benchmarks/throughput.py: the same end-to-
 from polyrec.data.dataset import build_dataset
 from polyrec.experiment import build_model, environment, make_config
 from polyrec.models.adapters import adapter_summary
+from polyrec.runspec import RunSpec
 
 OUT = Path(__file__).resolve().parent / "results"
 BACKBONES = ["mlp", "star", "wdl", "nfm", "autoint", "pnn", "dcn", "fibinet", "deepfm", "xdeepfm"]
@@ -43,7 +44,8 @@ def train_rate(name: str, ds, epochs: int) -> list[float]:
 
 
 def measure(name: str, ds, epochs: int) -> dict:
-    cfg = make_config("ml1m-gender", f"{name}+mlora")
+    adapted_name = str(RunSpec(name, "mlora"))
+    cfg = make_config("ml1m-gender", adapted_name)
     base = build_model(make_config("ml1m-gender", name), ds.schema)
     adapted = build_model(cfg, ds.schema)
     summary = adapter_summary(adapted)
@@ -52,7 +54,7 @@ def measure(name: str, ds, epochs: int) -> dict:
     domains = ds.schema.num_domains
     per_domain = summary["adapter_params"] / domains
     rate_base = train_rate(name, ds, epochs)
-    rate_mlora = train_rate(f"{name}+mlora", ds, epochs)
+    rate_mlora = train_rate(adapted_name, ds, epochs)
     return {
         "model": name, "alpha": cfg.adapter.alpha, "backbone_params": backbone, "embedding_params": emb,
         "dense_params": backbone - emb, "adapter_params": summary["adapter_params"],

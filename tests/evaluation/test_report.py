@@ -199,3 +199,16 @@ def test_rank_table_averages_seeds_then_ranks_per_domain_with_ties():
     assert rows["b"][2:] == ["1", "70.00", "1.75"]
     assert rows["c"][3:] == ["65.00", "2.25"]
     assert [r[0] for r in _rows(rank_table(runs))[2:]] == ["b", "a", "c"]  # best average rank first
+
+
+def test_integer_domain_codes_are_listed_numerically_other_names_as_given():
+    per = {"0": 0.7, "1": 0.71, "10": 0.72, "2": 0.73}
+    runs = [{"model": "m", "metrics": {"auc_per_domain": per}}]
+    header = per_domain_table(runs, group_by=["model"]).splitlines()[0]
+    assert header == "| model | n | 0 | 1 | 2 | 10 |"
+    m = {"auc_per_domain": per, "count_per_domain": {d: {"n": 1, "pos": 1} for d in per}}
+    assert [line.split(" | ")[0].strip("| ") for line in metrics_table(m).split("\n\n")[1].splitlines()[2:]] == \
+        ["0", "1", "2", "10"]
+    runs = [{"model": "m", "metrics": {"auc_per_domain": {"M": 0.7, "F": 0.8}}}]
+    assert per_domain_table(runs, group_by=["model"]).splitlines()[0] == "| model | n | M | F |"
+

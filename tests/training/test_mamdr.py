@@ -389,3 +389,19 @@ def test_alternate_finetune_starts_finetuning_when_early_stopping_ends_alternate
     best = max(i for i in range(switch) if trainer.history[i]["best"])
     assert all(torch.equal(a, b) for a, b in zip(shared[switch], shared[best]))
     assert trainer.strategy.state_dict()["switch_epoch"] == switch
+
+
+def test_effective_options_resolve_the_data_dependent_defaults():
+    assert create_strategy("mamdr").effective_options(7)["helper_domains"] == 3  # min(3, D - 1)
+    assert create_strategy("mamdr").effective_options(2)["helper_domains"] == 1
+    assert create_strategy("mamdr", {"helper_domains": 2}).effective_options(7)["helper_domains"] == 2
+    assert create_strategy("domain_negotiation").effective_options(7) == {"outer_lr": 0.1, "inner_batches": None}
+
+
+def test_the_trainer_runs_the_strategy_the_model_was_prepared_with_and_refuses_another(tiny_dataset):
+    config = cfg("mamdr")
+    strategy = create_strategy("mamdr")
+    model = strategy.prepare_model(mlp(tiny_dataset))
+    assert Trainer(model, tiny_dataset, config, strategy=strategy).strategy is strategy
+    with pytest.raises(ValueError, match="is not the one its config names"):
+        Trainer(model, tiny_dataset, config, strategy=create_strategy("mamdr", {"outer_lr": 0.5}))

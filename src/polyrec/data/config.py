@@ -74,12 +74,28 @@ def _unique_names_error(features: tuple[FeatureConfig, ...]) -> str | None:
     return None
 
 
+#: The MovieLens data sets, by the one name configs, records and the CLI use.
+MOVIELENS_NAMES = ("ml-1m", "ml-100k")
+#: Other spellings accepted for them (``polyrec data fetch movielens-1m``, ``name: movielens-100k``), read
+#: as the name they stand for, so a config spelt either way is the same config (and the same cache entry).
+MOVIELENS_ALIASES = {"movielens-1m": "ml-1m", "movielens-100k": "ml-100k"}
+
+
+def movielens_name(name: str) -> str | None:
+    """The canonical name (``ml-1m``, ``ml-100k``) of a MovieLens data set spelt ``name`` (case and the
+    ``movielens-`` aliases ignored), or None when it names none of them."""
+    key = str(name).strip().lower()
+    key = MOVIELENS_ALIASES.get(key, key)
+    return key if key in MOVIELENS_NAMES else None
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     """Where the raw rows come from.
 
     Args:
-        kind: ``movielens`` (``name`` ml-1m / ml-100k; from the registry wheel or ``path``), ``csv``,
+        kind: ``movielens`` (``name`` ml-1m / ml-100k, also spelt movielens-1m / movielens-100k; from the
+            registry wheel or ``path``), ``csv``,
             ``parquet``, ``atomic`` (RecBole atomic files: ``path`` is the folder, ``name`` the prefix) or
             ``synthetic`` (``options`` are :func:`polyrec.data.sources.make_synthetic` arguments).
         name: data set name for ``movielens`` and ``atomic``.
@@ -98,6 +114,12 @@ class SourceConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.kind == "movielens" and isinstance(self.name, str):
+            canonical = movielens_name(self.name)
+            if canonical is None:
+                raise field_error("name", self.name, f"must be one of {', '.join(map(repr, MOVIELENS_NAMES))} "
+                                                     f"(also spelt {', '.join(map(repr, MOVIELENS_ALIASES))})")
+            object.__setattr__(self, "name", canonical)  # one spelling in saved configs and cache keys
         if self.kind in ("csv", "parquet", "atomic") and not self.path:
             raise field_error("path", self.path, f"kind {self.kind!r} reads local files: set data.source.path "
                                                  "to the file (or folder) to read")
@@ -124,7 +146,9 @@ class DomainRule:
     Args:
         column: the raw column that defines the domain.
         groups: domain name -> list of raw values. ``None`` makes each distinct value its own domain
-            (names are the values as strings, in sorted order). A raw value in no group is an error.
+            (names are the values as strings, in sorted order: numerically for a numeric column, as strings
+            for a string column, such as MovieLens' occupation codes; listings and reports show integer
+            codes numerically either way). A raw value in no group is an error.
         as_feature: also expose the domain indicator as a sparse input feature named ``domain``.
         describing: features of ``data.features`` (sparse or multi-valued) that describe the domain rather
             than the user or the item (a page's type, a scenario's theme, its position); STAR's auxiliary

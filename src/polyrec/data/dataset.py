@@ -40,7 +40,7 @@ from .batch import Batch
 from .cache import cache_dir, remove_abandoned, sha256_file, temp_prefix
 from .config import DataConfig, SampleConfig, SourceConfig, SplitConfig
 from .processing import FittedProcessing, _as_str, _dense_values, encode_multi, fit_processing
-from .schema import FIRST_INDEX, DatasetSchema, DomainSpec, FeatureSpec
+from .schema import FIRST_INDEX, DatasetSchema, DomainSpec, FeatureSpec, display_order
 
 # 2: ``user`` holds the raw user identity (factorised), not the vocabulary index; domain rule keys are
 #    order-sensitive.
@@ -102,12 +102,15 @@ class EncodedDataset:
         return dict(zip(self.schema.domain.values, counts.tolist()))
 
     def summary(self) -> str:
+        """Rows, positive rate and rows per domain of every split (domains listed in
+        :func:`~polyrec.data.schema.display_order`: integer codes numerically)."""
         lines = [f"{len(self):,} rows, {self.schema.num_domains} domains, split {self.split_hash}"]
         for s in SPLITS:
             idx = self.splits[s]
+            counts = self.domain_counts(s)
             lines.append(
                 f"  {s:5s} {len(idx):>9,} rows, positive rate {float(self.label[idx].mean()):.3f}, "
-                f"per domain {self.domain_counts(s)}"
+                f"per domain {({d: counts[d] for d in display_order(counts)})}"
             )
         oov = self.report.get("oov", {})
         if oov:
@@ -701,6 +704,53 @@ def _from_arrays(schema, arrays, splits, fitted, report) -> EncodedDataset:
     )
     ds.report["split_hash"] = ds.split_hash
     return ds
+
+
+def new_domain_dataset(run_data: DataConfig, base: EncodedDataset, schema: DatasetSchema, data: DataConfig,
+                       name: str, backbone_domain: int = 0) -> EncodedDataset:
+    """The rows of domain ``name`` of data set ``data``, encoded the way a trained run's data was.
+
+    Args:
+        run_data: the trained run's data config (its features are encoded, with the vocabularies and
+            scalers fitted on the run's training split, ``base.processing``).
+        base: the run's encoded data set (for its fitted processing).
+        schema: the adapted model's schema, which already lists ``name`` as its last domain.
+        data: where the new rows come from (source, label rule, domain rule, split); ``name`` must be one
+            of the domains its domain rule produces.
+        name: the new domain.
+        backbone_domain: the existing domain the backbone computes the new one as (see
+            :func:`~polyrec.models.adapters.add_domain`); with ``domain.as_feature`` the new rows' domain
+            indicator feature is that domain's, since the trained embedding table has no row for the new one.
+
+    Ids unseen in the run's training data map to the OOV bucket (counted in ``report["oov"]``).
+
+    Raises:
+        ValueError: ``base`` has no fitted processing, or ``name`` is not a domain of ``data``'s domain rule.
+    """
+    if base.processing is None:
+        raise ValueError("the run's data set has no fitted processing to encode new rows with; rebuild its cache")
+    frame = sample_rows(load_source(data.source, id_columns(run_data)), data.sample)  # ids read exactly
+    codes, names = derive_domain(frame, data.domain)
+    if name not in names:
+        raise ValueError(f"domain {name!r} is not in the new data; its domain rule gives {list(names)}; "
+                         "pick one of them with --domain, or change data.domain")
+    frame = frame[codes == names.index(name)].reset_index(drop=True)
+    label = derive_label(frame, data.label)
+    arrays, oov_rows = encode_rows(frame, run_data, base.processing)
+    if run_data.domain.as_feature:
+        indicator = np.full((len(frame), 1), backbone_domain + FIRST_INDEX, np.int64)
+        arrays["sparse"] = np.concatenate([arrays["sparse"], indicator], axis=1)
+    users = None
+    if run_data.user_feature is not None:
+        fc = next(f for f in run_data.features if f.name == run_data.user_feature)
+        users = pd.factorize(_as_str(frame[fc.source_column]), use_na_sentinel=False)[0].astype(np.int64)
+        arrays["user"] = users
+    times = frame[data.split.time_column].to_numpy() if data.split.method == "time" else None
+    domain = np.full(len(frame), schema.num_domains - 1, dtype=np.int64)
+    splits = make_splits(data.split.method, data.split.ratios, data.split.seed, label, domain, users, times)
+    arrays["label"], arrays["domain"] = label, domain
+    oov = {s: {k: int(v[splits[s]].sum()) for k, v in oov_rows.items() if int(v[splits[s]].sum())} for s in splits}
+    return _from_arrays(schema, arrays, splits, base.processing, {"rows": len(frame), "oov": oov, "new_domain": name})
 
 
 # ------------------------------------------------------------------------------------------------ cache

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +29,24 @@ OOV_INDEX = 1
 FIRST_INDEX = 2
 
 FeatureKind = Literal["sparse", "multi", "dense"]
+
+
+def display_order(names: Iterable[str]) -> list[str]:
+    """Domain names in the order to list them: numerically when every name is an integer code (``"2"``
+    before ``"10"``, MovieLens' occupation codes), else as given (index order, or a config's group order).
+
+    Only listing and printing use it; a domain's index (its encoding) is never reordered.
+
+    Example:
+        >>> display_order(["0", "1", "10", "2"]), display_order(["M", "F"])
+        (['0', '1', '2', '10'], ['M', 'F'])
+    """
+    names = list(names)
+    try:
+        keys = [int(str(n)) for n in names]
+    except ValueError:
+        return names
+    return [n for _, _, n in sorted(zip(keys, range(len(names)), names))]
 
 
 @dataclass(frozen=True)

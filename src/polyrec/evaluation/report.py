@@ -18,6 +18,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..config import ConfigError
+from ..data.schema import display_order
+from ..runspec import ADAPTER_SEP, RunSpec
 from .metrics import paired_ttest, summarize_runs
 
 __all__ = [
@@ -209,7 +212,8 @@ def per_domain_table(
             the published value in brackets after its own (``81.55 ± 0.12 [81.37]``).
 
     Returns:
-        The table as a Markdown string; domains appear in first-seen order.
+        The table as a Markdown string; domains appear in first-seen order, or numerically when every
+        domain name is an integer code (:func:`~polyrec.data.schema.display_order`).
 
     Example:
         >>> runs = [{"model": "STAR", "metrics": {"auc_per_domain": {"a": 0.7, "b": 0.8}}}]
@@ -234,6 +238,7 @@ def per_domain_table(
                     f"Pass the key of a per-domain metric such as 'auc_per_domain'."
                 )
             domains.extend(d for d in per_domain if d not in domains)
+    domains = display_order(domains)
 
     header = list(group_by) + ["n"] + domains
     rows = []
@@ -288,7 +293,7 @@ def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
 
     per_auc = metrics.get("auc_per_domain") or {}
     counts = metrics.get("count_per_domain") or {}
-    names = list(dict.fromkeys(list(counts) + list(per_auc)))
+    names = display_order(dict.fromkeys(list(counts) + list(per_auc)))
     if names:
         columns = [("auc_per_domain", "auc", scale, dec_auc), ("logloss_per_domain", "logloss", 1.0, 4),
                    ("pcoc_per_domain", "pcoc", 1.0, 4), ("gauc_per_domain", "gauc", scale, dec_auc)]
@@ -315,6 +320,16 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _with_adapter(model: Any, suffix: str) -> str | None:
+    """The name of the run ``model`` with the adapter of ``suffix`` (``mlp`` -> ``mlp+mlora``, ``mlp@two_phase``
+    -> ``mlp+mlora@two_phase``); None when ``model`` has an adapter already or is not a run name."""
+    try:
+        spec = RunSpec.parse(str(model))
+        return None if spec.adapter else str(spec.with_adapter(suffix.removeprefix(ADAPTER_SEP)))
+    except ConfigError:
+        return None
+
+
 def adapter_table(
     runs: Sequence[Mapping[str, Any]],
     metric: str = "wauc",
@@ -325,8 +340,8 @@ def adapter_table(
 ) -> str:
     """Markdown table of each backbone without and with an adapter, paired by seed.
 
-    For every model ``m`` that has runs both as ``m`` and as ``m<suffix>`` (``deepfm`` and
-    ``deepfm+mlora``), one row: both means ± std of ``metric``, the mean paired difference, the two-sided
+    For every model ``m`` that has runs both without and with the adapter (``deepfm`` and ``deepfm+mlora``,
+    ``mlp@two_phase`` and ``mlp+mlora@two_phase``), one row: both means ± std of ``metric``, the mean paired difference, the two-sided
     paired t-test p-value over the seeds both have (runs are paired on ``(seed, split_hash)``, so only runs
     on the same split are compared), the published base / adapted numbers when ``reference`` has them, the
     adapter's parameters and their share of the backbone's, and the training throughput of both (with
@@ -336,8 +351,8 @@ def adapter_table(
         runs: run dicts as :func:`results_table` takes them (``adapter_params``, ``backbone_params``,
             ``train_samples_per_s`` read from the run).
         metric: the compared metric.
-        reference: ``{model name: published value}`` with keys ``m`` and ``m<suffix>``.
-        suffix: the adapted model's name suffix.
+        reference: ``{model name: published value}`` with keys ``m`` and the adapted model's name.
+        suffix: the adapter part of the adapted model's name (``+mlora``, see :mod:`polyrec.runspec`).
         scale, decimals: display of AUC-like values (differences use the same scale).
 
     Returns:
@@ -355,8 +370,9 @@ def adapter_table(
               "paper Δ", "adapter params", "share of backbone", "rows/s", f"rows/s {suffix}"]
     rows = []
     for model, base_runs in by_model.items():
-        adapted_runs = by_model.get(f"{model}{suffix}")
-        if not adapted_runs or str(model).endswith(suffix):
+        adapted_name = _with_adapter(model, suffix)
+        adapted_runs = by_model.get(adapted_name) if adapted_name is not None else None
+        if not adapted_runs:
             continue
         base = {(r.get("seed"), r.get("split_hash")): _lookup(r, metric) for r in base_runs}
         adapted = {(r.get("seed"), r.get("split_hash")): _lookup(r, metric) for r in adapted_runs}
@@ -366,7 +382,7 @@ def adapter_table(
         delta = f"{(sum(a) - sum(b)) / len(keys) * k_scale:+.{decimals}f}" if keys else _MISSING
         p = paired_ttest(a, b) if len(keys) >= 2 else None
         ref_base = _reference_value(reference, model) if reference else None
-        ref_adapted = _reference_value(reference, f"{model}{suffix}") if reference else None
+        ref_adapted = _reference_value(reference, adapted_name) if reference else None
         ref_delta = (f"{(float(ref_adapted) - float(ref_base)) * k_scale:+.{decimals}f}"
                      if ref_base is not None and ref_adapted is not None else _MISSING)
         adapter_params = _mean([r.get("adapter_params") for r in adapted_runs])

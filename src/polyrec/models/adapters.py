@@ -368,7 +368,7 @@ def add_domain(model: MLoRAModel, name: str, backbone_domain: int | str = 0) -> 
     prediction. The backbone has no parameters for it and computes it as domain ``backbone_domain`` (an index
     or name of one of the backbone's own domains): its domain-indexed parts (STAR's per-domain weights,
     partitioned norm, an auxiliary network) are that domain's, and
-    :func:`polyrec.experiment.new_domain_dataset` gives the new rows that domain's indicator feature. The
+    :func:`polyrec.data.new_domain_dataset` gives the new rows that domain's indicator feature. The
     schema's domains grow by ``name``. Existing domains' predictions do not change at all; train the new
     adapter alone with :func:`polyrec.training.strategies.two_phase.finetune_new_domains`.
 

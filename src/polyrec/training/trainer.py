@@ -34,7 +34,7 @@ from ..models.base import Model
 from ..safeio import atomic_write_text
 from .calibration import recompute_norm_statistics  # re-exported: the trainer's per-epoch pass
 from .checkpoint import CheckpointError, check_optimizer_state, load_latest_checkpoint, save_checkpoint
-from .strategies import TrainContext, create_strategy
+from .strategies import Strategy, TrainContext, create_strategy, strategy_options
 from .task import BinaryTask
 
 MONITORS = ("auc_mean", "auc_overall", "wauc", "logloss_overall", "gauc")
@@ -116,11 +116,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         try:  # the strategy's name and options are checked here, where the config is read
-            strategy = create_strategy(self.strategy, self.strategy_options)
+            options = strategy_options(self.strategy, self.strategy_options)
         except KeyError as e:
             raise ConfigError(f"train.strategy: {e.args[0]}") from None
         # Held resolved (every option, defaults included), so a saved config says what the run used.
-        object.__setattr__(self, "strategy_options", to_dict(strategy.config))
+        object.__setattr__(self, "strategy_options", to_dict(options))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -228,6 +228,8 @@ class Trainer:
         task: the loss (default binary cross-entropy).
         callbacks: functions called after every epoch with the epoch record.
         progress: show a progress bar (default: when stderr is a terminal).
+        strategy: the strategy built from ``config`` already (when the model was prepared by it, see
+            :meth:`~polyrec.training.strategies.Strategy.prepare_model`); default: built here.
 
     Example:
         >>> trainer = Trainer(model, ds, TrainConfig(strategy="alternate"), out_dir="runs/x")  # doctest: +SKIP
@@ -244,6 +246,7 @@ class Trainer:
         task: BinaryTask | None = None,
         callbacks: tuple[Callable[[dict], None], ...] = (),
         progress: bool | None = None,
+        strategy: Strategy | None = None,
     ) -> None:
         from ..config import validate
 
@@ -265,7 +268,13 @@ class Trainer:
         if config.flush_denormal:
             torch.set_flush_denormal(True)
         self.model.to(self.device)
-        self.strategy = create_strategy(config.strategy, config.strategy_options)
+        if strategy is None:
+            strategy = create_strategy(config.strategy, config.strategy_options)
+        elif strategy.name != config.strategy or to_dict(strategy.config) != config.strategy_options:
+            raise ValueError(f"the strategy given to the Trainer ({strategy.name!r}, options {to_dict(strategy.config)}) "
+                             f"is not the one its config names (train.strategy {config.strategy!r}, options "
+                             f"{config.strategy_options}); pass the strategy built from the config, or none")
+        self.strategy = strategy
         if self.strategy.stages_end_by_early_stopping() and config.patience == 0:
             raise field_error("patience", 0, f"strategy {config.strategy!r} ends its stages by early stopping "
                               "(its stage lengths are unset), which needs train.patience >= 1; set patience, "

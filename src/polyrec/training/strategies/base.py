@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...config import from_dict, param, validate
+from ...config import from_dict, param, to_dict, validate
 from ...data.batch import Batch
 from ...data.dataset import EncodedDataset
 from ...data.samplers import epoch_batches, stream_generator
@@ -177,6 +177,12 @@ class Strategy:
         # Options built directly (not read by create_strategy) are checked here the same way.
         self.config = validate(config if config is not None else self.Config(), "train.strategy_options")
 
+    def effective_options(self, num_domains: int) -> dict[str, Any]:
+        """The options as they act on data with ``num_domains`` domains that have training rows: the
+        config's, with any option whose unset value stands for a data-dependent default given that value
+        (MAMDR's ``helper_domains``). What a run record reports next to its config."""
+        return to_dict(self.config)
+
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """The model this strategy trains, built from ``model`` (default: ``model`` itself). A strategy
         that needs more parameters than the model has (MAMDR's domain-specific θ^d) wraps it here;
@@ -275,14 +281,24 @@ def describe_strategy(name: str) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
-def create_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
-    """Strategy ``name`` with validated options; unknown names raise with the valid ones."""
+def strategy_class(name: str) -> type[Strategy]:
+    """The class registered as strategy ``name``; unknown names raise with the close matches and the valid ones."""
     if name not in _STRATEGIES:
         close = difflib.get_close_matches(name, _STRATEGIES, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise KeyError(f"unknown strategy {name!r}.{hint} Valid strategies: {', '.join(list_strategies())}")
-    cls = _STRATEGIES[name]
-    return cls(from_dict(cls.Config, options or {}, path="train.strategy_options"))
+    return _STRATEGIES[name]
+
+
+def strategy_options(name: str, options: dict[str, Any] | None = None) -> Any:
+    """The validated options (``Config`` dataclass, every default filled in) of strategy ``name``, without
+    building the strategy: what a config holds as ``train.strategy_options``."""
+    return from_dict(strategy_class(name).Config, options or {}, path="train.strategy_options")
+
+
+def create_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
+    """Strategy ``name`` with validated options; unknown names raise with the valid ones."""
+    return strategy_class(name)(strategy_options(name, options))
 
 
 def optimizer_like(optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:

@@ -184,6 +184,12 @@ class MAMDR(DomainNegotiation):
         if self.dr_optimizer is None:
             self.dr_optimizer = optimizer_like(ctx.optimizer, [{"params": model.shared_parameters()}])
 
+    def effective_options(self, num_domains: int) -> dict[str, Any]:
+        options = super().effective_options(num_domains)
+        if options["helper_domains"] is None:  # as helpers() draws them: min(3, D - 1)
+            options["helper_domains"] = min(3, max(num_domains - 1, 0))
+        return options
+
     def helpers(self, target: int, domains: list[int], g: torch.Generator) -> list[int]:
         others = [d for d in domains if d != target]
         k = min(3, len(others)) if self.config.helper_domains is None else self.config.helper_domains
