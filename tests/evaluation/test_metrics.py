@@ -1,5 +1,7 @@
 """Tests for polyrec.evaluation.metrics against sklearn / scipy / brute force."""
 
+import dataclasses
+import json
 import math
 import pickle
 
@@ -11,8 +13,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import log_loss, roc_auc_score
 
+from polyrec.evaluation import metrics as M
 from polyrec.evaluation.metrics import (
+    DomainCount,
     MultiDomainEvaluator,
+    MultiDomainMetrics,
     StreamingAUC,
     auc,
     gauc,
@@ -317,6 +322,81 @@ def test_evaluator_input_errors():
         ev.merge(MultiDomainEvaluator(["a", "c"]))
     with pytest.raises(ValueError, match="unique"):
         MultiDomainEvaluator(["a", "a"])
+
+
+# ------------------------------------------------------------ MultiDomainMetrics
+# Pinned: the JSON form of the metrics is what result.json, metrics.jsonl, `polyrec evaluate --json` and the
+# committed benchmark records hold. A change here changes every artifact; it must be deliberate.
+JSON_KEYS = ["auc_per_domain", "logloss_per_domain", "pcoc_per_domain", "count_per_domain", "auc_overall",
+             "logloss_overall", "auc_mean", "wauc", "n", "gauc", "gauc_per_domain"]
+RECORD_KEYS = ["wauc", "auc_overall", "auc_mean", "logloss_overall", "gauc", "auc_per_domain",
+               "logloss_per_domain", "pcoc_per_domain", "count_per_domain"]
+
+
+def _computed(users: bool = True) -> MultiDomainMetrics:
+    rng = np.random.default_rng(5)
+    logits, labels, domains, u = _random_batches(rng, 600, 3)
+    ev = MultiDomainEvaluator(["a", "b", "c"])
+    for lo in range(0, 600, 128):
+        sl = slice(lo, lo + 128)
+        ev.update(logits[sl], labels[sl], domains[sl], u[sl] if users else None)
+    return ev.compute()
+
+
+def test_metrics_json_keys_and_order_are_pinned():
+    m = _computed()
+    assert list(m.to_dict()) == JSON_KEYS
+    assert list(m.to_record()) == RECORD_KEYS
+    assert list(_computed(users=False).to_dict()) == [k for k in JSON_KEYS if not k.startswith("gauc")]
+    assert list(_computed(users=False).to_record()) == [k for k in RECORD_KEYS if k != "gauc"]
+    assert list(M.METRIC_KEYS) == JSON_KEYS and list(M.RECORD_KEYS) == RECORD_KEYS
+    d = m.to_dict()
+    assert list(d["count_per_domain"]["a"]) == ["n", "pos", "neg"]
+    assert all(type(d[k]) is float for k in ("auc_overall", "logloss_overall", "auc_mean", "wauc", "gauc"))
+    assert type(d["n"]) is int and d["n"] == 600
+    for key in ("auc_per_domain", "logloss_per_domain", "pcoc_per_domain", "gauc_per_domain"):
+        assert list(d[key]) == ["a", "b", "c"] and all(type(v) is float for v in d[key].values())
+
+
+def test_metric_name_constants_are_the_fields():
+    fields = [f.name for f in dataclasses.fields(MultiDomainMetrics)]
+    assert sorted(fields + ["n"]) == sorted(JSON_KEYS)
+    for key in JSON_KEYS:
+        assert getattr(M, key.upper()) == key
+
+
+def test_metrics_from_dict_round_trips_both_forms():
+    for m in (_computed(), _computed(users=False)):
+        full, record = m.to_dict(), m.to_record()
+        assert json.dumps(MultiDomainMetrics.from_dict(full).to_dict()) == json.dumps(full)
+        assert json.dumps(MultiDomainMetrics.from_dict(json.loads(json.dumps(record))).to_record()) == json.dumps(record)
+    m = MultiDomainMetrics.from_dict(_computed().to_record())  # a run record's metrics: no n, no gauc_per_domain
+    assert m.n == 600 and m.gauc_per_domain is None and m.count_per_domain["b"] == DomainCount(**m["count_per_domain"]["b"])
+
+
+def test_metrics_read_like_their_dict():
+    m = _computed(users=False)
+    assert json.dumps(dict(m)) == json.dumps(m.to_dict())
+    assert m["wauc"] == m.wauc and m["n"] == m.n and m.get("gauc") is None and "gauc" not in m
+    assert m["count_per_domain"]["a"] == m.count_per_domain["a"].to_dict()
+    with pytest.raises(KeyError, match="'gauc' is not a metric of this result; its metrics: auc_per_domain"):
+        m["gauc"]
+    m.to_dict()["auc_per_domain"]["a"] = 2.0  # the JSON form is a copy
+    assert m.auc_per_domain["a"] != 2.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.wauc = 1.0
+
+
+def test_metrics_from_dict_errors():
+    d = _computed().to_dict()
+    with pytest.raises(ValueError, match=r"unknown keys \['acc'\]; valid keys: auc_per_domain"):
+        MultiDomainMetrics.from_dict({**d, "acc": 1.0})
+    with pytest.raises(ValueError, match=r"missing keys \['wauc'\]"):
+        MultiDomainMetrics.from_dict({k: v for k, v in d.items() if k != "wauc"})
+    with pytest.raises(ValueError, match="says n=5, but its domain counts sum to 600"):
+        MultiDomainMetrics.from_dict({**d, "n": 5})
+    with pytest.raises(ValueError, match="a domain count is"):
+        MultiDomainMetrics.from_dict({**d, "count_per_domain": {"a": {"n": 1}}})
 
 
 # ------------------------------------------------------------------ statistics
