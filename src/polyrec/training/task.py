@@ -9,6 +9,11 @@ from torch import Tensor
 from ..data.batch import Batch
 from ..models.base import ModelOutput
 
+#: The key of the back-propagated total in a Task's losses and in a strategy's epoch statistics (logged as
+#: ``train_loss``); ``BCE`` is the cross-entropy part of it.
+LOSS = "loss"
+BCE = "bce"
+
 
 class BinaryTask:
     """Binary cross-entropy on logits, plus the model's auxiliary losses.
@@ -26,10 +31,10 @@ class BinaryTask:
     def losses(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
         pw = None if self.pos_weight is None else torch.tensor(self.pos_weight, device=output.logits.device)
         bce = F.binary_cross_entropy_with_logits(output.logits, batch.label, pos_weight=pw)
-        out = {"bce": bce}
+        out = {BCE: bce}
         total = bce
         for name, value in output.aux_losses.items():
             out[name] = value
             total = total + value
-        out["loss"] = total
+        out[LOSS] = total
         return out

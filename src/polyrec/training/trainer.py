@@ -29,15 +29,26 @@ from torch import nn
 from ..config import ConfigError, field_error, param, to_dict
 from ..data.dataset import EncodedDataset
 from ..data.samplers import MAX_EPOCHS, SAMPLERS  # epochs bounded: the sampler's stream seed stays injective
-from ..evaluation.metrics import MultiDomainEvaluator
+from ..evaluation.metrics import (
+    AUC_MEAN,
+    AUC_OVERALL,
+    AUC_PER_DOMAIN,
+    GAUC,
+    LOGLOSS_OVERALL,
+    WAUC,
+    MultiDomainEvaluator,
+    MultiDomainMetrics,
+)
 from ..models.base import Model
 from ..safeio import atomic_write_text
 from .calibration import recompute_norm_statistics  # re-exported: the trainer's per-epoch pass
 from .checkpoint import CheckpointError, check_optimizer_state, load_latest_checkpoint, save_checkpoint
+from .scoring import score_rows
 from .strategies import Strategy, TrainContext, create_strategy, strategy_options
-from .task import BinaryTask
+from .task import LOSS, BinaryTask
 
-MONITORS = ("auc_mean", "auc_overall", "wauc", "logloss_overall", "gauc")
+#: The validation metrics ``train.monitor`` may name (fields of :class:`MultiDomainMetrics`).
+MONITORS = (AUC_MEAN, AUC_OVERALL, WAUC, LOGLOSS_OVERALL, GAUC)
 #: A validation logloss above this many nats means training diverged (a constant predictor at the base
 #: rate scores at most ln 2 ≈ 0.69).
 DIVERGED_LOGLOSS = 10.0
@@ -103,7 +114,7 @@ class TrainConfig:
     eval_batch_size: int = param(32768, ge=1)
     max_epochs: int = param(50, ge=1, lt=MAX_EPOCHS)
     patience: int = param(3, ge=0)
-    monitor: str = param("auc_mean", choices=MONITORS)
+    monitor: str = param(AUC_MEAN, choices=MONITORS)
     strategy: str = "joint"
     strategy_options: dict[str, Any] = field(default_factory=dict)
     sampler: str | None = param(None, choices=SAMPLERS)
@@ -134,31 +145,21 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer {cfg.optimizer!r} is not one of adam, adamw, sgd")
 
 
-@torch.no_grad()
 def predict(model: nn.Module, dataset: EncodedDataset, rows: torch.Tensor, batch_size: int = 32768,
             device: torch.device | str = "cpu") -> torch.Tensor:
-    """Logits of ``rows`` in eval mode (in the order of ``rows``)."""
-    model.eval()
-    out = []
-    for start in range(0, len(rows), batch_size):
-        batch = dataset.batch(rows[start:start + batch_size]).to(device)
-        out.append(model(batch).logits.float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+    """Logits ``[N]`` (float32, CPU) of ``rows`` in eval mode, in the order of ``rows``."""
+    return score_rows(model, dataset, rows, batch_size, device).logits
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, dataset: EncodedDataset, split: str = "test", batch_size: int = 32768,
-             device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Per-domain and overall metrics of ``model`` on a split (exact AUC, logloss, PCOC, WAUC, GAUC)."""
+             device: torch.device | str = "cpu") -> MultiDomainMetrics:
+    """Per-domain and overall metrics of ``model`` on a split (exact AUC, logloss, PCOC, WAUC, GAUC), fed to
+    the evaluator batch by batch by the evaluation loop (:func:`~polyrec.training.scoring.score_rows`)."""
     if isinstance(model, Model):
         model.schema.check_compatible(dataset.schema)
-    rows = dataset.splits[split]
     evaluator = MultiDomainEvaluator(list(dataset.schema.domain.values))
-    model.eval()
-    for start in range(0, len(rows), batch_size):
-        batch = dataset.batch(rows[start:start + batch_size])
-        logits = model(batch.to(device)).logits.float().cpu()
-        evaluator.update(logits, batch.label, batch.domain, batch.user)
+    score_rows(model, dataset, dataset.splits[split], batch_size, device,
+               on_batch=lambda batch, logits: evaluator.update(logits, batch.label, batch.domain, batch.user))
     return evaluator.compute()
 
 
@@ -372,10 +373,11 @@ class Trainer:
             w.writerows(flat)
         atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())
 
-    def _check_diverged(self, stats: dict, val: dict) -> None:
-        loss = stats.get("loss", float("nan"))
-        logloss = val.get("logloss_overall", float("nan"))
-        bad = (not math.isfinite(loss) and "loss" in stats) or (math.isfinite(logloss) and logloss > DIVERGED_LOGLOSS)
+    def _check_diverged(self, stats: dict, logloss: float) -> None:
+        """Raise :class:`TrainingDiverged` on a non-finite training loss or a validation ``logloss`` (nats)
+        that is non-finite or above :data:`DIVERGED_LOGLOSS`."""
+        loss = stats.get(LOSS, float("nan"))
+        bad = (not math.isfinite(loss) and LOSS in stats) or (math.isfinite(logloss) and logloss > DIVERGED_LOGLOSS)
         bad = bad or (not math.isfinite(logloss) and len(self.dataset.splits["val"]) > 0)
         if bad:
             raise TrainingDiverged(
@@ -398,7 +400,7 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=len(ctx.rows), unit="row", leave=False)
-            ctx.on_step = lambda s: (bar.update(cfg.batch_size), bar.set_postfix(loss=f"{s['loss']:.4f}"))
+            ctx.on_step = lambda s: (bar.update(cfg.batch_size), bar.set_postfix(loss=f"{s[LOSS]:.4f}"))
         self.strategy.setup(ctx)
         # A strategy may replace the optimiser (DFEI's per-group learning rates): checkpoint the one it uses.
         self.optimizer = ctx.optimizer
@@ -436,9 +438,11 @@ class Trainer:
             except ValueError as exc:  # the evaluator refuses non-finite logits: the weights blew up
                 if "non-finite" not in str(exc):
                     raise
-                val = {"logloss_overall": float("inf")}
-            self._check_diverged(stats, val)
-            value = val.get(cfg.monitor, float("nan"))
+                val = None
+            self._check_diverged(stats, float("inf") if val is None else val.logloss_overall)
+            assert val is not None  # a non-finite validation logloss has raised TrainingDiverged
+            value = getattr(val, cfg.monitor)  # one of MONITORS; gauc is None without user ids
+            value = float("nan") if value is None else value
             improved = self._better(value)
             if improved:
                 self.best, self.best_epoch, self.bad_epochs = value, self.epoch, 0
@@ -449,9 +453,9 @@ class Trainer:
                 "epoch": self.epoch,
                 **{f"train_{k}": v for k, v in stats.items()},
                 f"val_{cfg.monitor}": value,
-                "val_auc_overall": val.get("auc_overall"),
-                "val_logloss_overall": val.get("logloss_overall"),
-                "val_auc_per_domain": val.get("auc_per_domain"),
+                f"val_{AUC_OVERALL}": val.auc_overall,
+                f"val_{LOGLOSS_OVERALL}": val.logloss_overall,
+                f"val_{AUC_PER_DOMAIN}": val.auc_per_domain,
                 "epoch_s": round(dt, 3),
                 "recalibration_s": round(t2 - t1, 3),
                 "samples_per_s": round((ctx.samples_seen - seen0) / dt, 1) if dt > 0 else None,
@@ -466,7 +470,7 @@ class Trainer:
                 cb(record)
             if not self.progress and os.environ.get("POLYREC_QUIET") != "1":
                 print(
-                    f"epoch {record['epoch']:3d}  loss {stats.get('loss', float('nan')):.4f}  "
+                    f"epoch {record['epoch']:3d}  loss {stats.get(LOSS, float('nan')):.4f}  "
                     f"val {cfg.monitor} {value:.4f}{' *' if improved else ''}  "
                     f"{record['samples_per_s'] or 0:,.0f} rows/s",
                     file=sys.stderr,
@@ -519,7 +523,8 @@ class Trainer:
             warnings.warn(f"train.max_epochs={cfg.max_epochs} ended the run {why}; early stopping did not; raise "
                           "train.max_epochs so that patience ends it", RuntimeWarning, stacklevel=3)
 
-    def evaluate(self, split: str = "test") -> dict[str, Any]:
+    def evaluate(self, split: str = "test") -> MultiDomainMetrics:
+        """Metrics of the model on ``split`` (see :func:`evaluate`)."""
         return evaluate(self.model, self.dataset, split, self.config.eval_batch_size, self.device)
 
 

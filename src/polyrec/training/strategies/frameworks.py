@@ -47,6 +47,7 @@ from torch.func import functional_call
 from ...config import param
 from ...data.batch import Batch
 from ...layers.domain import DomainSegments
+from ..task import LOSS
 from .base import Strategy, TrainContext, flag, mean_stats, register_strategy
 
 Params = dict[str, Tensor]
@@ -63,7 +64,7 @@ def _loss(ctx: TrainContext, batch: Batch, params: Params | None = None) -> Tens
     """The task loss of ``batch`` with the model's parameters, or with ``params`` in their place."""
     ctx.samples_seen += len(batch)
     out = ctx.model(batch) if params is None else functional_call(ctx.model, params, (batch,))
-    return ctx.task.losses(out, batch)["loss"]
+    return ctx.task.losses(out, batch)[LOSS]
 
 
 def _grads(loss: Tensor, params: Params, create_graph: bool = False, retain_graph: bool | None = None) -> list[Tensor]:
@@ -194,7 +195,7 @@ class WeightedLoss(_RoundStrategy):
         ctx.zero_grad()
         objective.backward()
         ctx.apply_gradients()
-        return {"loss": sum(float(v.detach()) for v in losses.values()) / len(losses), "objective": float(objective.detach())}
+        return {LOSS: sum(float(v.detach()) for v in losses.values()) / len(losses), "objective": float(objective.detach())}
 
     def epoch_stats(self, ctx):
         w = self.weights()
@@ -266,7 +267,7 @@ class PCGrad(_RoundStrategy):
         n = len(grads)
         dots = grads @ grads.T
         conflicts = int((dots.triu(1) < 0).sum())
-        return {"loss": sum(float(v.detach()) for v in losses) / n, "conflict_rate": conflicts / (n * (n - 1) / 2) if n > 1 else 0.0}
+        return {LOSS: sum(float(v.detach()) for v in losses) / n, "conflict_rate": conflicts / (n * (n - 1) / 2) if n > 1 else 0.0}
 
 
 # --------------------------------------------------------------------------------------- MAML
@@ -319,7 +320,7 @@ class MAML(_RoundStrategy):
             (q / len(batches)).backward()  # per domain, so only one domain's graph is alive at a time
             query_losses.append(float(q.detach()))
         ctx.apply_gradients()
-        stats = {"loss": sum(query_losses) / len(query_losses)}
+        stats = {LOSS: sum(query_losses) / len(query_losses)}
         if support_losses:
             stats["support_loss"] = sum(support_losses) / len(support_losses)
         return stats
@@ -382,7 +383,7 @@ class Reptile(_RoundStrategy):
                          losses: list[float]) -> Params:
         start = {n: p.detach().clone() for n, p in params.items()}
         for batch in domain_batches:
-            losses.append(ctx.step(batch)["loss"])
+            losses.append(ctx.step(batch)[LOSS])
         with torch.no_grad():
             end = {n: p.detach().clone() for n, p in params.items()}
             for n, p in params.items():  # the next domain starts from θ again
@@ -403,7 +404,7 @@ class Reptile(_RoundStrategy):
         with torch.no_grad():
             for n, p in params.items():
                 p.add_(delta[n], alpha=cfg.outer_lr / len(batches))
-        return {"loss": sum(losses) / len(losses)}
+        return {LOSS: sum(losses) / len(losses)}
 
 
 # --------------------------------------------------------------------------------------- MLDG
@@ -461,4 +462,4 @@ class MLDG(_RoundStrategy):
         ctx.zero_grad()
         total.backward()
         ctx.apply_gradients()
-        return {"loss": float(total.detach()), "meta_train": float(f.detach()), "meta_test": float(g_loss.detach())}
+        return {LOSS: float(total.detach()), "meta_train": float(f.detach()), "meta_test": float(g_loss.detach())}
