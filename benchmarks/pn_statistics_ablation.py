@@ -34,9 +34,9 @@ def run(precise: bool) -> list[str]:
 
     def after_epoch(record: dict) -> None:
         r = evaluate(model, ds, "val")
-        pcoc = {k: round(v, 3) for k, v in r["pcoc_per_domain"].items()}
-        lines.append(f"{'precise' if precise else 'moving'} {record['epoch']} {r['auc_mean']:.4f} "
-                     f"{r['logloss_overall']:.4f} {pcoc}")
+        pcoc = {k: round(v, 3) for k, v in r.pcoc_per_domain.items()}
+        lines.append(f"{'precise' if precise else 'moving'} {record['epoch']} {r.auc_mean:.4f} "
+                     f"{r.logloss_overall:.4f} {pcoc}")
         print(lines[-1], flush=True)
 
     Trainer(model, ds, cfg.train, progress=False, callbacks=(after_epoch,)).fit()

@@ -8,10 +8,9 @@ from .config import ConfigError
 from .data.batch import Batch
 from .data.config import DataConfig, DomainRule, FeatureConfig, LabelRule, SourceConfig, SplitConfig
 from .data.dataset import EncodedDataset, build_dataset
-from .data.loader import BatchLoader
 from .data.protocols import list_presets, preset
 from .data.schema import DatasetSchema, DomainSpec, FeatureSpec
-from .evaluation.metrics import MultiDomainEvaluator, auc, gauc
+from .evaluation.metrics import MultiDomainEvaluator, MultiDomainMetrics, auc, gauc
 from .experiment import ExperimentConfig, evaluate_run, make_config, run_experiment
 from .models import Model, ModelOutput, create_model, list_models, register_model
 from .models.adapters import AdapterConfig, MLoRAModel, add_domain, attach_mlora
@@ -25,7 +24,6 @@ __version__ = "0.3.0"
 __all__ = [
     "AdapterConfig",
     "Batch",
-    "BatchLoader",
     "ConfigError",
     "DataConfig",
     "DatasetSchema",
@@ -40,6 +38,7 @@ __all__ = [
     "Model",
     "ModelOutput",
     "MultiDomainEvaluator",
+    "MultiDomainMetrics",
     "SourceConfig",
     "SplitConfig",
     "Strategy",

@@ -17,6 +17,7 @@ from typing import Any
 
 from .data.dataset import build_dataset
 from .data.protocols import preset as get_preset
+from .evaluation.metrics import AUC_OVERALL, AUC_PER_DOMAIN, LOGLOSS_PER_DOMAIN, WAUC
 from .evaluation.report import (
     adapter_table,
     cost_table,
@@ -158,8 +159,8 @@ def run_benchmark(
     def finished(record: dict[str, Any]) -> None:
         new.append(record)
         m = record["metrics"]
-        print(f"[{protocol}] {record['model']} seed {record['seed']}: wauc {m.get('wauc', float('nan')):.4f} "
-              f"auc {m.get('auc_overall', float('nan')):.4f} ({record['wall_s']:.0f}s, "
+        print(f"[{protocol}] {record['model']} seed {record['seed']}: wauc {m.get(WAUC, float('nan')):.4f} "
+              f"auc {m.get(AUC_OVERALL, float('nan')):.4f} ({record['wall_s']:.0f}s, "
               f"{record['train_samples_per_s']:,.0f} rows/s)", file=sys.stderr)
         runs[:] = kept + sorted(new, key=lambda r: order[(r["model"], r["seed"])])
         if out is not None:
@@ -248,7 +249,7 @@ def results_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
     except KeyError:
         p = {}
     ref = p.get("reference", {})
-    primary = p.get("primary_metric", "auc_overall")
+    primary = p.get("primary_metric", AUC_OVERALL)
     lines = [f"# {protocol}: {len(runs)} runs", "",
              "Test split; mean ± std over model seeds (sample std); AUC-type metrics ×100"
              + ("; `paper` is the published number." if ref else " (no published numbers for this protocol)."), ""]
@@ -256,12 +257,12 @@ def results_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
     mlora = adapter_table(runs, metric=primary, reference=ref.get(primary))
     if mlora:
         lines += ["", f"## Without and with MLoRA ({primary} ×100, paired by seed)", "", mlora]
-    lines += ["", "## Per-domain test AUC (×100" + ("; published in brackets)" if ref.get("auc_per_domain") else ")"), "",
-              per_domain_table(runs, "auc_per_domain", reference=ref.get("auc_per_domain"))]
+    lines += ["", "## Per-domain test AUC (×100" + ("; published in brackets)" if ref.get(AUC_PER_DOMAIN) else ")"), "",
+              per_domain_table(runs, AUC_PER_DOMAIN, reference=ref.get(AUC_PER_DOMAIN))]
     if len({r["model"] for r in runs}) > 1:
         lines += ["", "## Average AUC and average RANK over domains (MAMDR's metrics; rank 1 = best)", "",
                   rank_table(runs)]
-    lines += ["", "## Per-domain test logloss", "", per_domain_table(runs, "logloss_per_domain")]
+    lines += ["", "## Per-domain test logloss", "", per_domain_table(runs, LOGLOSS_PER_DOMAIN)]
     lines += ["", "## Cost (means over seeds; training rows/s over all epochs)", "", cost_table(runs)]
     lines += ["", "## Settings", "", settings_table(protocol, runs)]
     notes: dict[str, list[str]] = {}

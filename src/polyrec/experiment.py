@@ -28,6 +28,7 @@ import torch
 from .config import ConfigError, apply_overrides, from_dict, to_dict
 from .data.config import DataConfig
 from .data.dataset import EncodedDataset, build_dataset, new_domain_dataset
+from .evaluation.metrics import RECORD_KEYS
 from .models import create_model
 from .models.adapters import DEFAULT_ALPHA, MLoRAModel, adapter_summary, add_domain, attach_mlora
 from .models.specific import specific_summary
@@ -62,8 +63,8 @@ from .safeio import ArtifactError, write_json
 from .training.strategies import Strategy, create_strategy
 from .training.trainer import TrainConfig, Trainer, evaluate, predict
 
-RESULT_METRICS = ("wauc", "auc_overall", "auc_mean", "logloss_overall", "gauc", "auc_per_domain",
-                  "logloss_per_domain", "pcoc_per_domain", "count_per_domain")
+#: The metrics a run record keeps, in its order (:meth:`~polyrec.evaluation.metrics.MultiDomainMetrics.to_record`).
+RESULT_METRICS = RECORD_KEYS
 
 
 def polyrec_version() -> str:
@@ -82,10 +83,6 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
-
-
-def _metrics(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: m[k] for k in RESULT_METRICS if k in m}
 
 
 def build_strategy(cfg: ExperimentConfig) -> Strategy:
@@ -182,8 +179,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dat
         "split_hash": ds.split_hash,
         "config_hash": config_hash(config),
         "data_hash": config_hash({"data": config["data"]}),
-        "metrics": _metrics(test),
-        "val_metrics": _metrics(val),
+        "metrics": test.to_record(),
+        "val_metrics": val.to_record(),
         "data": data_summary(ds),
         "train_samples_per_s": summary["train_samples_per_s"],
         "wall_s": time.perf_counter() - t0,
@@ -233,7 +230,9 @@ def load_run(run_dir: str | Path):
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
-    """Re-evaluate a saved run on a split of its data set (rebuilt from the cache).
+    """Re-evaluate a saved run on a split of its data set (rebuilt from the cache): ``split``, ``split_hash``
+    and every metric (:meth:`~polyrec.evaluation.metrics.MultiDomainMetrics.to_dict`), as ``polyrec evaluate
+    --json`` prints them.
 
     The run's data fingerprint must still hold: a changed source file, split or row count is a
     :class:`~polyrec.rundir.RunMismatch` naming what changed. For a run written by :func:`add_domain_run`
@@ -255,7 +254,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
         check_run_data(run_dir, cfg.data)
         ds = build_dataset(cfg.data)
         check_run_data(run_dir, cfg.data, ds)
-    return {"split": split, "split_hash": ds.split_hash, **evaluate(model, ds, split)}
+    return {"split": split, "split_hash": ds.split_hash, **evaluate(model, ds, split).to_dict()}
 
 
 def add_domain_run(
@@ -338,8 +337,8 @@ def add_domain_run(
         "seed": train_cfg.seed,
         "domain": domain,
         "rows": {s: len(ds.splits[s]) for s in ("train", "val", "test")},
-        "metrics": _metrics(test),
-        "val_metrics": _metrics(val),
+        "metrics": test.to_record(),
+        "val_metrics": val.to_record(),
         "epochs": summary["epochs"],
         "best_epoch": summary["best_epoch"],
         "stopped_by": summary["stopped_by"],

@@ -18,6 +18,8 @@ import copy
 import difflib
 from typing import Any
 
+from ..evaluation.metrics import AUC_MEAN, AUC_OVERALL, AUC_PER_DOMAIN, WAUC
+
 
 class UnknownPresetError(KeyError):
     """An unknown preset name (a KeyError whose message prints as written, without KeyError's quoting)."""
@@ -29,7 +31,7 @@ class UnknownPresetError(KeyError):
 _ML1M_SOURCE = {"kind": "movielens", "name": "ml-1m"}
 
 _P1_TRAIN = {
-    "optimizer": "adam", "lr": 1e-3, "batch_size": 1024, "strategy": "alternate", "monitor": "auc_mean",
+    "optimizer": "adam", "lr": 1e-3, "batch_size": 1024, "strategy": "alternate", "monitor": AUC_MEAN,
     "patience": 3, "max_epochs": 30,
 }
 
@@ -61,15 +63,15 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # MLoRA's two-phase schedule (§3.3), '<model>+mlora@two_phase': the preset's domain-after-domain
         # order in both phases, each phase ended by early stopping.
         "strategy_train": {"two_phase": {"sampler": "domain_sequential"}},
-        "primary_metric": "wauc",
-        "reference": {"wauc": {"mlp": 0.8015, "star": 0.8018, "wdl": 0.8017, "nfm": 0.8057, "autoint": 0.8025,
-                               "pnn": 0.8026, "dcn": 0.8028, "fibinet": 0.8047, "deepfm": 0.8024,
-                               "xdeepfm": 0.8026,
-                               # MLoRA Table 2, Movielens-gen, Base+MLoRA
-                               "mlp+mlora": 0.8039, "star+mlora": 0.8036, "wdl+mlora": 0.8041,
-                               "nfm+mlora": 0.8059, "autoint+mlora": 0.8041, "pnn+mlora": 0.8039,
-                               "dcn+mlora": 0.8042, "fibinet+mlora": 0.8074, "deepfm+mlora": 0.8046,
-                               "xdeepfm+mlora": 0.8044}},
+        "primary_metric": WAUC,
+        "reference": {WAUC: {"mlp": 0.8015, "star": 0.8018, "wdl": 0.8017, "nfm": 0.8057, "autoint": 0.8025,
+                             "pnn": 0.8026, "dcn": 0.8028, "fibinet": 0.8047, "deepfm": 0.8024,
+                             "xdeepfm": 0.8026,
+                             # MLoRA Table 2, Movielens-gen, Base+MLoRA
+                             "mlp+mlora": 0.8039, "star+mlora": 0.8036, "wdl+mlora": 0.8041,
+                             "nfm+mlora": 0.8059, "autoint+mlora": 0.8041, "pnn+mlora": 0.8039,
+                             "dcn+mlora": 0.8042, "fibinet+mlora": 0.8074, "deepfm+mlora": 0.8046,
+                             "xdeepfm+mlora": 0.8044}},
     },
     "ml1m-age3": {
         "description": "MovieLens-1M in three age domains (Scenario-Wise-Rec benchmark); label rating > 3.",
@@ -87,7 +89,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "split": {"method": "random", "ratios": [0.8, 0.1, 0.1], "seed": 2024},
         },
         "train": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 4096, "strategy": "joint",
-                  "monitor": "auc_overall", "patience": 4, "max_epochs": 100},
+                  "monitor": AUC_OVERALL, "patience": 4, "max_epochs": 100},
         "model_defaults": {"embedding_dim": 16, "hidden_units": [128, 64, 32]},
         "models": {
             "mlp": {"embedding_dim": 16, "hidden_units": [128, 64, 32], "domain_embedding": True},
@@ -102,14 +104,14 @@ _PRESETS: dict[str, dict[str, Any]] = {
         },
         # DFEI is trained with the schedule of its Algorithm 1 (one batch per domain in turn, shared lr / D).
         "model_train": {"dfei": {"strategy": "dfei_cyclic"}},
-        "primary_metric": "auc_overall",
-        "reference": {"auc_overall": {"star": 0.8096, "shared_bottom": 0.8095, "mmoe": 0.8086, "ple": 0.8091,
-                                      "sarnet": 0.8092, "m2m": 0.8115, "adasparse": 0.8108, "adaptdhm": 0.8083,
-                                      "epnet": 0.8097, "ppnet": 0.8063},
-                      "auc_per_domain": {"star": {"0": 0.8137, "1": 0.8133, "2": 0.7979},
-                                         "shared_bottom": {"0": 0.8116, "1": 0.8128, "2": 0.8041},
-                                         "mmoe": {"0": 0.8029, "1": 0.8178, "2": 0.8016},
-                                         "ple": {"0": 0.8118, "1": 0.8187, "2": 0.8002}}},
+        "primary_metric": AUC_OVERALL,
+        "reference": {AUC_OVERALL: {"star": 0.8096, "shared_bottom": 0.8095, "mmoe": 0.8086, "ple": 0.8091,
+                                    "sarnet": 0.8092, "m2m": 0.8115, "adasparse": 0.8108, "adaptdhm": 0.8083,
+                                    "epnet": 0.8097, "ppnet": 0.8063},
+                      AUC_PER_DOMAIN: {"star": {"0": 0.8137, "1": 0.8133, "2": 0.7979},
+                                       "shared_bottom": {"0": 0.8116, "1": 0.8128, "2": 0.8041},
+                                       "mmoe": {"0": 0.8029, "1": 0.8178, "2": 0.8016},
+                                       "ple": {"0": 0.8118, "1": 0.8187, "2": 0.8002}}},
     },
     "ml1m-age7": {
         "description": "MovieLens-1M in the seven age domains (MLoRA authors' split); otherwise as ml1m-gender.",
@@ -140,7 +142,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "weighted_loss": {"strategy_options": {"sampling": "mixed"}},
             "pcgrad": {"strategy_options": {"sampling": "mixed"}},
         },
-        "primary_metric": "wauc",
+        "primary_metric": WAUC,
         "reference": {},
     },
 }

@@ -21,7 +21,21 @@ from typing import Any
 from ..config import ConfigError
 from ..data.schema import display_order
 from ..runspec import ADAPTER_SEP, RunSpec
-from .metrics import paired_ttest, summarize_runs
+from .metrics import (
+    AUC_MEAN,
+    AUC_OVERALL,
+    AUC_PER_DOMAIN,
+    COUNT_PER_DOMAIN,
+    GAUC,
+    GAUC_PER_DOMAIN,
+    LOGLOSS_OVERALL,
+    LOGLOSS_PER_DOMAIN,
+    PCOC_PER_DOMAIN,
+    WAUC,
+    N,
+    paired_ttest,
+    summarize_runs,
+)
 
 __all__ = [
     "adapter_table",
@@ -115,7 +129,7 @@ def _fmt(value: Any, decimals: int) -> str:
 
 def results_table(
     runs: Sequence[Mapping[str, Any]],
-    metric_keys: Sequence[str] = ("wauc", "auc_overall", "auc_mean", "logloss_overall"),
+    metric_keys: Sequence[str] = (WAUC, AUC_OVERALL, AUC_MEAN, LOGLOSS_OVERALL),
     group_by: Sequence[str] = ("protocol", "model", "strategy"),
     reference: Mapping[str, Any] | None = None,
     scale: float = 100.0,
@@ -192,7 +206,7 @@ def results_table(
 
 def per_domain_table(
     runs: Sequence[Mapping[str, Any]],
-    key: str = "auc_per_domain",
+    key: str = AUC_PER_DOMAIN,
     group_by: Sequence[str] = ("protocol", "model", "strategy"),
     scale: float | None = None,
     decimals: int | None = None,
@@ -265,7 +279,8 @@ def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
     """Markdown summary of one :meth:`MultiDomainEvaluator.compute` result.
 
     Args:
-        metrics: the dict returned by ``MultiDomainEvaluator.compute()``.
+        metrics: a :class:`~polyrec.evaluation.metrics.MultiDomainMetrics` or its dict form (``to_dict()``,
+            a run record's ``metrics``; keys may be missing).
         scale: multiplier for AUC-like numbers (100 shows them as percent).
 
     Returns:
@@ -279,10 +294,10 @@ def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
         | auc_overall | 75.00 |
     """
     dec_auc = 2 if scale != 1 else 4
-    scalar_keys = [k for k in ("auc_overall", "wauc", "auc_mean", "gauc", "logloss_overall", "n") if k in metrics]
+    scalar_keys = [k for k in (AUC_OVERALL, WAUC, AUC_MEAN, GAUC, LOGLOSS_OVERALL, N) if k in metrics]
     rows = []
     for key in scalar_keys:
-        if key == "n":
+        if key == N:
             rows.append([key, int(metrics[key])])
         elif _is_auc_like(key):
             value = metrics[key]
@@ -291,12 +306,12 @@ def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
             rows.append([key, _fmt(metrics[key], 4)])
     parts = [_markdown(["metric", "value"], rows)]
 
-    per_auc = metrics.get("auc_per_domain") or {}
-    counts = metrics.get("count_per_domain") or {}
+    per_auc = metrics.get(AUC_PER_DOMAIN) or {}
+    counts = metrics.get(COUNT_PER_DOMAIN) or {}
     names = display_order(dict.fromkeys(list(counts) + list(per_auc)))
     if names:
-        columns = [("auc_per_domain", "auc", scale, dec_auc), ("logloss_per_domain", "logloss", 1.0, 4),
-                   ("pcoc_per_domain", "pcoc", 1.0, 4), ("gauc_per_domain", "gauc", scale, dec_auc)]
+        columns = [(AUC_PER_DOMAIN, "auc", scale, dec_auc), (LOGLOSS_PER_DOMAIN, "logloss", 1.0, 4),
+                   (PCOC_PER_DOMAIN, "pcoc", 1.0, 4), (GAUC_PER_DOMAIN, "gauc", scale, dec_auc)]
         columns = [c for c in columns if c[0] in metrics]
         header = ["domain", "n", "pos"] + [c[1] for c in columns]
         domain_rows = []
@@ -332,7 +347,7 @@ def _with_adapter(model: Any, suffix: str) -> str | None:
 
 def adapter_table(
     runs: Sequence[Mapping[str, Any]],
-    metric: str = "wauc",
+    metric: str = WAUC,
     reference: Mapping[str, Any] | None = None,
     suffix: str = "+mlora",
     scale: float = 100.0,
@@ -455,7 +470,7 @@ def cost_table(
 
 
 def rank_table(
-    runs: Sequence[Mapping[str, Any]], key: str = "auc_per_domain",
+    runs: Sequence[Mapping[str, Any]], key: str = AUC_PER_DOMAIN,
     group_by: Sequence[str] = ("model", "strategy"), scale: float = 100.0, decimals: int = 2,
 ) -> str:
     """Average AUC and average RANK over domains (MAMDR's Table V metrics), best first.
