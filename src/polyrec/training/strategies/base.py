@@ -9,9 +9,8 @@ DFEI's cyclic schedule.
 
 from __future__ import annotations
 
-import difflib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +21,7 @@ from ...config import from_dict, param, to_dict, validate
 from ...data.batch import Batch
 from ...data.dataset import EncodedDataset
 from ...data.samplers import epoch_batches, stream_generator
+from ...registry import Registry
 from ..task import BinaryTask
 
 
@@ -248,46 +248,43 @@ class TwoStages:
         return True
 
 
-_STRATEGIES: dict[str, type[Strategy]] = {}
+def _prepare(name: str, cls: type[Strategy]) -> None:
+    cls.name = name
 
 
-def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
-    """Class decorator: register a :class:`Strategy` under ``name`` (``train.strategy``).
+#: The strategy registry (:class:`polyrec.registry.Registry`); the functions below are its public face.
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", on_register=_prepare)
 
-    A name names one strategy: a second class registering a taken name raises (the same class defined
-    again by reloading its module replaces itself).
+
+def register_strategy(name: str, *, tags: Iterable[str] = ()) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator: register a :class:`Strategy` under ``name`` (``train.strategy``), with optional ``tags``.
+
+    A name names one strategy: a second class registering a taken name raises, naming both (the same class
+    defined again by reloading its module replaces itself). The class gets ``name``.
     """
-
-    def deco(cls: type[Strategy]) -> type[Strategy]:
-        taken = _STRATEGIES.get(name)
-        if taken is not None and (taken.__module__, taken.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise ValueError(f"strategy name {name!r} is already registered by "
-                             f"{taken.__module__}.{taken.__qualname__}; register {cls.__module__}.{cls.__qualname__} "
-                             f"under another name")
-        cls.name = name
-        _STRATEGIES[name] = cls
-        return cls
-
-    return deco
+    return STRATEGIES.register(name, tags=tags)
 
 
-def list_strategies() -> list[str]:
-    return sorted(_STRATEGIES)
+def list_strategies(tag: str | None = None) -> list[str]:
+    """Names of the registered strategies, sorted (with ``tag``, those that carry it)."""
+    return STRATEGIES.names(tag)
 
 
 def describe_strategy(name: str) -> str:
     """The first line of strategy ``name``'s docstring."""
-    doc = (_STRATEGIES[name].__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else ""
+    return STRATEGIES.entry(name).summary
 
 
 def strategy_class(name: str) -> type[Strategy]:
-    """The class registered as strategy ``name``; unknown names raise with the close matches and the valid ones."""
-    if name not in _STRATEGIES:
-        close = difflib.get_close_matches(name, _STRATEGIES, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown strategy {name!r}.{hint} Valid strategies: {', '.join(list_strategies())}")
-    return _STRATEGIES[name]
+    """The class registered as strategy ``name``; unknown names raise with the close matches and the valid ones.
+
+    Example:
+        >>> strategy_class("altrenate")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polyrec.registry.UnknownNameError: unknown strategy 'altrenate'. Did you mean 'alternate'? Valid strategies: alternate, ...
+    """
+    return STRATEGIES[name]
 
 
 def strategy_options(name: str, options: dict[str, Any] | None = None) -> Any:
