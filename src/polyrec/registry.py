@@ -209,6 +209,11 @@ class Registry(Mapping[str, T]):
         if self._tags is not None and tag not in self._tags:
             raise error(str(unknown_name(f"{self.kind} tag", tag, self._tags)) + where)
 
+    # A registry is one place, not a value: equal only to itself (not to a mapping of the same entries),
+    # and hashable.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self)} entries)"
 

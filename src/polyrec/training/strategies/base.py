@@ -22,7 +22,7 @@ from ...data.batch import Batch
 from ...data.dataset import EncodedDataset
 from ...data.samplers import epoch_batches, stream_generator
 from ...registry import Registry
-from ..task import BinaryTask
+from ..task import Task
 
 
 def _boolean(value: Any) -> str | None:
@@ -36,11 +36,51 @@ def flag(default: bool) -> Any:
 
 @dataclass
 class TrainContext:
-    """Everything a strategy may use during an epoch."""
+    """Everything a strategy may use during an epoch: the model, the optimiser, the loss, the data, and the
+    ways to draw batches and to take a step. The Trainer builds one per run (a strategy never builds its own).
+
+    Attributes:
+        model: the model being trained (after :meth:`Strategy.prepare_model`).
+        optimizer: the run's optimiser over the model's trainable parameters (``train.optimizer``).
+        task: the loss (:class:`~polyrec.training.task.Task`; binary cross-entropy by default).
+        dataset: the encoded data set.
+        rows: the row indices a strategy trains on (the training split).
+        batch_size: rows per batch (``train.batch_size``).
+        sampler: the sampler :meth:`batches` uses unless told otherwise (``train.sampler``, else the
+            strategy's ``default_sampler``): ``mixed``, ``domain_batched``, ``domain_sequential``, ...
+        seed: the run's seed; every random draw of an epoch comes from (seed, epoch, purpose), so a resumed
+            run sees the same batches.
+        device: where batches are moved.
+        grad_clip: global gradient-norm clipping in :meth:`apply_gradients` (0: none).
+        samples_seen: rows stepped on so far (:meth:`step` counts them; a strategy that steps by hand adds
+            its own).
+        on_step: called with each step's losses (the Trainer's progress bar).
+
+    Example (one epoch of the ``joint`` strategy on a tiny synthetic data set):
+        >>> import torch
+        >>> from polyrec import DataConfig, build_dataset, create_model
+        >>> from polyrec.config import from_dict
+        >>> from polyrec.training.strategies import create_strategy
+        >>> from polyrec.training.task import BinaryTask
+        >>> ds = build_dataset(from_dict(DataConfig, {
+        ...     "source": {"kind": "synthetic", "options": {"n_domains": 2, "n_samples": 300}},
+        ...     "label": {"column": "label"}, "domain": {"column": "domain"},
+        ...     "features": [{"name": "user_id"}, {"name": "item_id"}], "split": {"dedupe": True}}), cache=False)
+        >>> model = create_model("mlp", ds.schema, embedding_dim=4, hidden_units=[8])
+        >>> ctx = TrainContext(model, torch.optim.Adam(model.parameters(), lr=1e-2), BinaryTask(), ds,
+        ...                    rows=ds.splits["train"], batch_size=128, sampler="mixed", seed=0,
+        ...                    device=torch.device("cpu"))
+        >>> [len(b) for b in ctx.batches(epoch=0)]
+        [128, 128, 128, 90]
+        >>> sorted(create_strategy("joint").run_epoch(ctx, epoch=0)), ctx.samples_seen
+        (['bce', 'loss'], 474)
+        >>> {d: len(r) for d, r in ctx.rows_by_domain().items()}
+        {0: 236, 1: 238}
+    """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    task: BinaryTask
+    task: Task
     dataset: EncodedDataset
     rows: Tensor
     batch_size: int
@@ -161,9 +201,57 @@ class TrainContext:
 
 
 class Strategy:
-    """Base class. Subclasses set ``default_sampler`` and implement :meth:`run_epoch`.
+    """How an epoch of optimisation steps uses the domains: the base class of every strategy.
 
-    ``Config`` is a dataclass of the strategy's options (``train.strategy_options`` in configs).
+    A subclass implements :meth:`run_epoch` (draw batches from the :class:`TrainContext`, take steps,
+    return the epoch's mean losses) and may override the hooks below; it is registered with
+    ``@register_strategy(name)``, which makes it ``train.strategy: name`` in configs and ``MODEL@name`` on
+    the command line. The model, the loss and the loop are not its business: it works with any model.
+
+    Attributes:
+        name: the registered name (set by :func:`register_strategy`).
+        default_sampler: the sampler :meth:`TrainContext.batches` uses when ``train.sampler`` is unset.
+        Config: a frozen dataclass of the strategy's options (``train.strategy_options``), each a field with
+            a default; declare allowed values with :func:`polyrec.config.param` (or :func:`flag`) so a bad
+            option is an error naming it.
+        config: the validated options of this instance.
+
+    Hooks: :meth:`setup` (once, before the first epoch), :meth:`prepare_model` (wrap the model with extra
+    parameters), :meth:`state_dict` / :meth:`load_state_dict` (state to checkpoint), :meth:`next_stage`
+    and :meth:`stages_end_by_early_stopping` (a second stage; see :class:`TwoStages`), and
+    :meth:`effective_options` (options whose default depends on the data).
+
+    Example (a strategy that steps on every ``stride``-th batch, run for one epoch):
+        >>> import torch
+        >>> from dataclasses import dataclass
+        >>> from polyrec import DataConfig, build_dataset, create_model
+        >>> from polyrec.config import from_dict, param
+        >>> from polyrec.training.task import BinaryTask
+        >>> class EveryOther(Strategy):
+        ...     '''Joint training on every ``stride``-th batch of the mixed stream.'''
+        ...     @dataclass(frozen=True)
+        ...     class Config:
+        ...         stride: int = param(2, ge=1)
+        ...     def run_epoch(self, ctx, epoch):
+        ...         batches = [b for i, b in enumerate(ctx.batches(epoch)) if i % self.config.stride == 0]
+        ...         return mean_stats([ctx.step(b) for b in batches])
+        >>> ds = build_dataset(from_dict(DataConfig, {
+        ...     "source": {"kind": "synthetic", "options": {"n_domains": 2, "n_samples": 300}},
+        ...     "label": {"column": "label"}, "domain": {"column": "domain"},
+        ...     "features": [{"name": "user_id"}, {"name": "item_id"}], "split": {"dedupe": True}}), cache=False)
+        >>> model = create_model("mlp", ds.schema, embedding_dim=4, hidden_units=[8])
+        >>> ctx = TrainContext(model, torch.optim.Adam(model.parameters()), BinaryTask(), ds, ds.splits["train"],
+        ...                    batch_size=128, sampler=EveryOther.default_sampler, seed=0, device=torch.device("cpu"))
+        >>> sorted(EveryOther().run_epoch(ctx, epoch=0)), ctx.samples_seen
+        (['bce', 'loss'], 256)
+        >>> EveryOther(EveryOther.Config(stride=0))
+        Traceback (most recent call last):
+        ...
+        polyrec.config.ConfigError: train.strategy_options.stride: 0 is not allowed; must be >= 1
+
+    Registered (``@register_strategy("every_other")`` above the class), it trains from a config with
+    ``train.strategy: every_other`` and ``train.strategy_options: {stride: 3}``; docs/architecture.md
+    does that end to end.
     """
 
     name: str = ""
