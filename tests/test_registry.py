@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from polyrec.models import MODELS, create_model, get_model_class, list_models, model_tags, register_model
-from polyrec.models._registry import FAMILIES, models_by_tag
+from polyrec.models import MODELS, create_model, get_model_class, list_models, model_tags, models_by_tag, register_model
+from polyrec.models._registry import FAMILIES
 from polyrec.registry import Registry, UnknownNameError, import_submodules
 from polyrec.training.strategies import STRATEGIES, Strategy, create_strategy, list_strategies, register_strategy
 

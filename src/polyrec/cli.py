@@ -129,8 +129,7 @@ def data_prepare(preset: str | None = typer.Option(None, help=PRESET_HELP),
 def models(tag: str | None = typer.Option(None, help="only the models with this tag (ctr, multidomain, "
                                                       "retrieval, baseline)")) -> None:
     """List the registered models, grouped by family tag; other tags in brackets."""
-    from .models import MODELS
-    from .models._registry import models_by_tag
+    from .models import MODELS, models_by_tag
 
     for group, names in models_by_tag(tag).items():
         heading = MODELS.tags.get(group, "")

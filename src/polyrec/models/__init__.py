@@ -10,9 +10,10 @@ from ._registry import (
     list_models,
     model_config,
     model_tags,
+    models_by_tag,
     register_model,
 )
 from .base import Model, ModelConfig, ModelOutput
 
 __all__ = ["MODELS", "Model", "ModelConfig", "ModelOutput", "create_model", "describe_model", "get_model_class",
-           "list_models", "model_config", "model_tags", "register_model"]
+           "list_models", "model_config", "model_tags", "models_by_tag", "register_model"]
