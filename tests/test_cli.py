@@ -6,6 +6,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from polyrec import list_models
 from polyrec.cli import app
 
 runner = CliRunner()
@@ -36,6 +37,19 @@ def test_models_lists_registry():
     out = runner.invoke(app, ["models"])
     assert out.exit_code == 0
     assert "star" in out.stdout and "mlp" in out.stdout
+    # Grouped by family tag: a heading per family, its models indented under it, other tags in brackets.
+    lines = out.stdout.splitlines()
+    headings = [line.split(":")[0] for line in lines if not line.startswith(" ")]
+    assert headings == ["ctr", "multidomain"]
+    ctr, multidomain = (next(i for i, x in enumerate(lines) if x.startswith(h + ":")) for h in headings)
+    listed = {line.split()[0]: i for i, line in enumerate(lines) if line.startswith("  ")}
+    assert ctr < listed["deepfm"] < multidomain < listed["star"]
+    assert lines[listed["mlp"]].endswith("[baseline]")
+    assert set(listed) == set(list_models())
+    out = runner.invoke(app, ["models", "--tag", "baseline"])
+    assert out.exit_code == 0 and [line.split()[0] for line in out.stdout.splitlines()[1:]] == ["mlp"]
+    out = runner.invoke(app, ["models", "--tag", "multidomian"])
+    assert out.exit_code == 2 and "unknown model tag 'multidomian'. Did you mean 'multidomain'?" in out.output
 
 
 def test_presets_lists_protocols():

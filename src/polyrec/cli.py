@@ -126,12 +126,18 @@ def data_prepare(preset: str | None = typer.Option(None, help=PRESET_HELP),
 
 
 @_command()
-def models() -> None:
-    """List the registered models."""
-    from .models import describe_model, list_models
+def models(tag: str | None = typer.Option(None, help="only the models with this tag (ctr, multidomain, "
+                                                      "retrieval, baseline)")) -> None:
+    """List the registered models, grouped by family tag; other tags in brackets."""
+    from .models import MODELS, models_by_tag
 
-    for name in list_models():
-        typer.echo(f"{name:16s} {describe_model(name)['summary']}")
+    for group, names in models_by_tag(tag).items():
+        heading = MODELS.tags.get(group, "")
+        typer.echo(f"{group}: {heading}" if heading else f"{group}:")
+        for name in names:
+            entry = MODELS.entry(name)
+            others = [t for t in entry.tags if t != group]
+            typer.echo(f"  {name:16s} {entry.summary}" + (f" [{', '.join(others)}]" if others else ""))
 
 
 @_command()

@@ -52,8 +52,29 @@ SECTIONS = ("protocol", "data", "model", "train", "adapter")
 class ExperimentConfig:
     """A validated experiment: protocol name, data, model name and options, training, adapter.
 
-    ``strategy_in_name`` records that the strategy was asked for by name (``mlp@mamdr``), so results keep
-    ``mlp`` and ``mlp@mamdr`` apart even where ``mlp``'s preset strategy is the same.
+    What :func:`polyrec.experiment.run_experiment` runs and a run directory's ``config.json`` holds (as
+    :meth:`to_dict`). Build it with :func:`make_config` (preset, YAML file, model name, ``--set``
+    overrides) or :func:`resolve_config` (a plain dict); both validate every section strictly.
+
+    Attributes:
+        protocol: the preset's name (``ml1m-age3``), or the config's own (``custom`` by default).
+        data: the :class:`~polyrec.data.config.DataConfig` (source, label, domains, features, split).
+        model_name: a registered model (:func:`polyrec.models.list_models`).
+        model: that model's validated ``Config`` dataclass (its options, the preset's sizes applied).
+        train: the :class:`~polyrec.training.trainer.TrainConfig` (optimiser, early stopping, strategy and
+            its resolved options).
+        adapter: the :class:`~polyrec.models.adapters.AdapterConfig` (``kind: none`` or ``mlora``).
+        strategy_in_name: the strategy was asked for by name (``mlp@mamdr``), so results keep ``mlp`` and
+            ``mlp@mamdr`` apart even where ``mlp``'s preset strategy is the same. Not part of
+            :meth:`to_dict` (a saved config is the same training either way).
+
+    Example:
+        >>> cfg = make_config("ml1m-age3", "mlp@alternate", overrides=["train.max_epochs=2"])
+        >>> cfg.model_name, cfg.train.strategy, cfg.train.max_epochs, cfg.model.embedding_dim, cfg.display_name
+        ('mlp', 'alternate', 2, 16, 'mlp@alternate')
+        >>> again = resolve_config(cfg.to_dict())  # what a run directory's config.json rebuilds
+        >>> again.train == cfg.train and again.model == cfg.model and again.data == cfg.data
+        True
     """
 
     protocol: str

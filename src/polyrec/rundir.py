@@ -108,7 +108,7 @@ def _strategy_defaults(name: Any) -> dict[str, Any]:
 
     from .training.strategies import base as strategies
 
-    cls = strategies._STRATEGIES.get(name) if isinstance(name, str) else None
+    cls = strategies.STRATEGIES.get(name) if isinstance(name, str) else None
     if cls is None:
         return {}
     out = {f.name: json.loads(json.dumps(f.default, default=str)) for f in dataclasses.fields(cls.Config)

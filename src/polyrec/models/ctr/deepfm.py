@@ -37,7 +37,7 @@ class DeepFMConfig(ModelConfig):
     hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
 
 
-@register_model("deepfm")
+@register_model("deepfm", tags=("ctr",))
 class DeepFMModel(Model):
     """DeepFM: linear term plus FM pairwise term plus an MLP, all on shared embeddings.
 

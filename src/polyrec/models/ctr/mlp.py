@@ -31,7 +31,7 @@ class MLPConfig(ModelConfig):
     domain_embedding: bool = False
 
 
-@register_model("mlp")
+@register_model("mlp", tags=("ctr", "baseline"))
 class MLPModel(Model):
     """Embeddings of all features, concatenated with dense values, through an MLP to one logit.
 

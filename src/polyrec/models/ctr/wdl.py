@@ -35,7 +35,7 @@ class WDLConfig(ModelConfig):
     hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
 
 
-@register_model("wdl")
+@register_model("wdl", tags=("ctr",))
 class WDLModel(Model):
     """Wide & Deep: a linear (wide) term plus an MLP (deep) on embeddings and dense values.
 

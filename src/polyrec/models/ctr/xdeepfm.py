@@ -51,7 +51,7 @@ class XDeepFMConfig(ModelConfig):
                               "cin_split_half=false")
 
 
-@register_model("xdeepfm")
+@register_model("xdeepfm", tags=("ctr",))
 class XDeepFMModel(Model):
     """xDeepFM: linear term plus Compressed Interaction Network plus an MLP on shared embeddings.
 

@@ -74,7 +74,7 @@ class AdaSparseConfig(ModelConfig):
                               "r_min must not exceed r_max; give the interval as [r_min, r_max]")
 
 
-@register_model("adasparse")
+@register_model("adasparse", tags=("multidomain",))
 class AdaSparseModel(Model):
     """AdaSparse (CIKM 2022): domain-aware neuron-level pruning of every layer, with a sparsity regulariser.
 

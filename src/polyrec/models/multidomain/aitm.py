@@ -58,7 +58,7 @@ class AITMConfig(ModelConfig):
     domain_order: tuple[str, ...] = feature_names()
 
 
-@register_model("aitm")
+@register_model("aitm", tags=("multidomain",))
 class AITMModel(Model):
     """AITM: per-domain towers chained in domain order by adaptive information transfer (attention).
 

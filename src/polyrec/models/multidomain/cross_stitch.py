@@ -55,7 +55,7 @@ class CrossStitchConfig(ModelConfig):
     stitch_self_weight: float = param(0.9, ge=0, le=1)
 
 
-@register_model("cross_stitch")
+@register_model("cross_stitch", tags=("multidomain",))
 class CrossStitchModel(Model):
     """Cross-Stitch: one network per domain, hidden layers linked by learnt cross-stitch units.
 

@@ -84,7 +84,7 @@ class DFEIConfig(ModelConfig):
     mean_gradient: bool = True
 
 
-@register_model("dfei")
+@register_model("dfei", tags=("multidomain",))
 class DFEIModel(Model):
     """DFEI: shared and domain towers, moving-average domain features and attention over all domains.
 

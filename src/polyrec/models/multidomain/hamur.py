@@ -109,7 +109,7 @@ class HyperAdapterBank(nn.Module):
         return h + t * self.norm_scale.index_select(0, d) + self.norm_shift.index_select(0, d)
 
 
-@register_model("hamur")
+@register_model("hamur", tags=("multidomain",))
 class HamurModel(Model):
     """HAMUR (CIKM 2023): per-domain backbones with domain adapters whose weights a shared hypernetwork modulates.
 

@@ -75,7 +75,7 @@ class HiNetConfig(ModelConfig):
     tower_units: tuple[int, ...] = layer_sizes((64, 32))
 
 
-@register_model("hinet")
+@register_model("hinet", tags=("multidomain",))
 class HiNetModel(Model):
     """HiNet (ICDE 2023): shared + scenario-specific sub-experts and attention over the other scenarios' experts.
 

@@ -57,7 +57,7 @@ class HMoEConfig(ModelConfig):
     stop_gradient: bool = True
 
 
-@register_model("hmoe")
+@register_model("hmoe", tags=("multidomain",))
 class HMoEModel(Model):
     """HMoE: MMoE scores for every domain, mixed per row by its domain's label-space gate.
 

@@ -91,7 +91,7 @@ class MetaLinear(nn.Module):
         return w, self.bias_gen(cond)
 
 
-@register_model("m2m")
+@register_model("m2m", tags=("multidomain",))
 class M2MModel(Model):
     """M2M (WSDM 2022): meta attention over shared experts and a meta tower, with weights generated per scenario.
 

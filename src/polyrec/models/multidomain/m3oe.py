@@ -67,7 +67,7 @@ class M3oEConfig(ModelConfig):
     balance: float = finite_number(1.0)
 
 
-@register_model("m3oe")
+@register_model("m3oe", tags=("multidomain",))
 class M3oEModel(Model):
     """M3oE (SIGIR 2024): shared, domain and task expert groups fused by learnable (AutoML-style) weights.
 

@@ -44,7 +44,7 @@ class MMoEConfig(ModelConfig):
     tower_units: tuple[int, ...] = layer_sizes((8,))
 
 
-@register_model("mmoe")
+@register_model("mmoe", tags=("multidomain",))
 class MMoEModel(Model):
     """MMoE: shared experts, one softmax gate and one tower per domain, each row through its own domain's.
 

@@ -64,7 +64,7 @@ class MuLANNConfig(ModelConfig):
     reversal_scale: float = param(1.0, ge=0)
 
 
-@register_model("mulann")
+@register_model("mulann", tags=("multidomain",))
 class MuLANNModel(Model):
     """MuLANN: shared extractor, click head(s) and a domain discriminator behind gradient reversal.
 

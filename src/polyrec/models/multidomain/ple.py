@@ -64,7 +64,7 @@ class PLEConfig(ModelConfig):
                               "num_shared_experts or num_specific_experts to 1 or more")
 
 
-@register_model("ple")
+@register_model("ple", tags=("multidomain",))
 class PLEModel(Model):
     """PLE: stacked CGC levels of shared and per-domain experts with per-domain gates, then domain towers.
 

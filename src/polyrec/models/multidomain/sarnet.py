@@ -71,7 +71,7 @@ class SarNetConfig(ModelConfig):
                               "or specific_experts to 1 or more")
 
 
-@register_model("sarnet")
+@register_model("sarnet", tags=("multidomain",))
 class SarNetModel(Model):
     """SAR-Net (CIKM 2021): scenario-specific feature transform, shared + scenario experts under a scenario gate.
 

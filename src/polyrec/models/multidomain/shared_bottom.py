@@ -38,7 +38,7 @@ class SharedBottomConfig(ModelConfig):
     tower_units: tuple[int, ...] = layer_sizes((8,))
 
 
-@register_model("shared_bottom")
+@register_model("shared_bottom", tags=("multidomain",))
 class SharedBottomModel(Model):
     """Shared-Bottom: a shared MLP bottom and one tower per domain, each row through its own tower.
 

@@ -81,7 +81,7 @@ class StarConfig(ModelConfig):
     aux_features: tuple[str, ...] | None = feature_names(None)
 
 
-@register_model("star")
+@register_model("star", tags=("multidomain",))
 class StarModel(Model):
     """STAR: partitioned normalization, star-topology FCN and auxiliary domain network.
 
