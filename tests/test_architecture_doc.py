@@ -69,7 +69,10 @@ def test_adding_a_model(scratch, clean_registries):
     from polyrec.models import describe_model, get_model_class, list_models
 
     ns = run_example("model")
-    assert "domain_scaled_mlp" in list_models("multidomain") and get_model_class("domain_scaled_mlp") is ns["DomainScaledMLP"]
+    assert (
+        "domain_scaled_mlp" in list_models("multidomain")
+        and get_model_class("domain_scaled_mlp") is ns["DomainScaledMLP"]
+    )
     assert describe_model("domain_scaled_mlp")["tags"] == ["multidomain"]
     assert ns["summary"]["epochs"] == 1 and ns["summary"]["best_epoch"] == 0
     # The contract's essentials on a mixed-domain batch: logits [B], finite, every parameter reached.
@@ -111,8 +114,17 @@ def test_adding_a_strategy(scratch, clean_registries):
 
     ds = ns["ds"]
     model = create_model("mlp", ds.schema, embedding_dim=4, hidden_units=[8])
-    ctx = TrainContext(model, torch.optim.Adam(model.parameters()), BinaryTask(), ds, ds.splits["train"],
-                       batch_size=128, sampler="mixed", seed=0, device=torch.device("cpu"))
+    ctx = TrainContext(
+        model,
+        torch.optim.Adam(model.parameters()),
+        BinaryTask(),
+        ds,
+        ds.splits["train"],
+        batch_size=128,
+        sampler="mixed",
+        seed=0,
+        device=torch.device("cpu"),
+    )
     strategy.run_epoch(Counting(ctx), 0)
     assert len(ctx_rows) == 9 and all(len(domains) == 1 for domains in ctx_rows)
     assert sorted(d for domains in ctx_rows for d in domains) == [0, 0, 0, 1, 1, 1, 2, 2, 2]

@@ -18,8 +18,28 @@ from polyrec.training.strategies import STRATEGIES, Strategy, create_strategy, l
 
 ROOT = Path(__file__).resolve().parents[1]
 # The P2 zoo as the benchmark script listed it by hand before the tags (published ones first).
-HAND_ZOO = ["mlp", "star", "shared_bottom", "mmoe", "ple", "sarnet", "m2m", "adasparse", "adaptdhm", "epnet", "ppnet",
-            "pepnet", "cross_stitch", "mulann", "hmoe", "aitm", "hinet", "hamur", "m3oe", "dfei"]
+HAND_ZOO = [
+    "mlp",
+    "star",
+    "shared_bottom",
+    "mmoe",
+    "ple",
+    "sarnet",
+    "m2m",
+    "adasparse",
+    "adaptdhm",
+    "epnet",
+    "ppnet",
+    "pepnet",
+    "cross_stitch",
+    "mulann",
+    "hmoe",
+    "aitm",
+    "hinet",
+    "hamur",
+    "m3oe",
+    "dfei",
+]
 
 
 @pytest.fixture
@@ -44,7 +64,11 @@ def test_register_look_up_and_list_by_tag(widgets):
     assert widgets.names(tag="round") == ["wheel"] and widgets.names("square") == ["tile"]
     entry = widgets.entry("wheel")
     assert (entry.name, entry.tags, entry.summary, entry.definition) == (
-        "wheel", ("round",), "A round widget.", f"{__name__}.test_register_look_up_and_list_by_tag.<locals>.Wheel")
+        "wheel",
+        ("round",),
+        "A round widget.",
+        f"{__name__}.test_register_look_up_and_list_by_tag.<locals>.Wheel",
+    )
     assert widgets.entry("tile").summary == ""
     assert widgets.tags == {"round": "round ones", "square": "square ones"}
     assert widgets.add("disc", object, tags=("round",)) is object and widgets.names("round") == ["disc", "wheel"]
@@ -56,11 +80,16 @@ def test_a_taken_name_is_refused_naming_both_definitions(widgets):
         pass
 
     where = f"{__name__}.test_a_taken_name_is_refused_naming_both_definitions.<locals>"
-    with pytest.raises(ValueError, match=rf"^widget name 'wheel' is already registered by {where}\.Wheel; "
-                                         rf"register {where}\.Other under another name$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^widget name 'wheel' is already registered by {where}\.Wheel; "
+        rf"register {where}\.Other under another name$",
+    ):
+
         @widgets.register("wheel")
         class Other:
             pass
+
     assert widgets["wheel"] is Wheel
 
 
@@ -89,8 +118,11 @@ def test_unknown_names_raise_with_close_matches_and_the_valid_names(widgets):
 
 
 def test_tags_are_checked_at_registration_and_at_lookup(widgets):
-    with pytest.raises(ValueError, match=r"unknown widget tag 'rund'\. Did you mean 'round'\? Valid widget tags: "
-                                         r"round, square \(widget 'wheel'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown widget tag 'rund'\. Did you mean 'round'\? Valid widget tags: "
+        r"round, square \(widget 'wheel'\)",
+    ):
         widgets.add("wheel", object, tags=("rund",))
     assert "wheel" not in widgets
     with pytest.raises(TypeError, match=r"not the string 'round' \(write tags=\('round',\)\)"):
@@ -124,7 +156,11 @@ def test_import_submodules_is_sorted_and_skips_private_modules(tmp_path, monkeyp
     try:
         package = importlib.import_module(pkg.name)
         names = import_submodules(pkg.name, package.__path__)
-        assert names == [f"{pkg.name}.alpha", f"{pkg.name}.mid", f"{pkg.name}.zeta"] and package.seen == ["alpha", "mid", "zeta"]
+        assert names == [f"{pkg.name}.alpha", f"{pkg.name}.mid", f"{pkg.name}.zeta"] and package.seen == [
+            "alpha",
+            "mid",
+            "zeta",
+        ]
     finally:
         for key in [k for k in sys.modules if k.split(".")[0] == pkg.name]:
             del sys.modules[key]
@@ -147,15 +183,22 @@ def test_model_names_are_checked_like_before():
         get_model_class("mpl")
     with pytest.raises(KeyError, match="unknown model 'stra'. Did you mean 'star'"):
         create_model("stra", None)
-    with pytest.raises(ValueError, match=r"^model name 'mlp' is already registered by polyrec\.models\.ctr\.mlp\.MLPModel; "
-                                         r"register .*Impostor under another name$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^model name 'mlp' is already registered by polyrec\.models\.ctr\.mlp\.MLPModel; "
+        r"register .*Impostor under another name$",
+    ):
+
         @register_model("mlp")
         class Impostor:
             Config = object
+
     with pytest.raises(TypeError, match="must define a Config dataclass"):
+
         @register_model("polyrec_tmp_no_config")
         class NoConfig:
             pass
+
     assert "polyrec_tmp_no_config" not in MODELS and get_model_class("mlp").__name__ == "MLPModel"
     with pytest.raises(ValueError, match="unknown model tag 'multidomian'. Did you mean 'multidomain'"):
         register_model("polyrec_tmp_typo", tags=("multidomian",))(get_model_class("mlp"))
@@ -166,11 +209,16 @@ def test_strategy_names_are_checked_like_before():
     assert list_strategies() == STRATEGIES.names() and {"joint", "alternate", "mamdr"} <= set(STRATEGIES)
     with pytest.raises(KeyError, match=r"^unknown strategy 'altrenate'\. Did you mean 'alternate'.*Valid strategies: "):
         create_strategy("altrenate")
-    with pytest.raises(ValueError, match=r"strategy name 'joint' is already registered by "
-                                         r"polyrec\.training\.strategies\.basic\.Joint; register .*Mine under"):
+    with pytest.raises(
+        ValueError,
+        match=r"strategy name 'joint' is already registered by "
+        r"polyrec\.training\.strategies\.basic\.Joint; register .*Mine under",
+    ):
+
         @register_strategy("joint")
         class Mine(Strategy):
             pass
+
     assert STRATEGIES["joint"].name == "joint" and STRATEGIES["joint"].__name__ == "Joint"
 
 
@@ -205,7 +253,8 @@ def test_a_new_model_file_in_a_package_joins_the_registry_and_the_zoo(tmp_path, 
         "from polyrec.models.ctr.mlp import MLPModel\n\n\n"
         "@register_model('polyrec_tmp_tower', tags=('multidomain',))\n"
         "class TmpTower(MLPModel):\n"
-        "    '''A model added as one file.'''\n")
+        "    '''A model added as one file.'''\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         importlib.import_module(pkg.name)

@@ -14,14 +14,26 @@ from polyrec.rundir import config_hash
 from polyrec.training.strategies import list_strategies, strategy_options
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ml1m_occupation.yaml"
-MAMDR_DEFAULTS = {"outer_lr": 0.1, "inner_batches": None, "specific_lr": 0.1, "helper_domains": None,
-                  "helper_batches": None, "target_batches": None, "add_target_domain": False,
-                  "specific_parameters": "all", "regularize": True}
+MAMDR_DEFAULTS = {
+    "outer_lr": 0.1,
+    "inner_batches": None,
+    "specific_lr": 0.1,
+    "helper_domains": None,
+    "helper_batches": None,
+    "target_batches": None,
+    "add_target_domain": False,
+    "specific_parameters": "all",
+    "regularize": True,
+}
 
 
 def _file(tmp_path, train, model=None):
-    doc = {"protocol": "mine", "data": SYNTHETIC_DATA, "model": model or {"embedding_dim": 4, "hidden_units": [8]},
-           "train": train}
+    doc = {
+        "protocol": "mine",
+        "data": SYNTHETIC_DATA,
+        "model": model or {"embedding_dim": 4, "hidden_units": [8]},
+        "train": train,
+    }
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(doc))
     return str(path)
@@ -37,15 +49,19 @@ def test_every_model_at_strategy_works_on_the_bundled_example_config():
 
 def test_the_file_strategy_options_are_dropped_with_a_warning_when_the_name_names_another_strategy(tmp_path):
     path = _file(tmp_path, {"strategy": "domain_negotiation", "strategy_options": {"outer_lr": 0.5}})
-    with pytest.warns(UserWarning, match=r"train.strategy_options \{'outer_lr': 0.5\} dropped: they are for "
-                                         r"train.strategy 'domain_negotiation', which the model name 'mlp@mamdr' "
-                                         r"replaces with 'mamdr'"):
+    with pytest.warns(
+        UserWarning,
+        match=r"train.strategy_options \{'outer_lr': 0.5\} dropped: they are for "
+        r"train.strategy 'domain_negotiation', which the model name 'mlp@mamdr' "
+        r"replaces with 'mamdr'",
+    ):
         cfg = make_config(config_file=path, model="mlp@mamdr")
     assert cfg.train.strategy == "mamdr" and cfg.train.strategy_options == MAMDR_DEFAULTS
 
 
-@pytest.mark.parametrize("train", [{"strategy": "mamdr", "strategy_options": {"outer_lr": 0.5}},
-                                   {"strategy_options": {"outer_lr": 0.5}}])
+@pytest.mark.parametrize(
+    "train", [{"strategy": "mamdr", "strategy_options": {"outer_lr": 0.5}}, {"strategy_options": {"outer_lr": 0.5}}]
+)
 def test_the_file_strategy_options_apply_when_its_strategy_is_the_named_one_or_unset(tmp_path, recwarn, train):
     cfg = make_config(config_file=_file(tmp_path, train), model="mlp@mamdr")
     assert cfg.train.strategy_options == {**MAMDR_DEFAULTS, "outer_lr": 0.5}
@@ -67,8 +83,10 @@ def test_file_model_options_for_another_model_are_dropped_with_a_warning(tmp_pat
 
 def test_an_override_or_a_document_that_contradicts_the_name_is_an_error(tmp_path):
     path = _file(tmp_path, {"strategy": "alternate"})
-    with pytest.raises(ConfigError, match="model.name 'mlp@mamdr' asks for strategy 'mamdr' but train.strategy is "
-                                          "'joint'; drop one of them"):
+    with pytest.raises(
+        ConfigError,
+        match="model.name 'mlp@mamdr' asks for strategy 'mamdr' but train.strategy is 'joint'; drop one of them",
+    ):
         make_config(config_file=path, model="mlp@mamdr", overrides=["train.strategy=joint"])
     with pytest.raises(ConfigError, match="model.name 'mlp\\+mlora' asks for MLoRA but adapter.kind is 'none'"):
         make_config(config_file=path, model="mlp+mlora", overrides=["adapter.kind=none"])
@@ -93,8 +111,11 @@ def test_movielens_names_have_one_spelling_and_the_aliases_read_as_it():
         assert SourceConfig(kind="movielens", name=alias).name == name
     a = make_config("ml1m-gender", "mlp", overrides=["data.source.name=movielens-1m"])
     assert config_hash(a.to_dict()) == config_hash(make_config("ml1m-gender", "mlp").to_dict())
-    with pytest.raises(ConfigError, match="data.source.name: 'ml-2m' is not allowed; must be one of 'ml-1m', "
-                                          "'ml-100k' \\(also spelt 'movielens-1m', 'movielens-100k'\\)"):
+    with pytest.raises(
+        ConfigError,
+        match="data.source.name: 'ml-2m' is not allowed; must be one of 'ml-1m', "
+        "'ml-100k' \\(also spelt 'movielens-1m', 'movielens-100k'\\)",
+    ):
         make_config("ml1m-gender", "mlp", overrides=["data.source.name=ml-2m"])
 
 

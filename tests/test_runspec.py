@@ -9,13 +9,16 @@ from polyrec.models.adapters import AdapterConfig
 from polyrec.runspec import ADAPTERS, RunSpec
 
 
-@pytest.mark.parametrize("name,parts", [
-    ("mlp", ("mlp", None, None)),
-    ("deepfm+mlora", ("deepfm", "mlora", None)),
-    ("mlp@mamdr", ("mlp", None, "mamdr")),
-    ("deepfm+mlora@two_phase", ("deepfm", "mlora", "two_phase")),
-    ("shared_bottom@domain_negotiation", ("shared_bottom", None, "domain_negotiation")),
-])
+@pytest.mark.parametrize(
+    "name,parts",
+    [
+        ("mlp", ("mlp", None, None)),
+        ("deepfm+mlora", ("deepfm", "mlora", None)),
+        ("mlp@mamdr", ("mlp", None, "mamdr")),
+        ("deepfm+mlora@two_phase", ("deepfm", "mlora", "two_phase")),
+        ("shared_bottom@domain_negotiation", ("shared_bottom", None, "domain_negotiation")),
+    ],
+)
 def test_a_name_parses_into_its_parts_and_composes_back(name, parts):
     spec = RunSpec.parse(name)
     assert (spec.model, spec.adapter, spec.strategy) == parts
@@ -23,20 +26,23 @@ def test_a_name_parses_into_its_parts_and_composes_back(name, parts):
     assert str(spec.with_strategy(None)) == name.split("@")[0]
 
 
-@pytest.mark.parametrize("name,message", [
-    ("", "is empty"),
-    (None, "is empty or not a string"),
-    ("mlp@", "no strategy after '@'"),
-    ("@mamdr", "no model before '@'"),
-    ("+mlora", "no model before '\\+'"),
-    ("mlp+", "no adapter after '\\+'"),
-    ("mlp@mamdr@joint", "more than one '@'"),
-    ("mlp+mlora+mlora", "more than one '\\+'"),
-    ("mlp@mamdr+mlora", "the adapter goes before the strategy \\('mlp\\+mlora@mamdr'\\)"),
-    ("mlp+lora", "unknown adapter 'lora' after '\\+'; valid: mlora"),
-    ("ml p", "white space"),
-    ("mlp@ma/mdr", "the strategy part 'ma/mdr' is not a name"),
-])
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("", "is empty"),
+        (None, "is empty or not a string"),
+        ("mlp@", "no strategy after '@'"),
+        ("@mamdr", "no model before '@'"),
+        ("+mlora", "no model before '\\+'"),
+        ("mlp+", "no adapter after '\\+'"),
+        ("mlp@mamdr@joint", "more than one '@'"),
+        ("mlp+mlora+mlora", "more than one '\\+'"),
+        ("mlp@mamdr+mlora", "the adapter goes before the strategy \\('mlp\\+mlora@mamdr'\\)"),
+        ("mlp+lora", "unknown adapter 'lora' after '\\+'; valid: mlora"),
+        ("ml p", "white space"),
+        ("mlp@ma/mdr", "the strategy part 'ma/mdr' is not a name"),
+    ],
+)
 def test_a_malformed_name_is_a_clear_error_naming_it_and_the_form(name, message):
     with pytest.raises(ConfigError, match=message) as info:
         RunSpec.parse(name)

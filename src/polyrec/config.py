@@ -115,9 +115,18 @@ class Check:
 CHECK_KEY = "polyrec_check"
 
 
-def param(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
-          gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None,
-          choices: Any = None, items: Check | None = None, rule: Any = None) -> Any:
+def param(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    choices: Any = None,
+    items: Check | None = None,
+    rule: Any = None,
+) -> Any:
     """A dataclass field with the values it allows declared next to its default.
 
     Example:
@@ -257,8 +266,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T
         path: dotted prefix used in error messages.
     """
     if data is not None and not isinstance(data, Mapping):
-        raise ConfigError(f"{path or cls.__name__}: expected a mapping of {cls.__name__} keys, got {data!r}"
-                          f"{'; set one key with --set ' + path + '.KEY=VALUE' if path else ''}")
+        raise ConfigError(
+            f"{path or cls.__name__}: expected a mapping of {cls.__name__} keys, got {data!r}"
+            f"{'; set one key with --set ' + path + '.KEY=VALUE' if path else ''}"
+        )
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
@@ -303,8 +314,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise ConfigError(f"override {text!r}: the value {raw!r} is not valid YAML ({problem}); quote strings and "
-                          "close brackets, for example model.hidden_units=[64,32]") from None
+        raise ConfigError(
+            f"override {text!r}: the value {raw!r} is not valid YAML ({problem}); quote strings and "
+            "close brackets, for example model.hidden_units=[64,32]"
+        ) from None
     # YAML reads "1e-3" as a string (it wants "1.0e-3"); accept the common spelling.
     if isinstance(value, str):
         with contextlib.suppress(ValueError):

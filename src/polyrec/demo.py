@@ -39,10 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in models:
         cfg = make_config(args.preset, name, overrides=overrides)
-        print(f"\n== training {name} ({cfg.train.strategy}, batch {cfg.train.batch_size}, "
-              f"early stopping on val {cfg.train.monitor})", flush=True)
-        results[name] = run_experiment(cfg, out_dir=os.path.join(args.out, name), dataset=ds, progress=False,
-                                       overwrite=True)  # a demo always trains afresh
+        print(
+            f"\n== training {name} ({cfg.train.strategy}, batch {cfg.train.batch_size}, "
+            f"early stopping on val {cfg.train.monitor})",
+            flush=True,
+        )
+        results[name] = run_experiment(
+            cfg, out_dir=os.path.join(args.out, name), dataset=ds, progress=False, overwrite=True
+        )  # a demo always trains afresh
     domains = list(ds.schema.domain.values)
     print(f"\n== test results, {args.preset} (split {ds.split_hash}, model seed {args.seed})\n")
     header = ["domain", "rows", "pos rate"] + [f"{m} AUC" for m in models] + [f"{m} logloss" for m in models]
@@ -61,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for m in models:
         r = results[m]
-        print(f"{m}: WAUC x100 = {metrics[m].wauc * 100:.2f}, {r['epochs']} epochs (best {r['best_epoch']}), "
-              f"{r['train_samples_per_s']:,.0f} training rows/s, {r['wall_s']:.0f}s")
+        print(
+            f"{m}: WAUC x100 = {metrics[m].wauc * 100:.2f}, {r['epochs']} epochs (best {r['best_epoch']}), "
+            f"{r['train_samples_per_s']:,.0f} training rows/s, {r['wall_s']:.0f}s"
+        )
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; runs written to {args.out}/")
     return 0
 

@@ -97,9 +97,14 @@ def build_model(cfg: ExperimentConfig, schema, strategy: Strategy | None = None)
     model = create_model(cfg.model_name, schema, **to_dict(cfg.model))
     if cfg.adapter.kind == "mlora":
         a = cfg.adapter
-        model = attach_mlora(model, alpha=a.alpha if a.alpha is not None else DEFAULT_ALPHA, targets=a.targets,
-                             max_adapter_params=a.max_adapter_params, domain_bias=bool(a.domain_bias),
-                             a_init=a.a_init or "gaussian")
+        model = attach_mlora(
+            model,
+            alpha=a.alpha if a.alpha is not None else DEFAULT_ALPHA,
+            targets=a.targets,
+            max_adapter_params=a.max_adapter_params,
+            domain_bias=bool(a.domain_bias),
+            a_init=a.a_init or "gaussian",
+        )
     # A strategy may need parameters of its own (MAMDR's domain-specific offsets): it wraps the model here.
     return (strategy or build_strategy(cfg)).prepare_model(model)
 
@@ -107,9 +112,11 @@ def build_model(cfg: ExperimentConfig, schema, strategy: Strategy | None = None)
 def _check_splits(cfg: ExperimentConfig, ds: EncodedDataset) -> None:
     for split in ("train", "val", "test"):
         if len(ds.splits[split]) == 0:
-            raise ConfigError(f"data.split.ratios {list(cfg.data.split.ratios)} leave the {split} split empty "
-                              f"({len(ds):,} rows); a run needs rows in train (fitting), val (early stopping, "
-                              "model selection) and test (the reported metrics)")
+            raise ConfigError(
+                f"data.split.ratios {list(cfg.data.split.ratios)} leave the {split} split empty "
+                f"({len(ds):,} rows); a run needs rows in train (fitting), val (early stopping, "
+                "model selection) and test (the reported metrics)"
+            )
 
 
 def data_summary(ds: EncodedDataset) -> dict[str, Any]:
@@ -128,8 +135,13 @@ def _trained_domains(ds: EncodedDataset) -> int:
     return int((counts > 0).sum())
 
 
-def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dataset: EncodedDataset | None = None,
-                   progress: bool | None = None, overwrite: bool = False) -> dict[str, Any]:
+def run_experiment(
+    cfg: ExperimentConfig,
+    out_dir: str | Path | None = None,
+    dataset: EncodedDataset | None = None,
+    progress: bool | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Train ``cfg``'s model, evaluate on the test split, and (with ``out_dir``) write the run directory.
 
     With ``out_dir`` holding a run already, the run is resumed from its newest usable checkpoint when its
@@ -158,13 +170,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, dat
         else:
             check_data(out, fingerprint)
         if inspect(out) == "absent":
-            write_run_inputs(out, config, ds.schema.to_dict(), ds.processing.to_dict() if ds.processing else {},
-                             fingerprint)
+            write_run_inputs(
+                out, config, ds.schema.to_dict(), ds.processing.to_dict() if ds.processing else {}, fingerprint
+            )
     torch.manual_seed(cfg.train.seed)
     strategy = build_strategy(cfg)
     model = build_model(cfg, ds.schema, strategy)
-    trainer = Trainer(model, ds, cfg.train, out_dir=out, resume=out is not None, progress=progress,
-                      strategy=strategy)
+    trainer = Trainer(model, ds, cfg.train, out_dir=out, resume=out is not None, progress=progress, strategy=strategy)
     summary = trainer.fit()
     test = trainer.evaluate("test")
     val = trainer.evaluate("val")
@@ -209,13 +221,15 @@ def _model_from_run(run_dir: Path, manifest: dict[str, Any]):
         raise ArtifactError(f"run config {str(run_dir / 'config.json')!r} is not a valid config: {exc}") from None
     schema, backbone_schema = read_run_schemas(run_dir, manifest)
     model = build_model(cfg, backbone_schema)
-    for name in schema.domain.values[backbone_schema.num_domains:]:
+    for name in schema.domain.values[backbone_schema.num_domains :]:
         add_domain(model, name)  # backbone_domain and the adapters come from the weights below
     try:
         model.load_state_dict(read_run_weights(run_dir))
     except RuntimeError as exc:
-        raise ArtifactError(f"run weights {str(run_dir / 'model.safetensors')!r} do not fit the run's config "
-                            f"({str(exc).splitlines()[0]})") from None
+        raise ArtifactError(
+            f"run weights {str(run_dir / 'model.safetensors')!r} do not fit the run's config "
+            f"({str(exc).splitlines()[0]})"
+        ) from None
     return cfg, model
 
 
@@ -300,9 +314,11 @@ def add_domain_run(
         raise FileExistsError(f"{str(out)!r} already holds a run; choose another --out")
     cfg, model = load_run(run_dir)
     if not isinstance(model, MLoRAModel):
-        raise ValueError(f"run {str(run_dir)!r} has no adapters (adapter.kind is {cfg.adapter.kind!r}); "
-                         f"add-domain needs a run trained with adapter.kind=mlora (e.g. --model "
-                         f"{RunSpec(cfg.model_name, 'mlora')})")
+        raise ValueError(
+            f"run {str(run_dir)!r} has no adapters (adapter.kind is {cfg.adapter.kind!r}); "
+            f"add-domain needs a run trained with adapter.kind=mlora (e.g. --model "
+            f"{RunSpec(cfg.model_name, 'mlora')})"
+        )
     overrides = list(overrides)
     raw = base_config(preset, None, config_file) if preset or config_file else {"data": to_dict(cfg.data)}
     raw = apply_overrides({"data": raw.get("data") or {}, "train": to_dict(cfg.train)}, overrides)
@@ -325,10 +341,18 @@ def add_domain_run(
     unchanged = bool(torch.equal(before, after))
     if not unchanged:
         raise RuntimeError("internal: training the new domain's adapter changed other domains' predictions")
-    test, val = evaluate(model, ds, "test", train_cfg.eval_batch_size), evaluate(model, ds, "val", train_cfg.eval_batch_size)
+    test, val = (
+        evaluate(model, ds, "test", train_cfg.eval_batch_size),
+        evaluate(model, ds, "val", train_cfg.eval_batch_size),
+    )
     added = model.per_domain_adapter_parameters()
-    info = {"base_run": str(run_dir), "domain": domain, "backbone_domain": model.backbone.schema.domain.values[
-        int(model.backbone_domain[-1])], "data": to_dict(new_data), "train": to_dict(train_cfg)}
+    info = {
+        "base_run": str(run_dir),
+        "domain": domain,
+        "backbone_domain": model.backbone.schema.domain.values[int(model.backbone_domain[-1])],
+        "data": to_dict(new_data),
+        "train": to_dict(train_cfg),
+    }
     record = {
         "protocol": cfg.protocol,
         "model": cfg.display_name,
@@ -353,11 +377,22 @@ def add_domain_run(
         "environment": environment(),
     }
     config = cfg.to_dict()
-    write_run_inputs(out, config, model.schema.to_dict(), base.processing.to_dict() if base.processing else {},
-                     data_fingerprint(new_data, ds))  # the new domain's rows
+    write_run_inputs(
+        out,
+        config,
+        model.schema.to_dict(),
+        base.processing.to_dict() if base.processing else {},
+        data_fingerprint(new_data, ds),
+    )  # the new domain's rows
     write_json(out / "add_domain.json", info)
-    write_run_outputs(out, model.state_dict(), record, config, version=polyrec_version(),
-                      model={"backbone_schema": model.backbone.schema.to_dict()})
+    write_run_outputs(
+        out,
+        model.state_dict(),
+        record,
+        config,
+        version=polyrec_version(),
+        model={"backbone_schema": model.backbone.schema.to_dict()},
+    )
     return record
 
 

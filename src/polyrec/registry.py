@@ -119,8 +119,9 @@ class Registry(Mapping[str, T]):
         (True, False)
     """
 
-    def __init__(self, kind: str, *, tags: Mapping[str, str] | None = None,
-                 on_register: Callable[[str, T], None] | None = None) -> None:
+    def __init__(
+        self, kind: str, *, tags: Mapping[str, str] | None = None, on_register: Callable[[str, T], None] | None = None
+    ) -> None:
         self.kind = kind
         self._tags = dict(tags) if tags is not None else None
         self._on_register = on_register
@@ -145,13 +146,17 @@ class Registry(Mapping[str, T]):
         if not isinstance(name, str) or not name.strip() or name != name.strip():
             raise ValueError(f"a {self.kind} name must be a non-empty string without surrounding spaces, not {name!r}")
         if isinstance(tags, str):
-            raise TypeError(f"tags of {self.kind} {name!r} must be a sequence of strings, not the string {tags!r} "
-                            f"(write tags=({tags!r},))")
+            raise TypeError(
+                f"tags of {self.kind} {name!r} must be a sequence of strings, not the string {tags!r} "
+                f"(write tags=({tags!r},))"
+            )
         tags = tuple(dict.fromkeys(tags))
         taken = self._entries.get(name)
         if taken is not None and taken.definition != definition(obj):
-            raise ValueError(f"{self.kind} name {name!r} is already registered by {taken.definition}; register "
-                             f"{definition(obj)} under another name")
+            raise ValueError(
+                f"{self.kind} name {name!r} is already registered by {taken.definition}; register "
+                f"{definition(obj)} under another name"
+            )
         for tag in tags:
             self._check_tag(tag, error=ValueError, where=f" ({self.kind} {name!r})")
         if self._on_register is not None:

@@ -89,8 +89,11 @@ class ExperimentConfig:
     def spec(self) -> RunSpec:
         """The run's name as a :class:`~polyrec.runspec.RunSpec`: the model, its adapter, and the strategy
         when it was asked for by name."""
-        return RunSpec(self.model_name, None if self.adapter.kind == "none" else self.adapter.kind,
-                       self.train.strategy if self.strategy_in_name else None)
+        return RunSpec(
+            self.model_name,
+            None if self.adapter.kind == "none" else self.adapter.kind,
+            self.train.strategy if self.strategy_in_name else None,
+        )
 
     @property
     def display_name(self) -> str:
@@ -101,8 +104,12 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (every default filled in, strategy options included): what
         ``config.json`` holds and the config hash is computed from."""
-        out = {"protocol": self.protocol, "data": to_dict(self.data),
-               "model": {"name": self.model_name, **to_dict(self.model)}, "train": to_dict(self.train)}
+        out = {
+            "protocol": self.protocol,
+            "data": to_dict(self.data),
+            "model": {"name": self.model_name, **to_dict(self.model)},
+            "train": to_dict(self.train),
+        }
         if self.adapter.kind != "none":
             out["adapter"] = to_dict(self.adapter)
         return out
@@ -133,18 +140,26 @@ def _file_under_name(file_cfg: dict[str, Any], spec: RunSpec, where: str) -> dic
     if isinstance(model, dict) and model.get("name") not in (None, spec.model):
         options = {k: v for k, v in model.items() if k != "name"}
         if options:
-            _warn_dropped(where, "model options", options, f"they are for model {model['name']!r}, and the model name "
-                          f"{str(spec)!r} asks for {spec.model!r}")
+            _warn_dropped(
+                where,
+                "model options",
+                options,
+                f"they are for model {model['name']!r}, and the model name {str(spec)!r} asks for {spec.model!r}",
+            )
         out["model"] = {}
     train = out.get("train")
     if spec.strategy and isinstance(train, dict) and train.get("strategy") not in (None, spec.strategy):
         train = dict(train)
         options = train.pop("strategy_options", None)
         if options:
-            _warn_dropped(where, "train.strategy_options", options,
-                          f"they are for train.strategy {train['strategy']!r}, which the model name {str(spec)!r} "
-                          f"replaces with {spec.strategy!r}; set options for it with --set "
-                          "train.strategy_options.KEY=VALUE")
+            _warn_dropped(
+                where,
+                "train.strategy_options",
+                options,
+                f"they are for train.strategy {train['strategy']!r}, which the model name {str(spec)!r} "
+                f"replaces with {spec.strategy!r}; set options for it with --set "
+                "train.strategy_options.KEY=VALUE",
+            )
         train["strategy"] = spec.strategy
         out["train"] = train
     return out
@@ -167,8 +182,12 @@ def base_config(preset: str | None = None, model: str | None = None, config_file
             # A model whose paper trains it with its own strategy (DFEI's cyclic schedule) says so here.
             data["train"] = {**data["train"], **p.get("model_train", {}).get(spec.model, {})}
             if spec.strategy:  # a strategy asked for by name gets the preset's settings for it (no others')
-                data["train"] = {**data["train"], "strategy_options": {}, "strategy": spec.strategy,
-                                 **p.get("strategy_train", {}).get(spec.strategy, {})}
+                data["train"] = {
+                    **data["train"],
+                    "strategy_options": {},
+                    "strategy": spec.strategy,
+                    **p.get("strategy_train", {}).get(spec.strategy, {}),
+                }
     if config_file:
         file_cfg = load_yaml(config_file)
         if spec:
@@ -187,8 +206,10 @@ def base_config(preset: str | None = None, model: str | None = None, config_file
         if spec.strategy and isinstance(data.get("train"), dict):
             data["train"] = {**data["train"], "strategy": spec.strategy}
         if spec.adapter:
-            data["adapter"] = {**(data.get("adapter") if isinstance(data.get("adapter"), dict) else {}),
-                               "kind": spec.adapter}
+            data["adapter"] = {
+                **(data.get("adapter") if isinstance(data.get("adapter"), dict) else {}),
+                "kind": spec.adapter,
+            }
     return data
 
 
@@ -201,8 +222,9 @@ def _resolve_adapter(raw: Any, protocol: str, model_name: str) -> AdapterConfig:
             alpha = DEFAULT_ALPHA
         adapter = dataclasses.replace(adapter, alpha=alpha)
     if adapter.kind == "mlora":  # held resolved, so a saved config says which layer the run had
-        adapter = dataclasses.replace(adapter, domain_bias=bool(adapter.domain_bias),
-                                      a_init=adapter.a_init or "gaussian")
+        adapter = dataclasses.replace(
+            adapter, domain_bias=bool(adapter.domain_bias), a_init=adapter.a_init or "gaussian"
+        )
     return adapter
 
 
@@ -216,8 +238,10 @@ def resolve_config(data: dict[str, Any]) -> ExperimentConfig:
     for section in ("data", "model", "train", "adapter"):
         value = data.get(section)
         if value is not None and not isinstance(value, dict):
-            raise ConfigError(f"{section}: expected a mapping of {section} keys, got {value!r}; set one key with "
-                              f"--set {section}.KEY=VALUE")
+            raise ConfigError(
+                f"{section}: expected a mapping of {section} keys, got {value!r}; set one key with "
+                f"--set {section}.KEY=VALUE"
+            )
     model = dict(data.get("model") or {})
     name = model.pop("name", None)
     if not name:
@@ -226,17 +250,21 @@ def resolve_config(data: dict[str, Any]) -> ExperimentConfig:
     train = dict(data.get("train") or {})
     if spec.strategy:
         if train.get("strategy", spec.strategy) != spec.strategy:
-            raise ConfigError(f"model.name {name!r} asks for strategy {spec.strategy!r} but train.strategy is "
-                              f"{train['strategy']!r}; drop one of them (a --model name replaces the strategy of "
-                              "the preset and the config file, but not a --set train.strategy)")
+            raise ConfigError(
+                f"model.name {name!r} asks for strategy {spec.strategy!r} but train.strategy is "
+                f"{train['strategy']!r}; drop one of them (a --model name replaces the strategy of "
+                "the preset and the config file, but not a --set train.strategy)"
+            )
         train["strategy"] = spec.strategy
     raw_adapter = data.get("adapter")
     if spec.adapter:
         if isinstance(raw_adapter, dict) and raw_adapter.get("kind", spec.adapter) != spec.adapter:
             label = {"mlora": "MLoRA"}.get(spec.adapter, spec.adapter)
-            raise ConfigError(f"model.name {name!r} asks for {label} but adapter.kind is {raw_adapter['kind']!r}; "
-                              "drop one of them (a --model name replaces the adapter.kind of the preset and the "
-                              "config file, but not a --set adapter.kind)")
+            raise ConfigError(
+                f"model.name {name!r} asks for {label} but adapter.kind is {raw_adapter['kind']!r}; "
+                "drop one of them (a --model name replaces the adapter.kind of the preset and the "
+                "config file, but not a --set adapter.kind)"
+            )
         raw_adapter = {**(raw_adapter if isinstance(raw_adapter, dict) else {}), "kind": spec.adapter}
     cls = get_model_class(spec.model)
     protocol = str(data.get("protocol", "custom"))
@@ -256,8 +284,9 @@ def resolve_config(data: dict[str, Any]) -> ExperimentConfig:
     )
 
 
-def make_config(preset: str | None = None, model: str | None = None, config_file: str | None = None,
-                overrides: Iterable[str] = ()) -> ExperimentConfig:
+def make_config(
+    preset: str | None = None, model: str | None = None, config_file: str | None = None, overrides: Iterable[str] = ()
+) -> ExperimentConfig:
     """Preset and/or YAML file, under the model name ``model``, then dotted overrides -> validated config.
 
     How ``model`` combines with the preset and the file is the rule in this module's docstring: its
@@ -272,19 +301,28 @@ def make_config(preset: str | None = None, model: str | None = None, config_file
     return resolve_config(apply_overrides(base_config(preset, model, config_file), list(overrides)))
 
 
-def data_config(preset: str | None = None, config_file: str | None = None,
-                overrides: Iterable[str] = ()) -> DataConfig:
+def data_config(preset: str | None = None, config_file: str | None = None, overrides: Iterable[str] = ()) -> DataConfig:
     """The validated ``data`` section of a preset and/or a YAML file with ``data.*`` overrides (no model
     needed: what ``polyrec data prepare`` encodes)."""
     overrides = list(overrides)
     for text in overrides:
         keys, _ = parse_override(text)
         if keys[0] != "data":
-            raise ConfigError(f"override {text!r}: only data.* keys change the data set; drop it (it would have no "
-                              "effect here)")
+            raise ConfigError(
+                f"override {text!r}: only data.* keys change the data set; drop it (it would have no effect here)"
+            )
     raw = apply_overrides(base_config(preset, None, config_file), overrides)
     return from_dict(DataConfig, raw.get("data") or {}, path="data")
 
 
-__all__ = ["ADAPTER_SUFFIX", "STRATEGY_SEP", "ExperimentConfig", "base_config", "data_config", "make_config",
-           "resolve_config", "split_model_name", "split_strategy"]
+__all__ = [
+    "ADAPTER_SUFFIX",
+    "STRATEGY_SEP",
+    "ExperimentConfig",
+    "base_config",
+    "data_config",
+    "make_config",
+    "resolve_config",
+    "split_model_name",
+    "split_strategy",
+]

@@ -50,14 +50,23 @@ class RunSpec:
             if value is None and field != "model":
                 continue
             if not isinstance(value, str) or not _PART.fullmatch(value):
-                shown = "".join(p if isinstance(p, str) else "?" for p in
-                                (self.model, self.adapter and ADAPTER_SEP + str(self.adapter),
-                                 self.strategy and STRATEGY_SEP + str(self.strategy)))
-                raise ConfigError(f"model name {shown!r}: the {field} part {value!r} is not a name (letters, digits, "
-                                  f"'_', '-', '.'); a model name is {_FORM}")
+                shown = "".join(
+                    p if isinstance(p, str) else "?"
+                    for p in (
+                        self.model,
+                        self.adapter and ADAPTER_SEP + str(self.adapter),
+                        self.strategy and STRATEGY_SEP + str(self.strategy),
+                    )
+                )
+                raise ConfigError(
+                    f"model name {shown!r}: the {field} part {value!r} is not a name (letters, digits, "
+                    f"'_', '-', '.'); a model name is {_FORM}"
+                )
         if self.adapter is not None and self.adapter not in ADAPTERS:
-            raise ConfigError(f"model name {str(self)!r}: unknown adapter {self.adapter!r} after '{ADAPTER_SEP}'; "
-                              f"valid: {', '.join(ADAPTERS)}; a model name is {_FORM}")
+            raise ConfigError(
+                f"model name {str(self)!r}: unknown adapter {self.adapter!r} after '{ADAPTER_SEP}'; "
+                f"valid: {', '.join(ADAPTERS)}; a model name is {_FORM}"
+            )
 
     @classmethod
     def parse(cls, name: str) -> RunSpec:
@@ -72,8 +81,10 @@ class RunSpec:
             raise ConfigError(f"model name {name!r} has more than one '{STRATEGY_SEP}'; a model name is {_FORM}")
         if sep and ADAPTER_SEP in strategy:
             named, _, adapter = strategy.partition(ADAPTER_SEP)
-            raise ConfigError(f"model name {name!r}: the adapter goes before the strategy "
-                              f"('{rest}{ADAPTER_SEP}{adapter}{STRATEGY_SEP}{named}'); a model name is {_FORM}")
+            raise ConfigError(
+                f"model name {name!r}: the adapter goes before the strategy "
+                f"('{rest}{ADAPTER_SEP}{adapter}{STRATEGY_SEP}{named}'); a model name is {_FORM}"
+            )
         if sep and not strategy:
             raise ConfigError(f"model name {name!r} has no strategy after '{STRATEGY_SEP}'; a model name is {_FORM}")
         model, plus, adapter = rest.partition(ADAPTER_SEP)
@@ -87,8 +98,11 @@ class RunSpec:
 
     def __str__(self) -> str:
         """The canonical name: ``parse(str(spec)) == spec``."""
-        return (self.model + (ADAPTER_SEP + self.adapter if self.adapter else "")
-                + (STRATEGY_SEP + self.strategy if self.strategy else ""))
+        return (
+            self.model
+            + (ADAPTER_SEP + self.adapter if self.adapter else "")
+            + (STRATEGY_SEP + self.strategy if self.strategy else "")
+        )
 
     def with_adapter(self, adapter: str | None) -> RunSpec:
         return dataclasses.replace(self, adapter=adapter)

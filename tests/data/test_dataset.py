@@ -198,8 +198,15 @@ def test_splits_partition_property(n, d, train, val, test, seed, method):
     total = train + val + test
     ratios = (train / total, val / total, 1.0 - train / total - val / total)
     rng = np.random.default_rng(seed)
-    sp = make_splits(method, ratios, seed, rng.integers(0, 2, n), rng.integers(0, d, n),
-                     rng.integers(0, 20, n), rng.integers(0, 5, n))
+    sp = make_splits(
+        method,
+        ratios,
+        seed,
+        rng.integers(0, 2, n),
+        rng.integers(0, d, n),
+        rng.integers(0, 20, n),
+        rng.integers(0, 5, n),
+    )
     assert_partition(sp, n)
 
 
@@ -310,8 +317,10 @@ def test_changed_config_gives_a_different_key(synthetic_cfg):
         with_split(synthetic_cfg, seed=1),
         with_split(synthetic_cfg, ratios=(0.8, 0.1, 0.1)),
         dataclasses.replace(synthetic_cfg, features=synthetic_cfg.features[:-1]),
-        dataclasses.replace(synthetic_cfg, source=dataclasses.replace(
-            synthetic_cfg.source, options={**synthetic_cfg.source.options, "seed": 1})),
+        dataclasses.replace(
+            synthetic_cfg,
+            source=dataclasses.replace(synthetic_cfg.source, options={**synthetic_cfg.source.options, "seed": 1}),
+        ),
         dataclasses.replace(synthetic_cfg, domain=DomainRule("domain", as_feature=False)),
     ]
     keys = {dataset_key(c) for c in changed}
@@ -332,7 +341,9 @@ def test_domain_group_order_is_part_of_the_key(synthetic_cfg):
 def test_source_file_content_is_part_of_the_key(tmp_path, synthetic_cfg):
     path = tmp_path / "clicks.csv"
     make_synthetic(**synthetic_cfg.source.options).to_csv(path, index=False)
-    cfg = dataclasses.replace(synthetic_cfg, source=dataclasses.replace(synthetic_cfg.source, kind="csv", path=str(path)))
+    cfg = dataclasses.replace(
+        synthetic_cfg, source=dataclasses.replace(synthetic_cfg.source, kind="csv", path=str(path))
+    )
     k1 = dataset_key(cfg)
     a = build_dataset(cfg)
     frame = pd.read_csv(path)

@@ -125,7 +125,7 @@ def test_streaming_auc_compaction_across_many_batches():
     scores = np.round(rng.normal(size=labels.size) + 0.3 * labels, 3)
     m = StreamingAUC()
     for lo in range(0, labels.size, 7_000):
-        m.update(labels[lo:lo + 7_000], scores[lo:lo + 7_000])
+        m.update(labels[lo : lo + 7_000], scores[lo : lo + 7_000])
     assert m.compute() == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     state = m.state_dict()
     assert np.all(np.diff(state["scores"]) > 0)
@@ -230,8 +230,9 @@ def test_evaluator_matches_sklearn_per_domain_and_formulas():
     ev = MultiDomainEvaluator(names)
     for lo in range(0, 3000, 256):
         sl = slice(lo, lo + 256)
-        ev.update(torch.tensor(logits[sl]), torch.tensor(labels[sl]), torch.tensor(domains[sl]),
-                  users=torch.tensor(users[sl]))
+        ev.update(
+            torch.tensor(logits[sl]), torch.tensor(labels[sl]), torch.tensor(domains[sl]), users=torch.tensor(users[sl])
+        )
     out = ev.compute()
 
     probs = 1 / (1 + np.exp(-logits))
@@ -246,9 +247,13 @@ def test_evaluator_matches_sklearn_per_domain_and_formulas():
         pcoc = probs[m].mean() / labels[m].astype(np.float64).mean()
         assert out["pcoc_per_domain"][name] == pytest.approx(pcoc, rel=1e-9)
         assert out["count_per_domain"][name] == {
-            "n": int(m.sum()), "pos": int(labels[m].sum()), "neg": int((labels[m] == 0).sum())}
+            "n": int(m.sum()),
+            "pos": int(labels[m].sum()),
+            "neg": int((labels[m] == 0).sum()),
+        }
         assert out["gauc_per_domain"][name] == pytest.approx(
-            _gauc_bruteforce(users[m], labels[m], logits[m]), abs=1e-12)
+            _gauc_bruteforce(users[m], labels[m], logits[m]), abs=1e-12
+        )
     assert out["auc_overall"] == pytest.approx(roc_auc_score(labels, logits), abs=1e-12)
     assert out["logloss_overall"] == pytest.approx(log_loss(labels, probs), rel=1e-9)
     assert out["auc_mean"] == pytest.approx(np.mean(aucs), abs=1e-12)
@@ -264,8 +269,7 @@ def test_evaluator_empty_and_single_class_domains():
     assert "gauc" not in out
 
     # domain a: both classes; b: only negatives; c: never seen
-    ev.update(torch.tensor([0.5, -0.5, 1.0, 0.2, -2.0]), torch.tensor([1, 0, 0, 0, 0]),
-              torch.tensor([0, 0, 0, 1, 1]))
+    ev.update(torch.tensor([0.5, -0.5, 1.0, 0.2, -2.0]), torch.tensor([1, 0, 0, 0, 0]), torch.tensor([0, 0, 0, 1, 1]))
     out = ev.compute()
     assert out["auc_per_domain"]["a"] == pytest.approx(0.5)
     assert math.isnan(out["auc_per_domain"]["b"]) and math.isnan(out["auc_per_domain"]["c"])
@@ -327,10 +331,30 @@ def test_evaluator_input_errors():
 # ------------------------------------------------------------ MultiDomainMetrics
 # Pinned: the JSON form of the metrics is what result.json, metrics.jsonl, `polyrec evaluate --json` and the
 # committed benchmark records hold. A change here changes every artifact; it must be deliberate.
-JSON_KEYS = ["auc_per_domain", "logloss_per_domain", "pcoc_per_domain", "count_per_domain", "auc_overall",
-             "logloss_overall", "auc_mean", "wauc", "n", "gauc", "gauc_per_domain"]
-RECORD_KEYS = ["wauc", "auc_overall", "auc_mean", "logloss_overall", "gauc", "auc_per_domain",
-               "logloss_per_domain", "pcoc_per_domain", "count_per_domain"]
+JSON_KEYS = [
+    "auc_per_domain",
+    "logloss_per_domain",
+    "pcoc_per_domain",
+    "count_per_domain",
+    "auc_overall",
+    "logloss_overall",
+    "auc_mean",
+    "wauc",
+    "n",
+    "gauc",
+    "gauc_per_domain",
+]
+RECORD_KEYS = [
+    "wauc",
+    "auc_overall",
+    "auc_mean",
+    "logloss_overall",
+    "gauc",
+    "auc_per_domain",
+    "logloss_per_domain",
+    "pcoc_per_domain",
+    "count_per_domain",
+]
 
 
 def _computed(users: bool = True) -> MultiDomainMetrics:
@@ -369,9 +393,15 @@ def test_metrics_from_dict_round_trips_both_forms():
     for m in (_computed(), _computed(users=False)):
         full, record = m.to_dict(), m.to_record()
         assert json.dumps(MultiDomainMetrics.from_dict(full).to_dict()) == json.dumps(full)
-        assert json.dumps(MultiDomainMetrics.from_dict(json.loads(json.dumps(record))).to_record()) == json.dumps(record)
+        assert json.dumps(MultiDomainMetrics.from_dict(json.loads(json.dumps(record))).to_record()) == json.dumps(
+            record
+        )
     m = MultiDomainMetrics.from_dict(_computed().to_record())  # a run record's metrics: no n, no gauc_per_domain
-    assert m.n == 600 and m.gauc_per_domain is None and m.count_per_domain["b"] == DomainCount(**m["count_per_domain"]["b"])
+    assert (
+        m.n == 600
+        and m.gauc_per_domain is None
+        and m.count_per_domain["b"] == DomainCount(**m["count_per_domain"]["b"])
+    )
 
 
 def test_metrics_read_like_their_dict():

@@ -98,11 +98,17 @@ LEGACY: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "hinet": ("hinet", {"embedding_dim": 4, "expert_units": (8, 6), "tower_units": (8,)}, None),
     "m3oe": ("m3oe", {"embedding_dim": 4, "expert_units": (8, 6), "tower_units": (8,)}, None),
     "m2m": ("m2m", {"embedding_dim": 4, "expert_units": (8, 6), "scenario_dim": 8, "tower_units": (8,)}, None),
-    "sarnet": ("sarnet", {"embedding_dim": 4, "shared_experts": 2, "specific_experts": 3, "expert_dim": 6,
-                          "tower_units": (8,)}, None),
+    "sarnet": (
+        "sarnet",
+        {"embedding_dim": 4, "shared_experts": 2, "specific_experts": 3, "expert_dim": 6, "tower_units": (8,)},
+        None,
+    ),
     "hinet+mlora": ("hinet", {"embedding_dim": 4, "expert_units": (8, 6), "tower_units": (8,)}, "mlora"),
-    "sarnet+specific": ("sarnet", {"embedding_dim": 4, "shared_experts": 2, "specific_experts": 3,
-                                   "expert_dim": 6, "tower_units": (8,)}, "specific"),
+    "sarnet+specific": (
+        "sarnet",
+        {"embedding_dim": 4, "shared_experts": 2, "specific_experts": 3, "expert_dim": 6, "tower_units": (8,)},
+        "specific",
+    ),
 }
 
 
@@ -120,8 +126,10 @@ def schemas() -> dict[str, DatasetSchema]:
 def batches(schema: DatasetSchema) -> tuple[Batch, Batch]:
     """A mixed batch with every domain present (interleaved) and a batch of the last domain alone."""
     D = schema.num_domains
-    return (make_batch(schema, max(48, 4 * D), seed=0, every_domain=True),
-            make_batch(schema, 16, seed=5, domains=D - 1))
+    return (
+        make_batch(schema, max(48, 4 * D), seed=0, every_domain=True),
+        make_batch(schema, 16, seed=5, domains=D - 1),
+    )
 
 
 def digest(t: torch.Tensor | None) -> str | None:
@@ -143,8 +151,12 @@ def single_thread():
 
 
 def environment() -> dict[str, str]:
-    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(),
-            "mkl": str(torch.backends.mkl.is_available()), "machine": platform.machine()}
+    return {
+        "torch": torch.__version__,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "mkl": str(torch.backends.mkl.is_available()),
+        "machine": platform.machine(),
+    }
 
 
 def build(case: Case, schema: DatasetSchema) -> nn.Module:

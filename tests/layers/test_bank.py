@@ -29,7 +29,7 @@ SAME_MACHINE = REFERENCE["environment"] == ref.environment()
 BIT_FOR_BIT = pytest.mark.skipif(
     not SAME_MACHINE,
     reason=f"the reference was written with {REFERENCE['environment']}; this is {ref.environment()}: matmul "
-           "rounding may differ (compared within rounding instead)",
+    "rounding may differ (compared within rounding instead)",
 )
 CASES = {case.id: case for case in ref.cases()}
 
@@ -117,7 +117,7 @@ def test_every_model_reproduces_the_reference_within_rounding(cid: str, current)
 @pytest.mark.parametrize("key", sorted(ref.LEGACY))
 def test_a_state_dict_saved_with_the_former_bank_names_loads_and_reproduces_its_logits(key: str) -> None:
     tensors = load_file(str(ref.LEGACY_STATE))
-    saved = {k[len(key) + 1:]: v for k, v in tensors.items() if k.startswith(key + "/")}
+    saved = {k[len(key) + 1 :]: v for k, v in tensors.items() if k.startswith(key + "/")}
     assert any(".weights.0" in k or "__weights__0" in k for k in saved)  # the file really has the old names
     model = ref.legacy_model(key)
     model.load_state_dict(saved)  # strict
@@ -132,7 +132,7 @@ def test_a_state_dict_saved_with_the_former_bank_names_loads_and_reproduces_its_
 
 def test_the_legacy_specific_offsets_of_the_mamdr_wrapper_are_mapped() -> None:
     tensors = load_file(str(ref.LEGACY_STATE))
-    saved = {k[len("sarnet+specific/"):]: v for k, v in tensors.items() if k.startswith("sarnet+specific/")}
+    saved = {k[len("sarnet+specific/") :]: v for k, v in tensors.items() if k.startswith("sarnet+specific/")}
     model = ref.legacy_model("sarnet+specific")
     model.load_state_dict(saved)
     old = saved["specific.specific__weights__0"]  # [D, D, k, D_in, D_out]
@@ -272,20 +272,25 @@ def test_linear_bank_dense_member_and_routed_agree() -> None:
     pair = LinearBank(4, 3, num=4)
     seg2 = DomainSegments.from_domain(torch.tensor([0, 1, 1]))
     x2 = torch.randn(3, 4)
-    torch.testing.assert_close(pair.route_member(x2, seg2, per_domain=2, member=1), pair(x2)[[1, 3, 3], torch.arange(3)])
+    torch.testing.assert_close(
+        pair.route_member(x2, seg2, per_domain=2, member=1), pair(x2)[[1, 3, 3], torch.arange(3)]
+    )
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: LinearBank(0, 3, 2), "in_dim"),
-    (lambda: LinearBank(4, 0, 2), "out_dim"),
-    (lambda: LinearBank(4, 3, 0), "num"),
-    (lambda: MLPBank(4, (3,), num=0), "num"),
-    (lambda: MLPBank(4, (), num=2), "hidden_units"),
-    (lambda: MLPBank(4, (3,), num=2, dropout=1.0), "dropout"),
-    (lambda: MLPBank(4, (3,), num=2, order="experts"), "order"),
-    (lambda: MLPBank(4, (3,), num=2, activation="swish"), "activation"),
-    (lambda: linear_init_(torch.empty(3), 0), "fan_in"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: LinearBank(0, 3, 2), "in_dim"),
+        (lambda: LinearBank(4, 0, 2), "out_dim"),
+        (lambda: LinearBank(4, 3, 0), "num"),
+        (lambda: MLPBank(4, (3,), num=0), "num"),
+        (lambda: MLPBank(4, (), num=2), "hidden_units"),
+        (lambda: MLPBank(4, (3,), num=2, dropout=1.0), "dropout"),
+        (lambda: MLPBank(4, (3,), num=2, order="experts"), "order"),
+        (lambda: MLPBank(4, (3,), num=2, activation="swish"), "activation"),
+        (lambda: linear_init_(torch.empty(3), 0), "fan_in"),
+    ],
+)
 def test_bad_construction_names_the_argument(make, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make()
@@ -315,8 +320,12 @@ def test_former_names_and_shapes_load_into_a_bank() -> None:
     torch.manual_seed(0)
     D, k = 3, 2
     bank = MLPBank(4, (5, 3), num=D * k, order="rows")
-    old = {"weights.0": torch.randn(D, k, 4, 5), "weights.1": torch.randn(D, k, 5, 3),
-           "biases.0": torch.randn(D, k, 5), "biases.1": torch.randn(D, k, 3)}  # DomainExpertBank's layout
+    old = {
+        "weights.0": torch.randn(D, k, 4, 5),
+        "weights.1": torch.randn(D, k, 5, 3),
+        "biases.0": torch.randn(D, k, 5),
+        "biases.1": torch.randn(D, k, 3),
+    }  # DomainExpertBank's layout
     bank.load_state_dict(old)
     assert torch.equal(bank.hidden[1].weight, old["weights.1"].reshape(D * k, 5, 3))
     assert torch.equal(bank.hidden[0].bias, old["biases.0"].reshape(D * k, 5))

@@ -255,8 +255,8 @@ def test_self_attention_heads_are_independent_blocks() -> None:
         single = SelfAttentionInteraction(E, d, 1, use_residual=False).double()
         with torch.no_grad():
             for name in ("query", "key", "value"):
-                getattr(single, name).weight.copy_(getattr(layer, name).weight[h * d:(h + 1) * d])
-        torch.testing.assert_close(out[..., h * d:(h + 1) * d], single(x))
+                getattr(single, name).weight.copy_(getattr(layer, name).weight[h * d : (h + 1) * d])
+        torch.testing.assert_close(out[..., h * d : (h + 1) * d], single(x))
 
 
 # ---------------------------------------------------------------------------------------------- CIN

@@ -38,7 +38,6 @@ def batch_of(n: int = 30, seed: int = 0, domains=None, num_domains: int = D) -> 
     return make_batch(schema_of(num_domains), n, seed, domains=domains, every_domain=True, padding=0.0)
 
 
-
 def build(name: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     return create_model(name, schema_of(), **overrides)
@@ -66,8 +65,13 @@ def per_domain_params(model, name: str):
 # Per-domain isolation (Shared-Bottom, MMoE, PLE)
 # --------------------------------------------------------------------------------------------------------
 
-ISOLATED = [("shared_bottom", {}), ("mmoe", {}), ("ple", {"num_levels": 1}), ("ple", {"num_levels": 2}),
-            ("ple", {"num_levels": 3})]
+ISOLATED = [
+    ("shared_bottom", {}),
+    ("mmoe", {}),
+    ("ple", {"num_levels": 1}),
+    ("ple", {"num_levels": 2}),
+    ("ple", {"num_levels": 3}),
+]
 
 
 @pytest.mark.parametrize("name,overrides", ISOLATED, ids=lambda v: str(v))

@@ -32,7 +32,6 @@ def batch_of(n: int = 48, num_domains: int = 3, seed: int = 0, domain: torch.Ten
     return make_batch(schema_of(num_domains), n, seed, domains=domain)
 
 
-
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
@@ -119,21 +118,23 @@ def test_epnet_gate_reads_the_embeddings_through_a_stop_gradient() -> None:
     table = model.embeddings.table.weight
     tags = model.embeddings.multi["tags"].weight
     # EPNet gate: no path to any embedding, but it trains itself and the domain embedding.
-    grads = torch.autograd.grad(captured["ep"].sum(), [table, tags, model.domain_embedding.weight],
-                                retain_graph=True, allow_unused=True)
+    grads = torch.autograd.grad(
+        captured["ep"].sum(), [table, tags, model.domain_embedding.weight], retain_graph=True, allow_unused=True
+    )
     assert grads[0] is None and grads[1] is None
     assert grads[2].abs().sum() > 0
     # PPNet gate: reads the user and item ids (O_prior, trained through the gate) and ⊘(O_ep): no path to
     # the other fields' embeddings nor to the EPNet gate.
     g_table, g_tags, g_ep = torch.autograd.grad(
-        captured["pp"].sum(), [table, tags, model.ep_gate.fc1.weight], retain_graph=True, allow_unused=True)
+        captured["pp"].sum(), [table, tags, model.ep_gate.fc1.weight], retain_graph=True, allow_unused=True
+    )
     offsets = model.embeddings.offsets.tolist()  # user rows [0, 30), item rows [30, 55), category [55, 61)
     assert g_table[: offsets[2]].abs().sum() > 0
-    assert g_table[offsets[2]:].abs().sum() == 0
+    assert g_table[offsets[2] :].abs().sum() == 0
     assert (g_tags is None or g_tags.abs().sum() == 0) and g_ep is None
     # The main path still trains every embedding.
     (g_main,) = torch.autograd.grad(logits.sum(), [table])
-    assert g_main[offsets[2]:].abs().sum() > 0
+    assert g_main[offsets[2] :].abs().sum() > 0
 
 
 # ---------------------------------------------------------------- AdaSparse
@@ -151,8 +152,9 @@ def test_adasparse_returns_a_finite_differentiable_sparsity_loss(form: str) -> N
 
 
 def test_adasparse_binarization_prunes_with_0_1_factors_and_alpha_moves_only_in_training() -> None:
-    model = perturb(create_model("adasparse", schema_of(), hidden_units=(16, 8), form="binarization",
-                                 epsilon=0.3), scale=1.0)
+    model = perturb(
+        create_model("adasparse", schema_of(), hidden_units=(16, 8), form="binarization", epsilon=0.3), scale=1.0
+    )
     dom = model.domain_embedding(torch.tensor([0, 1, 2]))
     pi, _soft = model.weighting_factors(1, dom, torch.randn(3, 16))
     assert set(pi.detach().unique().tolist()) <= {0.0, 1.0} and (pi == 0).any() and (pi == 1).any()
@@ -267,7 +269,9 @@ def test_hinet_scenario_expert_is_its_own_sub_experts_under_its_own_gate() -> No
             offset = H if san else 0
             for b in range(len(dom)):
                 i = int(dom[b])
-                gate = torch.softmax(x[b] @ model.specific_gate.linear.weight[i] + model.specific_gate.linear.bias[i], -1)
+                gate = torch.softmax(
+                    x[b] @ model.specific_gate.linear.weight[i] + model.specific_gate.linear.bias[i], -1
+                )
                 expected = sum(gate[k] * _mlp_member(x[b], model.specific.hidden, i * K + k) for k in range(K))
                 torch.testing.assert_close(got[b, offset : offset + H], expected, atol=1e-5, rtol=1e-4)
 
@@ -297,8 +301,7 @@ def test_m3oe_domain_balance_mixes_every_domains_expert_outputs() -> None:
         own_only = [_input_of(model.towers, model, _relabel(batch, j)) for j in range(D)]
         model.balance.copy_(balance)
         f = [
-            [(own_only[j][b] - _m3oe_shared_and_task(model, x, j, b)) / w_d for b in range(len(dom))]
-            for j in range(D)
+            [(own_only[j][b] - _m3oe_shared_and_task(model, x, j, b)) / w_d for b in range(len(dom))] for j in range(D)
         ]
         for b in range(len(dom)):
             d = int(dom[b])
@@ -335,11 +338,14 @@ def test_adaptdhm_soft_assignment_and_centres_move_only_in_training() -> None:
     torch.testing.assert_close(model.centers.norm(dim=1), torch.ones(3))
 
 
-@pytest.mark.parametrize("name,prefixes,overrides", [
-    ("sarnet", ("domain_scale", "domain_shift", "specific", "gate"), {}),
-    ("hamur", ("domain_embedding", "layers", "adapters", "out"), {}),
-    ("hinet", ("specific",), {"san": False, "specific_experts": 1}),  # without SAN: own scenario only
-])
+@pytest.mark.parametrize(
+    "name,prefixes,overrides",
+    [
+        ("sarnet", ("domain_scale", "domain_shift", "specific", "gate"), {}),
+        ("hamur", ("domain_embedding", "layers", "adapters", "out"), {}),
+        ("hinet", ("specific",), {"san": False, "specific_experts": 1}),  # without SAN: own scenario only
+    ],
+)
 def test_rows_use_only_their_own_domains_bank_slices(name: str, prefixes: tuple[str, ...], overrides: dict) -> None:
     model = create_model(name, schema_of(5), **overrides)
     model.eval()

@@ -28,8 +28,10 @@ from polyrec.training.checkpoint import (
 from polyrec.training.trainer import TrainConfig, Trainer
 
 DATA = {
-    "source": {"kind": "synthetic", "options": {"n_domains": 3, "n_samples": [900, 600, 300], "n_users": 120,
-                                                "n_items": 90, "seed": 5}},
+    "source": {
+        "kind": "synthetic",
+        "options": {"n_domains": 3, "n_samples": [900, 600, 300], "n_users": 120, "n_items": 90, "seed": 5},
+    },
     "label": {"column": "label"},
     "domain": {"column": "domain"},
     "features": [{"name": "user_id"}, {"name": "item_id"}, {"name": "dense_0", "kind": "dense"}],
@@ -52,8 +54,13 @@ def _cfg(**kw):
 
 
 def test_flatten_round_trips_nested_state():
-    state = {"a": torch.arange(3), "opt": {"state": {0: {"step": torch.tensor(2.0)}}, "groups": [{"betas": (0.9, 0.99)}]},
-             "best": float("nan"), "none": None, "rng": (3, (1, 2), None)}
+    state = {
+        "a": torch.arange(3),
+        "opt": {"state": {0: {"step": torch.tensor(2.0)}}, "groups": [{"betas": (0.9, 0.99)}]},
+        "best": float("nan"),
+        "none": None,
+        "rng": (3, (1, 2), None),
+    }
     skeleton, tensors = flatten(state)
     back = unflatten(skeleton, tensors)
     assert torch.equal(back["a"], state["a"]) and back["opt"]["state"][0]["step"] == 2.0
@@ -141,12 +148,28 @@ def test_a_crashed_checkpoint_writer_leaves_nothing_that_later_runs_trip_over(ds
 
 CONFIG = {
     "protocol": "killed",
-    "data": {**DATA, "source": {"kind": "synthetic", "options": {"n_domains": 3, "n_samples": [6000, 4000, 2000],
-                                                                 "n_users": 300, "n_items": 200, "seed": 8}}},
+    "data": {
+        **DATA,
+        "source": {
+            "kind": "synthetic",
+            "options": {"n_domains": 3, "n_samples": [6000, 4000, 2000], "n_users": 300, "n_items": 200, "seed": 8},
+        },
+    },
     "train": {"batch_size": 32, "max_epochs": 4, "patience": 0, "seed": 1, "num_threads": 1},
 }
-TRAIN = ["-m", "polyrec.cli", "train", "--model", "star", "--set", "model.embedding_dim=4",
-         "--set", "model.hidden_units=[16,8]", "--set", "model.dropout=0.3"]
+TRAIN = [
+    "-m",
+    "polyrec.cli",
+    "train",
+    "--model",
+    "star",
+    "--set",
+    "model.embedding_dim=4",
+    "--set",
+    "model.hidden_units=[16,8]",
+    "--set",
+    "model.dropout=0.3",
+]
 
 
 def _train_cmd(config: Path, out: Path) -> list[str]:
@@ -171,8 +194,9 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):
     killed = tmp_path / "killed"
     kills = 0
     for wait_for in ("epoch-000001", "epoch-000002"):  # twice: mid epoch 1, then mid epoch 2 (or later)
-        proc = subprocess.Popen(_train_cmd(config, killed), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _train_cmd(config, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 240
         while not (killed / "checkpoints" / wait_for).exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -13,8 +13,10 @@ from polyrec.data.samplers import epoch_batches
 from polyrec.training.strategies import create_strategy, list_strategies
 
 DATA = {
-    "source": {"kind": "synthetic", "options": {"n_domains": 3, "n_samples": [1500, 800, 400], "n_users": 200,
-                                                "n_items": 150, "seed": 3}},
+    "source": {
+        "kind": "synthetic",
+        "options": {"n_domains": 3, "n_samples": [1500, 800, 400], "n_users": 200, "n_items": 150, "seed": 3},
+    },
     "label": {"column": "label"},
     "domain": {"column": "domain"},
     "features": [{"name": "user_id"}, {"name": "item_id"}, {"name": "dense_0", "kind": "dense"}],
@@ -48,8 +50,9 @@ def test_training_improves_validation_auc(ds):
     assert after > before + 0.05
 
 
-@pytest.mark.parametrize("strategy,sampler", [("joint", "mixed"), ("domain_batched", "domain_batched"),
-                                              ("alternate", "domain_sequential")])
+@pytest.mark.parametrize(
+    "strategy,sampler", [("joint", "mixed"), ("domain_batched", "domain_batched"), ("alternate", "domain_sequential")]
+)
 def test_strategies_use_their_samplers(ds, strategy, sampler, monkeypatch):
     seen = []
     import polyrec.training.strategies.base as base
@@ -162,7 +165,7 @@ def test_evaluate_is_an_evaluator_fed_batch_by_batch(ds):
     rows = ds.splits["val"]
     with torch.no_grad():
         for start in range(0, len(rows), 64):
-            batch = ds.batch(rows[start:start + 64])
+            batch = ds.batch(rows[start : start + 64])
             ev.update(model(batch).logits, batch.label, batch.domain, batch.user)
     assert json.dumps(got.to_dict()) == json.dumps(ev.compute().to_dict())  # the same bytes
 
@@ -170,8 +173,19 @@ def test_evaluate_is_an_evaluator_fed_batch_by_batch(ds):
 def test_epoch_records_keep_their_keys(ds, tmp_path):
     Trainer(model_for(ds), ds, cfg(max_epochs=1, monitor="gauc"), out_dir=tmp_path).fit()
     (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert list(record) == ["epoch", "train_bce", "train_loss", "val_gauc", "val_auc_overall", "val_logloss_overall",
-                            "val_auc_per_domain", "epoch_s", "recalibration_s", "samples_per_s", "best"]
+    assert list(record) == [
+        "epoch",
+        "train_bce",
+        "train_loss",
+        "val_gauc",
+        "val_auc_overall",
+        "val_logloss_overall",
+        "val_auc_per_domain",
+        "epoch_s",
+        "recalibration_s",
+        "samples_per_s",
+        "best",
+    ]
     assert list(record["val_auc_per_domain"]) == list(ds.schema.domain.values)
 
 

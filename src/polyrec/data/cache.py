@@ -150,8 +150,7 @@ def remove_abandoned(folder: PathLike, max_age_s: float = ABANDONED_AFTER_S) -> 
             continue
         match = _TEMP_NAME.match(path.name)
         # os.kill(pid, 0) on Windows would terminate the process: there, only the age counts.
-        dead = (match is not None and match.group(2) == host and os.name != "nt"
-                and not _pid_alive(int(match.group(1))))
+        dead = match is not None and match.group(2) == host and os.name != "nt" and not _pid_alive(int(match.group(1)))
         if not (dead or age > max_age_s):
             continue
         if path.is_dir() and not path.is_symlink():

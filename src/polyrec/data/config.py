@@ -44,14 +44,15 @@ _FINITE = _rule(lambda v: math.isfinite(v), "must be a finite number")
 
 def _groups_error(groups: dict[str, list[Any]]) -> str | None:
     if not groups:
-        return (f"{groups!r} is not allowed; name at least one domain (name: [raw values]), or leave groups "
-                "unset to make each distinct value its own domain")
+        return (
+            f"{groups!r} is not allowed; name at least one domain (name: [raw values]), or leave groups "
+            "unset to make each distinct value its own domain"
+        )
     for name, values in groups.items():
         if not name:
             return f"{groups!r} is not allowed; every domain needs a non-empty name"
         if not values:
-            return (f"{groups!r} is not allowed; domain {name!r} lists no raw values: give it at least one, "
-                    "or remove it")
+            return f"{groups!r} is not allowed; domain {name!r} lists no raw values: give it at least one, or remove it"
     return None
 
 
@@ -69,8 +70,10 @@ def _unique_names_error(features: tuple[FeatureConfig, ...]) -> str | None:
     names = [f.name for f in features]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        return (f"names {names} are not allowed; duplicate names {dup}: every feature needs its own name (set "
-                "column: to read one raw column as two features)")
+        return (
+            f"names {names} are not allowed; duplicate names {dup}: every feature needs its own name (set "
+            "column: to read one raw column as two features)"
+        )
     return None
 
 
@@ -117,12 +120,19 @@ class SourceConfig:
         if self.kind == "movielens" and isinstance(self.name, str):
             canonical = movielens_name(self.name)
             if canonical is None:
-                raise field_error("name", self.name, f"must be one of {', '.join(map(repr, MOVIELENS_NAMES))} "
-                                                     f"(also spelt {', '.join(map(repr, MOVIELENS_ALIASES))})")
+                raise field_error(
+                    "name",
+                    self.name,
+                    f"must be one of {', '.join(map(repr, MOVIELENS_NAMES))} "
+                    f"(also spelt {', '.join(map(repr, MOVIELENS_ALIASES))})",
+                )
             object.__setattr__(self, "name", canonical)  # one spelling in saved configs and cache keys
         if self.kind in ("csv", "parquet", "atomic") and not self.path:
-            raise field_error("path", self.path, f"kind {self.kind!r} reads local files: set data.source.path "
-                                                 "to the file (or folder) to read")
+            raise field_error(
+                "path",
+                self.path,
+                f"kind {self.kind!r} reads local files: set data.source.path to the file (or folder) to read",
+            )
         if self.sep is not None and self.kind == "parquet":
             raise field_error("sep", self.sep, "data.source.sep applies to csv files only; remove it for parquet")
 
@@ -250,7 +260,8 @@ class SplitConfig:
     def __post_init__(self) -> None:
         if not ratios_ok(self.ratios):
             raise field_error(
-                "ratios", list(self.ratios) if isinstance(self.ratios, (list, tuple)) else self.ratios,
+                "ratios",
+                list(self.ratios) if isinstance(self.ratios, (list, tuple)) else self.ratios,
                 "must be three finite non-negative fractions (train, val, test) summing to 1 with train > 0, "
                 "for example [0.8, 0.1, 0.1]",
             )
@@ -274,16 +285,25 @@ class DataConfig:
     def __post_init__(self) -> None:
         sparse = [f.name for f in self.features if f.kind == "sparse"]
         if self.user_feature is not None and self.user_feature not in sparse:
-            raise field_error("user_feature", self.user_feature,
-                              f"data.user_feature must name a sparse feature in data.features (sparse features: "
-                              f"{sparse}); set it to one of them or leave it unset")
+            raise field_error(
+                "user_feature",
+                self.user_feature,
+                f"data.user_feature must name a sparse feature in data.features (sparse features: "
+                f"{sparse}); set it to one of them or leave it unset",
+            )
         embedded = [f.name for f in self.features if f.kind in ("sparse", "multi")]
         for name in self.domain.describing:
             if name not in embedded:
-                raise field_error("domain.describing", list(self.domain.describing),
-                                  f"{name!r} is not a sparse or multi-valued feature of data.features (those are "
-                                  f"{embedded}); name only such features, or add {name!r} to data.features")
+                raise field_error(
+                    "domain.describing",
+                    list(self.domain.describing),
+                    f"{name!r} is not a sparse or multi-valued feature of data.features (those are "
+                    f"{embedded}); name only such features, or add {name!r} to data.features",
+                )
         if self.domain.as_feature and "domain" in [f.name for f in self.features]:
-            raise field_error("features", [f.name for f in self.features],
-                              "data.domain.as_feature adds a feature named 'domain'; rename the feature called "
-                              "'domain' or set data.domain.as_feature: false")
+            raise field_error(
+                "features",
+                [f.name for f in self.features],
+                "data.domain.as_feature adds a feature named 'domain'; rename the feature called "
+                "'domain' or set data.domain.as_feature: false",
+            )

@@ -110,7 +110,7 @@ class EncodedDataset:
             counts = self.domain_counts(s)
             lines.append(
                 f"  {s:5s} {len(idx):>9,} rows, positive rate {float(self.label[idx].mean()):.3f}, "
-                f"per domain {({d: counts[d] for d in display_order(counts)})}"
+                f"per domain { ({d: counts[d] for d in display_order(counts)}) }"
             )
         oov = self.report.get("oov", {})
         if oov:
@@ -330,8 +330,9 @@ def source_files(cfg: SourceConfig) -> dict[str, str]:
     if not path.exists():
         raise FileNotFoundError(f"data.source.path {str(path)!r} does not exist")
     if path.is_dir():
-        return {f.relative_to(path).as_posix(): sha256_file(f)
-                for f in sorted(p for p in path.rglob("*") if p.is_file())}
+        return {
+            f.relative_to(path).as_posix(): sha256_file(f) for f in sorted(p for p in path.rglob("*") if p.is_file())
+        }
     return {path.name: sha256_file(path)}
 
 
@@ -484,8 +485,11 @@ def schema_from(cfg: DataConfig, fitted: FittedProcessing, domain_names: tuple[s
         feats.append(FeatureSpec("domain", "sparse", vocab_size=len(domain_names) + FIRST_INDEX))
     for fc in cfg.features:
         if fc.kind == "multi":
-            feats.append(FeatureSpec(fc.name, "multi", vocab_size=fitted.vocabularies[fc.name].size,
-                                     max_len=fitted.max_lens[fc.name]))
+            feats.append(
+                FeatureSpec(
+                    fc.name, "multi", vocab_size=fitted.vocabularies[fc.name].size, max_len=fitted.max_lens[fc.name]
+                )
+            )
     for fc in cfg.features:
         if fc.kind == "dense":
             feats.append(FeatureSpec(fc.name, "dense"))
@@ -567,7 +571,9 @@ def _warn_duplicates(report: dict) -> None:
         )
 
 
-def _untrained_domains(domain: np.ndarray, splits: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, dict[str, int]]:
+def _untrained_domains(
+    domain: np.ndarray, splits: dict[str, np.ndarray], names: tuple[str, ...]
+) -> dict[str, dict[str, int]]:
     """Domains with validation or test rows but no training row: name -> rows per split."""
     counts = {s: np.bincount(domain[splits[s]], minlength=len(names)) for s in SPLITS}
     return {
@@ -653,8 +659,9 @@ def encode_frame(frame: pd.DataFrame, cfg: DataConfig) -> EncodedDataset:
         label, domain, groups = label[keep], domain[keep], groups[keep]
         if users is not None:
             users = pd.factorize(users[keep])[0].astype(np.int64)
-        _check_nonempty_splits(splits, len(frame), cfg.split,
-                               f" after dropping the untrained domain(s) {list(untrained)}")
+        _check_nonempty_splits(
+            splits, len(frame), cfg.split, f" after dropping the untrained domain(s) {list(untrained)}"
+        )
     fitted = fit_processing(frame, cfg.features, splits["train"])
     truncated: dict[str, np.ndarray] = {}
     arrays, oov_rows = encode_rows(frame, cfg, fitted, truncated)
@@ -688,8 +695,10 @@ def encode_frame(frame: pd.DataFrame, cfg: DataConfig) -> EncodedDataset:
 
 def _from_arrays(schema, arrays, splits, fitted, report) -> EncodedDataset:
     # Arrays from pandas may be read-only views; torch needs writable memory.
-    t = {k: torch.from_numpy(v if v.flags.writeable and v.flags.c_contiguous else np.array(v, order="C"))
-         for k, v in arrays.items()}
+    t = {
+        k: torch.from_numpy(v if v.flags.writeable and v.flags.c_contiguous else np.array(v, order="C"))
+        for k, v in arrays.items()
+    }
     ds = EncodedDataset(
         schema=schema,
         sparse=t["sparse"].long(),
@@ -706,8 +715,14 @@ def _from_arrays(schema, arrays, splits, fitted, report) -> EncodedDataset:
     return ds
 
 
-def new_domain_dataset(run_data: DataConfig, base: EncodedDataset, schema: DatasetSchema, data: DataConfig,
-                       name: str, backbone_domain: int = 0) -> EncodedDataset:
+def new_domain_dataset(
+    run_data: DataConfig,
+    base: EncodedDataset,
+    schema: DatasetSchema,
+    data: DataConfig,
+    name: str,
+    backbone_domain: int = 0,
+) -> EncodedDataset:
     """The rows of domain ``name`` of data set ``data``, encoded the way a trained run's data was.
 
     Args:
@@ -732,8 +747,10 @@ def new_domain_dataset(run_data: DataConfig, base: EncodedDataset, schema: Datas
     frame = sample_rows(load_source(data.source, id_columns(run_data)), data.sample)  # ids read exactly
     codes, names = derive_domain(frame, data.domain)
     if name not in names:
-        raise ValueError(f"domain {name!r} is not in the new data; its domain rule gives {list(names)}; "
-                         "pick one of them with --domain, or change data.domain")
+        raise ValueError(
+            f"domain {name!r} is not in the new data; its domain rule gives {list(names)}; "
+            "pick one of them with --domain, or change data.domain"
+        )
     frame = frame[codes == names.index(name)].reset_index(drop=True)
     label = derive_label(frame, data.label)
     arrays, oov_rows = encode_rows(frame, run_data, base.processing)
@@ -763,8 +780,13 @@ class CacheEntryError(ValueError):
 
 # Data config fields added after presets were published: left out of the key at their defaults, so a
 # config that does not use them keys (and splits) exactly as before they existed.
-_KEY_DEFAULTS = {("split", "dedupe"): False, ("split", "untrained_domains"): "error", ("domain", "describing"): [],
-                 ("sample", "fraction"): 1.0, ("sample", "seed"): 0}
+_KEY_DEFAULTS = {
+    ("split", "dedupe"): False,
+    ("split", "untrained_domains"): "error",
+    ("domain", "describing"): [],
+    ("sample", "fraction"): 1.0,
+    ("sample", "seed"): 0,
+}
 
 
 def _key_payload(cfg: DataConfig, files: dict[str, str]) -> dict[str, Any]:
@@ -885,8 +907,10 @@ def _verified_files(directory: Path) -> dict[str, bytes]:
     label = f"dataset cache entry {str(directory)!r}"
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
-        raise CacheEntryError(f"{label} has no {MANIFEST} (written by a polyrec older than format "
-                              f"{FORMAT_VERSION}, or the file was deleted)")
+        raise CacheEntryError(
+            f"{label} has no {MANIFEST} (written by a polyrec older than format "
+            f"{FORMAT_VERSION}, or the file was deleted)"
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
         listed = manifest["files"]
@@ -907,12 +931,15 @@ def _verified_files(directory: Path) -> dict[str, bytes]:
         data = (directory / name).read_bytes()
         want = listed[name]
         if len(data) != want["bytes"]:
-            raise CacheEntryError(f"{label}: file {name!r} has {len(data)} bytes, its manifest says "
-                                  f"{want['bytes']} (truncated or rewritten)")
+            raise CacheEntryError(
+                f"{label}: file {name!r} has {len(data)} bytes, its manifest says "
+                f"{want['bytes']} (truncated or rewritten)"
+            )
         got = hashlib.sha256(data).hexdigest()
         if got != want["sha256"]:
-            raise CacheEntryError(f"{label}: file {name!r} has changed (sha256 {got[:16]}..., its manifest "
-                                  f"says {want['sha256'][:16]}...)")
+            raise CacheEntryError(
+                f"{label}: file {name!r} has changed (sha256 {got[:16]}..., its manifest says {want['sha256'][:16]}...)"
+            )
         out[name] = data
     return out
 
@@ -928,8 +955,11 @@ def load_dataset_dir(directory: Path) -> EncodedDataset:
     directory = Path(directory)
     files = _verified_files(directory)
     schema = DatasetSchema.from_json(files["schema.json"].decode())
-    arrays = {name[: -len(".npy")]: np.load(io.BytesIO(data), allow_pickle=False)
-              for name, data in files.items() if name.endswith(".npy")}
+    arrays = {
+        name[: -len(".npy")]: np.load(io.BytesIO(data), allow_pickle=False)
+        for name, data in files.items()
+        if name.endswith(".npy")
+    }
     splits = {s: arrays.pop(f"split.{s}") for s in SPLITS}
     proc = json.loads(files["processing.json"].decode())
     fitted = FittedProcessing.from_dict(proc) if proc else None

@@ -207,7 +207,9 @@ class FittedProcessing:
         )
 
 
-def fit_processing(frame: pd.DataFrame, features: tuple[FeatureConfig, ...], train_rows: np.ndarray) -> FittedProcessing:
+def fit_processing(
+    frame: pd.DataFrame, features: tuple[FeatureConfig, ...], train_rows: np.ndarray
+) -> FittedProcessing:
     """Fit vocabularies and scalers of ``features`` on ``frame.iloc[train_rows]`` only."""
     train = frame.iloc[train_rows]
     fitted = FittedProcessing()

@@ -83,7 +83,9 @@ class FeatureSpec:
                 f"(got vocab_size={self.vocab_size}, max_len={self.max_len}); leave both at 0"
             )
         if self.kind == "sparse" and self.max_len:
-            raise ValueError(f"feature {self.name!r}: max_len applies to multi-valued features only, got {self.max_len}")
+            raise ValueError(
+                f"feature {self.name!r}: max_len applies to multi-valued features only, got {self.max_len}"
+            )
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,10 @@ class DatasetSchema:
         embedded = [f.name for f in self.features if f.kind in ("sparse", "multi")]
         for name in self.domain_features:
             if name not in embedded:
-                raise ValueError(f"domain_features names {name!r}, which is not a sparse or multi-valued feature; "
-                                 f"those are {embedded}")
+                raise ValueError(
+                    f"domain_features names {name!r}, which is not a sparse or multi-valued feature; "
+                    f"those are {embedded}"
+                )
         names = [f.name for f in self.features]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

@@ -112,8 +112,7 @@ def _check_same_size(**arrays: np.ndarray) -> int:
     if len(set(sizes.values())) > 1:
         desc = ", ".join(f"{k} has {n}" for k, n in sizes.items())
         raise ValueError(
-            f"inputs must have the same number of elements, but {desc}. "
-            f"Pass one value per example (shape [B])."
+            f"inputs must have the same number of elements, but {desc}. Pass one value per example (shape [B])."
         )
     return next(iter(sizes.values()))
 
@@ -485,12 +484,32 @@ GAUC_PER_DOMAIN = "gauc_per_domain"
 
 #: Every key of :meth:`MultiDomainMetrics.to_dict`, in its order (``gauc`` and ``gauc_per_domain`` only when
 #: users were given).
-METRIC_KEYS = (AUC_PER_DOMAIN, LOGLOSS_PER_DOMAIN, PCOC_PER_DOMAIN, COUNT_PER_DOMAIN, AUC_OVERALL, LOGLOSS_OVERALL,
-               AUC_MEAN, WAUC, N, GAUC, GAUC_PER_DOMAIN)
+METRIC_KEYS = (
+    AUC_PER_DOMAIN,
+    LOGLOSS_PER_DOMAIN,
+    PCOC_PER_DOMAIN,
+    COUNT_PER_DOMAIN,
+    AUC_OVERALL,
+    LOGLOSS_OVERALL,
+    AUC_MEAN,
+    WAUC,
+    N,
+    GAUC,
+    GAUC_PER_DOMAIN,
+)
 #: The metrics a run record keeps (``result.json``'s ``metrics`` and ``val_metrics``, benchmark records), in
 #: this order: :meth:`MultiDomainMetrics.to_record`.
-RECORD_KEYS = (WAUC, AUC_OVERALL, AUC_MEAN, LOGLOSS_OVERALL, GAUC, AUC_PER_DOMAIN, LOGLOSS_PER_DOMAIN,
-               PCOC_PER_DOMAIN, COUNT_PER_DOMAIN)
+RECORD_KEYS = (
+    WAUC,
+    AUC_OVERALL,
+    AUC_MEAN,
+    LOGLOSS_OVERALL,
+    GAUC,
+    AUC_PER_DOMAIN,
+    LOGLOSS_PER_DOMAIN,
+    PCOC_PER_DOMAIN,
+    COUNT_PER_DOMAIN,
+)
 _OPTIONAL = (GAUC, GAUC_PER_DOMAIN)
 
 
@@ -583,9 +602,11 @@ class MultiDomainMetrics(Mapping):
         unknown = sorted(set(d) - set(METRIC_KEYS))
         missing = [k for k in METRIC_KEYS if k not in d and k not in _OPTIONAL and k != N]
         if unknown or missing:
-            raise ValueError(f"not a metrics dict: {'unknown keys ' + str(unknown) if unknown else ''}"
-                             f"{'; ' if unknown and missing else ''}{'missing keys ' + str(missing) if missing else ''}; "
-                             f"valid keys: {', '.join(METRIC_KEYS)}")
+            raise ValueError(
+                f"not a metrics dict: {'unknown keys ' + str(unknown) if unknown else ''}"
+                f"{'; ' if unknown and missing else ''}{'missing keys ' + str(missing) if missing else ''}; "
+                f"valid keys: {', '.join(METRIC_KEYS)}"
+            )
         counts = {name: DomainCount.from_dict(c) for name, c in d[COUNT_PER_DOMAIN].items()}
         out = cls(
             auc_per_domain=dict(d[AUC_PER_DOMAIN]),
@@ -742,7 +763,7 @@ class MultiDomainEvaluator:
         order = np.argsort(dom, kind="stable")
         bounds = np.r_[0, np.cumsum(counts)]
         for k in np.flatnonzero(counts):
-            idx = order[bounds[k]:bounds[k + 1]]
+            idx = order[bounds[k] : bounds[k + 1]]
             self._auc[k]._add_chunk(*_compress(x[idx], y[idx]))
 
         if u is not None:
@@ -800,17 +821,12 @@ class MultiDomainEvaluator:
             logloss_per_domain={k: float(v) for k, v in zip(names, loss_d)},
             pcoc_per_domain={k: float(v) for k, v in zip(names, pcoc_d)},
             count_per_domain={
-                k: DomainCount(n=int(n_d[i]), pos=int(self._pos[i]), neg=int(self._neg[i]))
-                for i, k in enumerate(names)
+                k: DomainCount(n=int(n_d[i]), pos=int(self._pos[i]), neg=int(self._neg[i])) for i, k in enumerate(names)
             },
             auc_overall=overall.compute(),
             logloss_overall=float(self._loss_sum.sum() / n) if n else float("nan"),
             auc_mean=float(auc_d[finite].mean()) if finite.any() else float("nan"),
-            wauc=(
-                float(np.sum(n_d[finite] * auc_d[finite]) / np.sum(n_d[finite]))
-                if finite.any()
-                else float("nan")
-            ),
+            wauc=(float(np.sum(n_d[finite] * auc_d[finite]) / np.sum(n_d[finite])) if finite.any() else float("nan")),
             gauc=gauc_all,
             gauc_per_domain=gauc_d,
         )
@@ -879,9 +895,7 @@ def _betainc(a: float, b: float, x: float, one_minus_x: float) -> float:
         return 0.0
     if one_minus_x <= 0.0:
         return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(one_minus_x)
-    )
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(one_minus_x)
     # The fraction converges fast for x < (a+1)/(a+b+2); use symmetry otherwise.
     if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(log_front) * _betacf(a, b, x) / a

@@ -310,8 +310,12 @@ def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
     counts = metrics.get(COUNT_PER_DOMAIN) or {}
     names = display_order(dict.fromkeys(list(counts) + list(per_auc)))
     if names:
-        columns = [(AUC_PER_DOMAIN, "auc", scale, dec_auc), (LOGLOSS_PER_DOMAIN, "logloss", 1.0, 4),
-                   (PCOC_PER_DOMAIN, "pcoc", 1.0, 4), (GAUC_PER_DOMAIN, "gauc", scale, dec_auc)]
+        columns = [
+            (AUC_PER_DOMAIN, "auc", scale, dec_auc),
+            (LOGLOSS_PER_DOMAIN, "logloss", 1.0, 4),
+            (PCOC_PER_DOMAIN, "pcoc", 1.0, 4),
+            (GAUC_PER_DOMAIN, "gauc", scale, dec_auc),
+        ]
         columns = [c for c in columns if c[0] in metrics]
         header = ["domain", "n", "pos"] + [c[1] for c in columns]
         domain_rows = []
@@ -381,8 +385,21 @@ def adapter_table(
     """
     by_model = _runs_by_model(runs)
     k_scale = scale if _is_auc_like(metric) else 1.0
-    header = ["backbone", "pairs", metric, f"{metric} {suffix}", "Δ", "p (paired t)", "paper", f"paper {suffix}",
-              "paper Δ", "adapter params", "share of backbone", "rows/s", f"rows/s {suffix}"]
+    header = [
+        "backbone",
+        "pairs",
+        metric,
+        f"{metric} {suffix}",
+        "Δ",
+        "p (paired t)",
+        "paper",
+        f"paper {suffix}",
+        "paper Δ",
+        "adapter params",
+        "share of backbone",
+        "rows/s",
+        f"rows/s {suffix}",
+    ]
     rows = []
     for model, base_runs in by_model.items():
         adapted_name = _with_adapter(model, suffix)
@@ -398,34 +415,51 @@ def adapter_table(
         p = paired_ttest(a, b) if len(keys) >= 2 else None
         ref_base = _reference_value(reference, model) if reference else None
         ref_adapted = _reference_value(reference, adapted_name) if reference else None
-        ref_delta = (f"{(float(ref_adapted) - float(ref_base)) * k_scale:+.{decimals}f}"
-                     if ref_base is not None and ref_adapted is not None else _MISSING)
+        ref_delta = (
+            f"{(float(ref_adapted) - float(ref_base)) * k_scale:+.{decimals}f}"
+            if ref_base is not None and ref_adapted is not None
+            else _MISSING
+        )
         adapter_params = _mean([r.get("adapter_params") for r in adapted_runs])
         backbone_params = _mean([r.get("backbone_params") for r in adapted_runs])
-        share = (f"{adapter_params / backbone_params * 100:.2f}%"
-                 if adapter_params is not None and backbone_params else _MISSING)
+        share = (
+            f"{adapter_params / backbone_params * 100:.2f}%"
+            if adapter_params is not None and backbone_params
+            else _MISSING
+        )
         speed = [_mean([r.get("train_samples_per_s") for r in rs]) for rs in (base_runs, adapted_runs)]
-        threads = [sorted({(r.get("environment") or {}).get("torch_threads") for r in rs} - {None})
-                   for rs in (base_runs, adapted_runs)]
+        threads = [
+            sorted({(r.get("environment") or {}).get("torch_threads") for r in rs} - {None})
+            for rs in (base_runs, adapted_runs)
+        ]
         speed_cells = [_MISSING if v is None else f"{v:,.0f}" for v in speed]
         if threads[0] != threads[1]:  # throughput is only comparable at equal thread counts: say so
-            speed_cells = [c if c == _MISSING or not t else f"{c} ({'/'.join(map(str, t))} thr)"
-                           for c, t in zip(speed_cells, threads)]
-        rows.append([
-            model, len(keys),
-            _mean_std([v for v in base.values() if v is not None], len(base_runs), k_scale, decimals),
-            _mean_std([v for v in adapted.values() if v is not None], len(adapted_runs), k_scale, decimals),
-            delta, _MISSING if p is None else f"{p:.2g}",
-            _format_reference(ref_base, k_scale, decimals), _format_reference(ref_adapted, k_scale, decimals),
-            ref_delta,
-            _MISSING if adapter_params is None else f"{adapter_params:,.0f}", share,
-            *speed_cells,
-        ])
+            speed_cells = [
+                c if c == _MISSING or not t else f"{c} ({'/'.join(map(str, t))} thr)"
+                for c, t in zip(speed_cells, threads)
+            ]
+        rows.append(
+            [
+                model,
+                len(keys),
+                _mean_std([v for v in base.values() if v is not None], len(base_runs), k_scale, decimals),
+                _mean_std([v for v in adapted.values() if v is not None], len(adapted_runs), k_scale, decimals),
+                delta,
+                _MISSING if p is None else f"{p:.2g}",
+                _format_reference(ref_base, k_scale, decimals),
+                _format_reference(ref_adapted, k_scale, decimals),
+                ref_delta,
+                _MISSING if adapter_params is None else f"{adapter_params:,.0f}",
+                share,
+                *speed_cells,
+            ]
+        )
     return _markdown(header, rows) if rows else ""
 
 
 def cost_table(
-    runs: Sequence[Mapping[str, Any]], group_by: Sequence[str] = ("model", "strategy"),
+    runs: Sequence[Mapping[str, Any]],
+    group_by: Sequence[str] = ("model", "strategy"),
 ) -> str:
     """Markdown table of what each group of runs cost: parameters, training rows/s, epochs, wall time.
 
@@ -445,33 +479,41 @@ def cost_table(
     header = list(group_by) + ["n", "params", "train rows/s", "recal.", "epochs", "best epoch", "wall s", "threads"]
     rows = []
     for key, members in _group_runs(runs, group_by).items():
+
         def m(field: str, members: Sequence[Mapping[str, Any]] = members) -> float | None:
             return _mean([r.get(field) for r in members])
 
-        params, speed, epochs, best, wall = (m(f) for f in
-                                             ("num_parameters", "train_samples_per_s", "epochs", "best_epoch", "wall_s"))
+        params, speed, epochs, best, wall = (
+            m(f) for f in ("num_parameters", "train_samples_per_s", "epochs", "best_epoch", "wall_s")
+        )
         threads = sorted({(r.get("environment") or {}).get("torch_threads") for r in members} - {None})
         if any(r.get("recalibration_s") is None for r in members):
             recal = "excl."
         else:
             shares = [r["recalibration_s"] / r["train_s"] for r in members if r.get("train_s")]
             recal = f"{100 * sum(shares) / len(shares):.0f}%" if shares else _MISSING
-        rows.append(list(key) + [
-            len(members),
-            _MISSING if params is None else f"{params:,.0f}",
-            _MISSING if speed is None else f"{speed:,.0f}",
-            recal,
-            _MISSING if epochs is None else f"{epochs:.1f}",
-            _MISSING if best is None else f"{best:.1f}",
-            _MISSING if wall is None else f"{wall:,.0f}",
-            ", ".join(str(t) for t in threads) or _MISSING,
-        ])
+        rows.append(
+            list(key)
+            + [
+                len(members),
+                _MISSING if params is None else f"{params:,.0f}",
+                _MISSING if speed is None else f"{speed:,.0f}",
+                recal,
+                _MISSING if epochs is None else f"{epochs:.1f}",
+                _MISSING if best is None else f"{best:.1f}",
+                _MISSING if wall is None else f"{wall:,.0f}",
+                ", ".join(str(t) for t in threads) or _MISSING,
+            ]
+        )
     return _markdown(header, rows)
 
 
 def rank_table(
-    runs: Sequence[Mapping[str, Any]], key: str = AUC_PER_DOMAIN,
-    group_by: Sequence[str] = ("model", "strategy"), scale: float = 100.0, decimals: int = 2,
+    runs: Sequence[Mapping[str, Any]],
+    key: str = AUC_PER_DOMAIN,
+    group_by: Sequence[str] = ("model", "strategy"),
+    scale: float = 100.0,
+    decimals: int = 2,
 ) -> str:
     """Average AUC and average RANK over domains (MAMDR's Table V metrics), best first.
 

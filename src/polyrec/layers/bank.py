@@ -120,8 +120,9 @@ class LinearBank(nn.Module):
             y = (x @ w).view(x.shape[0], self.num, self.out_dim) + self.bias
             return y.permute(1, 0, 2)
         if x.dim() != 3 or x.shape[0] != self.num:
-            raise ValueError(f"LinearBank: x must be [B, {self.in_dim}] or [{self.num}, B, {self.in_dim}], "
-                             f"got {list(x.shape)}")
+            raise ValueError(
+                f"LinearBank: x must be [B, {self.in_dim}] or [{self.num}, B, {self.in_dim}], got {list(x.shape)}"
+            )
         return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
 
     def forward_member(self, x: Tensor, index: int) -> Tensor:

@@ -6,8 +6,15 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
-               "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "prelu": nn.PReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+}
 
 
 def activation_names() -> tuple[str, ...]:

@@ -15,5 +15,17 @@ from ._registry import (
 )
 from .base import Model, ModelConfig, ModelOutput
 
-__all__ = ["MODELS", "Model", "ModelConfig", "ModelOutput", "create_model", "describe_model", "get_model_class",
-           "list_models", "model_config", "model_tags", "models_by_tag", "register_model"]
+__all__ = [
+    "MODELS",
+    "Model",
+    "ModelConfig",
+    "ModelOutput",
+    "create_model",
+    "describe_model",
+    "get_model_class",
+    "list_models",
+    "model_config",
+    "model_tags",
+    "models_by_tag",
+    "register_model",
+]

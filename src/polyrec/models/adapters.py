@@ -110,8 +110,9 @@ class AdapterConfig:
             for f in dataclasses.fields(self):
                 value = getattr(self, f.name)
                 if f.name != "kind" and value is not None:
-                    raise field_error(f.name, _shown(value), "it is used only with adapters; set adapter.kind=mlora "
-                                      "or drop it")
+                    raise field_error(
+                        f.name, _shown(value), "it is used only with adapters; set adapter.kind=mlora or drop it"
+                    )
 
 
 # ------------------------------------------------------------------------------------------------ discovery
@@ -279,7 +280,8 @@ class MLoRAModel(Model):
                 self._frozen_backbone.append(p)
         if freeze_norm_stats:
             self._frozen_norms = [
-                m for m in self.backbone.modules()
+                m
+                for m in self.backbone.modules()
                 if any(n.startswith("running_") for n, _ in m.named_buffers(recurse=False))
             ]
             self.train(self.training)
@@ -353,8 +355,14 @@ def attach_mlora(
         else:
             raise TypeError(f"adapter target {name!r} is a {type(layer).__name__}, not nn.Linear or StarLinear")
         setattr(parent, child, new)
-    cfg = AdapterConfig(kind="mlora", alpha=alpha, targets=targets, max_adapter_params=max_adapter_params,
-                        domain_bias=domain_bias, a_init=a_init)
+    cfg = AdapterConfig(
+        kind="mlora",
+        alpha=alpha,
+        targets=targets,
+        max_adapter_params=max_adapter_params,
+        domain_bias=domain_bias,
+        a_init=a_init,
+    )
     return MLoRAModel(model, cfg, names, state)
 
 

@@ -68,8 +68,13 @@ def calibration_layers(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def recompute_norm_statistics(model: nn.Module, dataset: EncodedDataset, rows: torch.Tensor,
-                              batch_size: int = 32768, device: torch.device | str = "cpu") -> int:
+def recompute_norm_statistics(
+    model: nn.Module,
+    dataset: EncodedDataset,
+    rows: torch.Tensor,
+    batch_size: int = 32768,
+    device: torch.device | str = "cpu",
+) -> int:
     """Replace the moving statistics of every unfrozen layer with ``begin_calibration`` by exact ones
     over ``rows``.
 

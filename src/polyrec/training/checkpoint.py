@@ -66,7 +66,8 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, where: str) -> None:
                         f"the optimiser state of the checkpoint under {where!r} does not fit the model's parameters "
                         f"(its {name!r} of shape {list(value.shape)} is paired with a parameter of shape "
                         f"{list(p.shape)}): it was written by a polyrec whose model listed its parameters in "
-                        "another order; resume with the polyrec that wrote it, or start afresh")
+                        "another order; resume with the polyrec that wrote it, or start afresh"
+                    )
 
 
 def checkpoint_dirs(root: str | Path) -> list[Path]:
@@ -89,10 +90,15 @@ def save_checkpoint(root: str | Path, step: int, state: dict[str, Any], keep: in
     try:
         save_tensors(tmp / "state.safetensors", tensors)
         write_json(tmp / "state.json", skeleton)
-        write_json(tmp / "manifest.json", {
-            "format": FORMAT, "version": VERSION, "step": step,
-            "files": {name: sha256_file(tmp / name) for name in ("state.safetensors", "state.json")},
-        })
+        write_json(
+            tmp / "manifest.json",
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "step": step,
+                "files": {name: sha256_file(tmp / name) for name in ("state.safetensors", "state.json")},
+            },
+        )
         if target.exists():  # a rerun of the same epoch after a resume: replace it
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -109,15 +115,21 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     manifest = read_json(path / "manifest.json", "checkpoint manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a polyrec checkpoint (manifest format "
-                              f"{manifest.get('format') if isinstance(manifest, dict) else manifest!r})")
+        raise CheckpointError(
+            f"{str(path)!r} is not a polyrec checkpoint (manifest format "
+            f"{manifest.get('format') if isinstance(manifest, dict) else manifest!r})"
+        )
     if manifest.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r} has format version {manifest.get('version')!r}; this "
-                              f"polyrec reads version {VERSION}: resume with the polyrec that wrote it")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {manifest.get('version')!r}; this "
+            f"polyrec reads version {VERSION}: resume with the polyrec that wrote it"
+        )
     verify_files(path, manifest.get("files"), "checkpoint file", CheckpointError)
     if set(manifest.get("files") or {}) != {"state.safetensors", "state.json"}:
-        raise CheckpointError(f"checkpoint manifest {str(path / 'manifest.json')!r} lists "
-                              f"{sorted(manifest.get('files') or {})}, not state.safetensors and state.json")
+        raise CheckpointError(
+            f"checkpoint manifest {str(path / 'manifest.json')!r} lists "
+            f"{sorted(manifest.get('files') or {})}, not state.safetensors and state.json"
+        )
     tensors, _ = load_tensors(path / "state.safetensors", "checkpoint tensors")
     return unflatten(read_json(path / "state.json", "checkpoint state"), tensors)
 
@@ -136,11 +148,14 @@ def load_latest_checkpoint(root: str | Path) -> dict[str, Any] | None:
             problems.append(f"{path.name}: {exc}")
             continue
         if problems:
-            warnings.warn(f"newest checkpoint(s) unusable, resuming from {str(path)!r}: " + "; ".join(problems),
-                          stacklevel=2)
+            warnings.warn(
+                f"newest checkpoint(s) unusable, resuming from {str(path)!r}: " + "; ".join(problems), stacklevel=2
+            )
         return state
     if problems:
-        raise CheckpointError(f"no usable checkpoint under {str(root)!r}: " + "; ".join(problems)
-                              + ". Start afresh (polyrec train ... --overwrite) or restore a checkpoint")
+        raise CheckpointError(
+            f"no usable checkpoint under {str(root)!r}: "
+            + "; ".join(problems)
+            + ". Start afresh (polyrec train ... --overwrite) or restore a checkpoint"
+        )
     return None
-

@@ -35,9 +35,14 @@ class Scores:
 
 
 @torch.no_grad()
-def score_rows(model: nn.Module, dataset: EncodedDataset, rows: Tensor, batch_size: int = 32768,
-               device: torch.device | str = "cpu",
-               on_batch: Callable[[Batch, Tensor], None] | None = None) -> Scores:
+def score_rows(
+    model: nn.Module,
+    dataset: EncodedDataset,
+    rows: Tensor,
+    batch_size: int = 32768,
+    device: torch.device | str = "cpu",
+    on_batch: Callable[[Batch, Tensor], None] | None = None,
+) -> Scores:
     """Run ``model`` in eval mode over ``rows`` of ``dataset``, ``batch_size`` rows at a time, in order.
 
     The model is left in eval mode (a caller that trains on restores the mode it wants).
@@ -63,7 +68,7 @@ def score_rows(model: nn.Module, dataset: EncodedDataset, rows: Tensor, batch_si
     model.eval()
     logits, labels, domains, users = [], [], [], []
     for start in range(0, len(rows), batch_size):
-        batch = dataset.batch(rows[start:start + batch_size])
+        batch = dataset.batch(rows[start : start + batch_size])
         out = model(batch.to(device)).logits.float().cpu()
         if on_batch is not None:
             on_batch(batch, out)
@@ -73,5 +78,9 @@ def score_rows(model: nn.Module, dataset: EncodedDataset, rows: Tensor, batch_si
         users.append(batch.user)
     if not logits:
         return Scores(torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long), None)
-    return Scores(torch.cat(logits), torch.cat(labels), torch.cat(domains),
-                  None if any(u is None for u in users) else torch.cat(users))
+    return Scores(
+        torch.cat(logits),
+        torch.cat(labels),
+        torch.cat(domains),
+        None if any(u is None for u in users) else torch.cat(users),
+    )

@@ -145,21 +145,37 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer {cfg.optimizer!r} is not one of adam, adamw, sgd")
 
 
-def predict(model: nn.Module, dataset: EncodedDataset, rows: torch.Tensor, batch_size: int = 32768,
-            device: torch.device | str = "cpu") -> torch.Tensor:
+def predict(
+    model: nn.Module,
+    dataset: EncodedDataset,
+    rows: torch.Tensor,
+    batch_size: int = 32768,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """Logits ``[N]`` (float32, CPU) of ``rows`` in eval mode, in the order of ``rows``."""
     return score_rows(model, dataset, rows, batch_size, device).logits
 
 
-def evaluate(model: nn.Module, dataset: EncodedDataset, split: str = "test", batch_size: int = 32768,
-             device: torch.device | str = "cpu") -> MultiDomainMetrics:
+def evaluate(
+    model: nn.Module,
+    dataset: EncodedDataset,
+    split: str = "test",
+    batch_size: int = 32768,
+    device: torch.device | str = "cpu",
+) -> MultiDomainMetrics:
     """Per-domain and overall metrics of ``model`` on a split (exact AUC, logloss, PCOC, WAUC, GAUC), fed to
     the evaluator batch by batch by the evaluation loop (:func:`~polyrec.training.scoring.score_rows`)."""
     if isinstance(model, Model):
         model.schema.check_compatible(dataset.schema)
     evaluator = MultiDomainEvaluator(list(dataset.schema.domain.values))
-    score_rows(model, dataset, dataset.splits[split], batch_size, device,
-               on_batch=lambda batch, logits: evaluator.update(logits, batch.label, batch.domain, batch.user))
+    score_rows(
+        model,
+        dataset,
+        dataset.splits[split],
+        batch_size,
+        device,
+        on_batch=lambda batch, logits: evaluator.update(logits, batch.label, batch.domain, batch.user),
+    )
     return evaluator.compute()
 
 
@@ -172,17 +188,21 @@ def check_ids(dataset: EncodedDataset, schema) -> None:
         lo = dataset.sparse.amin(0).tolist()
         for f, top, bottom in zip(sparse, hi, lo):
             if top >= f.vocab_size or bottom < 0:
-                raise ValueError(f"feature {f.name!r} holds id {top if top >= f.vocab_size else bottom}, outside its "
-                                 f"vocabulary of {f.vocab_size} (0..{f.vocab_size - 1}); encode the rows with the "
-                                 "model's vocabularies (the run directory's processing.json)")
+                raise ValueError(
+                    f"feature {f.name!r} holds id {top if top >= f.vocab_size else bottom}, outside its "
+                    f"vocabulary of {f.vocab_size} (0..{f.vocab_size - 1}); encode the rows with the "
+                    "model's vocabularies (the run directory's processing.json)"
+                )
     for f in schema.features:
         if f.kind == "multi" and f.name in dataset.multi and dataset.multi[f.name].numel():
             values = dataset.multi[f.name]
             if int(values.max()) >= f.vocab_size or int(values.min()) < 0:
                 raise ValueError(f"multi-valued feature {f.name!r} holds ids outside its vocabulary of {f.vocab_size}")
     if len(dataset) and (int(dataset.domain.max()) >= schema.num_domains or int(dataset.domain.min()) < 0):
-        raise ValueError(f"rows name domain index {int(dataset.domain.max())}, but the model knows "
-                         f"{schema.num_domains} domains {list(schema.domain.values)}")
+        raise ValueError(
+            f"rows name domain index {int(dataset.domain.max())}, but the model knows "
+            f"{schema.num_domains} domains {list(schema.domain.values)}"
+        )
 
 
 def _rng_state() -> dict[str, Any]:
@@ -190,8 +210,13 @@ def _rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -202,8 +227,9 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
@@ -272,14 +298,20 @@ class Trainer:
         if strategy is None:
             strategy = create_strategy(config.strategy, config.strategy_options)
         elif strategy.name != config.strategy or to_dict(strategy.config) != config.strategy_options:
-            raise ValueError(f"the strategy given to the Trainer ({strategy.name!r}, options {to_dict(strategy.config)}) "
-                             f"is not the one its config names (train.strategy {config.strategy!r}, options "
-                             f"{config.strategy_options}); pass the strategy built from the config, or none")
+            raise ValueError(
+                f"the strategy given to the Trainer ({strategy.name!r}, options {to_dict(strategy.config)}) "
+                f"is not the one its config names (train.strategy {config.strategy!r}, options "
+                f"{config.strategy_options}); pass the strategy built from the config, or none"
+            )
         self.strategy = strategy
         if self.strategy.stages_end_by_early_stopping() and config.patience == 0:
-            raise field_error("patience", 0, f"strategy {config.strategy!r} ends its stages by early stopping "
-                              "(its stage lengths are unset), which needs train.patience >= 1; set patience, "
-                              "or set the stage lengths in train.strategy_options")
+            raise field_error(
+                "patience",
+                0,
+                f"strategy {config.strategy!r} ends its stages by early stopping "
+                "(its stage lengths are unset), which needs train.patience >= 1; set patience, "
+                "or set the stage lengths in train.strategy_options",
+            )
         self.optimizer = make_optimizer(self.model, config)
         self.history: list[dict] = []
         self.epoch = 0
@@ -327,25 +359,43 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         saved = state.get("schema")
         if saved is not None and saved != self.dataset.schema.to_json():
-            raise CheckpointError(f"the checkpoint under {str(self.checkpoint_root)!r} was written for a different data "
-                                  "schema; resume with the same data config, or start afresh")
+            raise CheckpointError(
+                f"the checkpoint under {str(self.checkpoint_root)!r} was written for a different data "
+                "schema; resume with the same data config, or start afresh"
+            )
         saved_cfg, current = state.get("config"), to_dict(self.config)
         if saved_cfg is not None and _neutral(saved_cfg) != _neutral(current):
-            diff = sorted(k for k in set(saved_cfg) | set(current)
-                          if saved_cfg.get(k) != current.get(k) and k not in NEUTRAL_TRAIN_KEYS)
-            raise CheckpointError(f"the checkpoint under {str(self.checkpoint_root)!r} was written with a different "
-                                  f"training config (train.{', train.'.join(diff)}); resume with the same config, "
-                                  "or start afresh")
+            diff = sorted(
+                k
+                for k in set(saved_cfg) | set(current)
+                if saved_cfg.get(k) != current.get(k) and k not in NEUTRAL_TRAIN_KEYS
+            )
+            raise CheckpointError(
+                f"the checkpoint under {str(self.checkpoint_root)!r} was written with a different "
+                f"training config (train.{', train.'.join(diff)}); resume with the same config, "
+                "or start afresh"
+            )
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
-            raise CheckpointError(f"the checkpoint under {str(self.checkpoint_root)!r} does not fit this model "
-                                  f"({str(exc).splitlines()[0]}); resume with the same model config") from None
+            raise CheckpointError(
+                f"the checkpoint under {str(self.checkpoint_root)!r} does not fit this model "
+                f"({str(exc).splitlines()[0]}); resume with the same model config"
+            ) from None
         self._optimizer_state = state["optimizer"]  # the strategy may rebuild the optimiser in setup()
         self._strategy_state = state.get("strategy") or {}
         self._rng_state = state["rng"]
-        for k in ("epoch", "best", "best_epoch", "best_state", "bad_epochs", "history", "train_time", "samples",
-                  "recalibration_time"):
+        for k in (
+            "epoch",
+            "best",
+            "best_epoch",
+            "best_state",
+            "bad_epochs",
+            "history",
+            "train_time",
+            "samples",
+            "recalibration_time",
+        ):
             setattr(self, k, state[k])
         self.resumed_from = self.epoch
 
@@ -363,8 +413,9 @@ class Trainer:
         if self.out_dir is None:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out_dir / "metrics.jsonl",
-                          "".join(json.dumps(r, default=float) + "\n" for r in self.history))
+        atomic_write_text(
+            self.out_dir / "metrics.jsonl", "".join(json.dumps(r, default=float) + "\n" for r in self.history)
+        )
         buf = io.StringIO()
         flat = [{k: v for k, v in r.items() if not isinstance(v, dict)} for r in self.history]
         if flat:
@@ -383,7 +434,8 @@ class Trainer:
             raise TrainingDiverged(
                 f"training diverged at epoch {self.epoch}: training loss {loss:.4g}, validation logloss {logloss:.4g} "
                 f"(above {DIVERGED_LOGLOSS:g} nats or not finite); lower train.lr (now {self.config.lr:g}) or set "
-                f"train.grad_clip (now {self.config.grad_clip:g})")
+                f"train.grad_clip (now {self.config.grad_clip:g})"
+            )
 
     # ------------------------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
@@ -391,9 +443,16 @@ class Trainer:
         cfg = self.config
         sampler = cfg.sampler or self.strategy.default_sampler
         ctx = TrainContext(
-            model=self.model, optimizer=self.optimizer, task=self.task, dataset=self.dataset,
-            rows=self.dataset.splits["train"], batch_size=cfg.batch_size, sampler=sampler, seed=cfg.seed,
-            device=self.device, grad_clip=cfg.grad_clip,
+            model=self.model,
+            optimizer=self.optimizer,
+            task=self.task,
+            dataset=self.dataset,
+            rows=self.dataset.splits["train"],
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            seed=cfg.seed,
+            device=self.device,
+            grad_clip=cfg.grad_clip,
         )
         bar = None
         if self.progress:
@@ -507,8 +566,10 @@ class Trainer:
             self.model.load_state_dict(self.best_state)
         self.bad_epochs = 0
         if not self.progress and os.environ.get("POLYREC_QUIET") != "1":
-            print(f"epoch {self.epoch:3d}  {cfg.strategy}: next stage, from the best weights (epoch "
-                  f"{self.best_epoch})", file=sys.stderr)
+            print(
+                f"epoch {self.epoch:3d}  {cfg.strategy}: next stage, from the best weights (epoch {self.best_epoch})",
+                file=sys.stderr,
+            )
         return False
 
     def _warn_cap(self) -> None:
@@ -517,11 +578,18 @@ class Trainer:
         pending = self.strategy.stages_end_by_early_stopping() and self.strategy.stage_pending(self.epoch)
         recent = self.best_epoch >= self.epoch - max(cfg.patience, 1)
         if cfg.patience > 0 and (recent or pending):
-            why = (f"before strategy {cfg.strategy!r} reached its last stage" if pending else
-                   f"while validation {cfg.monitor} was still improving (best epoch {self.best_epoch} of "
-                   f"{self.epoch})")
-            warnings.warn(f"train.max_epochs={cfg.max_epochs} ended the run {why}; early stopping did not; raise "
-                          "train.max_epochs so that patience ends it", RuntimeWarning, stacklevel=3)
+            why = (
+                f"before strategy {cfg.strategy!r} reached its last stage"
+                if pending
+                else f"while validation {cfg.monitor} was still improving (best epoch {self.best_epoch} of "
+                f"{self.epoch})"
+            )
+            warnings.warn(
+                f"train.max_epochs={cfg.max_epochs} ended the run {why}; early stopping did not; raise "
+                "train.max_epochs so that patience ends it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def evaluate(self, split: str = "test") -> MultiDomainMetrics:
         """Metrics of the model on ``split`` (see :func:`evaluate`)."""

@@ -85,9 +85,18 @@ _ALIASES = MOVIELENS_ALIASES
 
 #: Column order of every frame returned by :func:`load_movielens`.
 MOVIELENS_COLUMNS = (
-    "user_id", "item_id", "rating", "timestamp",
-    "age", "gender", "occupation", "zip_code",
-    "title", "release_year", "genres", "first_genre",
+    "user_id",
+    "item_id",
+    "rating",
+    "timestamp",
+    "age",
+    "gender",
+    "occupation",
+    "zip_code",
+    "title",
+    "release_year",
+    "genres",
+    "first_genre",
 )
 
 #: Size of the complete MovieLens-1M ratings file.
@@ -107,9 +116,25 @@ _USER_PREFIX = {"ml-1m": "1m_", "ml-100k": "100k_"}
 
 # Genre order of the 19 flag columns of GroupLens u.item (see u.genre).
 _ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 _GROUPLENS_FILES = {
     "ml-1m": ("ratings.dat", "users.dat", "movies.dat"),
@@ -336,7 +361,9 @@ def _code_to_str(values: pd.Series) -> pd.Series:
     return values.astype(str)
 
 
-def _read_sep_file(raw: bytes, sep: bytes, names: Sequence[str], label: str, dtype: dict, encoding: str) -> pd.DataFrame:
+def _read_sep_file(
+    raw: bytes, sep: bytes, names: Sequence[str], label: str, dtype: dict, encoding: str
+) -> pd.DataFrame:
     """Read a headerless GroupLens file with a (possibly multi-byte) separator.
 
     pandas' fast C parser only takes one-character separators, so ``::`` is
@@ -361,9 +388,7 @@ def _read_sep_file(raw: bytes, sep: bytes, names: Sequence[str], label: str, dty
             index_col=False,
         )
     except (pd.errors.ParserError, ValueError) as exc:
-        raise ValueError(
-            f"{label}: cannot parse as {sep.decode()!r}-separated columns {list(names)} ({exc})."
-        ) from exc
+        raise ValueError(f"{label}: cannot parse as {sep.decode()!r}-separated columns {list(names)} ({exc}).") from exc
 
 
 def _items_frame(item_id: pd.Series, genres: pd.Series) -> pd.DataFrame:
@@ -394,9 +419,18 @@ def _assemble(inter: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, lab
     # Pin dtypes so that every source returns exactly the same schema.
     frame = frame.astype(
         {
-            "user_id": str, "item_id": str, "rating": "float32", "timestamp": "int64",
-            "age": "int64", "gender": str, "occupation": str, "zip_code": str,
-            "title": str, "release_year": "float64", "genres": str, "first_genre": str,
+            "user_id": str,
+            "item_id": str,
+            "rating": "float32",
+            "timestamp": "int64",
+            "age": "int64",
+            "gender": str,
+            "occupation": str,
+            "zip_code": str,
+            "title": str,
+            "release_year": "float64",
+            "genres": str,
+            "first_genre": str,
         }
     )
     return frame
@@ -492,16 +526,28 @@ def _grouplens_frames(
 def _load_grouplens_1m(files: _Files, found: dict) -> pd.DataFrame:
     rlabel, ulabel, mlabel = (files.label(found[k]) for k in ("ratings", "users", "movies"))
     ratings = _read_sep_file(
-        files.read(found["ratings"]), b"::", ["user_id", "movie_id", "rating", "timestamp"], rlabel,
-        {"user_id": str, "movie_id": "int64", "rating": "float32", "timestamp": "int64"}, "latin-1",
+        files.read(found["ratings"]),
+        b"::",
+        ["user_id", "movie_id", "rating", "timestamp"],
+        rlabel,
+        {"user_id": str, "movie_id": "int64", "rating": "float32", "timestamp": "int64"},
+        "latin-1",
     )
     raw_users = _read_sep_file(
-        files.read(found["users"]), b"::", ["user_id", "gender", "age", "occupation", "zip_code"], ulabel,
-        {c: str for c in ("user_id", "gender", "age", "occupation", "zip_code")}, "latin-1",
+        files.read(found["users"]),
+        b"::",
+        ["user_id", "gender", "age", "occupation", "zip_code"],
+        ulabel,
+        {c: str for c in ("user_id", "gender", "age", "occupation", "zip_code")},
+        "latin-1",
     )
     movies = _read_sep_file(
-        files.read(found["movies"]), b"::", ["movie_id", "title", "genres"], mlabel,
-        {"movie_id": "int64", "title": str, "genres": str}, "latin-1",
+        files.read(found["movies"]),
+        b"::",
+        ["movie_id", "title", "genres"],
+        mlabel,
+        {"movie_id": "int64", "title": str, "genres": str},
+        "latin-1",
     )
     inter, users = _grouplens_frames(ratings, raw_users, movies, rlabel, ulabel, occupation=_code_to_str)
     items = _items_frame(movies["title"], movies["genres"])
@@ -511,17 +557,29 @@ def _load_grouplens_1m(files: _Files, found: dict) -> pd.DataFrame:
 def _load_grouplens_100k(files: _Files, found: dict) -> pd.DataFrame:
     rlabel, ulabel, mlabel = (files.label(found[k]) for k in ("ratings", "users", "movies"))
     ratings = _read_sep_file(
-        files.read(found["ratings"]), b"\t", ["user_id", "movie_id", "rating", "timestamp"], rlabel,
-        {"user_id": str, "movie_id": "int64", "rating": "float32", "timestamp": "int64"}, "latin-1",
+        files.read(found["ratings"]),
+        b"\t",
+        ["user_id", "movie_id", "rating", "timestamp"],
+        rlabel,
+        {"user_id": str, "movie_id": "int64", "rating": "float32", "timestamp": "int64"},
+        "latin-1",
     )
     raw_users = _read_sep_file(
-        files.read(found["users"]), b"|", ["user_id", "age", "gender", "occupation", "zip_code"], ulabel,
-        {c: str for c in ("user_id", "age", "gender", "occupation", "zip_code")}, "latin-1",
+        files.read(found["users"]),
+        b"|",
+        ["user_id", "age", "gender", "occupation", "zip_code"],
+        ulabel,
+        {c: str for c in ("user_id", "age", "gender", "occupation", "zip_code")},
+        "latin-1",
     )
     flag_cols = [f"g{i}" for i in range(len(_ML100K_GENRES))]
     movies = _read_sep_file(
-        files.read(found["movies"]), b"|", ["movie_id", "title", "release_date", "video_date", "url", *flag_cols],
-        mlabel, {"movie_id": "int64", "title": str, **{c: "int8" for c in flag_cols}}, "latin-1",
+        files.read(found["movies"]),
+        b"|",
+        ["movie_id", "title", "release_date", "video_date", "url", *flag_cols],
+        mlabel,
+        {"movie_id": "int64", "title": str, **{c: "int8" for c in flag_cols}},
+        "latin-1",
     )
     # Join the set genre names per movie: one vectorised pass per genre column.
     flags = movies[flag_cols].to_numpy() == 1

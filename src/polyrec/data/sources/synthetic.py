@@ -166,8 +166,10 @@ def _dense_weights(value: object, n_domains: int, n_dense: int) -> list[list[flo
 
 def _check_same(field: str, values: list, allowed: str) -> None:
     if any(v != values[0] for v in values):
-        raise ValueError(f"make_synthetic: {field} is {values!r} but identical_domains=True needs {allowed} for "
-                         f"every domain; make the values equal, or set identical_domains=False.")
+        raise ValueError(
+            f"make_synthetic: {field} is {values!r} but identical_domains=True needs {allowed} for "
+            f"every domain; make the values equal, or set identical_domains=False."
+        )
 
 
 def _popularity(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
@@ -276,7 +278,9 @@ def make_synthetic(
         [0, 1, 2]
     """
     n_domains = _check_count("n_domains", n_domains, 1)
-    sizes = [_check_count(f"n_samples[{d}]", s, 1) for d, s in enumerate(_per_domain("n_samples", n_samples, n_domains))]
+    sizes = [
+        _check_count(f"n_samples[{d}]", s, 1) for d, s in enumerate(_per_domain("n_samples", n_samples, n_domains))
+    ]
     rates = _per_domain("ctr", ctr, n_domains)
     for d, rate in enumerate(rates):
         _check_real(f"ctr[{d}]", rate)
@@ -292,12 +296,18 @@ def make_synthetic(
     signs = None
     if specific_signs is not None:
         if isinstance(specific_signs, numbers.Real) and not isinstance(specific_signs, bool):
-            raise ValueError(f"make_synthetic: specific_signs must list one multiplier per domain ({n_domains}), "
-                             f"e.g. [1, -1, ...], got the single value {specific_signs!r}.")
-        signs = [_check_real(f"specific_signs[{d}]", v)
-                 for d, v in enumerate(_per_domain("specific_signs", specific_signs, n_domains))]
-    crosses = [_check_real(f"cross_strength[{d}]", v)
-               for d, v in enumerate(_per_domain("cross_strength", cross_strength, n_domains))]
+            raise ValueError(
+                f"make_synthetic: specific_signs must list one multiplier per domain ({n_domains}), "
+                f"e.g. [1, -1, ...], got the single value {specific_signs!r}."
+            )
+        signs = [
+            _check_real(f"specific_signs[{d}]", v)
+            for d, v in enumerate(_per_domain("specific_signs", specific_signs, n_domains))
+        ]
+    crosses = [
+        _check_real(f"cross_strength[{d}]", v)
+        for d, v in enumerate(_per_domain("cross_strength", cross_strength, n_domains))
+    ]
     w_fixed = _dense_weights(dense_weights, n_domains, n_dense)
     for flag, value in (("identical_domains", identical_domains), ("with_probability", with_probability)):
         if value is not True and value is not False:
@@ -308,13 +318,15 @@ def make_synthetic(
         if w_fixed is not None:
             _check_same("dense_weights", [tuple(row) for row in w_fixed], "one row of n_dense weights")
         if signs is not None:
-            raise ValueError("make_synthetic: specific_signs is not allowed with identical_domains=True (identical "
-                             "domains have no domain-specific term); drop one of them.")
+            raise ValueError(
+                "make_synthetic: specific_signs is not allowed with identical_domains=True (identical "
+                "domains have no domain-specific term); drop one of them."
+            )
 
     rng = np.random.default_rng(int(seed))
     k = _LATENT_DIM
     # Entries scaled by k**-0.25 so that <u, v> has unit variance.
-    scale = k ** -0.25 / np.sqrt(2.0)
+    scale = k**-0.25 / np.sqrt(2.0)
     n_groups = min(_MAX_USER_GROUPS, n_users)
     n_cats = min(_MAX_ITEM_CATS, n_items)
     user_group = rng.integers(0, n_groups, n_users)

@@ -65,8 +65,7 @@ def _split_typed_header(header_line: str, label: str) -> tuple[list[str], list[s
             )
         if typ not in ATOMIC_TYPES:
             raise ValueError(
-                f"{label}: column {name!r} has unknown type {typ!r}; supported types are "
-                f"{sorted(ATOMIC_TYPES)}."
+                f"{label}: column {name!r} has unknown type {typ!r}; supported types are {sorted(ATOMIC_TYPES)}."
             )
         names.append(name)
         types.append(typ)
@@ -134,7 +133,9 @@ def _read_atomic(
     except pd.errors.ParserError as exc:
         raise ValueError(f"{label}: malformed atomic file ({exc}). Fields must be tab separated.") from exc
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{label}: not valid UTF-8 ({exc}); RecBole atomic files are UTF-8, re-encode the file.") from exc
+        raise ValueError(
+            f"{label}: not valid UTF-8 ({exc}); RecBole atomic files are UTF-8, re-encode the file."
+        ) from exc
     except ValueError:
         # A numeric column holds text. Re-read it as strings only to report
         # which column and which values are at fault.
@@ -174,9 +175,7 @@ def _join_attributes(
     """
     for frame, label in ((left, left_label), (right, right_label)):
         if key not in frame.columns:
-            raise ValueError(
-                f"{label} has no {key!r} column to join on; columns are {list(frame.columns)}."
-            )
+            raise ValueError(f"{label} has no {key!r} column to join on; columns are {list(frame.columns)}.")
     clash = sorted(set(left.columns) & set(right.columns) - {key})
     if clash:
         raise ValueError(
@@ -230,8 +229,7 @@ def _atomic_paths(prefix_or_dir: PathLike, name: str | None) -> tuple[Path, str]
         if tried[-1].is_file():
             return p.parent, p.name
     raise FileNotFoundError(
-        f"load_atomic: no RecBole interaction file found for {str(prefix_or_dir)!r}; tried "
-        f"{[str(t) for t in tried]}."
+        f"load_atomic: no RecBole interaction file found for {str(prefix_or_dir)!r}; tried {[str(t) for t in tried]}."
     )
 
 
@@ -393,8 +391,11 @@ def _read_parquet(path: Path, columns: list[str] | None, id_columns: Sequence[st
     frame = pd.read_parquet(path, engine="pyarrow", columns=columns)
     # pandas turns an integer column with nulls into float64 (ids above 2**53 merge); read those id
     # columns again as nullable integers. Without nulls they are plain int64, as before.
-    ints = [c for c in dict.fromkeys(id_columns) if c in frame.columns and c in schema.names
-            and pa.types.is_integer(schema.field(c).type)]
+    ints = [
+        c
+        for c in dict.fromkeys(id_columns)
+        if c in frame.columns and c in schema.names and pa.types.is_integer(schema.field(c).type)
+    ]
     if ints:
         exact = pd.read_parquet(path, engine="pyarrow", columns=ints, dtype_backend="numpy_nullable")
         for c in ints:
@@ -458,7 +459,9 @@ def load_table(
         if fmt == "tsv":
             fmt, implied_sep = "csv", "\t"
         elif fmt not in SUPPORTED_FORMATS:
-            raise ValueError(f"load_table: unknown format={format!r}; supported formats are {sorted(SUPPORTED_FORMATS)}.")
+            raise ValueError(
+                f"load_table: unknown format={format!r}; supported formats are {sorted(SUPPORTED_FORMATS)}."
+            )
         else:
             implied_sep = default_sep(p)
     if sep is not None and fmt != "csv":

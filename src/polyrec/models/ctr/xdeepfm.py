@@ -46,9 +46,13 @@ class XDeepFMConfig(ModelConfig):
     def __post_init__(self) -> None:
         sizes = self.cin_layer_sizes
         if self.cin_split_half and all(h >= 1 for h in sizes) and any(h % 2 for h in sizes[:-1]):
-            raise field_error("cin_layer_sizes", list(sizes), "with cin_split_half every size but the last must "
-                              "be even (half of each layer's maps feed the next); make them even or set "
-                              "cin_split_half=false")
+            raise field_error(
+                "cin_layer_sizes",
+                list(sizes),
+                "with cin_split_half every size but the last must "
+                "be even (half of each layer's maps feed the next); make them even or set "
+                "cin_split_half=false",
+            )
 
 
 @register_model("xdeepfm", tags=("ctr",))

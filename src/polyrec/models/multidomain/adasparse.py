@@ -70,8 +70,11 @@ class AdaSparseConfig(ModelConfig):
     def __post_init__(self) -> None:
         lo, hi = self.sparsity_range
         if lo > hi:
-            raise field_error("sparsity_range", list(self.sparsity_range),
-                              "r_min must not exceed r_max; give the interval as [r_min, r_max]")
+            raise field_error(
+                "sparsity_range",
+                list(self.sparsity_range),
+                "r_min must not exceed r_max; give the interval as [r_min, r_max]",
+            )
 
 
 @register_model("adasparse", tags=("multidomain",))

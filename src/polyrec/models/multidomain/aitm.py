@@ -79,8 +79,10 @@ class AITMModel(Model):
         names = list(schema.domain.values)
         order = list(config.domain_order) or names
         if sorted(order) != sorted(names):
-            raise ConfigError(f"model.domain_order: {order!r} is not allowed; list every domain of the data once, "
-                              f"in chain order: {names} (model {self.model_name!r})")
+            raise ConfigError(
+                f"model.domain_order: {order!r} is not allowed; list every domain of the data once, "
+                f"in chain order: {names} (model {self.model_name!r})"
+            )
         # position_of[domain index] = the domain's position in the chain.
         self.register_buffer(
             "position_of", torch.tensor([order.index(n) for n in names], dtype=torch.long), persistent=False
@@ -122,7 +124,7 @@ class AITMModel(Model):
             if t == 0:
                 zt = p
             else:
-                q = self.dropout(self.transfer_act(self.transfer.forward_member(prev[start - prev_start:], t - 1)))
+                q = self.dropout(self.transfer_act(self.transfer.forward_member(prev[start - prev_start :], t - 1)))
                 zt = self._ait(p, q, t - 1)
             n = count.get(t, 0)
             if n:

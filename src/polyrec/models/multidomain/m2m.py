@@ -113,13 +113,16 @@ class M2MModel(Model):
         self.act = make_activation(config.activation)
         self.scenario = MLP(E, (config.scenario_dim,), config.activation)
         # order="rows": the numbers (initial values, dropout masks, rounding) this model always had.
-        self.experts = MLPBank(in_dim, config.expert_units, config.num_experts, config.activation, config.dropout,
-                               order="rows")
+        self.experts = MLPBank(
+            in_dim, config.expert_units, config.num_experts, config.activation, config.dropout, order="rows"
+        )
         d = config.expert_units[-1]
         self.task = nn.Parameter(torch.randn(d) * 0.1)  # single task: one learned task representation T
         self.attention = MetaLinear(config.scenario_dim, 2 * d, 2 * d)
         self.attention_v = nn.Linear(2 * d, 1, bias=False)
-        self.tower_layers = nn.ModuleList(MetaLinear(config.scenario_dim, d, d) for _ in range(config.meta_tower_layers))
+        self.tower_layers = nn.ModuleList(
+            MetaLinear(config.scenario_dim, d, d) for _ in range(config.meta_tower_layers)
+        )
         self.output = MLP(d, config.tower_units, config.activation, config.dropout, output_dim=1)
         self._build_aux()
 

@@ -115,6 +115,8 @@ class M3oEModel(Model):
             alpha = torch.sigmoid(self.balance)
             weights = alpha * own + (1.0 - alpha) * (1.0 - own) / (self.num_domains - 1)
             domain = torch.einsum("bd,dbh->bh", weights, every)
-        fused = shared + torch.sigmoid(self.domain_weight) * domain + torch.sigmoid(self.task_weight) * self.task_expert(xs)
+        fused = (
+            shared + torch.sigmoid(self.domain_weight) * domain + torch.sigmoid(self.task_weight) * self.task_expert(xs)
+        )
         logits = seg.unsort(self.towers(fused, seg).squeeze(-1))
         return ModelOutput(self.add_aux_logit(logits, batch))

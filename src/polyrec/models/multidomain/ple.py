@@ -60,8 +60,11 @@ class PLEConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         if self.num_shared_experts == 0 and self.num_specific_experts == 0:
-            raise field_error("num_specific_experts", 0, "PLE needs at least one expert per level; set "
-                              "num_shared_experts or num_specific_experts to 1 or more")
+            raise field_error(
+                "num_specific_experts",
+                0,
+                "PLE needs at least one expert per level; set num_shared_experts or num_specific_experts to 1 or more",
+            )
 
 
 @register_model("ple", tags=("multidomain",))

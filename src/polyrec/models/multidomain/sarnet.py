@@ -67,8 +67,11 @@ class SarNetConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         if self.shared_experts == 0 and self.specific_experts == 0:
-            raise field_error("specific_experts", 0, "SAR-Net needs at least one expert; set shared_experts "
-                              "or specific_experts to 1 or more")
+            raise field_error(
+                "specific_experts",
+                0,
+                "SAR-Net needs at least one expert; set shared_experts or specific_experts to 1 or more",
+            )
 
 
 @register_model("sarnet", tags=("multidomain",))

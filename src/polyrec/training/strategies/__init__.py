@@ -18,5 +18,16 @@ from .basic import Alternate, DomainBatched, Joint
 
 import_submodules(__name__, __path__)
 
-__all__ = ["STRATEGIES", "Alternate", "DomainBatched", "Joint", "Strategy", "TrainContext", "create_strategy",
-           "describe_strategy", "list_strategies", "register_strategy", "strategy_options"]
+__all__ = [
+    "STRATEGIES",
+    "Alternate",
+    "DomainBatched",
+    "Joint",
+    "Strategy",
+    "TrainContext",
+    "create_strategy",
+    "describe_strategy",
+    "list_strategies",
+    "register_strategy",
+    "strategy_options",
+]

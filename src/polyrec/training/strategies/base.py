@@ -92,8 +92,13 @@ class TrainContext:
     on_step: Callable[[dict[str, float]], None] | None = None
     _by_domain: tuple[Tensor, dict[int, Tensor]] | None = field(default=None, init=False, repr=False)
 
-    def batches(self, epoch: int, sampler: str | None = None, rows: Tensor | None = None,
-                generator: torch.Generator | None = None) -> Iterator[Batch]:
+    def batches(
+        self,
+        epoch: int,
+        sampler: str | None = None,
+        rows: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Batch]:
         """Batches of one epoch with the configured (or the given) sampler over ``rows``.
 
         Without ``generator`` they are the plain per-epoch stream of (seed, epoch): the one every basic
@@ -144,8 +149,9 @@ class TrainContext:
             yield from self.batches(epoch, rows=rows, generator=self.stream(epoch, "domain_stream", domain, restart))
             restart += 1
 
-    def domain_rounds(self, epoch: int, rounds: int, generator: torch.Generator, per_domain: int = 1,
-                      shuffle: bool = True) -> Iterator[dict[int, list[Batch]]]:
+    def domain_rounds(
+        self, epoch: int, rounds: int, generator: torch.Generator, per_domain: int = 1, shuffle: bool = True
+    ) -> Iterator[dict[int, list[Batch]]]:
         """``rounds`` rounds of ``per_domain`` single-domain batches of every domain with training rows, from
         the domains' :meth:`domain_stream`; a round is ``{domain: [batches]}`` in the round's domain order
         (a fresh permutation from ``generator`` when ``shuffle``, else ascending)."""
