@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 comma := ,
 space := $(subst ,, )
 
-.PHONY: demo test test-all test-network venv clean bench-p1 bench-p2 bench-p2-zoo bench-mlora bench-p3-mamdr bench-mlora-overhead \
+.PHONY: demo test test-all test-network lint venv clean bench-p1 bench-p2 bench-p2-zoo bench-mlora bench-p3-mamdr bench-mlora-overhead \
 	bench-throughput bench-scaling
 
 $(STAMP): pyproject.toml constraints.txt
@@ -21,8 +21,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m polyrec.demo
 
+# The test suite and the docstring examples of the package.
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests src/polyrec --doctest-modules
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 test-network: $(STAMP)
 	$(PY) -m pytest tests -m network

@@ -17,8 +17,9 @@ import pickle
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,23 +53,36 @@ def main() -> None:
     def cli(*argv: str) -> dict[str, Any]:
         out = runner.invoke(app, [str(a) for a in argv])
         lines = out.output.strip().splitlines()
-        errors = [l for l in lines if l.startswith("error: ")]
-        warns = [l for l in lines if l.startswith("warning: ")]
-        return {"exit": out.exit_code, "error": errors[0] if errors else "",
-                "warnings": warns, "traceback": out.exit_code == 1 and out.exception is not None}
+        errors = [line for line in lines if line.startswith("error: ")]
+        warns = [line for line in lines if line.startswith("warning: ")]
+        return {
+            "exit": out.exit_code,
+            "error": errors[0] if errors else "",
+            "warnings": warns,
+            "traceback": out.exit_code == 1 and out.exception is not None,
+        }
 
     rng = np.random.default_rng(0)
     n = 1200
-    frame = pd.DataFrame({"user_id": rng.integers(0, 80, n), "item_id": rng.integers(0, 60, n),
-                          "price": rng.random(n).round(3), "label": rng.integers(0, 2, n),
-                          "domain": rng.choice(["home", "banner", "search"], n)})
+    frame = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 80, n),
+            "item_id": rng.integers(0, 60, n),
+            "price": rng.random(n).round(3),
+            "label": rng.integers(0, 2, n),
+            "domain": rng.choice(["home", "banner", "search"], n),
+        }
+    )
     frame.to_csv(work / "rows.csv", index=False)
     config = {
         "protocol": "faults",
-        "data": {"source": {"kind": "csv", "path": str(work / "rows.csv")}, "label": {"column": "label"},
-                 "domain": {"column": "domain"},
-                 "features": [{"name": "user_id"}, {"name": "item_id"}, {"name": "price", "kind": "dense"}],
-                 "split": {"method": "stratified_domain", "ratios": [0.7, 0.15, 0.15], "seed": 0}},
+        "data": {
+            "source": {"kind": "csv", "path": str(work / "rows.csv")},
+            "label": {"column": "label"},
+            "domain": {"column": "domain"},
+            "features": [{"name": "user_id"}, {"name": "item_id"}, {"name": "price", "kind": "dense"}],
+            "split": {"method": "stratified_domain", "ratios": [0.7, 0.15, 0.15], "seed": 0},
+        },
         "model": {"embedding_dim": 4, "hidden_units": [8], "dropout": 0.2},
         "train": {"batch_size": 128, "max_epochs": 2, "patience": 0},
     }
@@ -111,16 +125,29 @@ def main() -> None:
             r = cli(*argv_fn(d))
             r["note"] = "code ran!" if marker.exists() else "no code ran"
             return r
+
         return go
 
-    case("code execution", "pickle in place of model.safetensors, `polyrec evaluate`",
-         planted("model.safetensors", lambda d: ["evaluate", d]))
-    case("code execution", "pickle in place of config.json, `polyrec evaluate`",
-         planted("config.json", lambda d: ["evaluate", d]))
-    case("code execution", "pickle in place of every checkpoint's state.safetensors, resume",
-         planted("checkpoints/*/state.safetensors", lambda d: [*train, "--out", d]))
-    case("code execution", "pickle in place of the newest checkpoint only, resume",
-         planted("checkpoints/epoch-000002/state.json", lambda d: [*train, "--out", d]))
+    case(
+        "code execution",
+        "pickle in place of model.safetensors, `polyrec evaluate`",
+        planted("model.safetensors", lambda d: ["evaluate", d]),
+    )
+    case(
+        "code execution",
+        "pickle in place of config.json, `polyrec evaluate`",
+        planted("config.json", lambda d: ["evaluate", d]),
+    )
+    case(
+        "code execution",
+        "pickle in place of every checkpoint's state.safetensors, resume",
+        planted("checkpoints/*/state.safetensors", lambda d: [*train, "--out", d]),
+    )
+    case(
+        "code execution",
+        "pickle in place of the newest checkpoint only, resume",
+        planted("checkpoints/epoch-000002/state.json", lambda d: [*train, "--out", d]),
+    )
 
     def legacy() -> dict:
         d = work / "legacy"
@@ -140,6 +167,7 @@ def main() -> None:
             r = cli(*train, "--out", d, *[x for s in sets for x in ("--set", s)])
             r["note"] = "run left untouched" if snapshot(d) == before else "run modified"
             return r
+
         return go
 
     case("wrong records", "`train --out` existing run with `--set train.seed=99`", changed("train.seed=99"))
@@ -157,8 +185,12 @@ def main() -> None:
     def bench_reuse() -> dict:
         import polyrec.data.protocols as protocols
 
-        protocols._PRESETS["faults"] = {**config, "description": "faults", "models": {},
-                                        "model_defaults": config["model"]}
+        protocols._PRESETS["faults"] = {
+            **config,
+            "description": "faults",
+            "models": {},
+            "model_defaults": config["model"],
+        }
         out = work / "bench"
         cli("benchmark", "faults", "--models", "mlp", "--seeds", "1", "--out", out)
         return cli("benchmark", "faults", "--models", "mlp", "--seeds", "1", "--out", out, "--set", "train.lr=0.05")
@@ -182,7 +214,6 @@ def main() -> None:
         d = copy_run("source-changed")
         other = work / "rows2.csv"
         frame.assign(label=1 - frame.label).to_csv(other, index=False)
-        cfg = json.loads((d / "config.json").read_text())
         shutil.copy(work / "rows.csv", work / "rows.bak")
         shutil.copy(other, work / "rows.csv")
         try:
@@ -195,12 +226,16 @@ def main() -> None:
     def checkpoint_damage(kind: str) -> Callable[[], dict]:
         def go() -> dict:
             d = copy_run(f"ckpt-{kind}-{len(cases)}")
-            for ckpt in (sorted((d / "checkpoints").iterdir())[-1:] if kind == "newest truncated"
-                         else sorted((d / "checkpoints").iterdir())):
+            for ckpt in (
+                sorted((d / "checkpoints").iterdir())[-1:]
+                if kind == "newest truncated"
+                else sorted((d / "checkpoints").iterdir())
+            ):
                 f = ckpt / "state.safetensors"
                 f.write_bytes(b"" if kind == "zero-byte" else f.read_bytes()[:100])
             (d / "run.json").unlink()  # an unfinished run: resume reads the checkpoints
             return cli(*train, "--out", d)
+
         return go
 
     case("corruption", "newest checkpoint truncated, resume", checkpoint_damage("newest truncated"))
@@ -225,12 +260,21 @@ def main() -> None:
                     node = node.setdefault(p, {})
                 node[last] = value
             out = work / f"run-{name}"
-            r = cli("train", "--config", write_config(f"{name}.yaml", cfg), "--model", "mlp", "--out", out,
-                    *[x for s in sets for x in ("--set", s)])
+            r = cli(
+                "train",
+                "--config",
+                write_config(f"{name}.yaml", cfg),
+                "--model",
+                "mlp",
+                "--out",
+                out,
+                *[x for s in sets for x in ("--set", s)],
+            )
             if r["exit"] == 0:
                 rec = json.loads((out / "result.json").read_text())
                 r["note"] = json.dumps({k: v for k, v in rec["data"].items() if k != "rows"})[:300]
             return r
+
         return go
 
     dup = pd.concat([frame, frame.sample(600, random_state=0)], ignore_index=True)
@@ -240,8 +284,11 @@ def main() -> None:
     late.loc[late.index[-30:], "domain"] = "late"  # a domain that only appears after the training period
     by_time = {"data.split.method": "time", "data.split.time_column": "timestamp"}
     case("data", "a domain with no training rows (time split)", data_case("untrained", late, dict(by_time)))
-    case("data", "... with `split.untrained_domains: drop`",
-         data_case("untrained-drop", late, {**by_time, "data.split.untrained_domains": "drop"}))
+    case(
+        "data",
+        "... with `split.untrained_domains: drop`",
+        data_case("untrained-drop", late, {**by_time, "data.split.untrained_domains": "drop"}),
+    )
     big = frame.copy().astype({"user_id": object})
     big.loc[0, "user_id"] = 9007199254740993
     big.loc[1, "user_id"] = 9007199254740992
@@ -251,15 +298,31 @@ def main() -> None:
     case("data", "a .tsv under kind: csv", data_case("tsv", frame, {"_ext": "tsv"}))
 
     # -- values checked late or not at all
-    for override in ("train.lr=-1", "train.batch_size=0", "model.dropout=1.5", "model.embedding_dim=0",
-                     "model.activation=swishy", "train.max_epochs=-5", "train.max_epochs=0",
-                     "data.split.ratios=[0.8,0.2,0]", "train.lr=1e6", "train.patience=-1", "train.grad_clip=-1",
-                     "train.device=cuda", "train.device=tpu", "train.lr=[1,", "train=5", "train.monitor=acc"):
-        case("values", f"`--set {override}`",
-             lambda o=override: cli(*train, "--out", work / f"v-{len(cases)}", "--set", o))
+    for override in (
+        "train.lr=-1",
+        "train.batch_size=0",
+        "model.dropout=1.5",
+        "model.embedding_dim=0",
+        "model.activation=swishy",
+        "train.max_epochs=-5",
+        "train.max_epochs=0",
+        "data.split.ratios=[0.8,0.2,0]",
+        "train.lr=1e6",
+        "train.patience=-1",
+        "train.grad_clip=-1",
+        "train.device=cuda",
+        "train.device=tpu",
+        "train.lr=[1,",
+        "train=5",
+        "train.monitor=acc",
+    ):
+        case(
+            "values",
+            f"`--set {override}`",
+            lambda o=override: cli(*train, "--out", work / f"v-{len(cases)}", "--set", o),
+        )
 
     def out_of_range() -> dict:
-        import torch
 
         from polyrec.training.trainer import Trainer
 
@@ -269,22 +332,36 @@ def main() -> None:
         try:
             Trainer(model, ds, polyrec.TrainConfig(max_epochs=1))
         except ValueError as exc:
-            return {"exit": 2, "error": f"error: {exc}", "warnings": [], "traceback": False,
-                    "note": "Python API: ValueError"}
+            return {
+                "exit": 2,
+                "error": f"error: {exc}",
+                "warnings": [],
+                "traceback": False,
+                "note": "Python API: ValueError",
+            }
         return {"exit": 0, "error": "", "warnings": [], "traceback": False, "note": "accepted!"}
 
     case("values", "an id outside its vocabulary (Python API)", out_of_range)
 
     shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python benchmarks/fault_cases.py", "polyrec": polyrec.__version__,
-            "python": platform.python_version(), "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine()}
+    meta = {
+        "command": "python benchmarks/fault_cases.py",
+        "polyrec": polyrec.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+    }
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "cases": cases}, indent=1) + "\n")
-    lines = ["# What polyrec does with bad data, bad configs and faults", "",
-             f"`{meta['command']}`; polyrec {meta['polyrec']}, Python {meta['python']}, {meta['machine']}.",
-             "Every case through the CLI on generated data; exit 2 = a one-line user error, 1 = a traceback.", "",
-             "| group | case | exit | what the user sees | note |", "|---|---|---|---|---|"]
+    lines = [
+        "# What polyrec does with bad data, bad configs and faults",
+        "",
+        f"`{meta['command']}`; polyrec {meta['polyrec']}, Python {meta['python']}, {meta['machine']}.",
+        "Every case through the CLI on generated data; exit 2 = a one-line user error, 1 = a traceback.",
+        "",
+        "| group | case | exit | what the user sees | note |",
+        "|---|---|---|---|---|",
+    ]
     for c in cases:
         seen = c["error"] or "; ".join(c["warnings"]) or "(no error)"
         if c["error"] and c["warnings"]:

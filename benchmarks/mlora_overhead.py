@@ -22,11 +22,12 @@ import json
 from pathlib import Path
 
 import torch
+from throughput import epoch_rates  # benchmarks/throughput.py: the same end-to-end epoch timing
 
 from polyrec.data.dataset import build_dataset
 from polyrec.experiment import build_model, environment, make_config
 from polyrec.models.adapters import adapter_summary
-from throughput import epoch_rates  # benchmarks/throughput.py: the same end-to-end epoch timing
+from polyrec.runspec import RunSpec
 
 OUT = Path(__file__).resolve().parent / "results"
 BACKBONES = ["mlp", "star", "wdl", "nfm", "autoint", "pnn", "dcn", "fibinet", "deepfm", "xdeepfm"]
@@ -43,7 +44,8 @@ def train_rate(name: str, ds, epochs: int) -> list[float]:
 
 
 def measure(name: str, ds, epochs: int) -> dict:
-    cfg = make_config("ml1m-gender", f"{name}+mlora")
+    adapted_name = str(RunSpec(name, "mlora"))
+    cfg = make_config("ml1m-gender", adapted_name)
     base = build_model(make_config("ml1m-gender", name), ds.schema)
     adapted = build_model(cfg, ds.schema)
     summary = adapter_summary(adapted)
@@ -52,14 +54,21 @@ def measure(name: str, ds, epochs: int) -> dict:
     domains = ds.schema.num_domains
     per_domain = summary["adapter_params"] / domains
     rate_base = train_rate(name, ds, epochs)
-    rate_mlora = train_rate(f"{name}+mlora", ds, epochs)
+    rate_mlora = train_rate(adapted_name, ds, epochs)
     return {
-        "model": name, "alpha": cfg.adapter.alpha, "backbone_params": backbone, "embedding_params": emb,
-        "dense_params": backbone - emb, "adapter_params": summary["adapter_params"],
-        "adapter_params_per_domain": per_domain, "domains": domains,
-        "share": summary["adapter_params"] / backbone, "share_of_dense": summary["adapter_params"] / (backbone - emb),
+        "model": name,
+        "alpha": cfg.adapter.alpha,
+        "backbone_params": backbone,
+        "embedding_params": emb,
+        "dense_params": backbone - emb,
+        "adapter_params": summary["adapter_params"],
+        "adapter_params_per_domain": per_domain,
+        "domains": domains,
+        "share": summary["adapter_params"] / backbone,
+        "share_of_dense": summary["adapter_params"] / (backbone - emb),
         "share_10_domains": 10 * per_domain / backbone,
-        "rows_per_s": [round(r) for r in rate_base], "rows_per_s_mlora": [round(r) for r in rate_mlora],
+        "rows_per_s": [round(r) for r in rate_base],
+        "rows_per_s_mlora": [round(r) for r in rate_mlora],
     }
 
 
@@ -70,8 +79,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     ds = build_dataset(make_config("ml1m-gender", "mlp").data)
-    results = {"command": "python benchmarks/mlora_overhead.py", "environment": environment(),
-               "train_rows": len(ds.splits["train"]), "models": []}
+    results = {
+        "command": "python benchmarks/mlora_overhead.py",
+        "environment": environment(),
+        "train_rows": len(ds.splits["train"]),
+        "models": [],
+    }
     for name in args.models.split(","):
         r = measure(name, ds, args.epochs)
         results["models"].append(r)
@@ -79,12 +92,15 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = [
-        "# MLoRA overhead on ml1m-gender (P1 sizes, 2 domains)", "",
+        "# MLoRA overhead on ml1m-gender (P1 sizes, 2 domains)",
+        "",
         f"Command: `{results['command']}`  ",
-        f"Environment: {json.dumps(results['environment'])}", "",
+        f"Environment: {json.dumps(results['environment'])}",
+        "",
         "Training throughput: best of "
         f"{args.epochs} whole epochs ({results['train_rows']:,} rows each, Alternate schedule, batch 1024), "
-        "after a warm-up, both variants in one process one after the other.", "",
+        "after a warm-up, both variants in one process one after the other.",
+        "",
         "| backbone | α | backbone params | of which embeddings | adapter params (per domain) | share | "
         "share of non-embedding | share at 10 domains | rows/s | rows/s +MLoRA | slowdown |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -95,10 +111,14 @@ def main() -> None:
             f"| {r['model']} | {r['alpha']} | {r['backbone_params']:,} | {r['embedding_params']:,} | "
             f"{r['adapter_params']:,} ({r['adapter_params_per_domain']:,.0f}) | {r['share'] * 100:.2f}% | "
             f"{r['share_of_dense'] * 100:.2f}% | {r['share_10_domains'] * 100:.2f}% | {b:,} | {m:,} | "
-            f"{b / m:.2f}x |")
-    lines += ["", "Share = adapter parameters / backbone parameters. The paper's +1.76% (10 domains) is on a "
-              "production model whose embedding tables dominate its size; on ml1m-gender the embeddings are small "
-              "(dimension 8, STAR: 128), so the share here is much larger."]
+            f"{b / m:.2f}x |"
+        )
+    lines += [
+        "",
+        "Share = adapter parameters / backbone parameters. The paper's +1.76% (10 domains) is on a "
+        "production model whose embedding tables dominate its size; on ml1m-gender the embeddings are small "
+        "(dimension 8, STAR: 128), so the share here is much larger.",
+    ]
     tmp_json, tmp_md = out / ".mlora_overhead.json.tmp", out / ".mlora_overhead.md.tmp"
     tmp_json.write_text(json.dumps(results, indent=1))
     tmp_md.write_text("\n".join(lines) + "\n")

@@ -14,10 +14,24 @@ import argparse
 from pathlib import Path
 
 from polyrec.benchmark import run_benchmark
+from polyrec.data.protocols import preset
+from polyrec.models import list_models
 
 OUT = Path(__file__).resolve().parent / "results" / "p2_ml1m_age3"
-ZOO = ["mlp", "star", "shared_bottom", "mmoe", "ple", "sarnet", "m2m", "adasparse", "adaptdhm", "epnet", "ppnet",
-       "pepnet", "cross_stitch", "mulann", "hmoe", "aitm", "hinet", "hamur", "m3oe", "dfei"]  # published ones first
+PROTOCOL = "ml1m-age3"
+# The zoo's models without a published number, in the order they first ran; a model added since runs after
+# them (by name). Only the order comes from here: membership comes from the registry's tags.
+FIRST_RUN_ORDER = ("pepnet", "cross_stitch", "mulann", "hmoe", "aitm", "hinet", "hamur", "m3oe", "dfei")
+
+
+def zoo() -> list[str]:
+    """The P2 zoo: every model tagged ``baseline`` or ``multidomain``, the baseline first, then the models with
+    a published number on the protocol in the preset's order, then the others (:data:`FIRST_RUN_ORDER`)."""
+    baseline = list_models("baseline")
+    members = baseline + [m for m in list_models("multidomain") if m not in baseline]
+    order = [*preset(PROTOCOL)["reference"]["auc_overall"], *FIRST_RUN_ORDER]
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(members, key=lambda m: (m not in baseline, rank.get(m, len(rank)), m))
 
 
 def main() -> None:
@@ -27,8 +41,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     out = Path(args.out)
-    models = ZOO if args.models == "zoo" else args.models.split(",")
-    run_benchmark("ml1m-age3", models, args.seeds, out)  # writes results.json and results.md after every run
+    models = zoo() if args.models == "zoo" else args.models.split(",")
+    run_benchmark(PROTOCOL, models, args.seeds, out)  # writes results.json and results.md after every run
     print((out / "results.md").read_text())
 
 

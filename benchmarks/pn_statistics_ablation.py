@@ -25,8 +25,16 @@ OUT = Path(__file__).resolve().parent / "results" / "p1_ml1m_gender" / "pn_stats
 
 
 def run(precise: bool) -> list[str]:
-    cfg = make_config("ml1m-gender", "star", overrides=[
-        "train.max_epochs=9", "train.patience=0", "train.seed=1", f"train.precise_norm_stats={str(precise).lower()}"])
+    cfg = make_config(
+        "ml1m-gender",
+        "star",
+        overrides=[
+            "train.max_epochs=9",
+            "train.patience=0",
+            "train.seed=1",
+            f"train.precise_norm_stats={str(precise).lower()}",
+        ],
+    )
     ds = build_dataset(cfg.data)
     torch.manual_seed(1)
     model = create_model("star", ds.schema, **to_dict(cfg.model))
@@ -34,9 +42,10 @@ def run(precise: bool) -> list[str]:
 
     def after_epoch(record: dict) -> None:
         r = evaluate(model, ds, "val")
-        pcoc = {k: round(v, 3) for k, v in r["pcoc_per_domain"].items()}
-        lines.append(f"{'precise' if precise else 'moving'} {record['epoch']} {r['auc_mean']:.4f} "
-                     f"{r['logloss_overall']:.4f} {pcoc}")
+        pcoc = {k: round(v, 3) for k, v in r.pcoc_per_domain.items()}
+        lines.append(
+            f"{'precise' if precise else 'moving'} {record['epoch']} {r.auc_mean:.4f} {r.logloss_overall:.4f} {pcoc}"
+        )
         print(lines[-1], flush=True)
 
     Trainer(model, ds, cfg.train, progress=False, callbacks=(after_epoch,)).fit()
@@ -45,9 +54,11 @@ def run(precise: bool) -> list[str]:
 
 def main() -> None:
     os.environ["POLYREC_QUIET"] = "1"
-    lines = ["# STAR on ml1m-gender, model seed 1, 9 epochs without early stopping.",
-             "# Per epoch: variant, epoch, validation auc_mean, logloss_overall, PCOC per domain.",
-             "# Command: python benchmarks/pn_statistics_ablation.py"]
+    lines = [
+        "# STAR on ml1m-gender, model seed 1, 9 epochs without early stopping.",
+        "# Per epoch: variant, epoch, validation auc_mean, logloss_overall, PCOC per domain.",
+        "# Command: python benchmarks/pn_statistics_ablation.py",
+    ]
     lines += run(False) + run(True)
     OUT.write_text("\n".join(lines) + "\n")
 

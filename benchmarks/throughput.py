@@ -43,7 +43,12 @@ def measure_data() -> dict:
             t0 = time.perf_counter()
             ds = build_dataset(cfg, cache_root=tmp)
             warm.append(time.perf_counter() - t0)
-    return {"cold_s": round(cold, 3), "cached_s": round(min(warm), 3), "rows": len(ds), "peak_rss_mb": round(peak_rss_mb())}
+    return {
+        "cold_s": round(cold, 3),
+        "cached_s": round(min(warm), 3),
+        "rows": len(ds),
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
 
 
 def epoch_rates(cfg, ds, model, epochs: int, warmup: int = 6):
@@ -59,9 +64,17 @@ def epoch_rates(cfg, ds, model, epochs: int, warmup: int = 6):
 
     torch.set_flush_denormal(cfg.train.flush_denormal)  # as the Trainer does
     strategy = create_strategy(cfg.train.strategy)
-    ctx = TrainContext(model=model, optimizer=make_optimizer(model, cfg.train), task=BinaryTask(), dataset=ds,
-                       rows=ds.splits["train"], batch_size=cfg.train.batch_size, sampler=strategy.default_sampler,
-                       seed=0, device=torch.device("cpu"))
+    ctx = TrainContext(
+        model=model,
+        optimizer=make_optimizer(model, cfg.train),
+        task=BinaryTask(),
+        dataset=ds,
+        rows=ds.splits["train"],
+        batch_size=cfg.train.batch_size,
+        sampler=strategy.default_sampler,
+        seed=0,
+        device=torch.device("cpu"),
+    )
     model.train()
     for i, batch in enumerate(ctx.batches(99)):
         ctx.step(batch)
@@ -79,10 +92,10 @@ def epoch_rates(cfg, ds, model, epochs: int, warmup: int = 6):
 def measure_model(name: str, epochs: int) -> dict:
     import torch
 
+    from polyrec.config import to_dict
     from polyrec.data.dataset import build_dataset
     from polyrec.experiment import make_config
     from polyrec.models import create_model
-    from polyrec.config import to_dict
 
     cfg = make_config("ml1m-age3", name)
     ds = build_dataset(cfg.data)
@@ -124,28 +137,40 @@ def main() -> None:
 
     results = {"command": "python benchmarks/throughput.py", "environment": environment()}
     for what in ["data", *args.models.split(",")]:
-        out = subprocess.run([sys.executable, __file__, "--one", what, "--epochs", str(args.epochs)],
-                             check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", what, "--epochs", str(args.epochs)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         results[what] = json.loads(out.stdout.strip().splitlines()[-1])
         print(what, results[what], file=sys.stderr)
     OUT.mkdir(exist_ok=True)
     (OUT / "throughput.json").write_text(json.dumps(results, indent=1))
     d = results["data"]
     lines = [
-        "# Throughput on ml1m-age3 (batch 4096)", "",
+        "# Throughput on ml1m-age3 (batch 4096)",
+        "",
         f"Command: `{results['command']}`  ",
-        f"Environment: {json.dumps(results['environment'])}", "",
+        f"Environment: {json.dumps(results['environment'])}",
+        "",
         f"Data preparation ({d['rows']:,} rows): cold {d['cold_s']} s (parse wheel, split, fit, encode, write), "
-        f"cached {d['cached_s']} s; peak RSS {d['peak_rss_mb']} MB.", "",
+        f"cached {d['cached_s']} s; peak RSS {d['peak_rss_mb']} MB.",
+        "",
         "| model | parameters | end-to-end training rows/s (per epoch) | fixed-batch rows/s | peak RSS MB |",
         "|---|---|---|---|---|",
     ]
     for m in args.models.split(","):
         r = results[m]
-        lines.append(f"| {m} | {r['parameters']:,} | {', '.join(f'{x:,}' for x in r['end_to_end_rows_per_s'])} | "
-                     f"{r['fixed_batch_rows_per_s']:,} | {r['peak_rss_mb']} |")
-    lines += ["", "End to end = sampler + index gather + forward + backward + Adam step over full training epochs "
-              "(no evaluation). Target for STAR: >= 100,000 rows/s."]
+        lines.append(
+            f"| {m} | {r['parameters']:,} | {', '.join(f'{x:,}' for x in r['end_to_end_rows_per_s'])} | "
+            f"{r['fixed_batch_rows_per_s']:,} | {r['peak_rss_mb']} |"
+        )
+    lines += [
+        "",
+        "End to end = sampler + index gather + forward + backward + Adam step over full training epochs "
+        "(no evaluation). Target for STAR: >= 100,000 rows/s.",
+    ]
     (OUT / "throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -7,7 +7,7 @@ parameter off its initial value so that per-domain banks differ and gates are no
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -28,8 +28,11 @@ def make_schema(
     features = [FeatureSpec(name, "sparse", vocab_size=vocab) for name, vocab in sparse]
     features += [FeatureSpec(name, "multi", vocab_size=vocab, max_len=max_len) for name, vocab, max_len in multi]
     features += [FeatureSpec(name, "dense") for name in dense]
-    return DatasetSchema(features=tuple(features), domain=DomainSpec(domain_name, tuple(f"d{i}" for i in range(num_domains))),
-                         user_feature=user_feature)
+    return DatasetSchema(
+        features=tuple(features),
+        domain=DomainSpec(domain_name, tuple(f"d{i}" for i in range(num_domains))),
+        user_feature=user_feature,
+    )
 
 
 def make_batch(
@@ -87,23 +90,28 @@ def perturb(module: nn.Module, seed: int = 0, scale: float = 0.3) -> nn.Module:
     return module
 
 
-def new_domain_csv_config(folder, n_samples=(500, 400, 300), n_users: int = 60, n_items: int = 50,
-                          seed: int = 1) -> dict:
+def new_domain_csv_config(
+    folder, n_samples=(500, 400, 300), n_users: int = 60, n_items: int = 50, seed: int = 1
+) -> dict:
     """A CLI experiment config over ``folder/base.csv`` (domains 0 and 1 of a synthetic frame) for an MLP+MLoRA
     run; ``folder/all.csv`` holds the same rows plus domain 2, the domain ``polyrec add-domain`` adds."""
     from polyrec.data.sources import make_synthetic
 
-    frame = make_synthetic(n_domains=3, n_samples=list(n_samples), n_users=n_users, n_items=n_items, seed=seed,
-                           n_dense=1)
+    frame = make_synthetic(
+        n_domains=3, n_samples=list(n_samples), n_users=n_users, n_items=n_items, seed=seed, n_dense=1
+    )
     frame[frame.domain < 2].to_csv(folder / "base.csv", index=False)
     frame.to_csv(folder / "all.csv", index=False)
     return {
         "protocol": "tiny",
-        "data": {"source": {"kind": "csv", "path": str(folder / "base.csv")}, "label": {"column": "label"},
-                 "domain": {"column": "domain", "as_feature": True},
-                 "features": [{"name": "user_id"}, {"name": "item_id"}, {"name": "dense_0", "kind": "dense"}],
-                 "user_feature": "user_id",
-                 "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 0}},
+        "data": {
+            "source": {"kind": "csv", "path": str(folder / "base.csv")},
+            "label": {"column": "label"},
+            "domain": {"column": "domain", "as_feature": True},
+            "features": [{"name": "user_id"}, {"name": "item_id"}, {"name": "dense_0", "kind": "dense"}],
+            "user_feature": "user_id",
+            "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 0},
+        },
         "train": {"batch_size": 128, "max_epochs": 2, "patience": 0},
         "adapter": {"alpha": 4},
     }

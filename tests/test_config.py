@@ -28,14 +28,17 @@ def test_from_dict_builds_nested_and_converts_lists():
     assert to_dict(cfg)["inner"]["units"] == [4, 2]
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"lrr": 1}, r"unknown config key 'lrr'.*Did you mean 'lr'"),
-    ({"lr": "x"}, r"lr: expected a number, got 'x'"),
-    ({"flag": 1}, r"flag: expected true or false"),
-    ({"inner": {"units": "8"}}, r"inner.units: expected a list"),
-    ({"inner": {"unit": [1]}}, r"unknown config key 'unit' in inner"),
-    ({"maybe": "no"}, r"maybe: value 'no' matches none"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"lrr": 1}, r"unknown config key 'lrr'.*Did you mean 'lr'"),
+        ({"lr": "x"}, r"lr: expected a number, got 'x'"),
+        ({"flag": 1}, r"flag: expected true or false"),
+        ({"inner": {"units": "8"}}, r"inner.units: expected a list"),
+        ({"inner": {"unit": [1]}}, r"unknown config key 'unit' in inner"),
+        ({"maybe": "no"}, r"maybe: value 'no' matches none"),
+    ],
+)
 def test_from_dict_rejects_bad_input(data, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(Outer, data)

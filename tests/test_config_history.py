@@ -1,24 +1,26 @@
 """Configs gain keys and change defaults; records and run directories made before must compare (and load)
 as what they computed: equal when a config reproduces them, different when it does not."""
 
-import dataclasses
+import json
+from pathlib import Path
 
 import pytest
+from conftest import SYNTHETIC_DATA
 
 from polyrec.benchmark import check_reuse
 from polyrec.config import ConfigError, from_dict, to_dict
 from polyrec.data.config import DataConfig
 from polyrec.experiment import make_config, resolve_config
-from polyrec.rundir import (LEGACY_VALUES, RunMismatch, comparable, config_diff, config_hash,
-                            with_legacy_values)
-
-from conftest import SYNTHETIC_DATA
+from polyrec.rundir import LEGACY_VALUES, RunMismatch, comparable, config_diff, config_hash, with_legacy_values
 
 
 def _config(model="mlp", train=None, adapter=None):
-    doc = {"protocol": "custom", "data": SYNTHETIC_DATA, "model": {"name": model, "embedding_dim": 4,
-                                                                  "hidden_units": [8]},
-           "train": {"batch_size": 64, **(train or {})}}
+    doc = {
+        "protocol": "custom",
+        "data": SYNTHETIC_DATA,
+        "model": {"name": model, "embedding_dim": 4, "hidden_units": [8]},
+        "train": {"batch_size": 64, **(train or {})},
+    }
     if adapter is not None:
         doc["adapter"] = adapter
     return resolve_config(doc)
@@ -43,17 +45,24 @@ def test_new_adapter_keys_at_their_legacy_value_match_old_records_and_the_new_de
     old_way = _config("mlp+mlora", adapter={"domain_bias": True, "a_init": "uniform"})
     record = _record(_legacy(old_way.to_dict(), ["adapter.domain_bias", "adapter.a_init"]))
     check_reuse(record, old_way, "s", None)  # the same layer: reused
-    with pytest.raises(RunMismatch, match=r"adapter.a_init: <unset> -> 'gaussian'; adapter.domain_bias: <unset> -> "
-                                          r"false"):
+    with pytest.raises(
+        RunMismatch,
+        match=r"adapter.a_init: <unset> -> 'gaussian'; adapter.domain_bias: <unset> -> "
+        r"false",
+    ):
         check_reuse(record, new, "s", None)
-    assert comparable(old_way.to_dict()).keys() == comparable(record["config"] | {"data": old_way.to_dict()["data"]}).keys()
+    assert (
+        comparable(old_way.to_dict()).keys()
+        == comparable(record["config"] | {"data": old_way.to_dict()["data"]}).keys()
+    )
 
 
 def test_strategy_options_compare_as_the_options_that_differ_from_the_defaults():
     given = _config(train={"strategy": "mamdr", "strategy_options": {"outer_lr": 0.3}})
     assert given.train.strategy_options["specific_lr"] == 0.1  # held resolved, defaults included
-    record = _record({**_legacy(given.to_dict(), []), "train": {**given.to_dict()["train"],
-                                                                "strategy_options": {"outer_lr": 0.3}}})
+    record = _record(
+        {**_legacy(given.to_dict(), []), "train": {**given.to_dict()["train"], "strategy_options": {"outer_lr": 0.3}}}
+    )
     check_reuse(record, given, "s", None)  # an old record stored only the option it was given
     other = _config(train={"strategy": "mamdr", "strategy_options": {"outer_lr": 0.2}})
     with pytest.raises(RunMismatch, match="outer_lr: 0.3 -> 0.2"):
@@ -80,8 +89,9 @@ def test_data_hash_guards_reuse_of_records_whose_config_hash_changed():
 
 
 def test_stored_configs_load_with_the_values_they_ran_with():
-    stored = _legacy(_config("mlp+mlora", train={"strategy": "two_phase"}).to_dict(),
-                     ["adapter.domain_bias", "adapter.a_init"])
+    stored = _legacy(
+        _config("mlp+mlora", train={"strategy": "two_phase"}).to_dict(), ["adapter.domain_bias", "adapter.a_init"]
+    )
     stored["train"]["strategy_options"] = {}
     stored["data"] = {k: v for k, v in SYNTHETIC_DATA.items()}
     filled = with_legacy_values(stored)
@@ -96,8 +106,11 @@ def test_stored_configs_load_with_the_values_they_ran_with():
 
 def test_domain_describing_features_are_checked_and_reach_the_schema_and_star(tiny_dataset):
     doc = {**SYNTHETIC_DATA, "domain": {**SYNTHETIC_DATA["domain"], "describing": ["dense_0"]}}
-    with pytest.raises(ConfigError, match=r"data.domain.describing: \['dense_0'\] is not allowed; 'dense_0' is not a "
-                                          "sparse or multi-valued feature"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.domain.describing: \['dense_0'\] is not allowed; 'dense_0' is not a "
+        "sparse or multi-valued feature",
+    ):
         from_dict(DataConfig, doc, path="data")
     with pytest.raises(ConfigError, match="listed more than once"):
         from_dict(DataConfig, {**doc, "domain": {**doc["domain"], "describing": ["tags", "tags"]}}, path="data")
@@ -120,3 +133,35 @@ def test_a_record_that_early_stopping_ended_before_either_bound_is_reused_under_
         check_reuse({**_record(stored), "epochs": 12}, _config(train={"max_epochs": 100, "lr": 0.01}), "s", None)
     with pytest.raises(RunMismatch, match="train.max_epochs: 30 -> 10"):
         check_reuse({**_record(stored), "epochs": 12}, _config(train={"max_epochs": 10}), "s", None)
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+@pytest.mark.parametrize("folder,protocol", [("p3_mamdr", "ml1m-age7"), ("p1_mlora", "ml1m-gender")])
+def test_committed_benchmark_records_are_reused_with_or_without_their_resolved_strategy_options(folder, protocol):
+    """The records under benchmarks/results/ stored the strategy options they were given (``{}``, or
+    MAMDR's β, γ, k); configs now hold every option, defaults included. A rerun of the benchmark must
+    reuse those records, not train them again; and a record holding the resolved options must equal one
+    without them."""
+    runs = [r for r in json.loads((COMMITTED / folder / "results.json").read_text()) if r.get("config")]
+    assert len(runs) >= 50
+    partial = 0
+    for record in runs:
+        cfg = make_config(protocol, record["model"], overrides=[f"train.seed={record['seed']}"])
+        check_reuse(record, cfg, record["split_hash"], None)  # what run_benchmark does before training
+        resolved = cfg.to_dict()["train"]["strategy_options"]
+        stored = record["config"]["train"].get("strategy_options") or {}
+        partial += stored != resolved
+        full = {**record["config"], "train": {**record["config"]["train"], "strategy_options": resolved}}
+        check_reuse({**record, "config": full, "config_hash": None}, cfg, record["split_hash"], None)
+        data = {"data": cfg.to_dict()["data"]}
+        assert config_hash({**record["config"], **data}) == config_hash({**full, **data})
+    assert partial > 0 or folder != "p3_mamdr"  # MAMDR's records store fewer options than a config resolves
+    mamdr = next((r for r in runs if r["model"] == "mlp@mamdr"), None)
+    if mamdr is not None:  # and a record is still told apart from a config that changes an option
+        other = make_config(
+            protocol, "mlp@mamdr", overrides=[f"train.seed={mamdr['seed']}", "train.strategy_options.outer_lr=0.2"]
+        )
+        with pytest.raises(RunMismatch, match="train.strategy_options.outer_lr: <unset> -> 0.2"):
+            check_reuse(mamdr, other, mamdr["split_hash"], None)

@@ -129,8 +129,9 @@ def test_star_beats_the_mlp_that_sees_the_domain_on_conflicting_domains(wauc):
     # The gain over the MLP mixes the routing with STAR's input normalization, which helps without domains
     # too (STAR routed as one domain gains +2.3 here): the routing itself must add on top of that control.
     routing = statistics.fmean(wauc("conflict", "star", s) - wauc("conflict", ONE_DOMAIN_STAR, s) for s in SEEDS)
-    assert routing > ROUTING_MARGIN, (f"STAR's domain routing adds {routing:+.2f} WAUC over STAR routed as one "
-                                      f"domain; needs > {ROUTING_MARGIN}")
+    assert routing > ROUTING_MARGIN, (
+        f"STAR's domain routing adds {routing:+.2f} WAUC over STAR routed as one domain; needs > {ROUTING_MARGIN}"
+    )
 
 
 def test_star_does_not_lose_on_identical_domains(wauc):
@@ -144,9 +145,12 @@ def test_mlora_with_its_two_phase_schedule_does_not_lose_on_identical_domains(wa
     assert gain > -IDENTICAL_SLACK, f"MLP+MLoRA (two-phase) loses {-gain:.2f} WAUC on identical domains"
 
 
-@pytest.mark.xfail(strict=True, reason="measured: MLP+MLoRA trained jointly from the first step (not the paper's "
-                                       "two-phase schedule) loses about 2 WAUC on identical domains at this size: "
-                                       "the per-domain adapters overfit alongside the backbone")
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured: MLP+MLoRA trained jointly from the first step (not the paper's "
+    "two-phase schedule) loses about 2 WAUC on identical domains at this size: "
+    "the per-domain adapters overfit alongside the backbone",
+)
 def test_mlora_trained_jointly_does_not_lose_on_identical_domains(wauc):
     gain = _gain(wauc, "identical", "mlp+mlora", seeds=SEEDS[:1])
     assert gain > -IDENTICAL_SLACK, f"MLP+MLoRA loses {-gain:.2f} WAUC on identical domains"

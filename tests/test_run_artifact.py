@@ -47,8 +47,16 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("artifact")
     config = new_domain_csv_config(root, n_samples=(400, 300, 200), n_users=50, n_items=40, seed=2)
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))
-    args = ["--config", str(root / "tiny.yaml"), "--model", "mlp+mlora", "--set", "model.embedding_dim=4",
-            "--set", "model.hidden_units=[8]"]
+    args = [
+        "--config",
+        str(root / "tiny.yaml"),
+        "--model",
+        "mlp+mlora",
+        "--set",
+        "model.embedding_dim=4",
+        "--set",
+        "model.hidden_units=[8]",
+    ]
     import os
 
     os.environ["POLYREC_CACHE"] = str(root / "cache")
@@ -70,6 +78,7 @@ def test_the_run_directory_holds_only_json_and_safetensors(base):
 
 def _paths(root: Path, args: list[str], run: Path, marker: Path):
     """Every way a user reads a run; each returns an exit code (0 or 2) or raises."""
+
     def cli(*argv):
         out = runner.invoke(app, list(argv))
         if out.exit_code not in (0, 2):
@@ -91,8 +100,11 @@ def _paths(root: Path, args: list[str], run: Path, marker: Path):
         from polyrec.experiment import build_model
         from polyrec.training.trainer import Trainer
 
-        cfg = make_config(config_file=str(root / "tiny.yaml"), model="mlp+mlora",
-                          overrides=["model.embedding_dim=4", "model.hidden_units=[8]"])
+        cfg = make_config(
+            config_file=str(root / "tiny.yaml"),
+            model="mlp+mlora",
+            overrides=["model.embedding_dim=4", "model.hidden_units=[8]"],
+        )
         ds = build_dataset(cfg.data)
         Trainer(build_model(cfg, ds.schema), ds, cfg.train, out_dir=run, resume=True)
 
@@ -101,8 +113,18 @@ def _paths(root: Path, args: list[str], run: Path, marker: Path):
     return {
         "cli evaluate": lambda: cli("evaluate", str(run)),
         "cli train (resume)": lambda: cli("train", *args, "--out", str(run)),
-        "cli add-domain": lambda: cli("add-domain", str(run), "--domain", "2", "--out", str(new),
-                                      "--set", f"data.source.path={root / 'all.csv'}", "--set", "train.max_epochs=1"),
+        "cli add-domain": lambda: cli(
+            "add-domain",
+            str(run),
+            "--domain",
+            "2",
+            "--out",
+            str(new),
+            "--set",
+            f"data.source.path={root / 'all.csv'}",
+            "--set",
+            "train.max_epochs=1",
+        ),
         "load_run": lambda: python(lambda: load_run(run)),
         "evaluate_run": lambda: python(lambda: evaluate_run(run)),
         "Trainer(resume=True)": lambda: python(trainer_resume),
@@ -173,15 +195,29 @@ def test_result_json_records_oov_counts_and_the_config_hash(base):
     assert len(record["config_hash"]) == 16
     manifest = json.loads((root / "run" / "run.json").read_text())
     assert manifest["config_hash"] == record["config_hash"]
-    assert {"model.safetensors", "config.json", "schema.json", "processing.json", "data.json",
-            "result.json"} <= set(manifest["files"])
+    assert {"model.safetensors", "config.json", "schema.json", "processing.json", "data.json", "result.json"} <= set(
+        manifest["files"]
+    )
 
 
 def test_an_added_domain_run_refuses_evaluation_when_its_new_rows_changed(base, tmp_path):
     root, _ = base
     added = tmp_path / "added"
-    out = runner.invoke(app, ["add-domain", str(root / "run"), "--domain", "2", "--out", str(added),
-                              "--set", f"data.source.path={root / 'all.csv'}", "--set", "train.max_epochs=1"])
+    out = runner.invoke(
+        app,
+        [
+            "add-domain",
+            str(root / "run"),
+            "--domain",
+            "2",
+            "--out",
+            str(added),
+            "--set",
+            f"data.source.path={root / 'all.csv'}",
+            "--set",
+            "train.max_epochs=1",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert json.loads((added / "data.json").read_text())["rows"]["train"] == {"0": 0, "1": 0, "2": 120}
     original = (root / "all.csv").read_bytes()

@@ -19,8 +19,12 @@ def _study():
 
 
 def _record(model, seed, wauc, domains=("F", "M")):
-    return {"model": model, "seed": seed, "metrics": {"wauc": wauc, "auc_per_domain": {d: 0.5 for d in domains}},
-            "data": {"rows": {"train": 600, "val": 200, "test": 200}}}
+    return {
+        "model": model,
+        "seed": seed,
+        "metrics": {"wauc": wauc, "auc_per_domain": {d: 0.5 for d in domains}},
+        "data": {"rows": {"train": 600, "val": 200, "test": 200}},
+    }
 
 
 def test_cell_overrides_make_valid_configs_of_each_domain_attribute():

@@ -8,10 +8,9 @@ from .config import ConfigError
 from .data.batch import Batch
 from .data.config import DataConfig, DomainRule, FeatureConfig, LabelRule, SourceConfig, SplitConfig
 from .data.dataset import EncodedDataset, build_dataset
-from .data.loader import BatchLoader
 from .data.protocols import list_presets, preset
 from .data.schema import DatasetSchema, DomainSpec, FeatureSpec
-from .evaluation.metrics import MultiDomainEvaluator, auc, gauc
+from .evaluation.metrics import MultiDomainEvaluator, MultiDomainMetrics, auc, gauc
 from .experiment import ExperimentConfig, evaluate_run, make_config, run_experiment
 from .models import Model, ModelOutput, create_model, list_models, register_model
 from .models.adapters import AdapterConfig, MLoRAModel, add_domain, attach_mlora
@@ -23,11 +22,44 @@ load_dataset = build_dataset
 __version__ = "0.3.0"
 
 __all__ = [
-    "AdapterConfig", "MLoRAModel", "add_domain", "attach_mlora",
-    "Batch", "BatchLoader", "ConfigError", "DataConfig", "DatasetSchema", "DomainRule", "DomainSpec",
-    "EncodedDataset", "ExperimentConfig", "FeatureConfig", "FeatureSpec", "LabelRule", "Model", "ModelOutput",
-    "MultiDomainEvaluator", "SourceConfig", "SplitConfig", "Strategy", "TrainConfig", "Trainer", "auc",
-    "build_dataset", "create_model", "create_strategy", "evaluate", "evaluate_run", "gauc", "list_models",
-    "list_presets", "list_strategies", "load_dataset", "make_config", "preset", "register_model",
-    "register_strategy", "run_experiment",
+    "AdapterConfig",
+    "Batch",
+    "ConfigError",
+    "DataConfig",
+    "DatasetSchema",
+    "DomainRule",
+    "DomainSpec",
+    "EncodedDataset",
+    "ExperimentConfig",
+    "FeatureConfig",
+    "FeatureSpec",
+    "LabelRule",
+    "MLoRAModel",
+    "Model",
+    "ModelOutput",
+    "MultiDomainEvaluator",
+    "MultiDomainMetrics",
+    "SourceConfig",
+    "SplitConfig",
+    "Strategy",
+    "TrainConfig",
+    "Trainer",
+    "add_domain",
+    "attach_mlora",
+    "auc",
+    "build_dataset",
+    "create_model",
+    "create_strategy",
+    "evaluate",
+    "evaluate_run",
+    "gauc",
+    "list_models",
+    "list_presets",
+    "list_strategies",
+    "load_dataset",
+    "make_config",
+    "preset",
+    "register_model",
+    "register_strategy",
+    "run_experiment",
 ]

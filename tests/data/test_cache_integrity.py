@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_dataset import assert_same_data
 
 import polyrec.data
 from polyrec.config import to_dict
@@ -36,8 +37,6 @@ from polyrec.data.dataset import (
 )
 from polyrec.data.sources import MOVIELENS_WHEEL, make_synthetic
 
-from test_dataset import assert_same_data
-
 
 def entry_of(ds) -> Path:
     return Path(os.environ["POLYREC_CACHE"]) / "datasets" / ds.report["cache_key"]
@@ -45,8 +44,11 @@ def entry_of(ds) -> Path:
 
 def rewrite_manifest(entry: Path) -> None:
     """Make the manifest match the entry's current files (to test what is checked after the manifest)."""
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": cache.sha256_file(p)}
-             for p in sorted(entry.iterdir()) if p.name != MANIFEST}
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": cache.sha256_file(p)}
+        for p in sorted(entry.iterdir())
+        if p.name != MANIFEST
+    }
     (entry / MANIFEST).write_text(json.dumps({"format": FORMAT_VERSION, "files": files}))
 
 
@@ -94,14 +96,18 @@ def test_changed_label_byte_of_the_same_size_is_detected_and_rebuilt(synthetic_c
 @pytest.mark.parametrize(
     "damage, match",
     [
-        (lambda e: (e / "split.test.npy").write_bytes((e / "split.test.npy").read_bytes()[:-8]),
-         r"'split\.test\.npy' has \d+ bytes, its manifest says \d+"),
+        (
+            lambda e: (e / "split.test.npy").write_bytes((e / "split.test.npy").read_bytes()[:-8]),
+            r"'split\.test\.npy' has \d+ bytes, its manifest says \d+",
+        ),
         (lambda e: (e / "dense.npy").unlink(), r"'dense\.npy' listed in its manifest is missing"),
         (lambda e: np.save(e / "junk.npy", np.zeros(3)), r"'junk\.npy' is not listed in its manifest"),
         (lambda e: (e / MANIFEST).unlink(), r"has no manifest\.json"),
         (lambda e: (e / MANIFEST).write_text("{not json"), r"'manifest\.json' is not a valid manifest"),
-        (lambda e: (e / "schema.json").write_text((e / "schema.json").read_text().replace('"', "'", 1)),
-         r"'schema\.json' has changed"),
+        (
+            lambda e: (e / "schema.json").write_text((e / "schema.json").read_text().replace('"', "'", 1)),
+            r"'schema\.json' has changed",
+        ),
     ],
     ids=["truncated", "missing", "extra", "no-manifest", "bad-manifest", "edited-json"],
 )
@@ -222,7 +228,13 @@ def test_writer_killed_mid_save_leaves_a_folder_the_next_build_removes(synthetic
         dataset.build_dataset(cfg, cache_root=sys.argv[2])
     """)
     env = {**os.environ, "POLYREC_CACHE": str(tmp_path / "child-cache")}
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(to_dict(synthetic_cfg)), str(root)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(to_dict(synthetic_cfg)), str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -9, proc.stderr
     left = [p for p in root.iterdir()]
     assert len(left) == 1 and left[0].name.startswith(".tmp-"), left
@@ -237,7 +249,9 @@ def test_writer_killed_mid_save_leaves_a_folder_the_next_build_removes(synthetic
 def test_fingerprint_of_a_csv_source(tmp_path, synthetic_cfg):
     path = tmp_path / "clicks.csv"
     make_synthetic(**synthetic_cfg.source.options).to_csv(path, index=False)
-    cfg = dataclasses.replace(synthetic_cfg, source=dataclasses.replace(synthetic_cfg.source, kind="csv", path=str(path)))
+    cfg = dataclasses.replace(
+        synthetic_cfg, source=dataclasses.replace(synthetic_cfg.source, kind="csv", path=str(path))
+    )
     ds = build_dataset(cfg)
     fp = data_fingerprint(cfg, ds)
     assert json.loads(json.dumps(fp)) == fp  # plain JSON
@@ -259,13 +273,16 @@ def test_fingerprint_of_a_folder_lists_every_file(tmp_path, synthetic_cfg):
     frame = make_synthetic(**synthetic_cfg.source.options)
     frame.iloc[:1000].to_parquet(folder / "a.parquet")
     frame.iloc[1000:].to_parquet(folder / "2024" / "b.parquet")
-    cfg = dataclasses.replace(synthetic_cfg, source=dataclasses.replace(
-        synthetic_cfg.source, kind="parquet", path=str(folder)))
+    cfg = dataclasses.replace(
+        synthetic_cfg, source=dataclasses.replace(synthetic_cfg.source, kind="parquet", path=str(folder))
+    )
     ds = build_dataset(cfg)
     assert len(ds) == len(frame)
     files = data_fingerprint(cfg, ds)["source"]["files"]
-    assert files == {"2024/b.parquet": cache.sha256_file(folder / "2024" / "b.parquet"),
-                     "a.parquet": cache.sha256_file(folder / "a.parquet")}
+    assert files == {
+        "2024/b.parquet": cache.sha256_file(folder / "2024" / "b.parquet"),
+        "a.parquet": cache.sha256_file(folder / "a.parquet"),
+    }
     assert len(source_fingerprint(cfg.source)) == 64
 
 
@@ -287,7 +304,9 @@ def test_fingerprint_of_synthetic_and_movielens_sources(synthetic_cfg, monkeypat
 def test_a_cache_hit_hashes_the_source_once_and_the_fingerprint_not_at_all(tmp_path, synthetic_cfg, monkeypatch):
     path = tmp_path / "clicks.csv"
     make_synthetic(**synthetic_cfg.source.options).to_csv(path, index=False)
-    cfg = dataclasses.replace(synthetic_cfg, source=dataclasses.replace(synthetic_cfg.source, kind="csv", path=str(path)))
+    cfg = dataclasses.replace(
+        synthetic_cfg, source=dataclasses.replace(synthetic_cfg.source, kind="csv", path=str(path))
+    )
     a = build_dataset(cfg)
     hashed = []
     real = dataset_mod.sha256_file
@@ -302,7 +321,9 @@ def test_a_cache_hit_hashes_the_source_once_and_the_fingerprint_not_at_all(tmp_p
 def test_a_changed_source_file_is_a_cache_miss_and_shows_in_source_files(tmp_path, synthetic_cfg):
     path = tmp_path / "clicks.csv"
     make_synthetic(**synthetic_cfg.source.options).to_csv(path, index=False)
-    cfg = dataclasses.replace(synthetic_cfg, source=dataclasses.replace(synthetic_cfg.source, kind="csv", path=str(path)))
+    cfg = dataclasses.replace(
+        synthetic_cfg, source=dataclasses.replace(synthetic_cfg.source, kind="csv", path=str(path))
+    )
     recorded = data_fingerprint(cfg, build_dataset(cfg))
     frame = pd.read_csv(path)
     frame.loc[0, "label"] = 1 - frame.loc[0, "label"]

@@ -92,8 +92,11 @@ def test_a_bad_value_is_refused_naming_its_dotted_key(path, value, key):
 
 
 def test_ratio_error_says_what_is_allowed():
-    with pytest.raises(ConfigError, match=r"^data\.split\.ratios: \[0\.5, 0\.2, 0\.2\] is not allowed; must be "
-                                          r"three finite non-negative fractions .* summing to 1 with train > 0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^data\.split\.ratios: \[0\.5, 0\.2, 0\.2\] is not allowed; must be "
+        r"three finite non-negative fractions .* summing to 1 with train > 0",
+    ):
         from_dict(DataConfig, with_value("split.ratios", [0.5, 0.2, 0.2]), path="data")
     # Float noise is no error: 1 - 0.8 - 0.1 is not exactly 0.1.
     assert from_dict(DataConfig, with_value("split.ratios", [0.8, 0.1, 1 - 0.8 - 0.1]), path="data")
@@ -101,8 +104,11 @@ def test_ratio_error_says_what_is_allowed():
 
 def test_parquet_with_a_sep_and_a_domain_feature_clash_are_refused():
     data = with_value("source", {"kind": "parquet", "path": "x.parquet", "sep": ";"})
-    with pytest.raises(ConfigError, match=r"^data\.source\.sep: ';' is not allowed; data\.source\.sep applies to "
-                                          r"csv files only; remove it for parquet"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^data\.source\.sep: ';' is not allowed; data\.source\.sep applies to "
+        r"csv files only; remove it for parquet",
+    ):
         from_dict(DataConfig, data, path="data")
     clash = with_value("features.0.name", "domain")
     clash["user_feature"] = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 from pathlib import Path
@@ -26,8 +27,8 @@ from polyrec.data.dataset import (
     save_dataset,
     split_hash,
 )
-from polyrec.data.sources import make_synthetic
 from polyrec.data.schema import OOV_INDEX
+from polyrec.data.sources import make_synthetic
 
 
 def assert_same_data(a: EncodedDataset, b: EncodedDataset) -> None:
@@ -197,8 +198,15 @@ def test_splits_partition_property(n, d, train, val, test, seed, method):
     total = train + val + test
     ratios = (train / total, val / total, 1.0 - train / total - val / total)
     rng = np.random.default_rng(seed)
-    sp = make_splits(method, ratios, seed, rng.integers(0, 2, n), rng.integers(0, d, n),
-                     rng.integers(0, 20, n), rng.integers(0, 5, n))
+    sp = make_splits(
+        method,
+        ratios,
+        seed,
+        rng.integers(0, 2, n),
+        rng.integers(0, d, n),
+        rng.integers(0, 20, n),
+        rng.integers(0, 5, n),
+    )
     assert_partition(sp, n)
 
 
@@ -264,6 +272,18 @@ def test_summary_mentions_rows_domains_and_split(tiny_dataset):
     assert sum(tiny_dataset.domain_counts("train").values()) == len(tiny_dataset.splits["train"])
 
 
+def test_integer_domain_codes_are_listed_numerically_and_encoded_as_before(synthetic_cfg):
+    """MovieLens' occupation codes are strings ("0".."20"): their index order (the encoding every cached data
+    set and trained model relies on) stays the sorted strings, and listings show them numerically."""
+    frame = make_synthetic(**synthetic_cfg.source.options)
+    frame["domain"] = (frame["user_id"].astype(str).str.len() + frame.index % 12).astype(str)  # "1".."13"
+    ds = encode_frame(frame, synthetic_cfg)
+    names = list(ds.schema.domain.values)
+    assert names == sorted(names) and names.index("10") < names.index("2")  # the encoding is unchanged
+    listed = ds.summary().splitlines()[1].split("per domain ")[1]
+    assert list(ast.literal_eval(listed)) == sorted(names, key=int)
+
+
 # ------------------------------------------------------------------------------------------------ cache
 
 
@@ -297,8 +317,10 @@ def test_changed_config_gives_a_different_key(synthetic_cfg):
         with_split(synthetic_cfg, seed=1),
         with_split(synthetic_cfg, ratios=(0.8, 0.1, 0.1)),
         dataclasses.replace(synthetic_cfg, features=synthetic_cfg.features[:-1]),
-        dataclasses.replace(synthetic_cfg, source=dataclasses.replace(
-            synthetic_cfg.source, options={**synthetic_cfg.source.options, "seed": 1})),
+        dataclasses.replace(
+            synthetic_cfg,
+            source=dataclasses.replace(synthetic_cfg.source, options={**synthetic_cfg.source.options, "seed": 1}),
+        ),
         dataclasses.replace(synthetic_cfg, domain=DomainRule("domain", as_feature=False)),
     ]
     keys = {dataset_key(c) for c in changed}
@@ -319,7 +341,9 @@ def test_domain_group_order_is_part_of_the_key(synthetic_cfg):
 def test_source_file_content_is_part_of_the_key(tmp_path, synthetic_cfg):
     path = tmp_path / "clicks.csv"
     make_synthetic(**synthetic_cfg.source.options).to_csv(path, index=False)
-    cfg = dataclasses.replace(synthetic_cfg, source=dataclasses.replace(synthetic_cfg.source, kind="csv", path=str(path)))
+    cfg = dataclasses.replace(
+        synthetic_cfg, source=dataclasses.replace(synthetic_cfg.source, kind="csv", path=str(path))
+    )
     k1 = dataset_key(cfg)
     a = build_dataset(cfg)
     frame = pd.read_csv(path)

@@ -141,7 +141,7 @@ def test_dense_transforms(transform, train, expected):
 def test_nan_or_inf_dense_raises_naming_feature_and_count(bad, count):
     n = 10
     values = np.linspace(0, 1, n)
-    values[-len(bad):] = bad  # in the test rows: caught at encoding, not only at fitting
+    values[-len(bad) :] = bad  # in the test rows: caught at encoding, not only at fitting
     with pytest.raises(ValueError, match=rf"dense feature 'price' has {count} NaN/inf value\(s\)"):
         encode_frame(frame_of(n, price=values), cfg_for([{"name": "price", "kind": "dense"}]))
     with pytest.raises(ValueError, match=rf"dense feature 'p' has {count} NaN/inf"):
@@ -171,7 +171,7 @@ def test_multi_padding_and_truncation():
     assert out.tolist() == [[2, 3], [3, PAD_INDEX], [PAD_INDEX, PAD_INDEX], [PAD_INDEX, PAD_INDEX], [5, OOV_INDEX]]
     assert oov == 1
     assert cut.tolist() == [True, False, False, False, False]
-    out2, oov2 = encode_multi(v, values, "|", max_len=4)
+    out2, _oov2 = encode_multi(v, values, "|", max_len=4)
     assert out2[0].tolist() == [2, 3, 4, 5]
     with pytest.raises(ValueError, match="max_len must be >= 1"):
         encode_multi(v, values, "|", max_len=0)
@@ -216,7 +216,9 @@ def test_identity_label_accepts_0_1_and_bools():
 
 def test_identity_label_outside_0_1_raises_naming_values_and_fix():
     frame = pd.DataFrame({"rating": [0, 1, 5, 2, 5, 1]})
-    with pytest.raises(ValueError, match=r"'rating' has 3 value\(s\) outside \{0, 1\} \(values seen: \[2\.0, 5\.0\]\).*op: gt"):
+    with pytest.raises(
+        ValueError, match=r"'rating' has 3 value\(s\) outside \{0, 1\} \(values seen: \[2\.0, 5\.0\]\).*op: gt"
+    ):
         derive_label(frame, LabelRule("rating", "identity"))
 
 
@@ -236,21 +238,35 @@ def test_label_errors():
 
 def test_domain_groups_map_values_in_group_order():
     frame = pd.DataFrame({"age": [1, 18, 25, 35, 56, 25]})
-    codes, names = derive_domain(frame, cfg_for([{"name": "x"}], domain={
-        "column": "age", "groups": {"young": [1, 18], "mid": [25], "old": [35, 45, 50, 56]}}).domain)
+    codes, names = derive_domain(
+        frame,
+        cfg_for(
+            [{"name": "x"}],
+            domain={"column": "age", "groups": {"young": [1, 18], "mid": [25], "old": [35, 45, 50, 56]}},
+        ).domain,
+    )
     assert names == ("young", "mid", "old")
     assert codes.tolist() == [0, 0, 1, 2, 2, 1]
     # Float column, int group values: the same ids.
-    codes_f, _ = derive_domain(frame.astype(float), cfg_for([{"name": "x"}], domain={
-        "column": "age", "groups": {"young": [1, 18], "mid": [25], "old": [35, 45, 50, 56]}}).domain)
+    codes_f, _ = derive_domain(
+        frame.astype(float),
+        cfg_for(
+            [{"name": "x"}],
+            domain={"column": "age", "groups": {"young": [1, 18], "mid": [25], "old": [35, 45, 50, 56]}},
+        ).domain,
+    )
     assert codes_f.tolist() == codes.tolist()
 
 
 def test_domain_without_groups_sorts_numbers_numerically():
-    codes, names = derive_domain(pd.DataFrame({"d": [10, 2, 2, 1]}), cfg_for([{"name": "x"}], domain={"column": "d"}).domain)
+    codes, names = derive_domain(
+        pd.DataFrame({"d": [10, 2, 2, 1]}), cfg_for([{"name": "x"}], domain={"column": "d"}).domain
+    )
     assert names == ("1", "2", "10")
     assert codes.tolist() == [2, 1, 1, 0]
-    codes, names = derive_domain(pd.DataFrame({"d": ["b", "a", "b"]}), cfg_for([{"name": "x"}], domain={"column": "d"}).domain)
+    codes, names = derive_domain(
+        pd.DataFrame({"d": ["b", "a", "b"]}), cfg_for([{"name": "x"}], domain={"column": "d"}).domain
+    )
     assert names == ("a", "b") and codes.tolist() == [1, 0, 1]
 
 
@@ -286,15 +302,22 @@ def test_fitted_processing_json_round_trip_reencodes_identically():
         tags=pd.Series(["a|b", "c", "b|c|d", ""])[rng.integers(0, 4, n)].to_numpy(),
         price=rng.normal(size=n),
     )
-    cfg = cfg_for([{"name": "user", "min_count": 2}, {"name": "tags", "kind": "multi"},
-                   {"name": "price", "kind": "dense", "transform": "standard"}])
+    cfg = cfg_for(
+        [
+            {"name": "user", "min_count": 2},
+            {"name": "tags", "kind": "multi"},
+            {"name": "price", "kind": "dense", "transform": "standard"},
+        ]
+    )
     fitted = fit_processing(frame, cfg.features, np.arange(120))
     again = FittedProcessing.from_dict(json.loads(json.dumps(fitted.to_dict())))
     a, oov_a = encode_rows(frame, cfg, fitted)
     b, oov_b = encode_rows(frame, cfg, again)
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and oov_a.keys() == oov_b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+    for k in oov_a:
+        np.testing.assert_array_equal(oov_a[k], oov_b[k])
 
 
 def test_missing_feature_column_raises_naming_it():
@@ -307,7 +330,11 @@ def test_missing_feature_column_raises_naming_it():
     [
         ([], None, "data.features is empty"),
         ([{"name": "a"}, {"name": "a"}], None, r"duplicate names \['a'\]"),
-        ([{"name": "a", "kind": "dense"}], "a", "user_feature: 'a' is not allowed; data.user_feature must name a sparse"),
+        (
+            [{"name": "a", "kind": "dense"}],
+            "a",
+            "user_feature: 'a' is not allowed; data.user_feature must name a sparse",
+        ),
     ],
 )
 def test_bad_feature_config_raises(features, user_feature, match):
@@ -333,9 +360,12 @@ def test_encoding_has_no_per_row_python(monkeypatch):
         monkeypatch.setattr(pd.Series, target, forbidden, raising=False)
         monkeypatch.setattr(pd.DataFrame, target, forbidden, raising=False)
     monkeypatch.setattr(np, "vectorize", forbidden)
-    cfg = cfg_for([{"name": "user"}, {"name": "tags", "kind": "multi"}, {"name": "price", "kind": "dense"}],
-                  domain={"column": "domain", "groups": {"A": ["a"], "B": ["b"]}},
-                  split={"method": "user", "ratios": [0.6, 0.2, 0.2]}, user_feature="user")
+    cfg = cfg_for(
+        [{"name": "user"}, {"name": "tags", "kind": "multi"}, {"name": "price", "kind": "dense"}],
+        domain={"column": "domain", "groups": {"A": ["a"], "B": ["b"]}},
+        split={"method": "user", "ratios": [0.6, 0.2, 0.2]},
+        user_feature="user",
+    )
     ds = encode_frame(frame, cfg)
     assert len(ds) == n
 

@@ -70,8 +70,13 @@ def test_ml1m_age3_matches_p2():
     assert list(cfg.domain.groups) == ["0", "1", "2"]
     assert cfg.label == LabelRule("rating", "gt", 3.0)
     assert [(f.name, f.kind) for f in cfg.features] == [
-        ("user_id", "sparse"), ("item_id", "sparse"), ("gender", "sparse"), ("occupation", "sparse"),
-        ("zip_code", "sparse"), ("first_genre", "sparse"), ("age", "dense"),
+        ("user_id", "sparse"),
+        ("item_id", "sparse"),
+        ("gender", "sparse"),
+        ("occupation", "sparse"),
+        ("zip_code", "sparse"),
+        ("first_genre", "sparse"),
+        ("age", "dense"),
     ]
     assert cfg.features[-1] == FeatureConfig("age", kind="dense", transform="minmax")
     assert (cfg.split.method, cfg.split.ratios) == ("random", (0.8, 0.1, 0.1))
@@ -90,7 +95,11 @@ def test_ml1m_age7_matches_p3():
     assert all(cfg.domain.groups[str(a)] == [a] for a in AGE_CODES)
     # Otherwise as P1.
     assert (cfg.label, cfg.features, cfg.split, cfg.domain.as_feature) == (
-        gender.label, gender.features, gender.split, gender.domain.as_feature)
+        gender.label,
+        gender.features,
+        gender.split,
+        gender.domain.as_feature,
+    )
     assert preset("ml1m-age7")["train"] == preset("ml1m-gender")["train"]
 
 
@@ -103,7 +112,10 @@ def test_preset_is_a_copy():
 
 
 def test_unknown_preset_raises_with_close_matches():
-    with pytest.raises(KeyError, match=r"unknown preset 'ml1m-gendr'\. Did you mean 'ml1m-gender'.*Valid presets: ml1m-age3, ml1m-age7, ml1m-gender"):
+    with pytest.raises(
+        KeyError,
+        match=r"unknown preset 'ml1m-gendr'\. Did you mean 'ml1m-gender'.*Valid presets: ml1m-age3, ml1m-age7, ml1m-gender",
+    ):
         preset("ml1m-gendr")
     with pytest.raises(KeyError, match=r"unknown preset 'criteo'\. Valid presets"):
         preset("criteo")
@@ -129,7 +141,9 @@ MOVIES = [
     (8, "Babe (1995)", "Children's|Comedy|Drama"),
 ]
 # UserID, gender, age code, occupation, zip: 16 users, both genders in every age code.
-USERS = [(u, "F" if u % 2 else "M", AGE_CODES[(u - 1) % 7], (u * 3) % 21, f"{10000 + u * 17:05d}") for u in range(1, 17)]
+USERS = [
+    (u, "F" if u % 2 else "M", AGE_CODES[(u - 1) % 7], (u * 3) % 21, f"{10000 + u * 17:05d}") for u in range(1, 17)
+]
 
 
 def rating(u: int, m: int) -> int:

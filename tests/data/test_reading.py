@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_dataset import assert_same_data
 
 from polyrec.config import ConfigError, from_dict
 from polyrec.data.config import DataConfig
@@ -16,38 +17,42 @@ from polyrec.data.schema import OOV_INDEX
 from polyrec.data.sources import load_table
 from polyrec.data.sources.tabular import _ids_from_text, default_sep
 
-from test_dataset import assert_same_data
-
 BIG = 2**53  # 9007199254740992: float64 cannot tell it from BIG + 1
 
 
 def clicks(n: int = 240) -> pd.DataFrame:
     """Hand-made interactions; dense values are exact in binary so every file format reads them alike."""
     rng = np.random.default_rng(0)
-    return pd.DataFrame({
-        "uid": rng.integers(0, 30, n),
-        "iid": rng.integers(100, 140, n),
-        "page": rng.choice(["home", "search", "cart"], n),
-        "tags": pd.Series(["a|b", "c", "b|c|d", ""])[rng.integers(0, 4, n)].to_numpy(),
-        "price": rng.integers(0, 64, n) / 4.0,
-        "clicked": rng.integers(0, 2, n),
-    })
+    return pd.DataFrame(
+        {
+            "uid": rng.integers(0, 30, n),
+            "iid": rng.integers(100, 140, n),
+            "page": rng.choice(["home", "search", "cart"], n),
+            "tags": pd.Series(["a|b", "c", "b|c|d", ""])[rng.integers(0, 4, n)].to_numpy(),
+            "price": rng.integers(0, 64, n) / 4.0,
+            "clicked": rng.integers(0, 2, n),
+        }
+    )
 
 
 def config(source: dict, **split) -> DataConfig:
-    return from_dict(DataConfig, {
-        "source": source,
-        "label": {"column": "clicked"},
-        "domain": {"column": "page"},
-        "features": [
-            {"name": "user_id", "column": "uid"},
-            {"name": "item_id", "column": "iid"},
-            {"name": "tags", "kind": "multi"},
-            {"name": "price", "kind": "dense"},
-        ],
-        "user_feature": "user_id",
-        "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 3, **split},
-    }, path="data")
+    return from_dict(
+        DataConfig,
+        {
+            "source": source,
+            "label": {"column": "clicked"},
+            "domain": {"column": "page"},
+            "features": [
+                {"name": "user_id", "column": "uid"},
+                {"name": "item_id", "column": "iid"},
+                {"name": "tags", "kind": "multi"},
+                {"name": "price", "kind": "dense"},
+            ],
+            "user_feature": "user_id",
+            "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 3, **split},
+        },
+        path="data",
+    )
 
 
 # ------------------------------------------------------------------------------ parquet and tsv sources
@@ -62,8 +67,12 @@ def test_parquet_and_tsv_sources_give_the_same_encoded_data_as_csv(tmp_path):
     frame.to_parquet(tmp_path / "clicks.parquet")
     reference = build_dataset(config({"kind": "csv", "path": str(tmp_path / "clicks.csv")}))
     assert len(reference) == len(frame) and reference.schema.num_domains == 3
-    for name, kind in [("clicks.tsv", "csv"), ("clicks.tab", "csv"), ("clicks.tsv.gz", "csv"),
-                       ("clicks.parquet", "parquet")]:
+    for name, kind in [
+        ("clicks.tsv", "csv"),
+        ("clicks.tab", "csv"),
+        ("clicks.tsv.gz", "csv"),
+        ("clicks.parquet", "parquet"),
+    ]:
         ds = build_dataset(config({"kind": kind, "path": str(tmp_path / name)}))
         assert ds.report["cache"] == "miss"
         assert_same_data(ds, reference)
@@ -79,15 +88,28 @@ def test_an_explicit_sep_wins_over_the_extension(tmp_path):
 
 
 def test_sep_given_for_parquet_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"^data\.source\.sep: ',' is not allowed; data\.source\.sep applies to "
-                                          r"csv files only; remove it for parquet"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^data\.source\.sep: ',' is not allowed; data\.source\.sep applies to "
+        r"csv files only; remove it for parquet",
+    ):
         config({"kind": "parquet", "path": str(tmp_path / "clicks.parquet"), "sep": ","})
 
 
 @pytest.mark.parametrize(
     "name, sep",
-    [("a.tsv", "\t"), ("a.TSV", "\t"), ("a.tab", "\t"), ("a.tsv.gz", "\t"), ("a.tab.bz2", "\t"),
-     ("dir.v2/a.tsv.zst", "\t"), ("a.csv", ","), ("a.csv.gz", ","), ("a.txt", ","), ("a", ",")],
+    [
+        ("a.tsv", "\t"),
+        ("a.TSV", "\t"),
+        ("a.tab", "\t"),
+        ("a.tsv.gz", "\t"),
+        ("a.tab.bz2", "\t"),
+        ("dir.v2/a.tsv.zst", "\t"),
+        ("a.csv", ","),
+        ("a.csv.gz", ","),
+        ("a.txt", ","),
+        ("a", ","),
+    ],
 )
 def test_default_sep_from_the_file_name(name, sep):
     assert default_sep(name) == sep
@@ -97,14 +119,16 @@ def test_default_sep_from_the_file_name(name, sep):
 
 
 def big_id_frame() -> pd.DataFrame:
-    return pd.DataFrame({
-        "uid": pd.array([BIG + 1, BIG, None, BIG + 1, BIG, 7, 7, BIG + 1, BIG, 7] * 6, dtype="Int64"),
-        "iid": list(range(60)),
-        "page": ["a", "b"] * 30,
-        "tags": ["x|y", "y", None, "x", "z", "x", "y", "z", "x|z", "y"] * 6,
-        "price": [0.5] * 60,
-        "clicked": [0, 1, 1, 0, 1, 0, 1, 0, 0, 1] * 6,
-    })
+    return pd.DataFrame(
+        {
+            "uid": pd.array([BIG + 1, BIG, None, BIG + 1, BIG, 7, 7, BIG + 1, BIG, 7] * 6, dtype="Int64"),
+            "iid": list(range(60)),
+            "page": ["a", "b"] * 30,
+            "tags": ["x|y", "y", None, "x", "z", "x", "y", "z", "x|z", "y"] * 6,
+            "price": [0.5] * 60,
+            "clicked": [0, 1, 1, 0, 1, 0, 1, 0, 0, 1] * 6,
+        }
+    )
 
 
 def check_big_ids(ds, frame: pd.DataFrame) -> None:

@@ -127,7 +127,10 @@ def test_empty_rows_and_absent_domains():
 
 
 def test_bad_sampler_name_and_batch_size_raise(rows):
-    with pytest.raises(ValueError, match="unknown sampler 'domain'; valid samplers: mixed, domain_batched, domain_sequential, sequential"):
+    with pytest.raises(
+        ValueError,
+        match="unknown sampler 'domain'; valid samplers: mixed, domain_batched, domain_sequential, sequential",
+    ):
         batches("domain", rows)
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         batches("mixed", rows, batch_size=0)

@@ -76,8 +76,9 @@ def test_fingerprint_is_stable():
     assert s.fingerprint() == "4ad5cc90e1c44d07"
     assert make_schema().fingerprint() == s.fingerprint()
     # Independent of the order the keyword arguments were given in.
-    again = DatasetSchema(domain_feature="domain", user_feature="user_id", label="clicked",
-                          domain=s.domain, features=s.features)
+    again = DatasetSchema(
+        domain_feature="domain", user_feature="user_id", label="clicked", domain=s.domain, features=s.features
+    )
     assert again.fingerprint() == s.fingerprint()
 
 

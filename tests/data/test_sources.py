@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import zipfile
 from pathlib import Path
@@ -23,8 +22,8 @@ from polyrec.data.sources import (
     load_movielens,
     load_table,
     make_synthetic,
+    movielens,
 )
-from polyrec.data.sources import movielens
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +61,13 @@ ML100K_MOVIES = [  # MovieID, title, genres (subset of the 19 flags)
     (5, "Nénette et Boni (1996)", ["Drama"]),
 ]
 ML100K_USERS = [(1, 24, "M", "technician", "85711"), (2, 53, "F", "other", "01002")]
-ML100K_RATINGS = [(1, 1, 5, 874965758), (2, 3, 4, 888550871), (1, 2, 3, 876893171), (2, 4, 1, 888551234), (1, 5, 2, 876893000)]
+ML100K_RATINGS = [
+    (1, 1, 5, 874965758),
+    (2, 3, 4, 888550871),
+    (1, 2, 3, 876893171),
+    (2, 4, 1, 888551234),
+    (1, 5, 2, 876893000),
+]
 
 
 def _crlf(lines):
@@ -112,8 +117,12 @@ def write_fake_wheel(path: Path) -> Path:
 
 def write_grouplens_1m(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ratings.dat").write_bytes("".join(f"{u}::{m}::{r}::{ts}\n" for u, m, r, ts in ML1M_RATINGS).encode("latin-1"))
-    (folder / "users.dat").write_bytes("".join(f"{u}::{g}::{a}::{o}::{z}\n" for u, g, a, o, z in ML1M_USERS).encode("latin-1"))
+    (folder / "ratings.dat").write_bytes(
+        "".join(f"{u}::{m}::{r}::{ts}\n" for u, m, r, ts in ML1M_RATINGS).encode("latin-1")
+    )
+    (folder / "users.dat").write_bytes(
+        "".join(f"{u}::{g}::{a}::{o}::{z}\n" for u, g, a, o, z in ML1M_USERS).encode("latin-1")
+    )
     (folder / "movies.dat").write_bytes(
         "".join(f"{m}::{t}::{'|'.join(g)}\n" for m, t, g in ML1M_MOVIES).encode("latin-1")
     )
@@ -192,9 +201,20 @@ def _expected_ml1m() -> pd.DataFrame:
         title, genres = movies[m]
         g, a, o, z = users[u]
         rows.append(
-            dict(user_id=str(u), item_id=title, rating=r, timestamp=ts, age=a, gender=g, occupation=str(o),
-                 zip_code=z, title=_strip_year(title)[0], release_year=float(_strip_year(title)[1]),
-                 genres="|".join(genres), first_genre=genres[0])
+            dict(
+                user_id=str(u),
+                item_id=title,
+                rating=r,
+                timestamp=ts,
+                age=a,
+                gender=g,
+                occupation=str(o),
+                zip_code=z,
+                title=_strip_year(title)[0],
+                release_year=float(_strip_year(title)[1]),
+                genres="|".join(genres),
+                first_genre=genres[0],
+            )
         )
     df = pd.DataFrame(rows)
     return df.astype({"rating": "float32", "timestamp": "int64", "age": "int64", "release_year": "float64"})
@@ -325,9 +345,7 @@ def test_real_wheel_movielens_1m():
 # --------------------------------------------------------------------------- #
 @pytest.fixture
 def frame():
-    return pd.DataFrame(
-        {"user_id": [1, 2, 3], "item_id": [10, 20, 10], "label": [1, 0, 1], "score": [0.5, 1.5, 2.5]}
-    )
+    return pd.DataFrame({"user_id": [1, 2, 3], "item_id": [10, 20, 10], "label": [1, 0, 1], "score": [0.5, 1.5, 2.5]})
 
 
 def test_csv_tsv_parquet_round_trip(tmp_path, frame):
@@ -393,13 +411,16 @@ def test_atomic_round_trip_and_join(tmp_path):
 
 def test_atomic_errors(tmp_path):
     _write_atomic(
-        tmp_path / "d", "d",
+        tmp_path / "d",
+        "d",
         ["user_id:token\titem_id:token", "u1\ti1", "u2\ti1", "u3\ti1"],
         ["user_id:token\tage:float", "u1\t3"],
     )
     with pytest.raises(ValueError, match=r"2 row\(s\).*2 distinct user_id.*'u2', 'u3'"):
         load_atomic(tmp_path / "d")
-    _write_atomic(tmp_path / "d", "d", ["user_id:token\titem_id:token", "u1\ti1"], ["user_id:token\tage:float", "u1\t3", "u1\t4"])
+    _write_atomic(
+        tmp_path / "d", "d", ["user_id:token\titem_id:token", "u1\ti1"], ["user_id:token\tage:float", "u1\t3", "u1\t4"]
+    )
     with pytest.raises(ValueError, match=r"several different attribute rows.*'u1'"):
         load_atomic(tmp_path / "d")
     _write_atomic(tmp_path / "d", "d", ["user_id:token\tscore:float", "u1\thigh"], ["user_id:token", "u1"])
@@ -426,7 +447,17 @@ def test_synthetic_schema_and_determinism():
     b = make_synthetic(n_domains=3, n_samples=[300, 200, 100], n_dense=2, seed=3)
     pd.testing.assert_frame_equal(a, b)
     assert not a.equals(make_synthetic(n_domains=3, n_samples=[300, 200, 100], n_dense=2, seed=4))
-    assert list(a.columns) == ["user_id", "item_id", "domain", "user_group", "item_cat", "tags", "dense_0", "dense_1", "label"]
+    assert list(a.columns) == [
+        "user_id",
+        "item_id",
+        "domain",
+        "user_group",
+        "item_cat",
+        "tags",
+        "dense_0",
+        "dense_1",
+        "label",
+    ]
     for col in ("user_id", "item_id", "domain", "user_group", "item_cat", "label"):
         assert a[col].dtype == np.int64, col
     assert a["dense_0"].dtype == np.float32
@@ -488,8 +519,10 @@ def _frame_sha(df: pd.DataFrame) -> str:
     [
         ({}, "65538cfc2deb60c6"),
         (dict(n_domains=3, n_samples=[3000, 2000, 1000], ctr=[0.05, 0.2, 0.5], n_dense=3, seed=5), "7f7bb1b836326deb"),
-        (dict(n_domains=2, n_samples=4000, shared_strength=0.5, specific_strength=2.0, multi_valued=False, seed=11),
-         "bdedb892d6822665"),
+        (
+            dict(n_domains=2, n_samples=4000, shared_strength=0.5, specific_strength=2.0, multi_valued=False, seed=11),
+            "bdedb892d6822665",
+        ),
     ],
 )
 def test_synthetic_default_frames_are_bit_for_bit_the_published_ones(kwargs, sha):
@@ -520,8 +553,12 @@ CONFLICT = dict(n_domains=4, n_samples=[12_000, 8_000, 6_000, 6_000], n_dense=2,
 
 def test_conflict_options_change_only_the_labels():
     base = make_synthetic(**CONFLICT)
-    conflict = make_synthetic(**CONFLICT, specific_signs=[1, -1, 1, -1], cross_strength=[2, -2, 2, -2],
-                              dense_weights=[[1, -1], [-1, 1], [1, -1], [-1, 1]])
+    conflict = make_synthetic(
+        **CONFLICT,
+        specific_signs=[1, -1, 1, -1],
+        cross_strength=[2, -2, 2, -2],
+        dense_weights=[[1, -1], [-1, 1], [1, -1], [-1, 1]],
+    )
     pd.testing.assert_frame_equal(conflict.drop(columns="label"), base.drop(columns="label"))
     assert not conflict["label"].equals(base["label"])
     # Options at their "no effect" values reproduce the default frame exactly.
@@ -529,8 +566,12 @@ def test_conflict_options_change_only_the_labels():
 
 
 def test_dense_weights_and_cross_strength_set_per_domain_directions():
-    df = make_synthetic(**CONFLICT, specific_strength=0.0, cross_strength=[2, -2, 2, -2],
-                        dense_weights=[[1.5, 0.0], [-1.5, 0.0], [0.0, 1.5], [0.0, -1.5]])
+    df = make_synthetic(
+        **CONFLICT,
+        specific_strength=0.0,
+        cross_strength=[2, -2, 2, -2],
+        dense_weights=[[1.5, 0.0], [-1.5, 0.0], [0.0, 1.5], [0.0, -1.5]],
+    )
     corr = [df[df.domain == d][["dense_0", "dense_1", "label"]].corr()["label"] for d in range(4)]
     assert corr[0]["dense_0"] > 0.15 and corr[1]["dense_0"] < -0.15
     assert corr[2]["dense_1"] > 0.15 and corr[3]["dense_1"] < -0.15
@@ -542,19 +583,43 @@ def test_dense_weights_and_cross_strength_set_per_domain_directions():
 
 def test_specific_signs_flip_the_domain_interaction():
     # With only the specific term, domains 0 and 1 (sign +1, -1) rank the same user/item pairs in opposite orders.
-    df = make_synthetic(n_domains=2, n_samples=60_000, n_users=30, n_items=20, shared_strength=0.0,
-                        specific_strength=3.0, specific_signs=[1, -1], n_dense=0, seed=2)
+    df = make_synthetic(
+        n_domains=2,
+        n_samples=60_000,
+        n_users=30,
+        n_items=20,
+        shared_strength=0.0,
+        specific_strength=3.0,
+        specific_signs=[1, -1],
+        n_dense=0,
+        seed=2,
+    )
     pair = df.groupby(["domain", "user_id", "item_id"])["label"].mean().unstack("domain").dropna()
     assert pair[0].corr(pair[1]) < -0.3  # the shared tag effect and few rows per pair keep it from -1
-    same = make_synthetic(n_domains=2, n_samples=60_000, n_users=30, n_items=20, shared_strength=0.0,
-                          specific_strength=3.0, specific_signs=[1, 1], n_dense=0, seed=2)
+    same = make_synthetic(
+        n_domains=2,
+        n_samples=60_000,
+        n_users=30,
+        n_items=20,
+        shared_strength=0.0,
+        specific_strength=3.0,
+        specific_signs=[1, 1],
+        n_dense=0,
+        seed=2,
+    )
     pair = same.groupby(["domain", "user_id", "item_id"])["label"].mean().unstack("domain").dropna()
     assert pair[0].corr(pair[1]) > 0.5
 
 
 def test_identical_domains_leave_the_domain_without_signal():
-    df = make_synthetic(n_domains=4, n_samples=[20_000, 10_000, 5_000, 5_000], ctr=0.3, cross_strength=1.5,
-                        identical_domains=True, seed=4)
+    df = make_synthetic(
+        n_domains=4,
+        n_samples=[20_000, 10_000, 5_000, 5_000],
+        ctr=0.3,
+        cross_strength=1.5,
+        identical_domains=True,
+        seed=4,
+    )
     rates = df.groupby("domain")["label"].mean().to_numpy()
     np.testing.assert_allclose(rates, 0.3, atol=0.02)
     # The label rate of a group x category cell does not depend on the domain (beyond sampling noise).

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from test_dataset import assert_partition, with_split
 
 from polyrec.config import from_dict
 from polyrec.data.config import DataConfig
@@ -23,18 +24,20 @@ from polyrec.data.dataset import (
 )
 from polyrec.data.sources import make_synthetic
 
-from test_dataset import assert_partition, with_split
-
 
 def config(split: dict | None = None, groups: dict | None = None) -> DataConfig:
-    return from_dict(DataConfig, {
-        "source": {"kind": "csv", "path": "unused.csv"},
-        "label": {"column": "label"},
-        "domain": {"column": "page", **({"groups": groups} if groups else {})},
-        "features": [{"name": "user"}, {"name": "item"}, {"name": "price", "kind": "dense"}],
-        "user_feature": "user",
-        "split": split or {"method": "random", "ratios": [0.6, 0.2, 0.2], "seed": 5},
-    }, path="data")
+    return from_dict(
+        DataConfig,
+        {
+            "source": {"kind": "csv", "path": "unused.csv"},
+            "label": {"column": "label"},
+            "domain": {"column": "page", **({"groups": groups} if groups else {})},
+            "features": [{"name": "user"}, {"name": "item"}, {"name": "price", "kind": "dense"}],
+            "user_feature": "user",
+            "split": split or {"method": "random", "ratios": [0.6, 0.2, 0.2], "seed": 5},
+        },
+        path="data",
+    )
 
 
 def quiet(fn, *args):
@@ -50,11 +53,16 @@ def frame_with_copies() -> tuple[pd.DataFrame, int]:
     """200 distinct rows, then 20 of them copied once more and 5 a third time (25 extra copies)."""
     rng = np.random.default_rng(1)
     n = 200
-    base = pd.DataFrame({
-        "user": rng.integers(0, 20, n), "item": np.arange(n), "price": rng.integers(0, 8, n) / 2.0,
-        "label": rng.integers(0, 2, n), "page": rng.choice(["a", "b"], n),
-        "unused": np.arange(n),  # not read by the config: copies may differ here
-    })
+    base = pd.DataFrame(
+        {
+            "user": rng.integers(0, 20, n),
+            "item": np.arange(n),
+            "price": rng.integers(0, 8, n) / 2.0,
+            "label": rng.integers(0, 2, n),
+            "page": rng.choice(["a", "b"], n),
+            "unused": np.arange(n),  # not read by the config: copies may differ here
+        }
+    )
     copies = pd.concat([base.iloc[:20], base.iloc[:5]], ignore_index=True)
     copies["unused"] = -1
     frame = pd.concat([base, copies], ignore_index=True).sample(frac=1.0, random_state=0).reset_index(drop=True)
@@ -77,8 +85,11 @@ def brute_force_duplicates(frame: pd.DataFrame, cols, splits) -> dict[str, int]:
 def test_duplicates_across_splits_are_counted_and_warned_about():
     frame, _ = frame_with_copies()
     cfg = config()
-    with pytest.warns(UserWarning, match=r"\d+ validation and \d+ test row\(s\) have an exact duplicate in the "
-                                         r"training split .*data\.split\.dedupe: true"):
+    with pytest.warns(
+        UserWarning,
+        match=r"\d+ validation and \d+ test row\(s\) have an exact duplicate in the "
+        r"training split .*data\.split\.dedupe: true",
+    ):
         ds = encode_frame(frame, cfg)
     dup = ds.report["duplicates"]
     splits = {s: ds.splits[s].numpy() for s in SPLITS}
@@ -110,7 +121,12 @@ def test_dedupe_removes_exact_copies_before_splitting():
     assert len(ds) == len(frame) - extra == 200
     assert ds.report["rows"] == 200
     assert ds.report["duplicates"] | {"columns": None} == {
-        "val_in_train": 0, "test_in_train": 0, "rows_with_copies": 0, "removed": extra, "columns": None}
+        "val_in_train": 0,
+        "test_in_train": 0,
+        "rows_with_copies": 0,
+        "removed": extra,
+        "columns": None,
+    }
     assert_partition(ds.splits, len(ds))
     # The first occurrence is kept: the encoded rows are the frame's first copies, in order.
     first = ~frame[list(duplicate_columns(cfg))].duplicated(keep="first").to_numpy()
@@ -120,8 +136,16 @@ def test_dedupe_removes_exact_copies_before_splitting():
 
 
 def test_a_time_split_compares_the_time_column_too():
-    frame = pd.DataFrame({"user": [1, 1, 2, 2] * 10, "item": [5, 5, 6, 6] * 10, "price": 0.0, "label": [0, 1] * 20,
-                          "page": "a", "ts": np.arange(40)})
+    frame = pd.DataFrame(
+        {
+            "user": [1, 1, 2, 2] * 10,
+            "item": [5, 5, 6, 6] * 10,
+            "price": 0.0,
+            "label": [0, 1] * 20,
+            "page": "a",
+            "ts": np.arange(40),
+        }
+    )
     timed = config({"method": "time", "ratios": [0.6, 0.2, 0.2], "time_column": "ts", "dedupe": True})
     assert duplicate_columns(timed)[-1] == "ts"
     assert encode_frame(frame, timed).report["duplicates"]["removed"] == 0  # every row has its own time
@@ -148,18 +172,32 @@ def test_row_groups_are_exact_and_treat_missing_as_a_value():
 def pinned_frame() -> pd.DataFrame:
     rng = np.random.default_rng(3)
     n = 60
-    return pd.DataFrame({"user": rng.integers(0, 12, n), "item": rng.integers(0, 9, n),
-                         "label": rng.integers(0, 2, n), "page": rng.choice(["a", "b", "c"], n)})
+    return pd.DataFrame(
+        {
+            "user": rng.integers(0, 12, n),
+            "item": rng.integers(0, 9, n),
+            "label": rng.integers(0, 2, n),
+            "page": rng.choice(["a", "b", "c"], n),
+        }
+    )
 
 
 def test_split_hashes_are_the_ones_published_before_the_trust_rules(synthetic_cfg):
     """Values computed with the code before dedupe / untrained_domains existed: with both at their
     defaults, every existing preset splits (and so trains and scores) exactly as before."""
     frame = pinned_frame()
-    cfg = from_dict(DataConfig, {
-        "source": {"kind": "csv", "path": "x.csv"}, "label": {"column": "label"}, "domain": {"column": "page"},
-        "features": [{"name": "user"}, {"name": "item"}], "user_feature": "user",
-        "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 11}}, path="data")
+    cfg = from_dict(
+        DataConfig,
+        {
+            "source": {"kind": "csv", "path": "x.csv"},
+            "label": {"column": "label"},
+            "domain": {"column": "page"},
+            "features": [{"name": "user"}, {"name": "item"}],
+            "user_feature": "user",
+            "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 11},
+        },
+        path="data",
+    )
     ds = quiet(encode_frame, frame, cfg)
     assert ds.split_hash == "095bcbf13c77bb77"
     assert [len(ds.splits[s]) for s in SPLITS] == [36, 13, 11]
@@ -186,17 +224,28 @@ def late_domain_frame(late: slice = slice(70, None), n: int = 100) -> pd.DataFra
     """Pages a/b, and page 'late' on rows ``late`` only (from row 60 on, a time split never trains it)."""
     page = np.where(np.arange(n) % 2 == 0, "a", "b").astype(object)
     page[late] = "late"
-    return pd.DataFrame({"user": np.arange(n) % 13, "item": np.arange(n), "price": 1.0,
-                         "label": (np.arange(n) // 3) % 2, "page": page, "ts": np.arange(n)})
+    return pd.DataFrame(
+        {
+            "user": np.arange(n) % 13,
+            "item": np.arange(n),
+            "price": 1.0,
+            "label": (np.arange(n) // 3) % 2,
+            "page": page,
+            "ts": np.arange(n),
+        }
+    )
 
 
 TIME = {"method": "time", "ratios": [0.6, 0.2, 0.2], "time_column": "ts"}
 
 
 def test_a_domain_without_training_rows_is_an_error_naming_it_and_the_fix():
-    with pytest.raises(ValueError, match=r"domain\(s\) 'late' \(10 validation, 20 test rows\) have no training "
-                                         r"rows under split\.method 'time'.*untrained parameters.*"
-                                         r"data\.split\.untrained_domains: drop"):
+    with pytest.raises(
+        ValueError,
+        match=r"domain\(s\) 'late' \(10 validation, 20 test rows\) have no training "
+        r"rows under split\.method 'time'.*untrained parameters.*"
+        r"data\.split\.untrained_domains: drop",
+    ):
         encode_frame(late_domain_frame(), config(TIME))
 
 
@@ -220,14 +269,18 @@ def test_drop_removes_the_untrained_domains_val_and_test_rows():
 
 
 def test_drop_with_domain_groups_and_no_untrained_domain_reports_nothing():
-    ds = encode_frame(late_domain_frame(slice(0, 0)), config(
-        {**TIME, "untrained_domains": "drop"}, groups={"A": ["a"], "B": ["b"]}))
+    ds = encode_frame(
+        late_domain_frame(slice(0, 0)), config({**TIME, "untrained_domains": "drop"}, groups={"A": ["a"], "B": ["b"]})
+    )
     assert ds.report["dropped_untrained"] == {} and len(ds) == 100
 
 
 def test_drop_that_empties_a_split_says_so():
-    with pytest.raises(ValueError, match=r"split 'val' is empty \(60 rows.*after dropping the untrained "
-                                         r"domain\(s\) \['late'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"split 'val' is empty \(60 rows.*after dropping the untrained "
+        r"domain\(s\) \['late'\]",
+    ):
         encode_frame(late_domain_frame(slice(60, None)), config({**TIME, "untrained_domains": "drop"}))
 
 

@@ -1,5 +1,7 @@
 """Tests for polyrec.evaluation.metrics against sklearn / scipy / brute force."""
 
+import dataclasses
+import json
 import math
 import pickle
 
@@ -11,8 +13,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import log_loss, roc_auc_score
 
+from polyrec.evaluation import metrics as M
 from polyrec.evaluation.metrics import (
+    DomainCount,
     MultiDomainEvaluator,
+    MultiDomainMetrics,
     StreamingAUC,
     auc,
     gauc,
@@ -120,7 +125,7 @@ def test_streaming_auc_compaction_across_many_batches():
     scores = np.round(rng.normal(size=labels.size) + 0.3 * labels, 3)
     m = StreamingAUC()
     for lo in range(0, labels.size, 7_000):
-        m.update(labels[lo:lo + 7_000], scores[lo:lo + 7_000])
+        m.update(labels[lo : lo + 7_000], scores[lo : lo + 7_000])
     assert m.compute() == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     state = m.state_dict()
     assert np.all(np.diff(state["scores"]) > 0)
@@ -225,8 +230,9 @@ def test_evaluator_matches_sklearn_per_domain_and_formulas():
     ev = MultiDomainEvaluator(names)
     for lo in range(0, 3000, 256):
         sl = slice(lo, lo + 256)
-        ev.update(torch.tensor(logits[sl]), torch.tensor(labels[sl]), torch.tensor(domains[sl]),
-                  users=torch.tensor(users[sl]))
+        ev.update(
+            torch.tensor(logits[sl]), torch.tensor(labels[sl]), torch.tensor(domains[sl]), users=torch.tensor(users[sl])
+        )
     out = ev.compute()
 
     probs = 1 / (1 + np.exp(-logits))
@@ -241,9 +247,13 @@ def test_evaluator_matches_sklearn_per_domain_and_formulas():
         pcoc = probs[m].mean() / labels[m].astype(np.float64).mean()
         assert out["pcoc_per_domain"][name] == pytest.approx(pcoc, rel=1e-9)
         assert out["count_per_domain"][name] == {
-            "n": int(m.sum()), "pos": int(labels[m].sum()), "neg": int((labels[m] == 0).sum())}
+            "n": int(m.sum()),
+            "pos": int(labels[m].sum()),
+            "neg": int((labels[m] == 0).sum()),
+        }
         assert out["gauc_per_domain"][name] == pytest.approx(
-            _gauc_bruteforce(users[m], labels[m], logits[m]), abs=1e-12)
+            _gauc_bruteforce(users[m], labels[m], logits[m]), abs=1e-12
+        )
     assert out["auc_overall"] == pytest.approx(roc_auc_score(labels, logits), abs=1e-12)
     assert out["logloss_overall"] == pytest.approx(log_loss(labels, probs), rel=1e-9)
     assert out["auc_mean"] == pytest.approx(np.mean(aucs), abs=1e-12)
@@ -259,8 +269,7 @@ def test_evaluator_empty_and_single_class_domains():
     assert "gauc" not in out
 
     # domain a: both classes; b: only negatives; c: never seen
-    ev.update(torch.tensor([0.5, -0.5, 1.0, 0.2, -2.0]), torch.tensor([1, 0, 0, 0, 0]),
-              torch.tensor([0, 0, 0, 1, 1]))
+    ev.update(torch.tensor([0.5, -0.5, 1.0, 0.2, -2.0]), torch.tensor([1, 0, 0, 0, 0]), torch.tensor([0, 0, 0, 1, 1]))
     out = ev.compute()
     assert out["auc_per_domain"]["a"] == pytest.approx(0.5)
     assert math.isnan(out["auc_per_domain"]["b"]) and math.isnan(out["auc_per_domain"]["c"])
@@ -317,6 +326,107 @@ def test_evaluator_input_errors():
         ev.merge(MultiDomainEvaluator(["a", "c"]))
     with pytest.raises(ValueError, match="unique"):
         MultiDomainEvaluator(["a", "a"])
+
+
+# ------------------------------------------------------------ MultiDomainMetrics
+# Pinned: the JSON form of the metrics is what result.json, metrics.jsonl, `polyrec evaluate --json` and the
+# committed benchmark records hold. A change here changes every artifact; it must be deliberate.
+JSON_KEYS = [
+    "auc_per_domain",
+    "logloss_per_domain",
+    "pcoc_per_domain",
+    "count_per_domain",
+    "auc_overall",
+    "logloss_overall",
+    "auc_mean",
+    "wauc",
+    "n",
+    "gauc",
+    "gauc_per_domain",
+]
+RECORD_KEYS = [
+    "wauc",
+    "auc_overall",
+    "auc_mean",
+    "logloss_overall",
+    "gauc",
+    "auc_per_domain",
+    "logloss_per_domain",
+    "pcoc_per_domain",
+    "count_per_domain",
+]
+
+
+def _computed(users: bool = True) -> MultiDomainMetrics:
+    rng = np.random.default_rng(5)
+    logits, labels, domains, u = _random_batches(rng, 600, 3)
+    ev = MultiDomainEvaluator(["a", "b", "c"])
+    for lo in range(0, 600, 128):
+        sl = slice(lo, lo + 128)
+        ev.update(logits[sl], labels[sl], domains[sl], u[sl] if users else None)
+    return ev.compute()
+
+
+def test_metrics_json_keys_and_order_are_pinned():
+    m = _computed()
+    assert list(m.to_dict()) == JSON_KEYS
+    assert list(m.to_record()) == RECORD_KEYS
+    assert list(_computed(users=False).to_dict()) == [k for k in JSON_KEYS if not k.startswith("gauc")]
+    assert list(_computed(users=False).to_record()) == [k for k in RECORD_KEYS if k != "gauc"]
+    assert list(M.METRIC_KEYS) == JSON_KEYS and list(M.RECORD_KEYS) == RECORD_KEYS
+    d = m.to_dict()
+    assert list(d["count_per_domain"]["a"]) == ["n", "pos", "neg"]
+    assert all(type(d[k]) is float for k in ("auc_overall", "logloss_overall", "auc_mean", "wauc", "gauc"))
+    assert type(d["n"]) is int and d["n"] == 600
+    for key in ("auc_per_domain", "logloss_per_domain", "pcoc_per_domain", "gauc_per_domain"):
+        assert list(d[key]) == ["a", "b", "c"] and all(type(v) is float for v in d[key].values())
+
+
+def test_metric_name_constants_are_the_fields():
+    fields = [f.name for f in dataclasses.fields(MultiDomainMetrics)]
+    assert sorted(fields + ["n"]) == sorted(JSON_KEYS)
+    for key in JSON_KEYS:
+        assert getattr(M, key.upper()) == key
+
+
+def test_metrics_from_dict_round_trips_both_forms():
+    for m in (_computed(), _computed(users=False)):
+        full, record = m.to_dict(), m.to_record()
+        assert json.dumps(MultiDomainMetrics.from_dict(full).to_dict()) == json.dumps(full)
+        assert json.dumps(MultiDomainMetrics.from_dict(json.loads(json.dumps(record))).to_record()) == json.dumps(
+            record
+        )
+    m = MultiDomainMetrics.from_dict(_computed().to_record())  # a run record's metrics: no n, no gauc_per_domain
+    assert (
+        m.n == 600
+        and m.gauc_per_domain is None
+        and m.count_per_domain["b"] == DomainCount(**m["count_per_domain"]["b"])
+    )
+
+
+def test_metrics_read_like_their_dict():
+    m = _computed(users=False)
+    assert json.dumps(dict(m)) == json.dumps(m.to_dict())
+    assert m["wauc"] == m.wauc and m["n"] == m.n and m.get("gauc") is None and "gauc" not in m
+    assert m["count_per_domain"]["a"] == m.count_per_domain["a"].to_dict()
+    with pytest.raises(KeyError, match="'gauc' is not a metric of this result; its metrics: auc_per_domain"):
+        m["gauc"]
+    m.to_dict()["auc_per_domain"]["a"] = 2.0  # the JSON form is a copy
+    assert m.auc_per_domain["a"] != 2.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.wauc = 1.0
+
+
+def test_metrics_from_dict_errors():
+    d = _computed().to_dict()
+    with pytest.raises(ValueError, match=r"unknown keys \['acc'\]; valid keys: auc_per_domain"):
+        MultiDomainMetrics.from_dict({**d, "acc": 1.0})
+    with pytest.raises(ValueError, match=r"missing keys \['wauc'\]"):
+        MultiDomainMetrics.from_dict({k: v for k, v in d.items() if k != "wauc"})
+    with pytest.raises(ValueError, match="says n=5, but its domain counts sum to 600"):
+        MultiDomainMetrics.from_dict({**d, "n": 5})
+    with pytest.raises(ValueError, match="a domain count is"):
+        MultiDomainMetrics.from_dict({**d, "count_per_domain": {"a": {"n": 1}}})
 
 
 # ------------------------------------------------------------------ statistics

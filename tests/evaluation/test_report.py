@@ -2,16 +2,35 @@
 
 import pytest
 
-from polyrec.evaluation.report import adapter_table, cost_table, metrics_table, per_domain_table, rank_table, results_table
+from polyrec.evaluation.report import (
+    adapter_table,
+    cost_table,
+    metrics_table,
+    per_domain_table,
+    rank_table,
+    results_table,
+)
 
 
 def _run(model, seed, wauc, strategy="joint", split="h1", **extra):
-    metrics = {"wauc": wauc, "auc_overall": wauc + 0.01, "auc_mean": wauc - 0.01,
-               "logloss_overall": 0.45 + seed * 0.01,
-               "auc_per_domain": {"d0": wauc, "d1": wauc + 0.02}}
+    metrics = {
+        "wauc": wauc,
+        "auc_overall": wauc + 0.01,
+        "auc_mean": wauc - 0.01,
+        "logloss_overall": 0.45 + seed * 0.01,
+        "auc_per_domain": {"d0": wauc, "d1": wauc + 0.02},
+    }
     metrics.update(extra)
-    return {"protocol": "p1", "model": model, "strategy": strategy, "seed": seed,
-            "split_hash": split, "metrics": metrics, "train_samples_per_s": 1000.0 + seed, "wall_s": 10.0}
+    return {
+        "protocol": "p1",
+        "model": model,
+        "strategy": strategy,
+        "seed": seed,
+        "split_hash": split,
+        "metrics": metrics,
+        "train_samples_per_s": 1000.0 + seed,
+        "wall_s": 10.0,
+    }
 
 
 def _rows(table):
@@ -21,8 +40,17 @@ def _rows(table):
 def test_results_table_groups_and_formats():
     runs = [_run("STAR", 0, 0.70), _run("STAR", 1, 0.72), _run("MLP", 0, 0.65)]
     rows = _rows(results_table(runs, reference={"STAR": 0.7312}))
-    assert rows[0] == ["protocol", "model", "strategy", "n", "wauc", "auc_overall", "auc_mean",
-                       "logloss_overall", "paper"]
+    assert rows[0] == [
+        "protocol",
+        "model",
+        "strategy",
+        "n",
+        "wauc",
+        "auc_overall",
+        "auc_mean",
+        "logloss_overall",
+        "paper",
+    ]
     assert rows[1] == ["---"] * 9
     star, mlp = rows[2], rows[3]
     assert star[:4] == ["p1", "STAR", "joint", "2"]
@@ -75,14 +103,22 @@ def test_metrics_table_from_evaluator_output():
     from polyrec.evaluation.metrics import MultiDomainEvaluator
 
     ev = MultiDomainEvaluator(["a", "b"])
-    ev.update(torch.tensor([0.5, -0.5, 1.0, 0.2]), torch.tensor([1.0, 0.0, 1.0, 1.0]),
-              torch.tensor([0, 0, 1, 1]), users=torch.tensor([1, 1, 2, 2]))
+    ev.update(
+        torch.tensor([0.5, -0.5, 1.0, 0.2]),
+        torch.tensor([1.0, 0.0, 1.0, 1.0]),
+        torch.tensor([0, 0, 1, 1]),
+        users=torch.tensor([1, 1, 2, 2]),
+    )
     table = metrics_table(ev.compute())
     rows = _rows(table)
     assert ["auc_overall", "100.00"] in rows and ["n", "4"] in rows
     assert rows[rows.index(["domain", "n", "pos", "auc", "logloss", "pcoc", "gauc"]) + 2][:4] == [
-        "a", "2", "1", "100.00"]
-    assert ["b", "2", "2", "nan"] == rows[-1][:4]
+        "a",
+        "2",
+        "1",
+        "100.00",
+    ]
+    assert rows[-1][:4] == ["b", "2", "2", "nan"]
 
 
 def _adapter_runs():
@@ -90,11 +126,30 @@ def _adapter_runs():
     runs = []
     for seed, (base, adapted) in enumerate([(0.800, 0.803), (0.801, 0.805), (0.799, 0.801)]):
         env = {"torch_threads": 1}
-        runs.append({"model": "mlp", "seed": seed, "split_hash": "s1", "metrics": {"wauc": base},
-                     "adapter_params": 0, "backbone_params": 1000, "train_samples_per_s": 200.0, "environment": env})
-        runs.append({"model": "mlp+mlora", "seed": seed, "split_hash": "s1", "metrics": {"wauc": adapted},
-                     "adapter_params": 100, "backbone_params": 1000, "train_samples_per_s": 150.0,
-                     "environment": env})
+        runs.append(
+            {
+                "model": "mlp",
+                "seed": seed,
+                "split_hash": "s1",
+                "metrics": {"wauc": base},
+                "adapter_params": 0,
+                "backbone_params": 1000,
+                "train_samples_per_s": 200.0,
+                "environment": env,
+            }
+        )
+        runs.append(
+            {
+                "model": "mlp+mlora",
+                "seed": seed,
+                "split_hash": "s1",
+                "metrics": {"wauc": adapted},
+                "adapter_params": 100,
+                "backbone_params": 1000,
+                "train_samples_per_s": 150.0,
+                "environment": env,
+            }
+        )
     runs.append({"model": "mlp+mlora", "seed": 3, "split_hash": "other", "metrics": {"wauc": 0.9}})
     runs.append({"model": "wdl", "seed": 0, "split_hash": "s1", "metrics": {"wauc": 0.8}})
     return runs
@@ -129,16 +184,29 @@ def test_adapter_table_empty_without_pairs():
 
 
 def test_per_domain_table_with_reference_and_cost_table():
-    runs = [{"model": "star", "seed": s, "metrics": {"auc_per_domain": {"0": 0.81 + s / 100, "1": 0.8}},
-             "num_parameters": 10, "train_samples_per_s": 1000.0 * (s + 1), "epochs": 4 + s, "best_epoch": s,
-             "wall_s": 10.0, "environment": {"torch_threads": 2}} for s in range(2)]
+    runs = [
+        {
+            "model": "star",
+            "seed": s,
+            "metrics": {"auc_per_domain": {"0": 0.81 + s / 100, "1": 0.8}},
+            "num_parameters": 10,
+            "train_samples_per_s": 1000.0 * (s + 1),
+            "epochs": 4 + s,
+            "best_epoch": s,
+            "wall_s": 10.0,
+            "environment": {"torch_threads": 2},
+        }
+        for s in range(2)
+    ]
     table = per_domain_table(runs, group_by=["model"], reference={"STAR": {"0": 0.8137}})
     assert "81.50 ± 0.71 [81.37]" in table and "| 80.00 ± 0.00 |" in table  # domain 1 has no reference
     cost = cost_table(runs, group_by=["model"]).splitlines()[2]
     assert cost == "| star | 2 | 10 | 1,500 | excl. | 4.5 | 0.5 | 10 | 2 |"  # records without recalibration_s
     for r, recal in zip(runs, (1.0, 3.0)):
         r.update(train_s=10.0, recalibration_s=recal)
-    assert cost_table(runs, group_by=["model"]).splitlines()[2] == "| star | 2 | 10 | 1,500 | 20% | 4.5 | 0.5 | 10 | 2 |"
+    assert (
+        cost_table(runs, group_by=["model"]).splitlines()[2] == "| star | 2 | 10 | 1,500 | 20% | 4.5 | 0.5 | 10 | 2 |"
+    )
 
 
 def test_results_markdown_has_every_section():
@@ -148,22 +216,36 @@ def test_results_markdown_has_every_section():
     for r in runs:
         r["metrics"].update({"auc_per_domain": {"F": 0.79, "M": 0.81}, "logloss_per_domain": {"F": 0.4, "M": 0.5}})
     md = results_markdown("ml1m-gender", runs)
-    for heading in ("paper wauc", "Without and with MLoRA", "Per-domain test AUC", "average RANK",
-                    "Per-domain test logloss", "## Cost", "Environment:"):
+    for heading in (
+        "paper wauc",
+        "Without and with MLoRA",
+        "Per-domain test AUC",
+        "average RANK",
+        "Per-domain test logloss",
+        "## Cost",
+        "Environment:",
+    ):
         assert heading in md, heading
 
 
 def test_settings_table_reads_run_config_and_falls_back_to_the_preset():
     from polyrec.benchmark import settings_table
 
-    recorded = {"model": "mlp", "metrics": {}, "config": {
-        "model": {"name": "mlp", "embedding_dim": 4, "hidden_units": [8]},
-        "train": {"strategy": "joint", "lr": 0.01, "batch_size": 32},
-        "adapter": {"kind": "mlora", "alpha": 16, "targets": None}}}
+    recorded = {
+        "model": "mlp",
+        "metrics": {},
+        "config": {
+            "model": {"name": "mlp", "embedding_dim": 4, "hidden_units": [8]},
+            "train": {"strategy": "joint", "lr": 0.01, "batch_size": 32},
+            "adapter": {"kind": "mlora", "alpha": 16, "targets": None},
+        },
+    }
     older = {"model": "star", "metrics": {}}
     rows = settings_table("ml1m-gender", [recorded, older]).splitlines()
-    assert rows[2] == ("| mlp | embedding_dim=4, hidden_units=[8], adapter={'kind': 'mlora', 'alpha': 16} | "
-                       "strategy=joint, lr=0.01, batch_size=32 |")
+    assert rows[2] == (
+        "| mlp | embedding_dim=4, hidden_units=[8], adapter={'kind': 'mlora', 'alpha': 16} | "
+        "strategy=joint, lr=0.01, batch_size=32 |"
+    )
     assert rows[3].startswith("| star | embedding_dim=128,") and "(preset)" in rows[3]
     assert "strategy=alternate" in rows[3]
 
@@ -182,9 +264,12 @@ def test_rank_table_averages_seeds_then_ranks_per_domain_with_ties():
     def run(model, seed, per_domain):
         return {"model": model, "strategy": "s", "seed": seed, "metrics": {"auc_per_domain": per_domain}}
 
-    runs = [run("a", 0, {"x": 0.70, "y": 0.90, "z": 0.5}), run("a", 1, {"x": 0.72, "y": 0.90, "z": 0.6}),
-            run("b", 0, {"x": 0.80, "y": 0.60, "z": 0.55}),
-            run("c", 0, {"x": 0.80, "y": 0.50, "z": float("nan")})]  # z: c has no finite value: z is left out
+    runs = [
+        run("a", 0, {"x": 0.70, "y": 0.90, "z": 0.5}),
+        run("a", 1, {"x": 0.72, "y": 0.90, "z": 0.6}),
+        run("b", 0, {"x": 0.80, "y": 0.60, "z": 0.55}),
+        run("c", 0, {"x": 0.80, "y": 0.50, "z": float("nan")}),
+    ]  # z: c has no finite value: z is left out
     rows = {r[0]: r for r in _rows(rank_table(runs))[2:]}
     assert "average AUC (2 domains)" in rank_table(runs)
     # x: b and c tie for 1-2 (1.5 each), a (mean 0.71) is 3rd; y: a 1, b 2, c 3
@@ -192,3 +277,19 @@ def test_rank_table_averages_seeds_then_ranks_per_domain_with_ties():
     assert rows["b"][2:] == ["1", "70.00", "1.75"]
     assert rows["c"][3:] == ["65.00", "2.25"]
     assert [r[0] for r in _rows(rank_table(runs))[2:]] == ["b", "a", "c"]  # best average rank first
+
+
+def test_integer_domain_codes_are_listed_numerically_other_names_as_given():
+    per = {"0": 0.7, "1": 0.71, "10": 0.72, "2": 0.73}
+    runs = [{"model": "m", "metrics": {"auc_per_domain": per}}]
+    header = per_domain_table(runs, group_by=["model"]).splitlines()[0]
+    assert header == "| model | n | 0 | 1 | 2 | 10 |"
+    m = {"auc_per_domain": per, "count_per_domain": {d: {"n": 1, "pos": 1} for d in per}}
+    assert [line.split(" | ")[0].strip("| ") for line in metrics_table(m).split("\n\n")[1].splitlines()[2:]] == [
+        "0",
+        "1",
+        "2",
+        "10",
+    ]
+    runs = [{"model": "m", "metrics": {"auc_per_domain": {"M": 0.7, "F": 0.8}}}]
+    assert per_domain_table(runs, group_by=["model"]).splitlines()[0] == "| model | n | M | F |"

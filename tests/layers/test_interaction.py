@@ -143,9 +143,9 @@ def test_cross_network_matches_explicit_formula() -> None:
     x = torch.randn(B, d, dtype=DT)
     x0 = x
     xl = x
-    for l in range(2):
-        w = layer.weight[l].reshape(d, 1)
-        b = layer.bias[l].reshape(d, 1)
+    for i in range(2):
+        w = layer.weight[i].reshape(d, 1)
+        b = layer.bias[i].reshape(d, 1)
         rows = []
         for n in range(B):
             x0n, xln = x0[n].reshape(d, 1), xl[n].reshape(d, 1)
@@ -163,9 +163,9 @@ def test_cross_network_v2_single_full_rank_expert_matches_matrix_formula() -> No
         layer.bias.normal_()
     x = torch.randn(B, d, dtype=DT)
     x0, xl = x, x
-    for l in range(3):
-        W = layer.W[l, 0]  # [D, D], acting as W x
-        b = layer.bias[l]
+    for i in range(3):
+        W = layer.W[i, 0]  # [D, D], acting as W x
+        b = layer.bias[i]
         rows = []
         for n in range(B):
             rows.append(x0[n] * (W @ xl[n] + b) + xl[n])
@@ -255,8 +255,8 @@ def test_self_attention_heads_are_independent_blocks() -> None:
         single = SelfAttentionInteraction(E, d, 1, use_residual=False).double()
         with torch.no_grad():
             for name in ("query", "key", "value"):
-                getattr(single, name).weight.copy_(getattr(layer, name).weight[h * d:(h + 1) * d])
-        torch.testing.assert_close(out[..., h * d:(h + 1) * d], single(x))
+                getattr(single, name).weight.copy_(getattr(layer, name).weight[h * d : (h + 1) * d])
+        torch.testing.assert_close(out[..., h * d : (h + 1) * d], single(x))
 
 
 # ---------------------------------------------------------------------------------------------- CIN

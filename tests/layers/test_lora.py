@@ -65,9 +65,9 @@ def test_a_is_drawn_gaussian_by_default_and_uniform_on_request():
     torch.manual_seed(0)
     g = LoRABank(400, 8, rank=50, num_domains=4).A
     u = LoRABank(400, 8, rank=50, num_domains=4, a_init="uniform").A
-    bound = 1 / 400 ** 0.5
+    bound = 1 / 400**0.5
     assert abs(g.std().item() - bound) < 0.03 * bound and g.abs().max() > bound  # a normal's tails pass the bound
-    assert u.abs().max() <= bound and abs(u.std().item() - bound / 3 ** 0.5) < 0.03 * bound
+    assert u.abs().max() <= bound and abs(u.std().item() - bound / 3**0.5) < 0.03 * bound
     bank = LoRABank(400, 8, rank=50, num_domains=1)
     bank.extend(2)  # new domains are drawn the same way
     assert abs(bank.A[1:].std().item() - bound) < 0.05 * bound
@@ -187,7 +187,9 @@ def test_extend_stage_merge_keep_outputs_and_isolate_new_rows():
     mixed = torch.tensor([0, 3, 1, 3, 2, 3, 0, 1, 2])
     for loop_max in (0, L.LOOP_MAX):
         out = bank.delta(x, AdapterRouting(mixed), loop_max=loop_max)
-        assert torch.equal(out[mixed < 3], bank.delta(x[mixed < 3], AdapterRouting(mixed[mixed < 3]), loop_max=loop_max))
+        assert torch.equal(
+            out[mixed < 3], bank.delta(x[mixed < 3], AdapterRouting(mixed[mixed < 3]), loop_max=loop_max)
+        )
     bank.delta(x, AdapterRouting(mixed)).sum().backward()
     assert all(p.grad is not None for p in staged) and bank.A.grad is None
     bank.merge()

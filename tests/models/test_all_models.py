@@ -12,10 +12,10 @@ import dataclasses
 
 import pytest
 import torch
+from builders import make_batch, make_schema
 from torch import nn
 
 import polyrec
-from builders import make_batch, make_schema
 from polyrec import Batch, ConfigError, DatasetSchema, ModelOutput, create_model
 from polyrec.models import describe_model
 

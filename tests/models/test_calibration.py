@@ -11,8 +11,8 @@ import dataclasses
 
 import pytest
 import torch
-
 from builders import make_batch, make_schema
+
 from polyrec import TrainConfig, Trainer, create_model
 from polyrec.config import from_dict
 from polyrec.layers.norm import PartitionedNorm
@@ -114,8 +114,7 @@ def test_a_failed_pass_leaves_no_calibration_running():
     assert all(getattr(m, "_calib", None) is None for m in model.modules())
 
 
-def test_adding_a_domain_to_star_mlora_keeps_existing_predictions_bit_identical(tiny_dataset,
-                                                                                 trainer_uses_calibration):
+def test_adding_a_domain_to_star_mlora_keeps_existing_predictions_bit_identical(tiny_dataset, trainer_uses_calibration):
     torch.manual_seed(0)
     backbone = create_model("star", tiny_dataset.schema, embedding_dim=4, hidden_units=[16, 8], norm_hidden=True)
     model = attach_mlora(backbone, alpha=4)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from builders import make_batch, perturb
 from torch import nn
 
 import polyrec
-from builders import make_batch, perturb
 from polyrec import Batch, ConfigError, DatasetSchema, DomainSpec, FeatureSpec, create_model
 from polyrec.layers.interaction import BiInteractionPooling, CrossNetworkV2, FMInteraction, InnerProduct
 from polyrec.layers.linear import LinearPart
@@ -28,8 +28,6 @@ def make_schema(dense: int = 2, multi: int = 2) -> DatasetSchema:
     features += [FeatureSpec(f"tags{i}", "multi", vocab_size=6 + i, max_len=3) for i in range(multi)]
     features += [FeatureSpec(f"x{i}", "dense") for i in range(dense)]
     return DatasetSchema(features=tuple(features), domain=DomainSpec("d", ("a", "b", "c")))
-
-
 
 
 @pytest.fixture(autouse=True)
@@ -67,8 +65,12 @@ def test_wrong_config_types_and_choices_are_config_errors(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name, key, value",
-    [("pnn", "product_type", "kernel"), ("pnn", "kernel_type", "full"), ("dcnv2", "structure", "serial"),
-     ("fibinet", "bilinear_type", "all")],
+    [
+        ("pnn", "product_type", "kernel"),
+        ("pnn", "kernel_type", "full"),
+        ("dcnv2", "structure", "serial"),
+        ("fibinet", "bilinear_type", "all"),
+    ],
 )
 def test_literal_options_reject_unknown_choices(name: str, key: str, value: str) -> None:
     with pytest.raises(ConfigError, match=key):
@@ -108,11 +110,15 @@ def test_linear_part_ignores_padding_and_starts_at_zero() -> None:
         linear.table.weight[23] += 100.0
         linear.table.weight[29] += 100.0
     torch.testing.assert_close(linear(batch), before)
-    all_pad = Batch(batch.sparse, batch.dense, batch.label, batch.domain,
-                    {k: torch.zeros_like(v) for k, v in batch.multi.items()})
+    all_pad = Batch(
+        batch.sparse, batch.dense, batch.label, batch.domain, {k: torch.zeros_like(v) for k, v in batch.multi.items()}
+    )
     w = linear.table.weight.detach().squeeze(-1)
-    expected = (linear.bias.detach() + w[batch.sparse + torch.tensor([0, 11, 18])].sum(1)
-                + batch.dense @ linear.dense.weight.detach().squeeze(0))
+    expected = (
+        linear.bias.detach()
+        + w[batch.sparse + torch.tensor([0, 11, 18])].sum(1)
+        + batch.dense @ linear.dense.weight.detach().squeeze(0)
+    )
     torch.testing.assert_close(linear(all_pad), expected)
 
 
@@ -190,8 +196,11 @@ def test_autoint_defaults_and_plain_variant() -> None:
     F = 5
     assert model.attention_out.in_features == F * 32 + 2
     assert model.dnn is not None  # AutoInt+ by default
-    plain = perturb(create_model("autoint", schema, embedding_dim=4, hidden_units=(), num_heads=3,
-                                 attention_dim=5, num_attention_layers=2)).eval()
+    plain = perturb(
+        create_model(
+            "autoint", schema, embedding_dim=4, hidden_units=(), num_heads=3, attention_dim=5, num_attention_layers=2
+        )
+    ).eval()
     assert plain.dnn is None and plain.attention[-1].output_dim == 15
     batch = make_batch(schema)
     flat = plain.attention(plain.embeddings(batch)).flatten(1)
@@ -221,8 +230,10 @@ def test_ipnn_feeds_embeddings_and_inner_products_to_its_mlp() -> None:
 
 @pytest.mark.parametrize("name", ["pnn", "fibinet"])
 def test_pairwise_models_need_two_fields(name: str) -> None:
-    one_field = DatasetSchema(features=(FeatureSpec("user", "sparse", vocab_size=5), FeatureSpec("x", "dense")),
-                              domain=DomainSpec("d", ("a",)))
+    one_field = DatasetSchema(
+        features=(FeatureSpec("user", "sparse", vocab_size=5), FeatureSpec("x", "dense")),
+        domain=DomainSpec("d", ("a",)),
+    )
     with pytest.raises(ValueError, match="at least 2 embedded fields"):
         create_model(name, one_field)
 
@@ -271,8 +282,11 @@ def test_xdeepfm_is_linear_plus_cin_plus_dnn() -> None:
     assert model.cin.output_dim == 3 + 4
     batch = make_batch(schema)
     emb = model.embeddings(batch)
-    expected = (model.linear(batch) + model.cin_out(model.cin(emb)).squeeze(-1)
-                + model.dnn(torch.cat([emb.flatten(1), batch.dense], 1)).squeeze(-1))
+    expected = (
+        model.linear(batch)
+        + model.cin_out(model.cin(emb)).squeeze(-1)
+        + model.dnn(torch.cat([emb.flatten(1), batch.dense], 1)).squeeze(-1)
+    )
     torch.testing.assert_close(model(batch).logits, expected, atol=1e-5, rtol=1e-5)
     assert create_model("xdeepfm", schema, hidden_units=()).dnn is None
     with pytest.raises(ValueError, match="even"):

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
+from builders import make_batch, make_schema
 from torch import nn
 
-from builders import make_batch, make_schema
 from polyrec import ConfigError, create_model
 from polyrec.layers.domain import DomainSegments
 
@@ -115,7 +115,7 @@ def test_attention_weights_are_a_softmax_over_all_domains():
         torch.testing.assert_close(w.sum(1), torch.ones(20))
         assert (w > 0).all()
         # eq. 6: softmax of <h2(e), h3(v_d)> / sqrt(k); eq. 5: z = sum_d w_d h1(v_d)
-        scores = model.h2(x) @ model.h3(model.v).T / 8 ** 0.5
+        scores = model.h2(x) @ model.h3(model.v).T / 8**0.5
         torch.testing.assert_close(w, torch.softmax(scores, 1))
         torch.testing.assert_close(z, w @ model.h1(model.v))
 

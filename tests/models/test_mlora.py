@@ -6,19 +6,17 @@ import json
 import pytest
 import torch
 import yaml
+from builders import new_domain_csv_config
+from test_all_models import tiny_batch, tiny_schema  # the registry test's tiny schema and batches
 from typer.testing import CliRunner
 
 from polyrec import ConfigError, TrainConfig, create_model
 from polyrec.cli import app
 from polyrec.config import from_dict
-from polyrec.data.sources import make_synthetic
 from polyrec.experiment import make_config, resolve_config
 from polyrec.layers.lora import LoRALinear, LoRAStarLinear
 from polyrec.models.adapters import AdapterConfig, MLoRAModel, add_domain, attach_mlora, find_targets, strip_adapters
 from polyrec.training.strategies.two_phase import finetune_new_domains
-
-from builders import new_domain_csv_config
-from test_all_models import tiny_batch, tiny_schema  # the registry test's tiny schema and batches
 
 
 def build(name, seed=0, **kw):
@@ -65,7 +63,9 @@ def test_default_targets_and_ranks():
     for bank in capped.banks():
         assert bank.params_per_domain() <= 2000
     assert [b.rank for b in capped.banks()] == [6, 5, 4]  # 2000 // (65 + 256), 2000 // (256 + 128), uncapped
-    biased = attach_mlora(build("mlp", hidden_units=[256, 128, 64]), alpha=16, max_adapter_params=2000, domain_bias=True)
+    biased = attach_mlora(
+        build("mlp", hidden_units=[256, 128, 64]), alpha=16, max_adapter_params=2000, domain_bias=True
+    )
     assert [b.rank for b in biased.banks()] == [5, 4, 4]  # (2000 - 256) // (65 + 256), (2000 - 128) // (256 + 128)
 
 
@@ -162,8 +162,9 @@ def test_finetune_new_domain_trains_only_its_adapter(tiny_dataset):
     add_domain(adapted, "late")
     # The new domain's rows: domain 2's rows relabelled (its schema gains "late").
     ds = dataclasses.replace(tiny_dataset, schema=adapted.schema, domain=torch.full_like(tiny_dataset.domain, 3))
-    summary = finetune_new_domains(adapted, ds, from_dict(TrainConfig, {"batch_size": 256, "max_epochs": 2,
-                                                                        "patience": 0, "lr": 1e-2}), first=3)
+    summary = finetune_new_domains(
+        adapted, ds, from_dict(TrainConfig, {"batch_size": 256, "max_epochs": 2, "patience": 0, "lr": 1e-2}), first=3
+    )
     assert summary["trainable_params"] == adapted.per_domain_adapter_parameters()
     assert torch.equal(_predict(adapted, tiny_dataset, rows), before)
     after = adapted.state_dict()
@@ -211,18 +212,23 @@ def test_model_name_suffix_and_protocol_alpha():
     assert again == cfg
 
 
-@pytest.mark.parametrize("adapter,message", [
-    ({"kind": "mlora", "alpah": 4}, "unknown config key 'alpah' in adapter"),
-    ({"kind": "mlora", "alpha": 0}, r"^adapter.alpha: 0 is not allowed; must be >= 1"),
-    ({"kind": "mlora", "alpha": "big"}, "^adapter.alpha"),
-    ({"kind": "mlora", "targets": ["dnn", "towers"]},
-     r"^adapter.targets: item 1 \('towers'\) is not allowed; must be one of 'dnn', 'output'"),
-    ({"kind": "mlora", "targets": []}, r"^adapter.targets: \[\] is not allowed; name at least one"),
-    ({"kind": "mlora", "targets": ["dnn", "dnn"]}, r"^adapter.targets: .* 'dnn' is listed twice"),
-    ({"kind": "mlora", "max_adapter_params": -5}, r"^adapter.max_adapter_params: -5 is not allowed; must be >= 1"),
-    ({"kind": "lora"}, "^adapter.kind"),
-    ({"alpha": 16}, r"^adapter.alpha: 16 is not allowed; it is used only with adapters; set adapter.kind=mlora"),
-])
+@pytest.mark.parametrize(
+    "adapter,message",
+    [
+        ({"kind": "mlora", "alpah": 4}, "unknown config key 'alpah' in adapter"),
+        ({"kind": "mlora", "alpha": 0}, r"^adapter.alpha: 0 is not allowed; must be >= 1"),
+        ({"kind": "mlora", "alpha": "big"}, "^adapter.alpha"),
+        (
+            {"kind": "mlora", "targets": ["dnn", "towers"]},
+            r"^adapter.targets: item 1 \('towers'\) is not allowed; must be one of 'dnn', 'output'",
+        ),
+        ({"kind": "mlora", "targets": []}, r"^adapter.targets: \[\] is not allowed; name at least one"),
+        ({"kind": "mlora", "targets": ["dnn", "dnn"]}, r"^adapter.targets: .* 'dnn' is listed twice"),
+        ({"kind": "mlora", "max_adapter_params": -5}, r"^adapter.max_adapter_params: -5 is not allowed; must be >= 1"),
+        ({"kind": "lora"}, "^adapter.kind"),
+        ({"alpha": 16}, r"^adapter.alpha: 16 is not allowed; it is used only with adapters; set adapter.kind=mlora"),
+    ],
+)
 def test_bad_adapter_config_names_the_key(adapter, message):
     data = {"protocol": "x", "model": {"name": "mlp"}, "adapter": adapter}
     with pytest.raises(ConfigError, match=message):
@@ -242,15 +248,42 @@ def test_cli_train_mlora_then_add_domain(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     runner = CliRunner()
     run, run2 = tmp_path / "run", tmp_path / "run2"
-    out = runner.invoke(app, ["train", "--config", str(tmp_path / "tiny.yaml"), "--model", "mlp+mlora", "--out", str(run),
-                              "--set", "model.embedding_dim=4", "--set", "model.hidden_units=[16, 8]"])
+    out = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(tmp_path / "tiny.yaml"),
+            "--model",
+            "mlp+mlora",
+            "--out",
+            str(run),
+            "--set",
+            "model.embedding_dim=4",
+            "--set",
+            "model.hidden_units=[16, 8]",
+        ],
+    )
     assert out.exit_code == 0, out.output
     result = json.loads((run / "result.json").read_text())
     assert result["model"] == "mlp+mlora" and result["backbone"] == "mlp" and result["adapter"] == "mlora"
     assert result["adapter_ranks"] == [4, 2] and 0 < result["adapter_share"] < 1
     assert result["adapter_params"] == 2 * ((16 // 4) * (3 * 4 + 1 + 16) + (8 // 4) * (16 + 8))
-    out = runner.invoke(app, ["add-domain", str(run), "--domain", "2", "--out", str(run2),
-                              "--set", f"data.source.path={tmp_path / 'all.csv'}", "--set", "train.max_epochs=2"])
+    out = runner.invoke(
+        app,
+        [
+            "add-domain",
+            str(run),
+            "--domain",
+            "2",
+            "--out",
+            str(run2),
+            "--set",
+            f"data.source.path={tmp_path / 'all.csv'}",
+            "--set",
+            "train.max_epochs=2",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "existing domains unchanged: True" in out.output
     record = json.loads((run2 / "result.json").read_text())
@@ -261,8 +294,19 @@ def test_cli_train_mlora_then_add_domain(tmp_path):
     out = runner.invoke(app, ["evaluate", str(run2), "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["auc_overall"] == pytest.approx(record["metrics"]["auc_overall"], abs=1e-9)
-    out = runner.invoke(app, ["add-domain", str(run), "--domain", "7", "--out", str(tmp_path / "run3"),
-                              "--set", f"data.source.path={tmp_path / 'all.csv'}"])
+    out = runner.invoke(
+        app,
+        [
+            "add-domain",
+            str(run),
+            "--domain",
+            "7",
+            "--out",
+            str(tmp_path / "run3"),
+            "--set",
+            f"data.source.path={tmp_path / 'all.csv'}",
+        ],
+    )
     assert out.exit_code == 2 and "domain '7' is not in the new data" in out.output
 
 
@@ -270,22 +314,42 @@ def tiny_preset(monkeypatch, name, n_samples, seed, **extra):
     """Register a 2-domain synthetic protocol preset ``name`` for the duration of a test."""
     import polyrec.data.protocols as protocols
 
-    data = {"source": {"kind": "synthetic", "options": {"n_domains": 2, "n_samples": n_samples, "n_users": 50,
-                                                        "n_items": 40, "seed": seed}},
-            "label": {"column": "label"}, "domain": {"column": "domain"},
-            "features": [{"name": "user_id"}, {"name": "item_id"}],
-            "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 0}}
-    monkeypatch.setitem(protocols._PRESETS, name, {
-        "description": "tiny", "data": data, "train": {"batch_size": 128, "max_epochs": 1, "patience": 0},
-        "models": {}, "model_defaults": {"embedding_dim": 4, "hidden_units": [8]}, "primary_metric": "wauc",
-        **extra})
+    data = {
+        "source": {
+            "kind": "synthetic",
+            "options": {"n_domains": 2, "n_samples": n_samples, "n_users": 50, "n_items": 40, "seed": seed},
+        },
+        "label": {"column": "label"},
+        "domain": {"column": "domain"},
+        "features": [{"name": "user_id"}, {"name": "item_id"}],
+        "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 0},
+    }
+    monkeypatch.setitem(
+        protocols._PRESETS,
+        name,
+        {
+            "description": "tiny",
+            "data": data,
+            "train": {"batch_size": 128, "max_epochs": 1, "patience": 0},
+            "models": {},
+            "model_defaults": {"embedding_dim": 4, "hidden_units": [8]},
+            "primary_metric": "wauc",
+            **extra,
+        },
+    )
 
 
 def test_benchmark_keeps_mlora_runs_apart(tmp_path, monkeypatch):
     from polyrec.benchmark import run_benchmark
 
-    tiny_preset(monkeypatch, "tiny-mlora", n_samples=600, seed=1, mlora_alpha={"mlp": 2},
-                reference={"wauc": {"mlp": 0.6, "mlp+mlora": 0.61}})
+    tiny_preset(
+        monkeypatch,
+        "tiny-mlora",
+        n_samples=600,
+        seed=1,
+        mlora_alpha={"mlp": 2},
+        reference={"wauc": {"mlp": 0.6, "mlp+mlora": 0.61}},
+    )
     runs = run_benchmark("tiny-mlora", ["mlp", "mlp+mlora"], seeds=1, out_dir=tmp_path)
     assert [(r["model"], r["adapter"]) for r in runs] == [("mlp", "none"), ("mlp+mlora", "mlora")]
     assert runs[1]["adapter_alpha"] == 2 and runs[1]["adapter_ranks"] == [4]
@@ -302,10 +366,10 @@ def test_benchmark_jobs_run_in_worker_processes_with_the_same_records(tmp_path, 
 
     tiny_preset(monkeypatch, "tiny-jobs", n_samples=400, seed=2)
     models = ["mlp", "mlp@domain_negotiation"]
-    serial = run_benchmark("tiny-jobs", models, seeds=2, out_dir=tmp_path / "serial",
-                           overrides=["train.num_threads=1"])
-    parallel = run_benchmark("tiny-jobs", models, seeds=2, out_dir=tmp_path / "jobs", jobs=2,
-                             overrides=["train.num_threads=1"])
+    serial = run_benchmark("tiny-jobs", models, seeds=2, out_dir=tmp_path / "serial", overrides=["train.num_threads=1"])
+    parallel = run_benchmark(
+        "tiny-jobs", models, seeds=2, out_dir=tmp_path / "jobs", jobs=2, overrides=["train.num_threads=1"]
+    )
     key = [(r["model"], r["seed"]) for r in serial]
     assert key == [(r["model"], r["seed"]) for r in parallel] == [(m, s) for m in models for s in (0, 1)]
     for a, b in zip(serial, parallel):

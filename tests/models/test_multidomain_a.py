@@ -11,16 +11,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from builders import make_batch, make_schema, perturb
+
 from polyrec import ConfigError, create_model
 from polyrec.data.batch import Batch
 from polyrec.data.schema import DatasetSchema
+from polyrec.layers.bank import MLPBank
 from polyrec.layers.domain import DomainSegments
 from polyrec.layers.experts import (
     CrossStitchUnit,
     DomainGate,
-    ExpertBank,
     ExtractionLayer,
     GradientReversal,
     grad_reverse,
@@ -36,7 +36,6 @@ def schema_of(num_domains: int = D) -> DatasetSchema:
 
 def batch_of(n: int = 30, seed: int = 0, domains=None, num_domains: int = D) -> Batch:
     return make_batch(schema_of(num_domains), n, seed, domains=domains, every_domain=True, padding=0.0)
-
 
 
 def build(name: str, seed: int = 0, **overrides):
@@ -66,8 +65,13 @@ def per_domain_params(model, name: str):
 # Per-domain isolation (Shared-Bottom, MMoE, PLE)
 # --------------------------------------------------------------------------------------------------------
 
-ISOLATED = [("shared_bottom", {}), ("mmoe", {}), ("ple", {"num_levels": 1}), ("ple", {"num_levels": 2}),
-            ("ple", {"num_levels": 3})]
+ISOLATED = [
+    ("shared_bottom", {}),
+    ("mmoe", {}),
+    ("ple", {"num_levels": 1}),
+    ("ple", {"num_levels": 2}),
+    ("ple", {"num_levels": 3}),
+]
 
 
 @pytest.mark.parametrize("name,overrides", ISOLATED, ids=lambda v: str(v))
@@ -132,25 +136,6 @@ def test_domain_gate_rows_sum_to_one_and_forward_all_agrees_with_own_domain() ->
     torch.testing.assert_close(every[domain, torch.arange(10)], own)
 
 
-def test_expert_bank_equals_independent_mlps() -> None:
-    torch.manual_seed(0)
-    bank = ExpertBank(5, (7, 3), num_experts=4, output_dim=2)
-    x = torch.randn(9, 5)
-    out = bank(x)
-    assert out.shape == (4, 9, 2)
-    for e in range(4):
-        h = x
-        for layer in bank.hidden:
-            h = torch.relu(h @ layer.weight[e] + layer.bias[e])
-        torch.testing.assert_close(out[e], h @ bank.out.weight[e] + bank.out.bias[e])
-        torch.testing.assert_close(bank.forward_member(x, e), out[e])
-    # Grouped input: experts 2g, 2g+1 read x_groups[g].
-    xg = torch.randn(2, 9, 5)
-    grouped = bank(xg)
-    torch.testing.assert_close(grouped[3], bank.forward_member(xg[1], 3))
-    torch.testing.assert_close(grouped[0], bank.forward_member(xg[0], 0))
-
-
 def test_ple_cgc_without_specific_experts_is_mmoe() -> None:
     common = dict(expert_units=(16, 8), tower_units=(4,))
     mmoe = perturb(build("mmoe", num_experts=3, **common))
@@ -163,7 +148,7 @@ def test_ple_cgc_without_specific_experts_is_mmoe() -> None:
     torch.testing.assert_close(ple(batch).logits, mmoe(batch).logits, rtol=1e-6, atol=1e-6)
 
 
-def _mlp_member(bank: ExpertBank, j: int, x: torch.Tensor) -> torch.Tensor:
+def _mlp_member(bank: MLPBank, j: int, x: torch.Tensor) -> torch.Tensor:
     for layer in bank.hidden:
         x = torch.relu(x @ layer.weight[j] + layer.bias[j])
     return x

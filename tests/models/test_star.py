@@ -3,10 +3,10 @@ per-domain towers run on every row) and check the paper's equations."""
 
 import pytest
 import torch
-from torch import nn
-
 from builders import make_batch, make_schema
 from builders import perturb as perturb_params
+from torch import nn
+
 from polyrec import create_model
 from polyrec.layers.domain import DomainSegments, StarLinear, segment_linear
 from polyrec.layers.norm import PartitionedNorm
@@ -42,8 +42,9 @@ def train_steps(model, n=5, seed=1):
 @pytest.mark.parametrize("norm_hidden", [False, True])
 def test_eval_prediction_of_a_row_does_not_depend_on_its_batch(norm_hidden):
     torch.manual_seed(0)
-    model = train_steps(create_model("star", schema_of(), embedding_dim=4, hidden_units=[16, 8],
-                                     norm_hidden=norm_hidden))
+    model = train_steps(
+        create_model("star", schema_of(), embedding_dim=4, hidden_units=[16, 8], norm_hidden=norm_hidden)
+    )
     model.eval()
     b = batch_of(90, seed=5)
     full = model(b).logits
@@ -83,8 +84,11 @@ def test_domain_gradient_equals_gradient_from_that_domain_alone():
 
 def test_single_domain_star_equals_mlp_with_elementwise_product_weights():
     torch.manual_seed(0)
-    model = perturb(create_model("star", schema_of(1), embedding_dim=4, hidden_units=[16, 8],
-                                 partitioned_norm=False, aux_network=False))
+    model = perturb(
+        create_model(
+            "star", schema_of(1), embedding_dim=4, hidden_units=[16, 8], partitioned_norm=False, aux_network=False
+        )
+    )
     model.eval()
     b = batch_of(32, 1)
     linears = []
@@ -112,8 +116,18 @@ def test_logit_has_no_activation():
 @pytest.mark.parametrize("norm_hidden", [False, True])
 def test_folded_model_matches_unfolded(norm_hidden):
     torch.manual_seed(0)
-    model = perturb(train_steps(create_model("star", schema_of(), embedding_dim=4, hidden_units=[16, 8],
-                                             norm_hidden=norm_hidden, aux_features=("item",))))
+    model = perturb(
+        train_steps(
+            create_model(
+                "star",
+                schema_of(),
+                embedding_dim=4,
+                hidden_units=[16, 8],
+                norm_hidden=norm_hidden,
+                aux_features=("item",),
+            )
+        )
+    )
     model.eval()
     b = batch_of(200, seed=9)
     folded = model.fold()
@@ -166,8 +180,12 @@ def test_segment_linear_paths_agree_and_handle_many_domains():
     looped = segment_linear(seg.sort(x), seg, w, b, loop_max=10**9)
     padded = segment_linear(seg.sort(x), seg, w, b, loop_max=0)
     torch.testing.assert_close(looped, padded)
-    expected = torch.stack([x[i] @ (layer.weight * layer.domain_weight[d]) + layer.bias + layer.domain_bias[d]
-                            for i, d in enumerate(domain.tolist())])
+    expected = torch.stack(
+        [
+            x[i] @ (layer.weight * layer.domain_weight[d]) + layer.bias + layer.domain_bias[d]
+            for i, d in enumerate(domain.tolist())
+        ]
+    )
     torch.testing.assert_close(seg.unsort(padded), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -202,24 +220,6 @@ def test_star_config_errors():
         create_model("star", schema_of(), hiden_units=[8])
 
 
-def test_domain_mlp_bank_runs_each_row_through_its_own_tower():
-    from polyrec.layers.domain import DomainMLPBank
-
-    torch.manual_seed(0)
-    bank = DomainMLPBank(5, (7,), num_domains=4, output_dim=2)
-    x = torch.randn(40, 5)
-    domain = torch.randint(0, 4, (40,))
-    seg = DomainSegments.from_domain(domain)
-    out = seg.unsort(bank(seg.sort(x), seg))
-    for i, d in enumerate(domain.tolist()):
-        h = torch.relu(x[i] @ bank.hidden[0].weight[d] + bank.hidden[0].bias[d])
-        torch.testing.assert_close(out[i], h @ bank.out.weight[d] + bank.out.bias[d], atol=1e-5, rtol=1e-5)
-    out.sum().backward()
-    absent = sorted(set(range(4)) - set(domain.tolist()))
-    for d in absent:
-        assert bank.hidden[0].weight.grad[d].abs().sum() == 0
-
-
 def test_calibration_sets_exact_per_domain_statistics():
     torch.manual_seed(0)
     pn = PartitionedNorm(3, 3)
@@ -249,8 +249,9 @@ def test_recompute_norm_statistics_matches_the_population_moments(norm_hidden):
             return self.b.select(idx)
 
     torch.manual_seed(0)
-    model = train_steps(create_model("star", schema_of(), embedding_dim=4, hidden_units=[8, 4],
-                                     norm_hidden=norm_hidden, dropout=0.3))
+    model = train_steps(
+        create_model("star", schema_of(), embedding_dim=4, hidden_units=[8, 4], norm_hidden=norm_hidden, dropout=0.3)
+    )
     b = batch_of(500, seed=11)
     assert recompute_norm_statistics(model, Data(b), torch.arange(500), batch_size=97) == (3 if norm_hidden else 1)
     assert model.training

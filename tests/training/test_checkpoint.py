@@ -18,12 +18,20 @@ from polyrec.data.config import DataConfig
 from polyrec.data.dataset import build_dataset
 from polyrec.models import create_model
 from polyrec.safeio import flatten, load_tensors, unflatten
-from polyrec.training.checkpoint import CheckpointError, checkpoint_dirs, load_latest_checkpoint, save_checkpoint
+from polyrec.training.checkpoint import (
+    CheckpointError,
+    check_optimizer_state,
+    checkpoint_dirs,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 from polyrec.training.trainer import TrainConfig, Trainer
 
 DATA = {
-    "source": {"kind": "synthetic", "options": {"n_domains": 3, "n_samples": [900, 600, 300], "n_users": 120,
-                                                "n_items": 90, "seed": 5}},
+    "source": {
+        "kind": "synthetic",
+        "options": {"n_domains": 3, "n_samples": [900, 600, 300], "n_users": 120, "n_items": 90, "seed": 5},
+    },
     "label": {"column": "label"},
     "domain": {"column": "domain"},
     "features": [{"name": "user_id"}, {"name": "item_id"}, {"name": "dense_0", "kind": "dense"}],
@@ -46,13 +54,35 @@ def _cfg(**kw):
 
 
 def test_flatten_round_trips_nested_state():
-    state = {"a": torch.arange(3), "opt": {"state": {0: {"step": torch.tensor(2.0)}}, "groups": [{"betas": (0.9, 0.99)}]},
-             "best": float("nan"), "none": None, "rng": (3, (1, 2), None)}
+    state = {
+        "a": torch.arange(3),
+        "opt": {"state": {0: {"step": torch.tensor(2.0)}}, "groups": [{"betas": (0.9, 0.99)}]},
+        "best": float("nan"),
+        "none": None,
+        "rng": (3, (1, 2), None),
+    }
     skeleton, tensors = flatten(state)
     back = unflatten(skeleton, tensors)
     assert torch.equal(back["a"], state["a"]) and back["opt"]["state"][0]["step"] == 2.0
     assert back["opt"]["groups"][0]["betas"] == (0.9, 0.99) and back["rng"] == (3, (1, 2), None)
     assert back["best"] != back["best"] and back["none"] is None
+
+
+def test_an_optimiser_state_paired_with_parameters_of_another_shape_is_refused():
+    # Optimizer.load_state_dict pairs by position: a model that lists its parameters in another order than
+    # the one that wrote the checkpoint (e.g. HiNet's shared experts before the banks were merged: every
+    # weight, then every bias) gets each moment paired with the wrong parameter.
+    w, b = torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))
+    written = torch.optim.Adam([w, b])
+    (w.sum() + b.sum()).backward()
+    written.step()
+    same = torch.optim.Adam([w, b])
+    same.load_state_dict(written.state_dict())
+    check_optimizer_state(same, "runs/x/checkpoints")
+    swapped = torch.optim.Adam([b, w])
+    swapped.load_state_dict(written.state_dict())
+    with pytest.raises(CheckpointError, match=r"runs/x/checkpoints.*another order"):
+        check_optimizer_state(swapped, "runs/x/checkpoints")
 
 
 def test_resume_in_process_is_bit_identical_with_dropout(ds, tmp_path):
@@ -118,12 +148,28 @@ def test_a_crashed_checkpoint_writer_leaves_nothing_that_later_runs_trip_over(ds
 
 CONFIG = {
     "protocol": "killed",
-    "data": {**DATA, "source": {"kind": "synthetic", "options": {"n_domains": 3, "n_samples": [6000, 4000, 2000],
-                                                                 "n_users": 300, "n_items": 200, "seed": 8}}},
+    "data": {
+        **DATA,
+        "source": {
+            "kind": "synthetic",
+            "options": {"n_domains": 3, "n_samples": [6000, 4000, 2000], "n_users": 300, "n_items": 200, "seed": 8},
+        },
+    },
     "train": {"batch_size": 32, "max_epochs": 4, "patience": 0, "seed": 1, "num_threads": 1},
 }
-TRAIN = ["-m", "polyrec.cli", "train", "--model", "star", "--set", "model.embedding_dim=4",
-         "--set", "model.hidden_units=[16,8]", "--set", "model.dropout=0.3"]
+TRAIN = [
+    "-m",
+    "polyrec.cli",
+    "train",
+    "--model",
+    "star",
+    "--set",
+    "model.embedding_dim=4",
+    "--set",
+    "model.hidden_units=[16,8]",
+    "--set",
+    "model.dropout=0.3",
+]
 
 
 def _train_cmd(config: Path, out: Path) -> list[str]:
@@ -148,8 +194,9 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):
     killed = tmp_path / "killed"
     kills = 0
     for wait_for in ("epoch-000001", "epoch-000002"):  # twice: mid epoch 1, then mid epoch 2 (or later)
-        proc = subprocess.Popen(_train_cmd(config, killed), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _train_cmd(config, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 240
         while not (killed / "checkpoints" / wait_for).exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -171,6 +218,6 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):
     ra = json.loads((straight / "result.json").read_text())
     rb = json.loads((killed / "result.json").read_text())
     assert ra["metrics"] == rb["metrics"] and ra["val_metrics"] == rb["val_metrics"]
-    history_a = [json.loads(l)["val_auc_mean"] for l in (straight / "metrics.jsonl").read_text().splitlines()]
-    history_b = [json.loads(l)["val_auc_mean"] for l in (killed / "metrics.jsonl").read_text().splitlines()]
+    history_a = [json.loads(line)["val_auc_mean"] for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    history_b = [json.loads(line)["val_auc_mean"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert history_a == history_b and len(history_a) == 4

@@ -17,8 +17,9 @@ BS = 128
 
 def dfei(ds, seed=0):
     torch.manual_seed(seed)
-    return create_model("dfei", ds.schema, embedding_dim=4, shared_units=[16], domain_units=[16], head_units=[8],
-                        attention_dim=8)
+    return create_model(
+        "dfei", ds.schema, embedding_dim=4, shared_units=[16], domain_units=[16], head_units=[8], attention_dim=8
+    )
 
 
 def cfg(**kw):
@@ -91,7 +92,7 @@ def test_every_round_holds_exactly_one_batch_of_each_domain(tiny_dataset, monkey
         assert len(dom.unique()) == 1, "a dfei_cyclic batch mixes domains"
         domains.append(int(dom[0]))
     for r in range(rounds):
-        assert domains[r * D:(r + 1) * D] == list(range(D))  # Algorithm 1's d = 1..D
+        assert domains[r * D : (r + 1) * D] == list(range(D))  # Algorithm 1's d = 1..D
     if epoch_end == "largest":
         # the largest domain's rows are each seen once; a smaller domain restarts its stream
         big = max(range(D), key=lambda d: counts[d])
@@ -103,11 +104,12 @@ def test_every_round_holds_exactly_one_batch_of_each_domain(tiny_dataset, monkey
 def test_shuffled_order_still_one_batch_per_domain_per_round(tiny_dataset, monkeypatch):
     seen = []
     real_step = TrainContext.step
-    monkeypatch.setattr(TrainContext, "step", lambda self, b, o=None: (seen.append(int(b.domain[0])),
-                                                                       real_step(self, b, o))[1])
+    monkeypatch.setattr(
+        TrainContext, "step", lambda self, b, o=None: (seen.append(int(b.domain[0])), real_step(self, b, o))[1]
+    )
     Trainer(dfei(tiny_dataset), tiny_dataset, cfg(strategy_options={"shuffle_order": True})).fit()
     D = tiny_dataset.schema.num_domains
-    rounds = [seen[i:i + D] for i in range(0, len(seen), D)]
+    rounds = [seen[i : i + D] for i in range(0, len(seen), D)]
     assert all(sorted(r) == list(range(D)) for r in rounds)
     assert len({tuple(r) for r in rounds}) > 1
 

@@ -29,23 +29,37 @@ def mlp(ds, seed=0):
 
 
 def cfg(strategy, **kw):
-    base = {"batch_size": BS, "max_epochs": 2, "patience": 0, "lr": 1e-2, "eval_batch_size": 2000,
-            "strategy": strategy, "monitor": "logloss_overall"}
+    base = {
+        "batch_size": BS,
+        "max_epochs": 2,
+        "patience": 0,
+        "lr": 1e-2,
+        "eval_batch_size": 2000,
+        "strategy": strategy,
+        "monitor": "logloss_overall",
+    }
     base.update(kw)
     return from_dict(TrainConfig, base)
 
 
 def context(model, ds, optimizer=None, grad_clip=0.0):
     return TrainContext(
-        model=model, optimizer=optimizer or torch.optim.SGD(model.parameters(), lr=0.1), task=BinaryTask(),
-        dataset=ds, rows=ds.splits["train"], batch_size=BS, sampler="mixed", seed=0, device=torch.device("cpu"),
+        model=model,
+        optimizer=optimizer or torch.optim.SGD(model.parameters(), lr=0.1),
+        task=BinaryTask(),
+        dataset=ds,
+        rows=ds.splits["train"],
+        batch_size=BS,
+        sampler="mixed",
+        seed=0,
+        device=torch.device("cpu"),
         grad_clip=grad_clip,
     )
 
 
 def domain_batch(ds, domain, start=0, n=BS):
     rows = ds.splits["train"]
-    return ds.batch(rows[ds.domain[rows] == domain][start:start + n])
+    return ds.batch(rows[ds.domain[rows] == domain][start : start + n])
 
 
 def params(model):
@@ -72,7 +86,9 @@ def epoch_updates(strategy, ds, monkeypatch):
     cls = type(strategy)
     seen = []
     real = cls.round
-    monkeypatch.setattr(cls, "round", lambda self, ctx, batches, g: (seen.append(batches), real(self, ctx, batches, g))[1])
+    monkeypatch.setattr(
+        cls, "round", lambda self, ctx, batches, g: (seen.append(batches), real(self, ctx, batches, g))[1]
+    )
     ctx = context(mlp(ds), ds)
     strategy.setup(ctx)
     strategy.run_epoch(ctx, 0)
@@ -101,17 +117,20 @@ def test_all_registered_and_bad_options_name_the_field():
         create_strategy(name)  # defaults are valid
 
 
-@pytest.mark.parametrize("name, options, field", [
-    ("weighted_loss", {"log_var_lr": 0.0}, "log_var_lr"),
-    ("pcgrad", {"reduction": "max"}, "reduction"),
-    ("maml", {"inner_steps": -1}, "inner_steps"),
-    ("maml", {"inner_lr": -0.1}, "inner_lr"),
-    ("reptile", {"outer_lr": 1.5}, "outer_lr"),
-    ("reptile", {"inner_steps": 0}, "inner_steps"),
-    ("reptile", {"inner_optimizer": "adam"}, "inner_optimizer"),
-    ("mldg", {"beta": -1.0}, "beta"),
-    ("mldg", {"meta_test_domains": 0}, "meta_test_domains"),
-])
+@pytest.mark.parametrize(
+    "name, options, field",
+    [
+        ("weighted_loss", {"log_var_lr": 0.0}, "log_var_lr"),
+        ("pcgrad", {"reduction": "max"}, "reduction"),
+        ("maml", {"inner_steps": -1}, "inner_steps"),
+        ("maml", {"inner_lr": -0.1}, "inner_lr"),
+        ("reptile", {"outer_lr": 1.5}, "outer_lr"),
+        ("reptile", {"inner_steps": 0}, "inner_steps"),
+        ("reptile", {"inner_optimizer": "adam"}, "inner_optimizer"),
+        ("mldg", {"beta": -1.0}, "beta"),
+        ("mldg", {"meta_test_domains": 0}, "meta_test_domains"),
+    ],
+)
 def test_bad_option_raises_config_error(name, options, field):
     with pytest.raises(ConfigError, match=f"train.strategy_options.{field}"):
         create_strategy(name, options)
@@ -120,7 +139,7 @@ def test_bad_option_raises_config_error(name, options, field):
 @pytest.mark.parametrize("name", NAMES)
 def test_rounds_hold_every_domain_and_an_epoch_is_one_pass_of_the_largest(tiny_dataset, monkeypatch, name):
     strategy = create_strategy(name, {"sampling": "rounds"} if name in MIXED else {})
-    seen, ctx = epoch_updates(strategy, tiny_dataset, monkeypatch)
+    seen, _ctx = epoch_updates(strategy, tiny_dataset, monkeypatch)
     counts = torch.bincount(tiny_dataset.domain[tiny_dataset.splits["train"]]).tolist()
     k = strategy.batches_per_domain()
     assert len(seen) == math.ceil(math.ceil(max(counts) / BS) / k)
@@ -148,8 +167,11 @@ def test_grad_clip_bounds_the_update(tiny_dataset, name):
     ctx = context(model, tiny_dataset, torch.optim.SGD(model.parameters(), lr=1.0), grad_clip=1e-3)
     strategy.setup(ctx)
     k = strategy.batches_per_domain()
-    strategy.round(ctx, {d: [domain_batch(tiny_dataset, d, i * BS) for i in range(k)] for d in range(3)},
-                   torch.Generator().manual_seed(0))
+    strategy.round(
+        ctx,
+        {d: [domain_batch(tiny_dataset, d, i * BS) for i in range(k)] for d in range(3)},
+        torch.Generator().manual_seed(0),
+    )
     moved = torch.cat([p.detach().reshape(-1) for p in model.parameters()]) - before
     cfg_ = strategy.config
     # Reptile: inner_steps clipped steps of the optimiser (lr 1) per domain, averaged, times outer_lr
@@ -167,6 +189,7 @@ def test_a_step_keeps_gradients_only_on_what_its_optimiser_updates(tiny_dataset,
     assert all(p.grad is not None for p in model.parameters())
     clipped = []
     real = torch.nn.utils.clip_grad_norm_
+
     def spy(parameters, *args, **kwargs):
         clipped.append(list(parameters))
         return real(clipped[-1], *args, **kwargs)
@@ -243,18 +266,21 @@ def test_maml_meta_gradient_first_and_second_order(tiny_dataset):
 
     fo, so = theta, copy.deepcopy(theta)
     opts = {"inner_lr": 0.5, "inner_steps": 1}
-    create_strategy("maml", {**opts, "first_order": True}).round(context(fo, tiny_dataset), {2: [support, query]},
-                                                                  torch.Generator())
+    create_strategy("maml", {**opts, "first_order": True}).round(
+        context(fo, tiny_dataset), {2: [support, query]}, torch.Generator()
+    )
     assert_params_close(params(fo), expected)
-    create_strategy("maml", {**opts, "first_order": False}).round(context(so, tiny_dataset), {2: [support, query]},
-                                                                   torch.Generator())
+    create_strategy("maml", {**opts, "first_order": False}).round(
+        context(so, tiny_dataset), {2: [support, query]}, torch.Generator()
+    )
     diff = max(float((x - y).abs().max()) for x, y in zip(params(fo), params(so)))
     assert diff > 1e-5  # the second-order (Hessian) term is not zero
     # second order: the meta-gradient is (I - α H_support(θ)) ∇L_query(θ'), H·v by double backward
     start = mlp(tiny_dataset)  # θ again (``theta`` itself has moved)
     g_query = [a.grad for a in adapted.parameters()]
-    g_support = torch.autograd.grad(BinaryTask().losses(start(support), support)["loss"], list(start.parameters()),
-                                    create_graph=True)
+    g_support = torch.autograd.grad(
+        BinaryTask().losses(start(support), support)["loss"], list(start.parameters()), create_graph=True
+    )
     hvp = torch.autograd.grad(sum((g * v).sum() for g, v in zip(g_support, g_query)), list(start.parameters()))
     second = [p.detach() - 0.1 * (gq - 0.5 * h) for p, gq, h in zip(start.parameters(), g_query, hvp)]
     assert_params_close(params(so), second)
@@ -293,8 +319,9 @@ def test_reptile_interpolates_towards_the_mean_of_independent_inner_runs(tiny_da
         sgd_steps(run, tiny_dataset, domain_batches, lr=0.3)  # every domain starts from the same θ
         runs.append(params(run))
     start = params(theta)
-    reptile = create_strategy("reptile", {"inner_optimizer": "sgd", "inner_steps": 2, "inner_lr": 0.3,
-                                          "outer_lr": 0.25})
+    reptile = create_strategy(
+        "reptile", {"inner_optimizer": "sgd", "inner_steps": 2, "inner_lr": 0.3, "outer_lr": 0.25}
+    )
     reptile.round(context(theta, tiny_dataset), batches, torch.Generator())
     expected = [t + 0.25 * ((r0 - t) + (r1 - t)) / 2 for t, r0, r1 in zip(start, *runs)]
     assert_params_close(params(theta), expected)
@@ -306,8 +333,7 @@ def test_reptile_default_inner_loop_is_the_configured_optimiser_and_restarts_fro
     b, c = copy.deepcopy(a), copy.deepcopy(a)
     batches = [domain_batch(tiny_dataset, 0, i * BS) for i in range(3)]
     reptile = create_strategy("reptile", {"inner_steps": 3, "outer_lr": 1.0})
-    reptile.round(context(a, tiny_dataset, torch.optim.Adam(a.parameters(), lr=1e-2)), {0: batches},
-                  torch.Generator())
+    reptile.round(context(a, tiny_dataset, torch.optim.Adam(a.parameters(), lr=1e-2)), {0: batches}, torch.Generator())
     ctx_b = context(b, tiny_dataset, torch.optim.Adam(b.parameters(), lr=1e-2))
     for batch in batches:
         ctx_b.step(batch)
@@ -377,15 +403,21 @@ def test_weighted_loss_log_variances_learn_and_are_checkpointed(tiny_dataset, tm
     assert [g.get("name") for g in t.optimizer.param_groups] == [None, LOG_VARS]
     assert t.history[-1]["train_weight_0"] == pytest.approx(math.exp(-float(s_straight[0])))
 
-    first = Trainer(mlp(tiny_dataset), tiny_dataset, cfg("weighted_loss", max_epochs=1, strategy_options=options),
-                    out_dir=tmp_path)
+    first = Trainer(
+        mlp(tiny_dataset), tiny_dataset, cfg("weighted_loss", max_epochs=1, strategy_options=options), out_dir=tmp_path
+    )
     first.fit()
     s_saved = first.strategy.log_vars.detach().clone()
     checkpoint = load_latest_checkpoint(tmp_path / "checkpoints")
     torch.testing.assert_close(checkpoint["strategy"]["log_vars"], s_saved, rtol=0, atol=0)
 
-    again = Trainer(mlp(tiny_dataset, seed=1), tiny_dataset,
-                    cfg("weighted_loss", max_epochs=1, strategy_options=options), out_dir=tmp_path, resume=True)
+    again = Trainer(
+        mlp(tiny_dataset, seed=1),
+        tiny_dataset,
+        cfg("weighted_loss", max_epochs=1, strategy_options=options),
+        out_dir=tmp_path,
+        resume=True,
+    )
     again.fit()  # epoch 1 of 1 is done: only restores
     assert torch.equal(again.strategy.log_vars.detach(), s_saved)
 
@@ -464,20 +496,26 @@ def test_a_bad_value_of_every_option_raises_naming_the_option(name):
                 create_strategy(name, {f.name: value})
 
 
-@pytest.mark.parametrize("name, options, message", [
-    ("mamdr", {"specific_lr": 1.5}, "specific_lr: 1.5 is not allowed; must be > 0 and <= 1"),  # a rate in (0, 1]
-    ("domain_negotiation", {"outer_lr": 0.0}, "outer_lr: 0.0 is not allowed; must be > 0 and <= 1"),
-    ("domain_regularization", {"outer_lr": 2.0}, "outer_lr: 2.0 is not allowed; must be > 0 and <= 1"),
-    ("reptile", {"outer_lr": -0.1}, "outer_lr: -0.1 is not allowed; must be >= 0 and <= 1"),  # a rate in [0, 1]
-    ("mamdr", {"helper_batches": 0}, "helper_batches: 0 is not allowed; must be >= 1"),  # an optional count
-    ("alternate_finetune", {"alternate_epochs": 0}, "alternate_epochs: 0 is not allowed; must be >= 1"),  # a count
-    ("two_phase", {"pretrain_epochs": -1}, "pretrain_epochs: -1 is not allowed; must be >= 0"),
-    ("maml", {"inner_lr": float("nan")}, "inner_lr: nan is not allowed; must be >= 0 and < inf"),  # a finite lr
-    ("weighted_loss", {"log_var_lr": float("inf")}, "log_var_lr: inf is not allowed; must be > 0 and < inf"),
-    ("mamdr", {"specific_parameters": "sparse"},
-     r"specific_parameters: value 'sparse' is not one of \['all', 'dense'\]"),  # a closed set
-    ("dfei_cyclic", {"shuffle_order": "yes"}, "shuffle_order: expected true or false, got 'yes'"),  # a flag
-])
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("mamdr", {"specific_lr": 1.5}, "specific_lr: 1.5 is not allowed; must be > 0 and <= 1"),  # a rate in (0, 1]
+        ("domain_negotiation", {"outer_lr": 0.0}, "outer_lr: 0.0 is not allowed; must be > 0 and <= 1"),
+        ("domain_regularization", {"outer_lr": 2.0}, "outer_lr: 2.0 is not allowed; must be > 0 and <= 1"),
+        ("reptile", {"outer_lr": -0.1}, "outer_lr: -0.1 is not allowed; must be >= 0 and <= 1"),  # a rate in [0, 1]
+        ("mamdr", {"helper_batches": 0}, "helper_batches: 0 is not allowed; must be >= 1"),  # an optional count
+        ("alternate_finetune", {"alternate_epochs": 0}, "alternate_epochs: 0 is not allowed; must be >= 1"),  # a count
+        ("two_phase", {"pretrain_epochs": -1}, "pretrain_epochs: -1 is not allowed; must be >= 0"),
+        ("maml", {"inner_lr": float("nan")}, "inner_lr: nan is not allowed; must be >= 0 and < inf"),  # a finite lr
+        ("weighted_loss", {"log_var_lr": float("inf")}, "log_var_lr: inf is not allowed; must be > 0 and < inf"),
+        (
+            "mamdr",
+            {"specific_parameters": "sparse"},
+            r"specific_parameters: value 'sparse' is not one of \['all', 'dense'\]",
+        ),  # a closed set
+        ("dfei_cyclic", {"shuffle_order": "yes"}, "shuffle_order: expected true or false, got 'yes'"),  # a flag
+    ],
+)
 def test_bad_option_messages_name_the_path_the_value_and_what_is_allowed(name, options, message):
     with pytest.raises(ConfigError, match=f"^train.strategy_options.{message}$"):
         create_strategy(name, options)
@@ -500,7 +538,9 @@ def test_a_taken_strategy_name_cannot_be_registered_again():
 
     taken = r"strategy name 'maml' is already registered by polyrec.training.strategies.frameworks.MAML; "
     with pytest.raises(ValueError, match=taken + r"register .*Impostor under another name"):
+
         @register_strategy("maml")
         class Impostor(Strategy):
             pass
+
     assert get_strategy_class("maml").__name__ == "MAML"

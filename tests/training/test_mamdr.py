@@ -22,8 +22,19 @@ def mlp(ds, seed=0):
 
 
 def cfg(strategy, max_epochs=1, **options):
-    return from_dict(TrainConfig, {"batch_size": BS, "max_epochs": max_epochs, "patience": 0, "lr": 3e-3, "eval_batch_size": 4000,
-                                       "strategy": strategy, "strategy_options": options, "precise_norm_stats": False})
+    return from_dict(
+        TrainConfig,
+        {
+            "batch_size": BS,
+            "max_epochs": max_epochs,
+            "patience": 0,
+            "lr": 3e-3,
+            "eval_batch_size": 4000,
+            "strategy": strategy,
+            "strategy_options": options,
+            "precise_norm_stats": False,
+        },
+    )
 
 
 def params(model):
@@ -32,9 +43,17 @@ def params(model):
 
 def context(model, ds, config):
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-    return TrainContext(model=model, optimizer=opt, task=Trainer(model, ds, config).task, dataset=ds,
-                        rows=ds.splits["train"], batch_size=config.batch_size, sampler="mixed", seed=0,
-                        device=torch.device("cpu"))
+    return TrainContext(
+        model=model,
+        optimizer=opt,
+        task=Trainer(model, ds, config).task,
+        dataset=ds,
+        rows=ds.splits["train"],
+        batch_size=config.batch_size,
+        sampler="mixed",
+        seed=0,
+        device=torch.device("cpu"),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the wrapper
@@ -162,8 +181,7 @@ def test_mamdr_dn_leaves_offsets_and_dr_leaves_shared_parameters(tiny_dataset, m
         assert all(torch.count_nonzero(bank[d]) > 0 for d in range(3))
 
 
-def test_dr_trains_a_copy_on_the_helper_then_the_target_and_moves_the_offset_by_specific_lr(tiny_dataset,
-                                                                                            monkeypatch):
+def test_dr_trains_a_copy_on_the_helper_then_the_target_and_moves_the_offset_by_specific_lr(tiny_dataset, monkeypatch):
     """Eqs. 5-8 with one helper: θ^i = γ(θ̃^i − (θ^S + θ^i)), θ̃^i trained on T^j, then on T^i."""
     steps, passes = [], []
     real_step, real_run = TrainContext.step, _Passes.run
@@ -227,13 +245,16 @@ def test_mamdr_checks_its_options_and_its_model(tiny_dataset):
         Trainer(mlp(tiny_dataset), tiny_dataset, cfg("alternate_finetune", alternate_epochs=1)).fit()
 
 
-@pytest.mark.parametrize("strategy,options", [
-    ("domain_negotiation", {"outer_lr": 0.5, "inner_batches": 2}),
-    ("mamdr", {"outer_lr": 0.5, "inner_batches": 2, "helper_batches": 2, "target_batches": 2}),
-    ("mamdr", {"specific_parameters": "dense"}),
-    ("domain_regularization", {"helper_domains": 1}),
-    ("alternate_finetune", {"alternate_epochs": 2}),
-])
+@pytest.mark.parametrize(
+    "strategy,options",
+    [
+        ("domain_negotiation", {"outer_lr": 0.5, "inner_batches": 2}),
+        ("mamdr", {"outer_lr": 0.5, "inner_batches": 2, "helper_batches": 2, "target_batches": 2}),
+        ("mamdr", {"specific_parameters": "dense"}),
+        ("domain_regularization", {"helper_domains": 1}),
+        ("alternate_finetune", {"alternate_epochs": 2}),
+    ],
+)
 def test_strategies_learn_and_are_deterministic(tiny_dataset, strategy, options):
     runs = []
     for _ in range(2):
@@ -281,9 +302,10 @@ def test_build_model_wraps_for_strategies_that_need_specific_parameters(tiny_dat
     base = {"data": {}, "model": {"name": "mlp", "embedding_dim": 4, "hidden_units": [8]}}
     plain = build_model(resolve_config({**base, "train": {"strategy": "domain_negotiation"}}), tiny_dataset.schema)
     assert not isinstance(plain, DomainSpecificModel)
-    wrapped = build_model(resolve_config({**base, "train": {"strategy": "mamdr",
-                                                            "strategy_options": {"specific_parameters": "dense"}}}),
-                          tiny_dataset.schema)
+    wrapped = build_model(
+        resolve_config({**base, "train": {"strategy": "mamdr", "strategy_options": {"specific_parameters": "dense"}}}),
+        tiny_dataset.schema,
+    )
     assert isinstance(wrapped, DomainSpecificModel) and wrapped.include == "dense"
 
 
@@ -317,11 +339,14 @@ def embedding_parameters(model):
     return [(n, p) for n, p in model.model.named_parameters() if n.startswith("embeddings.")]
 
 
-@pytest.mark.parametrize("strategy,options", [
-    ("mamdr", {"specific_parameters": "dense"}),
-    ("domain_regularization", {"specific_parameters": "dense"}),
-    ("alternate_finetune", {"specific_parameters": "dense", "alternate_epochs": 1}),
-])
+@pytest.mark.parametrize(
+    "strategy,options",
+    [
+        ("mamdr", {"specific_parameters": "dense"}),
+        ("domain_regularization", {"specific_parameters": "dense"}),
+        ("alternate_finetune", {"specific_parameters": "dense", "alternate_epochs": 1}),
+    ],
+)
 def test_phases_that_train_dense_offsets_leave_no_embedding_gradients(tiny_dataset, strategy, options):
     """The embedding tables stay shared while the offsets train: no gradient may pile up on them."""
     s = create_strategy(strategy, options)
@@ -369,9 +394,8 @@ def test_train_specific_freezes_the_parameters_without_offsets_and_restores_them
         assert not any(p.requires_grad for p in embeddings)
         assert all(p.requires_grad for p in model.shared_parameters())
     assert all(p.requires_grad for p in embeddings)
-    with pytest.raises(RuntimeError, match="boom"):
-        with model.train_specific(0):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), model.train_specific(0):
+        raise RuntimeError("boom")
     assert all(p.requires_grad for p in embeddings)
 
 
@@ -381,8 +405,12 @@ def test_alternate_finetune_starts_finetuning_when_early_stopping_ends_alternate
     model = DomainSpecificModel(mlp(tiny_dataset))
     shared = []
     config = dataclasses.replace(cfg("alternate_finetune", max_epochs=40), patience=1)
-    trainer = Trainer(model, tiny_dataset, config,
-                      callbacks=(lambda r: shared.append([p.detach().clone() for p in model.shared_parameters()]),))
+    trainer = Trainer(
+        model,
+        tiny_dataset,
+        config,
+        callbacks=(lambda r: shared.append([p.detach().clone() for p in model.shared_parameters()]),),
+    )
     summary = trainer.fit()
     phases = [r["train_phase"] for r in trainer.history]
     switch = phases.index(2.0)
@@ -390,3 +418,19 @@ def test_alternate_finetune_starts_finetuning_when_early_stopping_ends_alternate
     best = max(i for i in range(switch) if trainer.history[i]["best"])
     assert all(torch.equal(a, b) for a, b in zip(shared[switch], shared[best]))
     assert trainer.strategy.state_dict()["switch_epoch"] == switch
+
+
+def test_effective_options_resolve_the_data_dependent_defaults():
+    assert create_strategy("mamdr").effective_options(7)["helper_domains"] == 3  # min(3, D - 1)
+    assert create_strategy("mamdr").effective_options(2)["helper_domains"] == 1
+    assert create_strategy("mamdr", {"helper_domains": 2}).effective_options(7)["helper_domains"] == 2
+    assert create_strategy("domain_negotiation").effective_options(7) == {"outer_lr": 0.1, "inner_batches": None}
+
+
+def test_the_trainer_runs_the_strategy_the_model_was_prepared_with_and_refuses_another(tiny_dataset):
+    config = cfg("mamdr")
+    strategy = create_strategy("mamdr")
+    model = strategy.prepare_model(mlp(tiny_dataset))
+    assert Trainer(model, tiny_dataset, config, strategy=strategy).strategy is strategy
+    with pytest.raises(ValueError, match="is not the one its config names"):
+        Trainer(model, tiny_dataset, config, strategy=create_strategy("mamdr", {"outer_lr": 0.5}))

@@ -46,8 +46,9 @@ def model_for(strategy: str, ds: EncodedDataset) -> torch.nn.Module:
     if strategy == "two_phase":
         return attach_mlora(create_model("mlp", ds.schema, embedding_dim=4, hidden_units=[8]), alpha=4)
     if strategy == "dfei_cyclic":
-        return create_model("dfei", ds.schema, embedding_dim=4, shared_units=[8], domain_units=[8], head_units=[8],
-                            attention_dim=4)
+        return create_model(
+            "dfei", ds.schema, embedding_dim=4, shared_units=[8], domain_units=[8], head_units=[8], attention_dim=4
+        )
     return create_model("mlp", ds.schema, embedding_dim=4, hidden_units=[8])
 
 
@@ -56,8 +57,17 @@ def drawn_rows(name: str, options: dict, ds: EncodedDataset, seed: int, monkeypa
     strategy = create_strategy(name, options)
     model = strategy.prepare_model(model_for(name, ds))
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    ctx = TrainContext(model=model, optimizer=opt, task=BinaryTask(), dataset=ds, rows=ds.splits["train"],
-                       batch_size=BS, sampler=strategy.default_sampler, seed=seed, device=torch.device("cpu"))
+    ctx = TrainContext(
+        model=model,
+        optimizer=opt,
+        task=BinaryTask(),
+        dataset=ds,
+        rows=ds.splits["train"],
+        batch_size=BS,
+        sampler=strategy.default_sampler,
+        seed=seed,
+        device=torch.device("cpu"),
+    )
     seen: list[tuple[int, ...]] = []
     real = EncodedDataset.batch
 

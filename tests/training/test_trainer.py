@@ -13,8 +13,10 @@ from polyrec.data.samplers import epoch_batches
 from polyrec.training.strategies import create_strategy, list_strategies
 
 DATA = {
-    "source": {"kind": "synthetic", "options": {"n_domains": 3, "n_samples": [1500, 800, 400], "n_users": 200,
-                                                "n_items": 150, "seed": 3}},
+    "source": {
+        "kind": "synthetic",
+        "options": {"n_domains": 3, "n_samples": [1500, 800, 400], "n_users": 200, "n_items": 150, "seed": 3},
+    },
     "label": {"column": "label"},
     "domain": {"column": "domain"},
     "features": [{"name": "user_id"}, {"name": "item_id"}, {"name": "dense_0", "kind": "dense"}],
@@ -48,8 +50,9 @@ def test_training_improves_validation_auc(ds):
     assert after > before + 0.05
 
 
-@pytest.mark.parametrize("strategy,sampler", [("joint", "mixed"), ("domain_batched", "domain_batched"),
-                                              ("alternate", "domain_sequential")])
+@pytest.mark.parametrize(
+    "strategy,sampler", [("joint", "mixed"), ("domain_batched", "domain_batched"), ("alternate", "domain_sequential")]
+)
 def test_strategies_use_their_samplers(ds, strategy, sampler, monkeypatch):
     seen = []
     import polyrec.training.strategies.base as base
@@ -95,7 +98,7 @@ def test_checkpoint_resume_equals_uninterrupted_training(ds, tmp_path):
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["epoch"] for l in lines] == [0, 1, 2, 3]
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
     assert (tmp_path / "metrics.csv").read_text().count("\n") == 5
 
 
@@ -127,3 +130,71 @@ def test_unknown_domain_at_evaluation_is_an_error(ds):
     bad.domain[bad.splits["test"][0]] = 7
     with pytest.raises(ValueError, match="7"):
         Trainer(model_for(ds), bad, cfg()).evaluate("test")
+
+
+# ------------------------------------------------------------------------------------ the evaluation loop
+def test_score_rows_runs_the_rows_in_order_in_batches(ds):
+    from polyrec.training.scoring import score_rows
+    from polyrec.training.trainer import predict
+
+    model = model_for(ds)
+    model.train()
+    rows = ds.splits["test"][torch.randperm(len(ds.splits["test"]), generator=torch.Generator().manual_seed(0))]
+    seen = []
+    scores = score_rows(model, ds, rows, batch_size=97, on_batch=lambda b, logits: seen.append((len(b), logits)))
+    assert not model.training  # left in eval mode, as predict and evaluate always have
+    assert [n for n, _ in seen] == [97] * (len(rows) // 97) + [len(rows) % 97]
+    assert torch.equal(torch.cat([logits for _, logits in seen]), scores.logits)
+    assert scores.logits.dtype == torch.float32 and scores.logits.shape == rows.shape
+    assert torch.equal(scores.label, ds.label[rows]) and torch.equal(scores.domain, ds.domain[rows])
+    assert torch.equal(scores.user, ds.user[rows])
+    with torch.no_grad():
+        torch.testing.assert_close(scores.logits, model(ds.batch(rows)).logits)  # one batch or many: the same rows
+    assert torch.equal(predict(model, ds, rows, batch_size=97), scores.logits)
+    empty = score_rows(model, ds, rows[:0])
+    assert empty.logits.shape == (0,) and empty.user is None
+
+
+def test_evaluate_is_an_evaluator_fed_batch_by_batch(ds):
+    from polyrec.evaluation.metrics import MultiDomainEvaluator
+    from polyrec.training.trainer import evaluate
+
+    model = model_for(ds)
+    got = evaluate(model, ds, "val", batch_size=64)
+    ev = MultiDomainEvaluator(list(ds.schema.domain.values))
+    rows = ds.splits["val"]
+    with torch.no_grad():
+        for start in range(0, len(rows), 64):
+            batch = ds.batch(rows[start : start + 64])
+            ev.update(model(batch).logits, batch.label, batch.domain, batch.user)
+    assert json.dumps(got.to_dict()) == json.dumps(ev.compute().to_dict())  # the same bytes
+
+
+def test_epoch_records_keep_their_keys(ds, tmp_path):
+    Trainer(model_for(ds), ds, cfg(max_epochs=1, monitor="gauc"), out_dir=tmp_path).fit()
+    (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert list(record) == [
+        "epoch",
+        "train_bce",
+        "train_loss",
+        "val_gauc",
+        "val_auc_overall",
+        "val_logloss_overall",
+        "val_auc_per_domain",
+        "epoch_s",
+        "recalibration_s",
+        "samples_per_s",
+        "best",
+    ]
+    assert list(record["val_auc_per_domain"]) == list(ds.schema.domain.values)
+
+
+def test_non_finite_validation_logits_are_divergence(ds, monkeypatch):
+    from polyrec.training import trainer as trainer_module
+
+    def blown(*a, **k):
+        raise ValueError("logits contains 1 non-finite value(s), first at position 0 (value inf)")
+
+    monkeypatch.setattr(trainer_module, "evaluate", blown)
+    with pytest.raises(trainer_module.TrainingDiverged, match="epoch 0: training loss .*, validation logloss inf"):
+        Trainer(model_for(ds), ds, cfg(max_epochs=1)).fit()

@@ -24,8 +24,15 @@ def adapted(ds, name="mlp", seed=0, **kw):
 
 
 def cfg(**kw):
-    base = dict(batch_size=256, max_epochs=2, patience=0, lr=1e-2, eval_batch_size=4096, strategy="two_phase",
-                strategy_options={"pretrain_epochs": 1})
+    base = dict(
+        batch_size=256,
+        max_epochs=2,
+        patience=0,
+        lr=1e-2,
+        eval_batch_size=4096,
+        strategy="two_phase",
+        strategy_options={"pretrain_epochs": 1},
+    )
     base.update(kw)
     return from_dict(TrainConfig, base)
 
@@ -85,7 +92,6 @@ def test_resume_in_phase_two_keeps_backbone_frozen(tiny_dataset, tmp_path):
     trainer = Trainer(resumed_model, tiny_dataset, cfg(max_epochs=3), out_dir=tmp_path, resume=True)
     assert trainer.epoch == 2
     back = snapshot(resumed_model.backbone_parameters())
-    ada = snapshot(resumed_model.adapter_parameters())
     trainer.fit()
     assert [r["train_phase"] for r in trainer.history] == [1.0, 2.0, 2.0]
     # best weights restored at the end may be an earlier epoch's; the backbone is phase 1's either way
@@ -127,8 +133,9 @@ def _timeless(history):
 def test_early_stopping_ends_phase_one_and_phase_two_starts_from_the_best_backbone(tiny_dataset):
     model = adapted(tiny_dataset)
     backbones = []
-    trainer = Trainer(model, tiny_dataset, _auto(),
-                      callbacks=(lambda r: backbones.append(snapshot(model.backbone_parameters())),))
+    trainer = Trainer(
+        model, tiny_dataset, _auto(), callbacks=(lambda r: backbones.append(snapshot(model.backbone_parameters())),)
+    )
     summary = trainer.fit()
     phases = [r["train_phase"] for r in trainer.history]
     switch = phases.index(2.0)
@@ -168,7 +175,10 @@ def test_max_epochs_ending_an_improving_run_is_warned_about(tiny_dataset):
     torch.manual_seed(0)
     plain = create_model("mlp", tiny_dataset.schema, embedding_dim=4, hidden_units=[8])
     run = from_dict(TrainConfig, {"batch_size": 256, "max_epochs": 1, "patience": 3, "lr": 1e-2})
-    with pytest.warns(RuntimeWarning, match=r"train.max_epochs=1 ended the run while validation auc_mean was still "
-                                            r"improving \(best epoch 0 of 1\)"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"train.max_epochs=1 ended the run while validation auc_mean was still "
+        r"improving \(best epoch 0 of 1\)",
+    ):
         summary = Trainer(plain, tiny_dataset, run).fit()
     assert summary["stopped_by"] == "max_epochs"

@@ -38,7 +38,7 @@ class Batch:
     def __len__(self) -> int:
         return int(self.label.shape[0])
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(
             sparse=self.sparse.to(device, non_blocking=True),
             dense=self.dense.to(device, non_blocking=True),
@@ -48,7 +48,7 @@ class Batch:
             user=None if self.user is None else self.user.to(device, non_blocking=True),
         )
 
-    def select(self, index: Tensor) -> "Batch":
+    def select(self, index: Tensor) -> Batch:
         """Rows ``index`` of this batch (a gather on every tensor)."""
         return Batch(
             sparse=self.sparse[index],

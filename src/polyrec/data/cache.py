@@ -20,18 +20,19 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Union
+from typing import Union
 
 __all__ = [
-    "CACHE_ENV_VAR",
     "ABANDONED_AFTER_S",
-    "cache_dir",
-    "atomic_write_bytes",
+    "CACHE_ENV_VAR",
     "atomic_write",
+    "atomic_write_bytes",
+    "cache_dir",
+    "remove_abandoned",
     "sha256_file",
     "temp_prefix",
-    "remove_abandoned",
 ]
 
 #: Environment variable that overrides the default cache location.
@@ -149,8 +150,7 @@ def remove_abandoned(folder: PathLike, max_age_s: float = ABANDONED_AFTER_S) -> 
             continue
         match = _TEMP_NAME.match(path.name)
         # os.kill(pid, 0) on Windows would terminate the process: there, only the age counts.
-        dead = (match is not None and match.group(2) == host and os.name != "nt"
-                and not _pid_alive(int(match.group(1))))
+        dead = match is not None and match.group(2) == host and os.name != "nt" and not _pid_alive(int(match.group(1)))
         if not (dead or age > max_age_s):
             continue
         if path.is_dir() and not path.is_symlink():

@@ -22,8 +22,9 @@ Example (YAML)::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from ..config import field_error, param
 
@@ -43,14 +44,15 @@ _FINITE = _rule(lambda v: math.isfinite(v), "must be a finite number")
 
 def _groups_error(groups: dict[str, list[Any]]) -> str | None:
     if not groups:
-        return (f"{groups!r} is not allowed; name at least one domain (name: [raw values]), or leave groups "
-                "unset to make each distinct value its own domain")
+        return (
+            f"{groups!r} is not allowed; name at least one domain (name: [raw values]), or leave groups "
+            "unset to make each distinct value its own domain"
+        )
     for name, values in groups.items():
         if not name:
             return f"{groups!r} is not allowed; every domain needs a non-empty name"
         if not values:
-            return (f"{groups!r} is not allowed; domain {name!r} lists no raw values: give it at least one, "
-                    "or remove it")
+            return f"{groups!r} is not allowed; domain {name!r} lists no raw values: give it at least one, or remove it"
     return None
 
 
@@ -64,13 +66,30 @@ def _unique_strings_error(names: tuple[str, ...]) -> str | None:
     return None
 
 
-def _unique_names_error(features: tuple["FeatureConfig", ...]) -> str | None:
+def _unique_names_error(features: tuple[FeatureConfig, ...]) -> str | None:
     names = [f.name for f in features]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        return (f"names {names} are not allowed; duplicate names {dup}: every feature needs its own name (set "
-                "column: to read one raw column as two features)")
+        return (
+            f"names {names} are not allowed; duplicate names {dup}: every feature needs its own name (set "
+            "column: to read one raw column as two features)"
+        )
     return None
+
+
+#: The MovieLens data sets, by the one name configs, records and the CLI use.
+MOVIELENS_NAMES = ("ml-1m", "ml-100k")
+#: Other spellings accepted for them (``polyrec data fetch movielens-1m``, ``name: movielens-100k``), read
+#: as the name they stand for, so a config spelt either way is the same config (and the same cache entry).
+MOVIELENS_ALIASES = {"movielens-1m": "ml-1m", "movielens-100k": "ml-100k"}
+
+
+def movielens_name(name: str) -> str | None:
+    """The canonical name (``ml-1m``, ``ml-100k``) of a MovieLens data set spelt ``name`` (case and the
+    ``movielens-`` aliases ignored), or None when it names none of them."""
+    key = str(name).strip().lower()
+    key = MOVIELENS_ALIASES.get(key, key)
+    return key if key in MOVIELENS_NAMES else None
 
 
 @dataclass(frozen=True)
@@ -78,7 +97,8 @@ class SourceConfig:
     """Where the raw rows come from.
 
     Args:
-        kind: ``movielens`` (``name`` ml-1m / ml-100k; from the registry wheel or ``path``), ``csv``,
+        kind: ``movielens`` (``name`` ml-1m / ml-100k, also spelt movielens-1m / movielens-100k; from the
+            registry wheel or ``path``), ``csv``,
             ``parquet``, ``atomic`` (RecBole atomic files: ``path`` is the folder, ``name`` the prefix) or
             ``synthetic`` (``options`` are :func:`polyrec.data.sources.make_synthetic` arguments).
         name: data set name for ``movielens`` and ``atomic``.
@@ -97,9 +117,22 @@ class SourceConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.kind == "movielens" and isinstance(self.name, str):
+            canonical = movielens_name(self.name)
+            if canonical is None:
+                raise field_error(
+                    "name",
+                    self.name,
+                    f"must be one of {', '.join(map(repr, MOVIELENS_NAMES))} "
+                    f"(also spelt {', '.join(map(repr, MOVIELENS_ALIASES))})",
+                )
+            object.__setattr__(self, "name", canonical)  # one spelling in saved configs and cache keys
         if self.kind in ("csv", "parquet", "atomic") and not self.path:
-            raise field_error("path", self.path, f"kind {self.kind!r} reads local files: set data.source.path "
-                                                 "to the file (or folder) to read")
+            raise field_error(
+                "path",
+                self.path,
+                f"kind {self.kind!r} reads local files: set data.source.path to the file (or folder) to read",
+            )
         if self.sep is not None and self.kind == "parquet":
             raise field_error("sep", self.sep, "data.source.sep applies to csv files only; remove it for parquet")
 
@@ -123,7 +156,9 @@ class DomainRule:
     Args:
         column: the raw column that defines the domain.
         groups: domain name -> list of raw values. ``None`` makes each distinct value its own domain
-            (names are the values as strings, in sorted order). A raw value in no group is an error.
+            (names are the values as strings, in sorted order: numerically for a numeric column, as strings
+            for a string column, such as MovieLens' occupation codes; listings and reports show integer
+            codes numerically either way). A raw value in no group is an error.
         as_feature: also expose the domain indicator as a sparse input feature named ``domain``.
         describing: features of ``data.features`` (sparse or multi-valued) that describe the domain rather
             than the user or the item (a page's type, a scenario's theme, its position); STAR's auxiliary
@@ -225,7 +260,8 @@ class SplitConfig:
     def __post_init__(self) -> None:
         if not ratios_ok(self.ratios):
             raise field_error(
-                "ratios", list(self.ratios) if isinstance(self.ratios, (list, tuple)) else self.ratios,
+                "ratios",
+                list(self.ratios) if isinstance(self.ratios, (list, tuple)) else self.ratios,
                 "must be three finite non-negative fractions (train, val, test) summing to 1 with train > 0, "
                 "for example [0.8, 0.1, 0.1]",
             )
@@ -249,16 +285,25 @@ class DataConfig:
     def __post_init__(self) -> None:
         sparse = [f.name for f in self.features if f.kind == "sparse"]
         if self.user_feature is not None and self.user_feature not in sparse:
-            raise field_error("user_feature", self.user_feature,
-                              f"data.user_feature must name a sparse feature in data.features (sparse features: "
-                              f"{sparse}); set it to one of them or leave it unset")
+            raise field_error(
+                "user_feature",
+                self.user_feature,
+                f"data.user_feature must name a sparse feature in data.features (sparse features: "
+                f"{sparse}); set it to one of them or leave it unset",
+            )
         embedded = [f.name for f in self.features if f.kind in ("sparse", "multi")]
         for name in self.domain.describing:
             if name not in embedded:
-                raise field_error("domain.describing", list(self.domain.describing),
-                                  f"{name!r} is not a sparse or multi-valued feature of data.features (those are "
-                                  f"{embedded}); name only such features, or add {name!r} to data.features")
+                raise field_error(
+                    "domain.describing",
+                    list(self.domain.describing),
+                    f"{name!r} is not a sparse or multi-valued feature of data.features (those are "
+                    f"{embedded}); name only such features, or add {name!r} to data.features",
+                )
         if self.domain.as_feature and "domain" in [f.name for f in self.features]:
-            raise field_error("features", [f.name for f in self.features],
-                              "data.domain.as_feature adds a feature named 'domain'; rename the feature called "
-                              "'domain' or set data.domain.as_feature: false")
+            raise field_error(
+                "features",
+                [f.name for f in self.features],
+                "data.domain.as_feature adds a feature named 'domain'; rename the feature called "
+                "'domain' or set data.domain.as_feature: false",
+            )

@@ -24,9 +24,10 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,7 @@ from .batch import Batch
 from .cache import cache_dir, remove_abandoned, sha256_file, temp_prefix
 from .config import DataConfig, SampleConfig, SourceConfig, SplitConfig
 from .processing import FittedProcessing, _as_str, _dense_values, encode_multi, fit_processing
-from .schema import FIRST_INDEX, DatasetSchema, DomainSpec, FeatureSpec
+from .schema import FIRST_INDEX, DatasetSchema, DomainSpec, FeatureSpec, display_order
 
 # 2: ``user`` holds the raw user identity (factorised), not the vocabulary index; domain rule keys are
 #    order-sensitive.
@@ -101,12 +102,15 @@ class EncodedDataset:
         return dict(zip(self.schema.domain.values, counts.tolist()))
 
     def summary(self) -> str:
+        """Rows, positive rate and rows per domain of every split (domains listed in
+        :func:`~polyrec.data.schema.display_order`: integer codes numerically)."""
         lines = [f"{len(self):,} rows, {self.schema.num_domains} domains, split {self.split_hash}"]
         for s in SPLITS:
             idx = self.splits[s]
+            counts = self.domain_counts(s)
             lines.append(
                 f"  {s:5s} {len(idx):>9,} rows, positive rate {float(self.label[idx].mean()):.3f}, "
-                f"per domain {self.domain_counts(s)}"
+                f"per domain { ({d: counts[d] for d in display_order(counts)}) }"
             )
         oov = self.report.get("oov", {})
         if oov:
@@ -163,8 +167,8 @@ def split_hash(splits: dict[str, Tensor | np.ndarray]) -> str:
 
 
 def _cut(n: int, ratios: tuple[float, float, float]) -> tuple[int, int]:
-    n_train = int(round(n * ratios[0]))
-    n_val = int(round(n * ratios[1]))
+    n_train = round(n * ratios[0])
+    n_val = round(n * ratios[1])
     return n_train, min(n_train + n_val, n)
 
 
@@ -291,7 +295,7 @@ def sample_rows(frame: pd.DataFrame, sample: SampleConfig) -> pd.DataFrame:
     """The rows of ``frame`` that ``sample`` keeps, in their order (all of them at fraction 1)."""
     if sample.fraction >= 1.0:
         return frame
-    n = max(1, int(round(sample.fraction * len(frame))))
+    n = max(1, round(sample.fraction * len(frame)))
     keep = np.sort(np.random.default_rng(sample.seed).choice(len(frame), size=n, replace=False))
     return frame.iloc[keep].reset_index(drop=True)
 
@@ -326,8 +330,9 @@ def source_files(cfg: SourceConfig) -> dict[str, str]:
     if not path.exists():
         raise FileNotFoundError(f"data.source.path {str(path)!r} does not exist")
     if path.is_dir():
-        return {f.relative_to(path).as_posix(): sha256_file(f)
-                for f in sorted(p for p in path.rglob("*") if p.is_file())}
+        return {
+            f.relative_to(path).as_posix(): sha256_file(f) for f in sorted(p for p in path.rglob("*") if p.is_file())
+        }
     return {path.name: sha256_file(path)}
 
 
@@ -480,8 +485,11 @@ def schema_from(cfg: DataConfig, fitted: FittedProcessing, domain_names: tuple[s
         feats.append(FeatureSpec("domain", "sparse", vocab_size=len(domain_names) + FIRST_INDEX))
     for fc in cfg.features:
         if fc.kind == "multi":
-            feats.append(FeatureSpec(fc.name, "multi", vocab_size=fitted.vocabularies[fc.name].size,
-                                     max_len=fitted.max_lens[fc.name]))
+            feats.append(
+                FeatureSpec(
+                    fc.name, "multi", vocab_size=fitted.vocabularies[fc.name].size, max_len=fitted.max_lens[fc.name]
+                )
+            )
     for fc in cfg.features:
         if fc.kind == "dense":
             feats.append(FeatureSpec(fc.name, "dense"))
@@ -563,7 +571,9 @@ def _warn_duplicates(report: dict) -> None:
         )
 
 
-def _untrained_domains(domain: np.ndarray, splits: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, dict[str, int]]:
+def _untrained_domains(
+    domain: np.ndarray, splits: dict[str, np.ndarray], names: tuple[str, ...]
+) -> dict[str, dict[str, int]]:
     """Domains with validation or test rows but no training row: name -> rows per split."""
     counts = {s: np.bincount(domain[splits[s]], minlength=len(names)) for s in SPLITS}
     return {
@@ -649,8 +659,9 @@ def encode_frame(frame: pd.DataFrame, cfg: DataConfig) -> EncodedDataset:
         label, domain, groups = label[keep], domain[keep], groups[keep]
         if users is not None:
             users = pd.factorize(users[keep])[0].astype(np.int64)
-        _check_nonempty_splits(splits, len(frame), cfg.split,
-                               f" after dropping the untrained domain(s) {list(untrained)}")
+        _check_nonempty_splits(
+            splits, len(frame), cfg.split, f" after dropping the untrained domain(s) {list(untrained)}"
+        )
     fitted = fit_processing(frame, cfg.features, splits["train"])
     truncated: dict[str, np.ndarray] = {}
     arrays, oov_rows = encode_rows(frame, cfg, fitted, truncated)
@@ -684,8 +695,10 @@ def encode_frame(frame: pd.DataFrame, cfg: DataConfig) -> EncodedDataset:
 
 def _from_arrays(schema, arrays, splits, fitted, report) -> EncodedDataset:
     # Arrays from pandas may be read-only views; torch needs writable memory.
-    t = {k: torch.from_numpy(v if v.flags.writeable and v.flags.c_contiguous else np.array(v, order="C"))
-         for k, v in arrays.items()}
+    t = {
+        k: torch.from_numpy(v if v.flags.writeable and v.flags.c_contiguous else np.array(v, order="C"))
+        for k, v in arrays.items()
+    }
     ds = EncodedDataset(
         schema=schema,
         sparse=t["sparse"].long(),
@@ -702,6 +715,61 @@ def _from_arrays(schema, arrays, splits, fitted, report) -> EncodedDataset:
     return ds
 
 
+def new_domain_dataset(
+    run_data: DataConfig,
+    base: EncodedDataset,
+    schema: DatasetSchema,
+    data: DataConfig,
+    name: str,
+    backbone_domain: int = 0,
+) -> EncodedDataset:
+    """The rows of domain ``name`` of data set ``data``, encoded the way a trained run's data was.
+
+    Args:
+        run_data: the trained run's data config (its features are encoded, with the vocabularies and
+            scalers fitted on the run's training split, ``base.processing``).
+        base: the run's encoded data set (for its fitted processing).
+        schema: the adapted model's schema, which already lists ``name`` as its last domain.
+        data: where the new rows come from (source, label rule, domain rule, split); ``name`` must be one
+            of the domains its domain rule produces.
+        name: the new domain.
+        backbone_domain: the existing domain the backbone computes the new one as (see
+            :func:`~polyrec.models.adapters.add_domain`); with ``domain.as_feature`` the new rows' domain
+            indicator feature is that domain's, since the trained embedding table has no row for the new one.
+
+    Ids unseen in the run's training data map to the OOV bucket (counted in ``report["oov"]``).
+
+    Raises:
+        ValueError: ``base`` has no fitted processing, or ``name`` is not a domain of ``data``'s domain rule.
+    """
+    if base.processing is None:
+        raise ValueError("the run's data set has no fitted processing to encode new rows with; rebuild its cache")
+    frame = sample_rows(load_source(data.source, id_columns(run_data)), data.sample)  # ids read exactly
+    codes, names = derive_domain(frame, data.domain)
+    if name not in names:
+        raise ValueError(
+            f"domain {name!r} is not in the new data; its domain rule gives {list(names)}; "
+            "pick one of them with --domain, or change data.domain"
+        )
+    frame = frame[codes == names.index(name)].reset_index(drop=True)
+    label = derive_label(frame, data.label)
+    arrays, oov_rows = encode_rows(frame, run_data, base.processing)
+    if run_data.domain.as_feature:
+        indicator = np.full((len(frame), 1), backbone_domain + FIRST_INDEX, np.int64)
+        arrays["sparse"] = np.concatenate([arrays["sparse"], indicator], axis=1)
+    users = None
+    if run_data.user_feature is not None:
+        fc = next(f for f in run_data.features if f.name == run_data.user_feature)
+        users = pd.factorize(_as_str(frame[fc.source_column]), use_na_sentinel=False)[0].astype(np.int64)
+        arrays["user"] = users
+    times = frame[data.split.time_column].to_numpy() if data.split.method == "time" else None
+    domain = np.full(len(frame), schema.num_domains - 1, dtype=np.int64)
+    splits = make_splits(data.split.method, data.split.ratios, data.split.seed, label, domain, users, times)
+    arrays["label"], arrays["domain"] = label, domain
+    oov = {s: {k: int(v[splits[s]].sum()) for k, v in oov_rows.items() if int(v[splits[s]].sum())} for s in splits}
+    return _from_arrays(schema, arrays, splits, base.processing, {"rows": len(frame), "oov": oov, "new_domain": name})
+
+
 # ------------------------------------------------------------------------------------------------ cache
 
 
@@ -712,8 +780,13 @@ class CacheEntryError(ValueError):
 
 # Data config fields added after presets were published: left out of the key at their defaults, so a
 # config that does not use them keys (and splits) exactly as before they existed.
-_KEY_DEFAULTS = {("split", "dedupe"): False, ("split", "untrained_domains"): "error", ("domain", "describing"): [],
-                 ("sample", "fraction"): 1.0, ("sample", "seed"): 0}
+_KEY_DEFAULTS = {
+    ("split", "dedupe"): False,
+    ("split", "untrained_domains"): "error",
+    ("domain", "describing"): [],
+    ("sample", "fraction"): 1.0,
+    ("sample", "seed"): 0,
+}
 
 
 def _key_payload(cfg: DataConfig, files: dict[str, str]) -> dict[str, Any]:
@@ -834,8 +907,10 @@ def _verified_files(directory: Path) -> dict[str, bytes]:
     label = f"dataset cache entry {str(directory)!r}"
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
-        raise CacheEntryError(f"{label} has no {MANIFEST} (written by a polyrec older than format "
-                              f"{FORMAT_VERSION}, or the file was deleted)")
+        raise CacheEntryError(
+            f"{label} has no {MANIFEST} (written by a polyrec older than format "
+            f"{FORMAT_VERSION}, or the file was deleted)"
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
         listed = manifest["files"]
@@ -856,12 +931,15 @@ def _verified_files(directory: Path) -> dict[str, bytes]:
         data = (directory / name).read_bytes()
         want = listed[name]
         if len(data) != want["bytes"]:
-            raise CacheEntryError(f"{label}: file {name!r} has {len(data)} bytes, its manifest says "
-                                  f"{want['bytes']} (truncated or rewritten)")
+            raise CacheEntryError(
+                f"{label}: file {name!r} has {len(data)} bytes, its manifest says "
+                f"{want['bytes']} (truncated or rewritten)"
+            )
         got = hashlib.sha256(data).hexdigest()
         if got != want["sha256"]:
-            raise CacheEntryError(f"{label}: file {name!r} has changed (sha256 {got[:16]}..., its manifest "
-                                  f"says {want['sha256'][:16]}...)")
+            raise CacheEntryError(
+                f"{label}: file {name!r} has changed (sha256 {got[:16]}..., its manifest says {want['sha256'][:16]}...)"
+            )
         out[name] = data
     return out
 
@@ -877,8 +955,11 @@ def load_dataset_dir(directory: Path) -> EncodedDataset:
     directory = Path(directory)
     files = _verified_files(directory)
     schema = DatasetSchema.from_json(files["schema.json"].decode())
-    arrays = {name[: -len(".npy")]: np.load(io.BytesIO(data), allow_pickle=False)
-              for name, data in files.items() if name.endswith(".npy")}
+    arrays = {
+        name[: -len(".npy")]: np.load(io.BytesIO(data), allow_pickle=False)
+        for name, data in files.items()
+        if name.endswith(".npy")
+    }
     splits = {s: arrays.pop(f"split.{s}") for s in SPLITS}
     proc = json.loads(files["processing.json"].decode())
     fitted = FittedProcessing.from_dict(proc) if proc else None

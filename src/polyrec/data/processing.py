@@ -67,7 +67,7 @@ class Vocabulary:
         return len(self.tokens) + FIRST_INDEX
 
     @classmethod
-    def fit(cls, name: str, values: pd.Series, min_count: int = 1) -> "Vocabulary":
+    def fit(cls, name: str, values: pd.Series, min_count: int = 1) -> Vocabulary:
         if min_count < 1:
             raise ValueError(f"feature {name!r}: min_count must be >= 1, got {min_count}")
         counts = _as_str(values).value_counts(sort=False)
@@ -155,7 +155,7 @@ class DenseScaler:
         return values
 
     @classmethod
-    def fit(cls, name: str, values: np.ndarray, transform: str) -> "DenseScaler":
+    def fit(cls, name: str, values: np.ndarray, transform: str) -> DenseScaler:
         v = cls._check(name, np.asarray(values, dtype=np.float64))
         if transform == "log1p_minmax":
             if (v < 0).any():
@@ -199,7 +199,7 @@ class FittedProcessing:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FittedProcessing":
+    def from_dict(cls, d: dict) -> FittedProcessing:
         return cls(
             vocabularies={k: Vocabulary(k, v["tokens"], v["min_count"]) for k, v in d["vocabularies"].items()},
             scalers={k: DenseScaler(k, s["transform"], s["a"], s["b"]) for k, s in d["scalers"].items()},
@@ -207,7 +207,9 @@ class FittedProcessing:
         )
 
 
-def fit_processing(frame: pd.DataFrame, features: tuple[FeatureConfig, ...], train_rows: np.ndarray) -> FittedProcessing:
+def fit_processing(
+    frame: pd.DataFrame, features: tuple[FeatureConfig, ...], train_rows: np.ndarray
+) -> FittedProcessing:
     """Fit vocabularies and scalers of ``features`` on ``frame.iloc[train_rows]`` only."""
     train = frame.iloc[train_rows]
     fitted = FittedProcessing()

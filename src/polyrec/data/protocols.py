@@ -18,6 +18,9 @@ import copy
 import difflib
 from typing import Any
 
+from ..evaluation.metrics import AUC_MEAN, AUC_OVERALL, AUC_PER_DOMAIN, WAUC
+
+
 class UnknownPresetError(KeyError):
     """An unknown preset name (a KeyError whose message prints as written, without KeyError's quoting)."""
 
@@ -28,8 +31,13 @@ class UnknownPresetError(KeyError):
 _ML1M_SOURCE = {"kind": "movielens", "name": "ml-1m"}
 
 _P1_TRAIN = {
-    "optimizer": "adam", "lr": 1e-3, "batch_size": 1024, "strategy": "alternate", "monitor": "auc_mean",
-    "patience": 3, "max_epochs": 30,
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "batch_size": 1024,
+    "strategy": "alternate",
+    "monitor": AUC_MEAN,
+    "patience": 3,
+    "max_epochs": 30,
 }
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -47,46 +55,93 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "model_defaults": {"embedding_dim": 8, "hidden_units": [256, 128, 64], "dropout": 0.5},
         "models": {
             "mlp": {"embedding_dim": 8, "hidden_units": [256, 128, 64], "dropout": 0.5},
-            "star": {"embedding_dim": 128, "hidden_units": [256, 128, 64], "dropout": 0.5,
-                     "partitioned_norm": True, "aux_network": False},
+            "star": {
+                "embedding_dim": 128,
+                "hidden_units": [256, 128, 64],
+                "dropout": 0.5,
+                "partitioned_norm": True,
+                "aux_network": False,
+            },
             # PROTOCOLS.md P1: AutoInt with 4 heads (the registered default is 2).
             "autoint": {"embedding_dim": 8, "hidden_units": [256, 128, 64], "dropout": 0.5, "num_heads": 4},
         },
         # MLoRA's α per backbone (r = max(d_out // α, 1)), from the authors' Movielens configs
         # (lora_reduce). STAR: 16, our choice: its star FCN has the MLP's widths [256, 128, 64] and the
         # authors' MLoRA-on-FCN config ("mlora") uses 16; they publish no STAR+MLoRA config.
-        "mlora_alpha": {"mlp": 16, "wdl": 16, "nfm": 4, "autoint": 4, "pnn": 16, "dcn": 16, "deepfm": 32,
-                        "xdeepfm": 32, "fibinet": 32, "star": 16},
+        "mlora_alpha": {
+            "mlp": 16,
+            "wdl": 16,
+            "nfm": 4,
+            "autoint": 4,
+            "pnn": 16,
+            "dcn": 16,
+            "deepfm": 32,
+            "xdeepfm": 32,
+            "fibinet": 32,
+            "star": 16,
+        },
         # MLoRA's two-phase schedule (§3.3), '<model>+mlora@two_phase': the preset's domain-after-domain
         # order in both phases, each phase ended by early stopping.
         "strategy_train": {"two_phase": {"sampler": "domain_sequential"}},
-        "primary_metric": "wauc",
-        "reference": {"wauc": {"mlp": 0.8015, "star": 0.8018, "wdl": 0.8017, "nfm": 0.8057, "autoint": 0.8025,
-                               "pnn": 0.8026, "dcn": 0.8028, "fibinet": 0.8047, "deepfm": 0.8024,
-                               "xdeepfm": 0.8026,
-                               # MLoRA Table 2, Movielens-gen, Base+MLoRA
-                               "mlp+mlora": 0.8039, "star+mlora": 0.8036, "wdl+mlora": 0.8041,
-                               "nfm+mlora": 0.8059, "autoint+mlora": 0.8041, "pnn+mlora": 0.8039,
-                               "dcn+mlora": 0.8042, "fibinet+mlora": 0.8074, "deepfm+mlora": 0.8046,
-                               "xdeepfm+mlora": 0.8044}},
+        "primary_metric": WAUC,
+        "reference": {
+            WAUC: {
+                "mlp": 0.8015,
+                "star": 0.8018,
+                "wdl": 0.8017,
+                "nfm": 0.8057,
+                "autoint": 0.8025,
+                "pnn": 0.8026,
+                "dcn": 0.8028,
+                "fibinet": 0.8047,
+                "deepfm": 0.8024,
+                "xdeepfm": 0.8026,
+                # MLoRA Table 2, Movielens-gen, Base+MLoRA
+                "mlp+mlora": 0.8039,
+                "star+mlora": 0.8036,
+                "wdl+mlora": 0.8041,
+                "nfm+mlora": 0.8059,
+                "autoint+mlora": 0.8041,
+                "pnn+mlora": 0.8039,
+                "dcn+mlora": 0.8042,
+                "fibinet+mlora": 0.8074,
+                "deepfm+mlora": 0.8046,
+                "xdeepfm+mlora": 0.8044,
+            }
+        },
     },
     "ml1m-age3": {
         "description": "MovieLens-1M in three age domains (Scenario-Wise-Rec benchmark); label rating > 3.",
         "data": {
             "source": _ML1M_SOURCE,
             "label": {"column": "rating", "op": "gt", "threshold": 3},
-            "domain": {"column": "age", "groups": {"0": [1, 18], "1": [25], "2": [35, 45, 50, 56]},
-                       "as_feature": False},
+            "domain": {
+                "column": "age",
+                "groups": {"0": [1, 18], "1": [25], "2": [35, 45, 50, 56]},
+                "as_feature": False,
+            },
             "features": [
-                {"name": "user_id"}, {"name": "item_id"}, {"name": "gender"}, {"name": "occupation"},
-                {"name": "zip_code"}, {"name": "first_genre"},
+                {"name": "user_id"},
+                {"name": "item_id"},
+                {"name": "gender"},
+                {"name": "occupation"},
+                {"name": "zip_code"},
+                {"name": "first_genre"},
                 {"name": "age", "kind": "dense", "transform": "minmax"},
             ],
             "user_feature": "user_id",
             "split": {"method": "random", "ratios": [0.8, 0.1, 0.1], "seed": 2024},
         },
-        "train": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 4096, "strategy": "joint",
-                  "monitor": "auc_overall", "patience": 4, "max_epochs": 100},
+        "train": {
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "weight_decay": 1e-5,
+            "batch_size": 4096,
+            "strategy": "joint",
+            "monitor": AUC_OVERALL,
+            "patience": 4,
+            "max_epochs": 100,
+        },
         "model_defaults": {"embedding_dim": 16, "hidden_units": [128, 64, 32]},
         "models": {
             "mlp": {"embedding_dim": 16, "hidden_units": [128, 64, 32], "domain_embedding": True},
@@ -101,22 +156,38 @@ _PRESETS: dict[str, dict[str, Any]] = {
         },
         # DFEI is trained with the schedule of its Algorithm 1 (one batch per domain in turn, shared lr / D).
         "model_train": {"dfei": {"strategy": "dfei_cyclic"}},
-        "primary_metric": "auc_overall",
-        "reference": {"auc_overall": {"star": 0.8096, "shared_bottom": 0.8095, "mmoe": 0.8086, "ple": 0.8091,
-                                      "sarnet": 0.8092, "m2m": 0.8115, "adasparse": 0.8108, "adaptdhm": 0.8083,
-                                      "epnet": 0.8097, "ppnet": 0.8063},
-                      "auc_per_domain": {"star": {"0": 0.8137, "1": 0.8133, "2": 0.7979},
-                                         "shared_bottom": {"0": 0.8116, "1": 0.8128, "2": 0.8041},
-                                         "mmoe": {"0": 0.8029, "1": 0.8178, "2": 0.8016},
-                                         "ple": {"0": 0.8118, "1": 0.8187, "2": 0.8002}}},
+        "primary_metric": AUC_OVERALL,
+        "reference": {
+            AUC_OVERALL: {
+                "star": 0.8096,
+                "shared_bottom": 0.8095,
+                "mmoe": 0.8086,
+                "ple": 0.8091,
+                "sarnet": 0.8092,
+                "m2m": 0.8115,
+                "adasparse": 0.8108,
+                "adaptdhm": 0.8083,
+                "epnet": 0.8097,
+                "ppnet": 0.8063,
+            },
+            AUC_PER_DOMAIN: {
+                "star": {"0": 0.8137, "1": 0.8133, "2": 0.7979},
+                "shared_bottom": {"0": 0.8116, "1": 0.8128, "2": 0.8041},
+                "mmoe": {"0": 0.8029, "1": 0.8178, "2": 0.8016},
+                "ple": {"0": 0.8118, "1": 0.8187, "2": 0.8002},
+            },
+        },
     },
     "ml1m-age7": {
         "description": "MovieLens-1M in the seven age domains (MLoRA authors' split); otherwise as ml1m-gender.",
         "data": {
             "source": _ML1M_SOURCE,
             "label": {"column": "rating", "op": "eq", "threshold": 5},
-            "domain": {"column": "age", "groups": {str(a): [a] for a in (1, 18, 25, 35, 45, 50, 56)},
-                       "as_feature": True},
+            "domain": {
+                "column": "age",
+                "groups": {str(a): [a] for a in (1, 18, 25, 35, 45, 50, 56)},
+                "as_feature": True,
+            },
             "features": [{"name": "user_id"}, {"name": "item_id"}],
             "user_feature": "user_id",
             "split": {"method": "stratified_domain", "ratios": [0.6, 0.2, 0.2], "seed": 2024},
@@ -139,7 +210,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "weighted_loss": {"strategy_options": {"sampling": "mixed"}},
             "pcgrad": {"strategy_options": {"sampling": "mixed"}},
         },
-        "primary_metric": "wauc",
+        "primary_metric": WAUC,
         "reference": {},
     },
 }

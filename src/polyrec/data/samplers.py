@@ -41,8 +41,10 @@ MAX_EPOCHS = 1_000_003
 def _generator(seed: int, epoch: int) -> torch.Generator:
     """The plain per-epoch stream (see the module docstring)."""
     if not 0 <= int(epoch) < MAX_EPOCHS:
-        raise ValueError(f"epoch {epoch} is outside 0..{MAX_EPOCHS - 1}, where the per-epoch streams of a seed are "
-                         f"distinct; draw other streams with polyrec.data.samplers.stream_generator")
+        raise ValueError(
+            f"epoch {epoch} is outside 0..{MAX_EPOCHS - 1}, where the per-epoch streams of a seed are "
+            f"distinct; draw other streams with polyrec.data.samplers.stream_generator"
+        )
     g = torch.Generator()
     g.manual_seed(int(seed) * MAX_EPOCHS + int(epoch))
     return g
@@ -70,8 +72,9 @@ def stream_seed(seed: int, epoch: int, purpose: str, *index: int) -> int:
     try:
         ints = [operator.index(v) for v in (seed, epoch, *index)]
     except TypeError:
-        raise TypeError(f"stream seed, epoch and index must be integers, got seed={seed!r}, epoch={epoch!r}, "
-                        f"index={index!r}") from None
+        raise TypeError(
+            f"stream seed, epoch and index must be integers, got seed={seed!r}, epoch={epoch!r}, index={index!r}"
+        ) from None
     key = json.dumps([ints[0], ints[1], purpose, *ints[2:]], separators=(",", ":")).encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8, person=b"polyrec.stream").digest(), "big")
 

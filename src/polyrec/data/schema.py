@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Literal
 
 PAD_INDEX = 0
@@ -28,6 +29,24 @@ OOV_INDEX = 1
 FIRST_INDEX = 2
 
 FeatureKind = Literal["sparse", "multi", "dense"]
+
+
+def display_order(names: Iterable[str]) -> list[str]:
+    """Domain names in the order to list them: numerically when every name is an integer code (``"2"``
+    before ``"10"``, MovieLens' occupation codes), else as given (index order, or a config's group order).
+
+    Only listing and printing use it; a domain's index (its encoding) is never reordered.
+
+    Example:
+        >>> display_order(["0", "1", "10", "2"]), display_order(["M", "F"])
+        (['0', '1', '2', '10'], ['M', 'F'])
+    """
+    names = list(names)
+    try:
+        keys = [int(str(n)) for n in names]
+    except ValueError:
+        return names
+    return [n for _, _, n in sorted(zip(keys, range(len(names)), names))]
 
 
 @dataclass(frozen=True)
@@ -64,7 +83,9 @@ class FeatureSpec:
                 f"(got vocab_size={self.vocab_size}, max_len={self.max_len}); leave both at 0"
             )
         if self.kind == "sparse" and self.max_len:
-            raise ValueError(f"feature {self.name!r}: max_len applies to multi-valued features only, got {self.max_len}")
+            raise ValueError(
+                f"feature {self.name!r}: max_len applies to multi-valued features only, got {self.max_len}"
+            )
 
 
 @dataclass(frozen=True)
@@ -123,8 +144,10 @@ class DatasetSchema:
         embedded = [f.name for f in self.features if f.kind in ("sparse", "multi")]
         for name in self.domain_features:
             if name not in embedded:
-                raise ValueError(f"domain_features names {name!r}, which is not a sparse or multi-valued feature; "
-                                 f"those are {embedded}")
+                raise ValueError(
+                    f"domain_features names {name!r}, which is not a sparse or multi-valued feature; "
+                    f"those are {embedded}"
+                )
         names = [f.name for f in self.features]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -171,7 +194,7 @@ class DatasetSchema:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DatasetSchema":
+    def from_dict(cls, data: dict) -> DatasetSchema:
         return cls(
             features=tuple(FeatureSpec(**f) for f in data["features"]),
             domain=DomainSpec(data["domain"]["name"], tuple(data["domain"]["values"])),
@@ -182,14 +205,14 @@ class DatasetSchema:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "DatasetSchema":
+    def from_json(cls, text: str) -> DatasetSchema:
         return cls.from_dict(json.loads(text))
 
     def fingerprint(self) -> str:
         """Short content hash, recorded with checkpoints to detect a model/data mismatch."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
-    def check_compatible(self, other: "DatasetSchema", what: str = "data") -> None:
+    def check_compatible(self, other: DatasetSchema, what: str = "data") -> None:
         """Raise ValueError naming the first difference if a model built for ``self`` cannot read ``other``."""
         if self == other:
             return

@@ -12,26 +12,32 @@ Public API:
 - :func:`logloss` - mean binary cross-entropy from logits or probabilities.
 - :func:`gauc` - user-weighted AUC (STAR, Sheng et al. 2021, eq. 9).
 - :class:`MultiDomainEvaluator` - per-domain AUC / logloss / PCOC, overall AUC,
-  mean AUC, WAUC and optionally GAUC, accumulated over batches.
+  mean AUC, WAUC and optionally GAUC, accumulated over batches; its result is a
+  :class:`MultiDomainMetrics`, whose field names are the metric names (also
+  module constants: ``WAUC``, ``AUC_PER_DOMAIN``, ...).
 - :func:`summarize_runs` and :func:`paired_ttest` - statistics across seeds.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = [
-    "auc",
-    "StreamingAUC",
-    "logloss",
-    "gauc",
+    "DomainCount",
     "MultiDomainEvaluator",
-    "summarize_runs",
+    "MultiDomainMetrics",
+    "StreamingAUC",
+    "auc",
+    "gauc",
+    "logloss",
     "paired_ttest",
+    "summarize_runs",
 ]
 
 # Probabilities are clipped to [_PROB_EPS, 1 - _PROB_EPS] before taking logs so
@@ -106,8 +112,7 @@ def _check_same_size(**arrays: np.ndarray) -> int:
     if len(set(sizes.values())) > 1:
         desc = ", ".join(f"{k} has {n}" for k, n in sizes.items())
         raise ValueError(
-            f"inputs must have the same number of elements, but {desc}. "
-            f"Pass one value per example (shape [B])."
+            f"inputs must have the same number of elements, but {desc}. Pass one value per example (shape [B])."
         )
     return next(iter(sizes.values()))
 
@@ -148,7 +153,7 @@ def _auc_from_counts(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(num2) / (2.0 * n_pos * n_neg)
 
 
-def _compress(scores: np.ndarray, is_pos: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _compress(scores: np.ndarray, is_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted unique scores with positive and negative counts per score."""
     uniq, inv = np.unique(scores, return_inverse=True)
     inv = inv.reshape(-1)
@@ -219,7 +224,7 @@ class StreamingAUC:
         self._neg = np.empty(0, dtype=np.int64)
         # Compressed batches not yet folded into the sorted state. Arrays are
         # never modified in place, so they can be shared with merged objects.
-        self._pending: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_size = 0
         self._n_pos = 0
         self._n_neg = 0
@@ -288,7 +293,7 @@ class StreamingAUC:
         self._compact()
         return _auc_from_counts(self._pos, self._neg)
 
-    def merge(self, other: "StreamingAUC") -> "StreamingAUC":
+    def merge(self, other: StreamingAUC) -> StreamingAUC:
         """Add another accumulator's data to this one (exact); returns ``self``.
 
         ``other`` is left unchanged, so the result equals one accumulator fed
@@ -303,7 +308,7 @@ class StreamingAUC:
             self._add_chunk(*chunk)
         return self
 
-    def state_dict(self) -> Dict[str, np.ndarray]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Return the state as plain numpy arrays (for ``all_gather_object`` / saving).
 
         Returns:
@@ -314,7 +319,7 @@ class StreamingAUC:
         return {"scores": self._scores.copy(), "pos": self._pos.copy(), "neg": self._neg.copy()}
 
     @classmethod
-    def from_state(cls, state: Dict[str, Any]) -> "StreamingAUC":
+    def from_state(cls, state: dict[str, Any]) -> StreamingAUC:
         """Rebuild an accumulator from :meth:`state_dict` output."""
         missing = {"scores", "pos", "neg"} - set(state)
         if missing:
@@ -386,7 +391,7 @@ def logloss(labels: Any, probs_or_logits: Any, from_logits: bool = True) -> floa
     return float(-np.mean(yf * np.log(p) + (1.0 - yf) * np.log1p(-p)))
 
 
-def _per_user_auc(users: np.ndarray, y: np.ndarray, s: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _per_user_auc(users: np.ndarray, y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-user (auc2_numerator, n_pos, n_neg), vectorised with one sort.
 
     Rows are sorted by (user, score); runs of equal (user, score) are
@@ -461,6 +466,178 @@ def gauc(users: Any, labels: Any, scores: Any) -> float:
 
 
 # --------------------------------------------------------------------------- #
+# the multi-domain result
+# --------------------------------------------------------------------------- #
+# Metric names: the fields of MultiDomainMetrics and the keys of its JSON form (run records, reports,
+# train.monitor, a preset's primary_metric). Code outside this module names a metric by these constants.
+AUC_PER_DOMAIN = "auc_per_domain"
+LOGLOSS_PER_DOMAIN = "logloss_per_domain"
+PCOC_PER_DOMAIN = "pcoc_per_domain"
+COUNT_PER_DOMAIN = "count_per_domain"
+AUC_OVERALL = "auc_overall"
+LOGLOSS_OVERALL = "logloss_overall"
+AUC_MEAN = "auc_mean"
+WAUC = "wauc"
+N = "n"
+GAUC = "gauc"
+GAUC_PER_DOMAIN = "gauc_per_domain"
+
+#: Every key of :meth:`MultiDomainMetrics.to_dict`, in its order (``gauc`` and ``gauc_per_domain`` only when
+#: users were given).
+METRIC_KEYS = (
+    AUC_PER_DOMAIN,
+    LOGLOSS_PER_DOMAIN,
+    PCOC_PER_DOMAIN,
+    COUNT_PER_DOMAIN,
+    AUC_OVERALL,
+    LOGLOSS_OVERALL,
+    AUC_MEAN,
+    WAUC,
+    N,
+    GAUC,
+    GAUC_PER_DOMAIN,
+)
+#: The metrics a run record keeps (``result.json``'s ``metrics`` and ``val_metrics``, benchmark records), in
+#: this order: :meth:`MultiDomainMetrics.to_record`.
+RECORD_KEYS = (
+    WAUC,
+    AUC_OVERALL,
+    AUC_MEAN,
+    LOGLOSS_OVERALL,
+    GAUC,
+    AUC_PER_DOMAIN,
+    LOGLOSS_PER_DOMAIN,
+    PCOC_PER_DOMAIN,
+    COUNT_PER_DOMAIN,
+)
+_OPTIONAL = (GAUC, GAUC_PER_DOMAIN)
+
+
+@dataclass(frozen=True)
+class DomainCount:
+    """Rows of one domain: ``n`` in all, ``pos`` positive, ``neg`` negative."""
+
+    n: int
+    pos: int
+    neg: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"n": self.n, "pos": self.pos, "neg": self.neg}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DomainCount:
+        if not isinstance(d, Mapping) or set(d) != {"n", "pos", "neg"}:
+            raise ValueError(f"a domain count is {{'n': ..., 'pos': ..., 'neg': ...}}, got {d!r}")
+        return cls(n=int(d["n"]), pos=int(d["pos"]), neg=int(d["neg"]))
+
+
+@dataclass(frozen=True)
+class MultiDomainMetrics(Mapping):
+    """Per-domain and overall metrics of a model on some rows: what :meth:`MultiDomainEvaluator.compute`
+    returns.
+
+    Per-domain values are ``{domain name: value}`` in the evaluator's domain order. Undefined values (no
+    rows, one class) are ``nan``; ``gauc`` and ``gauc_per_domain`` are None when no user ids were given.
+    :meth:`to_dict` is the JSON form (``polyrec evaluate --json``), :meth:`to_record` the subset a run
+    record keeps, :meth:`from_dict` reads either back. For code written against the plain dict it used
+    to be, the result also reads like that dict (``m["wauc"]``, ``"gauc" in m``, ``dict(m)``).
+
+    Attributes:
+        auc_per_domain, logloss_per_domain, pcoc_per_domain: one float per domain (PCOC: mean predicted
+            probability / positive rate).
+        count_per_domain: a :class:`DomainCount` per domain.
+        auc_overall, logloss_overall: over all rows, domains pooled.
+        auc_mean: unweighted mean of the finite per-domain AUCs.
+        wauc: ``sum n_d AUC_d / sum n_d`` over the domains with a finite AUC.
+        gauc, gauc_per_domain: user-weighted AUC (:func:`gauc`), overall and per domain.
+        n: (a property) rows in all, the sum of the domain counts.
+
+    Example:
+        >>> m = MultiDomainMetrics.from_dict({"wauc": 0.5, "auc_overall": 0.5, "auc_mean": 0.5,
+        ...     "logloss_overall": 0.69, "auc_per_domain": {"a": 0.5}, "logloss_per_domain": {"a": 0.69},
+        ...     "pcoc_per_domain": {"a": 1.0}, "count_per_domain": {"a": {"n": 4, "pos": 2, "neg": 2}}})
+        >>> m.wauc, m.n, m.count_per_domain["a"].pos, m.gauc
+        (0.5, 4, 2, None)
+        >>> list(m.to_record()) == [k for k in RECORD_KEYS if k != GAUC]
+        True
+    """
+
+    auc_per_domain: dict[str, float]
+    logloss_per_domain: dict[str, float]
+    pcoc_per_domain: dict[str, float]
+    count_per_domain: dict[str, DomainCount]
+    auc_overall: float
+    logloss_overall: float
+    auc_mean: float
+    wauc: float
+    gauc: float | None = None
+    gauc_per_domain: dict[str, float] | None = None
+
+    @property
+    def n(self) -> int:
+        return sum(c.n for c in self.count_per_domain.values())
+
+    def _keys(self) -> list[str]:
+        return [k for k in METRIC_KEYS if k not in _OPTIONAL or getattr(self, k) is not None]
+
+    def _plain(self, key: str) -> Any:
+        value = getattr(self, key)
+        if key == COUNT_PER_DOMAIN:
+            return {d: c.to_dict() for d, c in value.items()}
+        return dict(value) if isinstance(value, dict) else value
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: keys in :data:`METRIC_KEYS` order (the optional ones only when set), plain values."""
+        return {k: self._plain(k) for k in self._keys()}
+
+    def to_record(self) -> dict[str, Any]:
+        """The metrics a run record keeps, in :data:`RECORD_KEYS` order."""
+        keys = self._keys()
+        return {k: self._plain(k) for k in RECORD_KEYS if k in keys}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MultiDomainMetrics:
+        """Read :meth:`to_dict` or :meth:`to_record` output back (``n``, when present, must equal the sum of
+        the domain counts)."""
+        unknown = sorted(set(d) - set(METRIC_KEYS))
+        missing = [k for k in METRIC_KEYS if k not in d and k not in _OPTIONAL and k != N]
+        if unknown or missing:
+            raise ValueError(
+                f"not a metrics dict: {'unknown keys ' + str(unknown) if unknown else ''}"
+                f"{'; ' if unknown and missing else ''}{'missing keys ' + str(missing) if missing else ''}; "
+                f"valid keys: {', '.join(METRIC_KEYS)}"
+            )
+        counts = {name: DomainCount.from_dict(c) for name, c in d[COUNT_PER_DOMAIN].items()}
+        out = cls(
+            auc_per_domain=dict(d[AUC_PER_DOMAIN]),
+            logloss_per_domain=dict(d[LOGLOSS_PER_DOMAIN]),
+            pcoc_per_domain=dict(d[PCOC_PER_DOMAIN]),
+            count_per_domain=counts,
+            auc_overall=d[AUC_OVERALL],
+            logloss_overall=d[LOGLOSS_OVERALL],
+            auc_mean=d[AUC_MEAN],
+            wauc=d[WAUC],
+            gauc=d.get(GAUC),
+            gauc_per_domain=None if d.get(GAUC_PER_DOMAIN) is None else dict(d[GAUC_PER_DOMAIN]),
+        )
+        if N in d and d[N] != out.n:
+            raise ValueError(f"metrics dict says n={d[N]!r}, but its domain counts sum to {out.n}")
+        return out
+
+    # The read-only dict view (Mapping): the keys and values of to_dict().
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._keys():
+            raise KeyError(f"{key!r} is not a metric of this result; its metrics: {', '.join(self._keys())}")
+        return self._plain(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+
+# --------------------------------------------------------------------------- #
 # multi-domain evaluator
 # --------------------------------------------------------------------------- #
 class MultiDomainEvaluator:
@@ -486,7 +663,7 @@ class MultiDomainEvaluator:
         >>> ev.update(torch.tensor([0.3, -1.0, 2.0, 0.1]),
         ...           torch.tensor([1.0, 0.0, 1.0, 0.0]),
         ...           torch.tensor([0, 0, 1, 1]))
-        >>> ev.compute()["auc_per_domain"]
+        >>> ev.compute().auc_per_domain
         {'a': 1.0, 'b': 1.0}
 
     For distributed evaluation, gather the evaluators (they pickle cleanly,
@@ -501,7 +678,7 @@ class MultiDomainEvaluator:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"domain_names must be unique, but {dupes} appear more than once: {names}.")
-        self.domain_names: List[str] = names
+        self.domain_names: list[str] = names
         self.reset()
 
     @property
@@ -517,8 +694,8 @@ class MultiDomainEvaluator:
         self._pos = np.zeros(d, dtype=np.int64)
         self._neg = np.zeros(d, dtype=np.int64)
         # None until the first non-empty batch decides whether users are tracked.
-        self._with_users: Optional[bool] = None
-        self._user_rows: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._with_users: bool | None = None
+        self._user_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def _set_user_mode(self, with_users: bool) -> None:
         if self._with_users is None:
@@ -586,13 +763,13 @@ class MultiDomainEvaluator:
         order = np.argsort(dom, kind="stable")
         bounds = np.r_[0, np.cumsum(counts)]
         for k in np.flatnonzero(counts):
-            idx = order[bounds[k]:bounds[k + 1]]
+            idx = order[bounds[k] : bounds[k + 1]]
             self._auc[k]._add_chunk(*_compress(x[idx], y[idx]))
 
         if u is not None:
             self._user_rows.append((u.copy(), x.copy(), y.copy(), dom.copy()))
 
-    def merge(self, other: "MultiDomainEvaluator") -> "MultiDomainEvaluator":
+    def merge(self, other: MultiDomainEvaluator) -> MultiDomainEvaluator:
         """Add another evaluator's data (e.g. from another rank); returns ``self``."""
         if not isinstance(other, MultiDomainEvaluator):
             raise TypeError(f"can only merge another MultiDomainEvaluator, got {type(other).__name__}.")
@@ -612,19 +789,9 @@ class MultiDomainEvaluator:
         self._user_rows.extend(other._user_rows)
         return self
 
-    def compute(self) -> Dict[str, Any]:
-        """Return all metrics accumulated so far.
-
-        Returns:
-            A dict with ``auc_per_domain``, ``logloss_per_domain``,
-            ``pcoc_per_domain`` ({name: float}), ``count_per_domain``
-            ({name: {"n", "pos", "neg"}}), ``auc_overall``,
-            ``logloss_overall``, ``auc_mean`` (unweighted mean of finite
-            per-domain AUCs), ``wauc`` (sum n_d AUC_d / sum n_d over domains
-            with finite AUC), ``n``; plus ``gauc`` and ``gauc_per_domain``
-            when users were given. Undefined values (no rows, one class) are
-            ``nan``; PCOC is mean predicted probability / positive rate.
-        """
+    def compute(self) -> MultiDomainMetrics:
+        """Return all metrics accumulated so far (see :class:`MultiDomainMetrics`); ``gauc`` and
+        ``gauc_per_domain`` are set when users were given."""
         names = self.domain_names
         n_d = self._pos + self._neg
         auc_d = np.array([m.compute() for m in self._auc], dtype=np.float64)
@@ -638,35 +805,31 @@ class MultiDomainEvaluator:
         n = int(n_d.sum())
 
         finite = np.isfinite(auc_d)
-        out: Dict[str, Any] = {
-            "auc_per_domain": {k: float(v) for k, v in zip(names, auc_d)},
-            "logloss_per_domain": {k: float(v) for k, v in zip(names, loss_d)},
-            "pcoc_per_domain": {k: float(v) for k, v in zip(names, pcoc_d)},
-            "count_per_domain": {
-                k: {"n": int(n_d[i]), "pos": int(self._pos[i]), "neg": int(self._neg[i])}
-                for i, k in enumerate(names)
-            },
-            "auc_overall": overall.compute(),
-            "logloss_overall": float(self._loss_sum.sum() / n) if n else float("nan"),
-            "auc_mean": float(auc_d[finite].mean()) if finite.any() else float("nan"),
-            "wauc": (
-                float(np.sum(n_d[finite] * auc_d[finite]) / np.sum(n_d[finite]))
-                if finite.any()
-                else float("nan")
-            ),
-            "n": n,
-        }
+        gauc_all, gauc_d = None, None
         if self._with_users:
             u = np.concatenate([r[0] for r in self._user_rows])
             x = np.concatenate([r[1] for r in self._user_rows])
             y = np.concatenate([r[2] for r in self._user_rows])
             dom = np.concatenate([r[3] for r in self._user_rows])
-            out["gauc"] = gauc(u, y, x)
-            out["gauc_per_domain"] = {
+            gauc_all = gauc(u, y, x)
+            gauc_d = {
                 k: (gauc(u[dom == i], y[dom == i], x[dom == i]) if n_d[i] else float("nan"))
                 for i, k in enumerate(names)
             }
-        return out
+        return MultiDomainMetrics(
+            auc_per_domain={k: float(v) for k, v in zip(names, auc_d)},
+            logloss_per_domain={k: float(v) for k, v in zip(names, loss_d)},
+            pcoc_per_domain={k: float(v) for k, v in zip(names, pcoc_d)},
+            count_per_domain={
+                k: DomainCount(n=int(n_d[i]), pos=int(self._pos[i]), neg=int(self._neg[i])) for i, k in enumerate(names)
+            },
+            auc_overall=overall.compute(),
+            logloss_overall=float(self._loss_sum.sum() / n) if n else float("nan"),
+            auc_mean=float(auc_d[finite].mean()) if finite.any() else float("nan"),
+            wauc=(float(np.sum(n_d[finite] * auc_d[finite]) / np.sum(n_d[finite])) if finite.any() else float("nan")),
+            gauc=gauc_all,
+            gauc_per_domain=gauc_d,
+        )
 
     def __repr__(self) -> str:
         return f"MultiDomainEvaluator(domains={self.domain_names}, n={int((self._pos + self._neg).sum())})"
@@ -675,7 +838,7 @@ class MultiDomainEvaluator:
 # --------------------------------------------------------------------------- #
 # statistics across runs
 # --------------------------------------------------------------------------- #
-def summarize_runs(values: Sequence[float]) -> Tuple[float, float]:
+def summarize_runs(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1) of per-seed results.
 
     Args:
@@ -732,9 +895,7 @@ def _betainc(a: float, b: float, x: float, one_minus_x: float) -> float:
         return 0.0
     if one_minus_x <= 0.0:
         return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(one_minus_x)
-    )
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(one_minus_x)
     # The fraction converges fast for x < (a+1)/(a+b+2); use symmetry otherwise.
     if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(log_front) * _betacf(a, b, x) / a

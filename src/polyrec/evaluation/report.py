@@ -15,12 +15,35 @@ protocol and training strategy, different seeds) become one table row showing
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from .metrics import paired_ttest, summarize_runs
+from ..config import ConfigError
+from ..data.schema import display_order
+from ..runspec import ADAPTER_SEP, RunSpec
+from .metrics import (
+    AUC_MEAN,
+    AUC_OVERALL,
+    AUC_PER_DOMAIN,
+    COUNT_PER_DOMAIN,
+    GAUC,
+    GAUC_PER_DOMAIN,
+    LOGLOSS_OVERALL,
+    LOGLOSS_PER_DOMAIN,
+    PCOC_PER_DOMAIN,
+    WAUC,
+    N,
+    paired_ttest,
+    summarize_runs,
+)
 
 __all__ = [
-    "results_table", "per_domain_table", "metrics_table", "adapter_table", "cost_table", "rank_table",
+    "adapter_table",
+    "cost_table",
+    "metrics_table",
+    "per_domain_table",
+    "rank_table",
+    "results_table",
 ]
 
 _MISSING = "-"
@@ -46,10 +69,10 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _group_runs(
     runs: Sequence[Mapping[str, Any]], group_by: Sequence[str]
-) -> Dict[Tuple[Any, ...], List[Mapping[str, Any]]]:
+) -> dict[tuple[Any, ...], list[Mapping[str, Any]]]:
     if isinstance(runs, Mapping):
         raise TypeError("runs must be a list of run dicts, got a single dict; wrap it in a list: [run].")
-    groups: Dict[Tuple[Any, ...], List[Mapping[str, Any]]] = {}
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for i, run in enumerate(runs):
         if not isinstance(run, Mapping):
             raise TypeError(f"runs[{i}] is a {type(run).__name__}; expected a dict describing one run.")
@@ -58,7 +81,7 @@ def _group_runs(
     return groups
 
 
-def _lookup(run: Mapping[str, Any], key: str) -> Optional[float]:
+def _lookup(run: Mapping[str, Any], key: str) -> float | None:
     """Metric ``key`` from ``run["metrics"]``, falling back to a top-level run field."""
     metrics = run.get("metrics") or {}
     value = metrics.get(key, run.get(key))
@@ -78,7 +101,7 @@ def _mean_std(values: Sequence[float], n_runs: int, scale: float, decimals: int)
     return text
 
 
-def _format_reference(value: Any, scale: float, decimals: Optional[int]) -> str:
+def _format_reference(value: Any, scale: float, decimals: int | None) -> str:
     if value is None:
         return _MISSING
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -106,12 +129,12 @@ def _fmt(value: Any, decimals: int) -> str:
 
 def results_table(
     runs: Sequence[Mapping[str, Any]],
-    metric_keys: Sequence[str] = ("wauc", "auc_overall", "auc_mean", "logloss_overall"),
+    metric_keys: Sequence[str] = (WAUC, AUC_OVERALL, AUC_MEAN, LOGLOSS_OVERALL),
     group_by: Sequence[str] = ("protocol", "model", "strategy"),
-    reference: Optional[Mapping[str, Any]] = None,
+    reference: Mapping[str, Any] | None = None,
     scale: float = 100.0,
-    decimals: Optional[int] = None,
-    reference_metric: Optional[str] = None,
+    decimals: int | None = None,
+    reference_metric: str | None = None,
 ) -> str:
     """Markdown table with one row per group of runs and mean ± std per metric.
 
@@ -159,7 +182,7 @@ def results_table(
 
     rows, notes = [], []
     for key, members in groups.items():
-        row: List[Any] = list(key) + [len(members)]
+        row: list[Any] = list(key) + [len(members)]
         for metric in metric_keys:
             values = [v for v in (_lookup(r, metric) for r in members) if v is not None]
             auc_like = _is_auc_like(metric)
@@ -183,11 +206,11 @@ def results_table(
 
 def per_domain_table(
     runs: Sequence[Mapping[str, Any]],
-    key: str = "auc_per_domain",
+    key: str = AUC_PER_DOMAIN,
     group_by: Sequence[str] = ("protocol", "model", "strategy"),
-    scale: Optional[float] = None,
-    decimals: Optional[int] = None,
-    reference: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    scale: float | None = None,
+    decimals: int | None = None,
+    reference: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     """Markdown table of a per-domain metric: one row per group, one column per domain.
 
@@ -203,7 +226,8 @@ def per_domain_table(
             the published value in brackets after its own (``81.55 ± 0.12 [81.37]``).
 
     Returns:
-        The table as a Markdown string; domains appear in first-seen order.
+        The table as a Markdown string; domains appear in first-seen order, or numerically when every
+        domain name is an integer code (:func:`~polyrec.data.schema.display_order`).
 
     Example:
         >>> runs = [{"model": "STAR", "metrics": {"auc_per_domain": {"a": 0.7, "b": 0.8}}}]
@@ -218,7 +242,7 @@ def per_domain_table(
         decimals = 2 if scale != 1 else 4
     groups = _group_runs(runs, group_by)
 
-    domains: List[str] = []
+    domains: list[str] = []
     for members in groups.values():
         for run in members:
             per_domain = (run.get("metrics") or {}).get(key) or {}
@@ -228,11 +252,12 @@ def per_domain_table(
                     f"Pass the key of a per-domain metric such as 'auc_per_domain'."
                 )
             domains.extend(d for d in per_domain if d not in domains)
+    domains = display_order(domains)
 
     header = list(group_by) + ["n"] + domains
     rows = []
     for group_key, members in groups.items():
-        row: List[Any] = list(group_key) + [len(members)]
+        row: list[Any] = list(group_key) + [len(members)]
         published: Mapping[str, Any] = {}
         if reference is not None and "model" in group_by:
             published = _reference_value(reference, group_key[list(group_by).index("model")]) or {}
@@ -254,7 +279,8 @@ def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
     """Markdown summary of one :meth:`MultiDomainEvaluator.compute` result.
 
     Args:
-        metrics: the dict returned by ``MultiDomainEvaluator.compute()``.
+        metrics: a :class:`~polyrec.evaluation.metrics.MultiDomainMetrics` or its dict form (``to_dict()``,
+            a run record's ``metrics``; keys may be missing).
         scale: multiplier for AUC-like numbers (100 shows them as percent).
 
     Returns:
@@ -268,10 +294,10 @@ def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
         | auc_overall | 75.00 |
     """
     dec_auc = 2 if scale != 1 else 4
-    scalar_keys = [k for k in ("auc_overall", "wauc", "auc_mean", "gauc", "logloss_overall", "n") if k in metrics]
+    scalar_keys = [k for k in (AUC_OVERALL, WAUC, AUC_MEAN, GAUC, LOGLOSS_OVERALL, N) if k in metrics]
     rows = []
     for key in scalar_keys:
-        if key == "n":
+        if key == N:
             rows.append([key, int(metrics[key])])
         elif _is_auc_like(key):
             value = metrics[key]
@@ -280,18 +306,22 @@ def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
             rows.append([key, _fmt(metrics[key], 4)])
     parts = [_markdown(["metric", "value"], rows)]
 
-    per_auc = metrics.get("auc_per_domain") or {}
-    counts = metrics.get("count_per_domain") or {}
-    names = list(dict.fromkeys(list(counts) + list(per_auc)))
+    per_auc = metrics.get(AUC_PER_DOMAIN) or {}
+    counts = metrics.get(COUNT_PER_DOMAIN) or {}
+    names = display_order(dict.fromkeys(list(counts) + list(per_auc)))
     if names:
-        columns = [("auc_per_domain", "auc", scale, dec_auc), ("logloss_per_domain", "logloss", 1.0, 4),
-                   ("pcoc_per_domain", "pcoc", 1.0, 4), ("gauc_per_domain", "gauc", scale, dec_auc)]
+        columns = [
+            (AUC_PER_DOMAIN, "auc", scale, dec_auc),
+            (LOGLOSS_PER_DOMAIN, "logloss", 1.0, 4),
+            (PCOC_PER_DOMAIN, "pcoc", 1.0, 4),
+            (GAUC_PER_DOMAIN, "gauc", scale, dec_auc),
+        ]
         columns = [c for c in columns if c[0] in metrics]
         header = ["domain", "n", "pos"] + [c[1] for c in columns]
         domain_rows = []
         for name in names:
             count = counts.get(name, {})
-            row: List[Any] = [name, count.get("n", _MISSING), count.get("pos", _MISSING)]
+            row: list[Any] = [name, count.get("n", _MISSING), count.get("pos", _MISSING)]
             for key, _, col_scale, col_dec in columns:
                 value = metrics[key].get(name)
                 row.append(_fmt(None if value is None else float(value) * col_scale, col_dec))
@@ -300,27 +330,37 @@ def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
     return "\n\n".join(parts)
 
 
-def _runs_by_model(runs: Sequence[Mapping[str, Any]]) -> Dict[Any, List[Mapping[str, Any]]]:
+def _runs_by_model(runs: Sequence[Mapping[str, Any]]) -> dict[Any, list[Mapping[str, Any]]]:
     return {key[0]: members for key, members in _group_runs(runs, ("model",)).items()}
 
 
-def _mean(values: Sequence[float]) -> Optional[float]:
+def _mean(values: Sequence[float]) -> float | None:
     values = [float(v) for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
 
+def _with_adapter(model: Any, suffix: str) -> str | None:
+    """The name of the run ``model`` with the adapter of ``suffix`` (``mlp`` -> ``mlp+mlora``, ``mlp@two_phase``
+    -> ``mlp+mlora@two_phase``); None when ``model`` has an adapter already or is not a run name."""
+    try:
+        spec = RunSpec.parse(str(model))
+        return None if spec.adapter else str(spec.with_adapter(suffix.removeprefix(ADAPTER_SEP)))
+    except ConfigError:
+        return None
+
+
 def adapter_table(
     runs: Sequence[Mapping[str, Any]],
-    metric: str = "wauc",
-    reference: Optional[Mapping[str, Any]] = None,
+    metric: str = WAUC,
+    reference: Mapping[str, Any] | None = None,
     suffix: str = "+mlora",
     scale: float = 100.0,
     decimals: int = 2,
 ) -> str:
     """Markdown table of each backbone without and with an adapter, paired by seed.
 
-    For every model ``m`` that has runs both as ``m`` and as ``m<suffix>`` (``deepfm`` and
-    ``deepfm+mlora``), one row: both means ± std of ``metric``, the mean paired difference, the two-sided
+    For every model ``m`` that has runs both without and with the adapter (``deepfm`` and ``deepfm+mlora``,
+    ``mlp@two_phase`` and ``mlp+mlora@two_phase``), one row: both means ± std of ``metric``, the mean paired difference, the two-sided
     paired t-test p-value over the seeds both have (runs are paired on ``(seed, split_hash)``, so only runs
     on the same split are compared), the published base / adapted numbers when ``reference`` has them, the
     adapter's parameters and their share of the backbone's, and the training throughput of both (with
@@ -330,8 +370,8 @@ def adapter_table(
         runs: run dicts as :func:`results_table` takes them (``adapter_params``, ``backbone_params``,
             ``train_samples_per_s`` read from the run).
         metric: the compared metric.
-        reference: ``{model name: published value}`` with keys ``m`` and ``m<suffix>``.
-        suffix: the adapted model's name suffix.
+        reference: ``{model name: published value}`` with keys ``m`` and the adapted model's name.
+        suffix: the adapter part of the adapted model's name (``+mlora``, see :mod:`polyrec.runspec`).
         scale, decimals: display of AUC-like values (differences use the same scale).
 
     Returns:
@@ -345,12 +385,26 @@ def adapter_table(
     """
     by_model = _runs_by_model(runs)
     k_scale = scale if _is_auc_like(metric) else 1.0
-    header = ["backbone", "pairs", metric, f"{metric} {suffix}", "Δ", "p (paired t)", "paper", f"paper {suffix}",
-              "paper Δ", "adapter params", "share of backbone", "rows/s", f"rows/s {suffix}"]
+    header = [
+        "backbone",
+        "pairs",
+        metric,
+        f"{metric} {suffix}",
+        "Δ",
+        "p (paired t)",
+        "paper",
+        f"paper {suffix}",
+        "paper Δ",
+        "adapter params",
+        "share of backbone",
+        "rows/s",
+        f"rows/s {suffix}",
+    ]
     rows = []
     for model, base_runs in by_model.items():
-        adapted_runs = by_model.get(f"{model}{suffix}")
-        if not adapted_runs or str(model).endswith(suffix):
+        adapted_name = _with_adapter(model, suffix)
+        adapted_runs = by_model.get(adapted_name) if adapted_name is not None else None
+        if not adapted_runs:
             continue
         base = {(r.get("seed"), r.get("split_hash")): _lookup(r, metric) for r in base_runs}
         adapted = {(r.get("seed"), r.get("split_hash")): _lookup(r, metric) for r in adapted_runs}
@@ -360,35 +414,52 @@ def adapter_table(
         delta = f"{(sum(a) - sum(b)) / len(keys) * k_scale:+.{decimals}f}" if keys else _MISSING
         p = paired_ttest(a, b) if len(keys) >= 2 else None
         ref_base = _reference_value(reference, model) if reference else None
-        ref_adapted = _reference_value(reference, f"{model}{suffix}") if reference else None
-        ref_delta = (f"{(float(ref_adapted) - float(ref_base)) * k_scale:+.{decimals}f}"
-                     if ref_base is not None and ref_adapted is not None else _MISSING)
+        ref_adapted = _reference_value(reference, adapted_name) if reference else None
+        ref_delta = (
+            f"{(float(ref_adapted) - float(ref_base)) * k_scale:+.{decimals}f}"
+            if ref_base is not None and ref_adapted is not None
+            else _MISSING
+        )
         adapter_params = _mean([r.get("adapter_params") for r in adapted_runs])
         backbone_params = _mean([r.get("backbone_params") for r in adapted_runs])
-        share = (f"{adapter_params / backbone_params * 100:.2f}%"
-                 if adapter_params is not None and backbone_params else _MISSING)
+        share = (
+            f"{adapter_params / backbone_params * 100:.2f}%"
+            if adapter_params is not None and backbone_params
+            else _MISSING
+        )
         speed = [_mean([r.get("train_samples_per_s") for r in rs]) for rs in (base_runs, adapted_runs)]
-        threads = [sorted({(r.get("environment") or {}).get("torch_threads") for r in rs} - {None})
-                   for rs in (base_runs, adapted_runs)]
+        threads = [
+            sorted({(r.get("environment") or {}).get("torch_threads") for r in rs} - {None})
+            for rs in (base_runs, adapted_runs)
+        ]
         speed_cells = [_MISSING if v is None else f"{v:,.0f}" for v in speed]
         if threads[0] != threads[1]:  # throughput is only comparable at equal thread counts: say so
-            speed_cells = [c if c == _MISSING or not t else f"{c} ({'/'.join(map(str, t))} thr)"
-                           for c, t in zip(speed_cells, threads)]
-        rows.append([
-            model, len(keys),
-            _mean_std([v for v in base.values() if v is not None], len(base_runs), k_scale, decimals),
-            _mean_std([v for v in adapted.values() if v is not None], len(adapted_runs), k_scale, decimals),
-            delta, _MISSING if p is None else f"{p:.2g}",
-            _format_reference(ref_base, k_scale, decimals), _format_reference(ref_adapted, k_scale, decimals),
-            ref_delta,
-            _MISSING if adapter_params is None else f"{adapter_params:,.0f}", share,
-            *speed_cells,
-        ])
+            speed_cells = [
+                c if c == _MISSING or not t else f"{c} ({'/'.join(map(str, t))} thr)"
+                for c, t in zip(speed_cells, threads)
+            ]
+        rows.append(
+            [
+                model,
+                len(keys),
+                _mean_std([v for v in base.values() if v is not None], len(base_runs), k_scale, decimals),
+                _mean_std([v for v in adapted.values() if v is not None], len(adapted_runs), k_scale, decimals),
+                delta,
+                _MISSING if p is None else f"{p:.2g}",
+                _format_reference(ref_base, k_scale, decimals),
+                _format_reference(ref_adapted, k_scale, decimals),
+                ref_delta,
+                _MISSING if adapter_params is None else f"{adapter_params:,.0f}",
+                share,
+                *speed_cells,
+            ]
+        )
     return _markdown(header, rows) if rows else ""
 
 
 def cost_table(
-    runs: Sequence[Mapping[str, Any]], group_by: Sequence[str] = ("model", "strategy"),
+    runs: Sequence[Mapping[str, Any]],
+    group_by: Sequence[str] = ("model", "strategy"),
 ) -> str:
     """Markdown table of what each group of runs cost: parameters, training rows/s, epochs, wall time.
 
@@ -408,33 +479,41 @@ def cost_table(
     header = list(group_by) + ["n", "params", "train rows/s", "recal.", "epochs", "best epoch", "wall s", "threads"]
     rows = []
     for key, members in _group_runs(runs, group_by).items():
-        def m(field: str) -> Optional[float]:
+
+        def m(field: str, members: Sequence[Mapping[str, Any]] = members) -> float | None:
             return _mean([r.get(field) for r in members])
 
-        params, speed, epochs, best, wall = (m(f) for f in
-                                             ("num_parameters", "train_samples_per_s", "epochs", "best_epoch", "wall_s"))
+        params, speed, epochs, best, wall = (
+            m(f) for f in ("num_parameters", "train_samples_per_s", "epochs", "best_epoch", "wall_s")
+        )
         threads = sorted({(r.get("environment") or {}).get("torch_threads") for r in members} - {None})
         if any(r.get("recalibration_s") is None for r in members):
             recal = "excl."
         else:
             shares = [r["recalibration_s"] / r["train_s"] for r in members if r.get("train_s")]
             recal = f"{100 * sum(shares) / len(shares):.0f}%" if shares else _MISSING
-        rows.append(list(key) + [
-            len(members),
-            _MISSING if params is None else f"{params:,.0f}",
-            _MISSING if speed is None else f"{speed:,.0f}",
-            recal,
-            _MISSING if epochs is None else f"{epochs:.1f}",
-            _MISSING if best is None else f"{best:.1f}",
-            _MISSING if wall is None else f"{wall:,.0f}",
-            ", ".join(str(t) for t in threads) or _MISSING,
-        ])
+        rows.append(
+            list(key)
+            + [
+                len(members),
+                _MISSING if params is None else f"{params:,.0f}",
+                _MISSING if speed is None else f"{speed:,.0f}",
+                recal,
+                _MISSING if epochs is None else f"{epochs:.1f}",
+                _MISSING if best is None else f"{best:.1f}",
+                _MISSING if wall is None else f"{wall:,.0f}",
+                ", ".join(str(t) for t in threads) or _MISSING,
+            ]
+        )
     return _markdown(header, rows)
 
 
 def rank_table(
-    runs: Sequence[Mapping[str, Any]], key: str = "auc_per_domain",
-    group_by: Sequence[str] = ("model", "strategy"), scale: float = 100.0, decimals: int = 2,
+    runs: Sequence[Mapping[str, Any]],
+    key: str = AUC_PER_DOMAIN,
+    group_by: Sequence[str] = ("model", "strategy"),
+    scale: float = 100.0,
+    decimals: int = 2,
 ) -> str:
     """Average AUC and average RANK over domains (MAMDR's Table V metrics), best first.
 
@@ -449,10 +528,10 @@ def rank_table(
         >>> print(rank_table(runs, group_by=["model"]).splitlines()[2])
         | a | 1 | 80.00 | 1.50 |
     """
-    means: Dict[Tuple[Any, ...], Dict[str, float]] = {}
-    counts: Dict[Tuple[Any, ...], int] = {}
+    means: dict[tuple[Any, ...], dict[str, float]] = {}
+    counts: dict[tuple[Any, ...], int] = {}
     for group_key, members in _group_runs(runs, group_by).items():
-        per: Dict[str, List[float]] = {}
+        per: dict[str, list[float]] = {}
         for run in members:
             for domain, value in ((run.get("metrics") or {}).get(key) or {}).items():
                 if value is not None and math.isfinite(float(value)):
@@ -460,7 +539,7 @@ def rank_table(
         means[group_key] = {d: sum(v) / len(v) for d, v in per.items()}
         counts[group_key] = len(members)
     domains = [d for d in dict.fromkeys(d for m in means.values() for d in m) if all(d in m for m in means.values())]
-    ranks: Dict[Tuple[Any, ...], List[float]] = {g: [] for g in means}
+    ranks: dict[tuple[Any, ...], list[float]] = {g: [] for g in means}
     for d in domains:
         values = sorted((means[g][d] for g in means), reverse=True)
         for g in means:

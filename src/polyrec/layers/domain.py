@@ -1,10 +1,11 @@
-"""Domain parameter banks: routing rows to per-domain parameters without running absent domains.
+"""Domain routing: sorting a batch by domain and applying per-domain parameters without running absent domains.
 
-Per-domain parameters are stacked tensors ``[D, ...]``. Large ones (STAR's per-domain weight matrices)
-are applied by sorting the batch by domain once (:class:`DomainSegments`) and running one matmul per
-domain present; small ones (biases, norm scales) are gathered per row. Either way the cost of a step
-depends on the domains present in the batch, never on the total number of domains D, and a domain's
-parameters receive gradient only from its own rows.
+Per-domain parameters are stacked tensors ``[D, ...]``. Large ones (STAR's per-domain weight matrices, the
+per-domain towers and experts of :mod:`polyrec.layers.bank`) are applied by sorting the batch by domain
+once (:class:`DomainSegments`) and running one matmul per domain present (:func:`segment_linear`, or
+:func:`segment_einsum` for experts and generated weights); small ones (biases, norm scales) are gathered
+per row. Either way the cost of a step depends on the domains present in the batch, never on the total
+number of domains D, and a domain's parameters receive gradient only from its own rows.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .mlp import MLP
@@ -41,7 +41,7 @@ class DomainSegments:
     local: Tensor
 
     @classmethod
-    def from_domain(cls, domain: Tensor) -> "DomainSegments":
+    def from_domain(cls, domain: Tensor) -> DomainSegments:
         perm = torch.argsort(domain, stable=True)
         d_sorted = domain.index_select(0, perm)
         domains, counts = torch.unique_consecutive(d_sorted, return_counts=True)
@@ -100,6 +100,47 @@ def segment_linear(x: Tensor, seg: DomainSegments, weight: Tensor, bias: Tensor,
     padded[seg.local, pos] = x
     out = torch.baddbmm(bias.unsqueeze(1), padded, weight)
     return out[seg.local, pos]
+
+
+def segment_einsum(equation: str, x: Tensor, seg: DomainSegments, weight: Tensor, loop_max: int = 16) -> Tensor:
+    """Combine each domain's rows of a domain-sorted batch with that domain's slice of ``weight``.
+
+    ``equation`` is written for one segment: its first operand is the rows (their first index is the row
+    index, which must also lead the output), its second one ``weight[s]``; for example ``"ni,io->no"`` (a
+    linear map) or ``"nki,kio->nko"`` (K experts). Up to ``loop_max`` segments run one einsum each;
+    beyond, the segments are padded to a common length and run as one batched einsum. This generalises
+    :func:`segment_linear` to experts and generated weights.
+
+    Args:
+        equation: einsum equation for a single segment (must not use the letter ``s``).
+        x: rows sorted by domain.
+        seg: the segments of ``x``.
+        weight: one slice per present domain, ``[S, ...]``.
+        loop_max: the largest number of segments run as a Python loop.
+
+    Shape:
+        x ``[B, ...]``, weight ``[S, ...]`` -> ``[B, ...]`` as the equation says.
+
+    Example:
+        >>> seg = DomainSegments.from_domain(torch.tensor([0, 1, 0]))
+        >>> segment_einsum("ni,kio->nko", torch.randn(3, 4), seg, torch.randn(2, 5, 4, 2)).shape
+        torch.Size([3, 5, 2])
+    """
+    if "s" in equation:
+        raise ValueError(f"segment_einsum: the equation {equation!r} must not use the letter 's'")
+    if seg.num_segments == 1:
+        return torch.einsum(equation, x, weight[0])
+    if seg.num_segments <= loop_max:
+        parts = torch.split(x, seg.counts)
+        return torch.cat([torch.einsum(equation, p, weight[i]) for i, p in enumerate(parts)], dim=0)
+    inputs, out = equation.replace(" ", "").split("->")
+    a, b = inputs.split(",")
+    counts = torch.tensor(seg.counts, device=x.device)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(x.shape[0], device=x.device) - starts.index_select(0, seg.local)
+    padded = x.new_zeros(seg.num_segments, max(seg.counts), *x.shape[1:])
+    padded[seg.local, pos] = x
+    return torch.einsum(f"s{a},s{b}->s{out}", padded, weight)[seg.local, pos]
 
 
 class StarLinear(nn.Module):
@@ -188,77 +229,3 @@ class AuxiliaryDomainNetwork(nn.Module):
         if extra is not None:
             h = torch.cat([h, extra], dim=1)
         return self.mlp(h).squeeze(-1)
-
-
-class DomainLinearBank(nn.Module):
-    """One independent linear layer per domain, stored as a bank ``[D, D_in, D_out]``.
-
-    Applied to a domain-sorted batch with one matmul per domain present (:func:`segment_linear`), so a
-    domain's tower never runs on other domains' rows and absent domains cost nothing.
-
-    Args:
-        in_dim: D_in.
-        out_dim: D_out.
-        num_domains: D.
-
-    Shape:
-        forward(x ``[B, D_in]`` sorted by domain, seg) -> ``[B, D_out]``.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, num_domains: int) -> None:
-        super().__init__()
-        self.in_dim, self.out_dim, self.num_domains = in_dim, out_dim, num_domains
-        bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default initialisation, per domain
-        self.weight = nn.Parameter(torch.empty(num_domains, in_dim, out_dim).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(num_domains, out_dim).uniform_(-bound, bound))
-
-    def forward(self, x: Tensor, seg: DomainSegments) -> Tensor:
-        return segment_linear(x, seg, self.weight.index_select(0, seg.domains), self.bias.index_select(0, seg.domains))
-
-    def extra_repr(self) -> str:
-        return f"in_dim={self.in_dim}, out_dim={self.out_dim}, num_domains={self.num_domains}"
-
-
-class DomainMLPBank(nn.Module):
-    """A per-domain MLP tower for every domain, as banks: each row goes through its own domain's tower only.
-
-    Args:
-        in_dim: D_in.
-        hidden_units: hidden sizes of each tower.
-        num_domains: D.
-        activation: hidden activation.
-        dropout: dropout after each hidden activation.
-        output_dim: optional final linear size (no activation), e.g. 1 for a logit.
-
-    Shape:
-        forward(x ``[B, D_in]`` sorted by domain, seg) -> ``[B, hidden_units[-1]]`` or ``[B, output_dim]``.
-
-    Example:
-        >>> towers = DomainMLPBank(32, (16,), num_domains=3, output_dim=1)   # doctest: +SKIP
-        >>> seg = DomainSegments.from_domain(batch.domain)                    # doctest: +SKIP
-        >>> logit = seg.unsort(towers(seg.sort(h), seg)).squeeze(-1)          # doctest: +SKIP
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        hidden_units: tuple[int, ...] | list[int],
-        num_domains: int,
-        activation: str = "relu",
-        dropout: float = 0.0,
-        output_dim: int | None = None,
-    ) -> None:
-        super().__init__()
-        from .mlp import activation as make_activation
-
-        sizes = [in_dim, *hidden_units]
-        self.hidden = nn.ModuleList(DomainLinearBank(a, b, num_domains) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.out = DomainLinearBank(sizes[-1], output_dim, num_domains) if output_dim is not None else None
-        self.act = make_activation(activation)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.output_dim = output_dim if output_dim is not None else sizes[-1]
-
-    def forward(self, x: Tensor, seg: DomainSegments) -> Tensor:
-        for layer in self.hidden:
-            x = self.dropout(self.act(layer(x, seg)))
-        return self.out(x, seg) if self.out is not None else x

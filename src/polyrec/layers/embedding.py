@@ -53,14 +53,20 @@ class EmbeddingCollection(nn.Module):
         # Columns of Batch.sparse to read, and each field's first row in the shared table.
         cols = [schema.sparse_names.index(f.name) for f in sparse]
         sizes = [f.vocab_size for f in sparse]
-        offsets = torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0) if sizes else torch.zeros(0, dtype=torch.long)
+        offsets = (
+            torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0) if sizes else torch.zeros(0, dtype=torch.long)
+        )
         self.register_buffer("columns", torch.tensor(cols, dtype=torch.long), persistent=False)
         self.register_buffer("offsets", offsets, persistent=False)
         self.table = nn.Embedding(max(sum(sizes), 1), embedding_dim)
         nn.init.normal_(self.table.weight, std=init_std)
         self.multi_names = [f.name for f in schema.multi if f.name in wanted]
         self.multi = nn.ModuleDict(
-            {f.name: nn.Embedding(f.vocab_size, embedding_dim, padding_idx=PAD_INDEX) for f in schema.multi if f.name in wanted}
+            {
+                f.name: nn.Embedding(f.vocab_size, embedding_dim, padding_idx=PAD_INDEX)
+                for f in schema.multi
+                if f.name in wanted
+            }
         )
         for m in self.multi.values():
             nn.init.normal_(m.weight, std=init_std)

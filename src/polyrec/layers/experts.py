@@ -1,11 +1,11 @@
-"""Mixture-of-experts pieces for multi-domain models: expert banks, per-domain gates, CGC/PLE extraction,
-cross-stitch units and gradient reversal.
+"""Mixture-of-experts pieces for multi-domain models: gates, CGC/PLE extraction, cross-stitch units and
+gradient reversal.
 
-Every group of networks of the same shape (E experts, or one network per domain where a method's definition
-needs all of them for every row) is a *bank*: its weights are stacked ``[G, D_in, D_out]`` tensors and the
-whole group runs as one batched matmul, never as a ``ModuleList`` looped over rows that are then masked.
-Per-domain pieces that only a row's own domain needs (gates, domain-specific experts at PLE's last level)
-run on a domain-sorted batch (:class:`~polyrec.layers.domain.DomainSegments`), so absent domains cost nothing.
+The experts themselves, and every other group of same-shaped networks, are banks
+(:class:`~polyrec.layers.bank.MLPBank`, :class:`~polyrec.layers.bank.LinearBank`): stacked ``[K, D_in, D_out]``
+weights run as one batched matmul (every member on every row) or routed on a domain-sorted batch
+(:class:`~polyrec.layers.domain.DomainSegments`, each row through its own domain's members, absent domains
+cost nothing).
 
 Layout: expert outputs are expert-major, ``[E, B, H]``, which is what ``torch.bmm`` consumes; a gate's
 weights are ``[B, E]`` and :func:`mix_experts` reduces the two to ``[B, H]``.
@@ -20,166 +20,15 @@ References:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from .domain import DomainLinearBank, DomainSegments, segment_linear
-from .mlp import activation as make_activation
-
+from .bank import LinearBank, MLPBank
+from .domain import DomainSegments
 
 # --------------------------------------------------------------------------------------------------------
-# Banks of linear layers and MLPs
+# Gates and the gated mixture
 # --------------------------------------------------------------------------------------------------------
-
-
-class BankLinear(nn.Module):
-    """G independent linear layers stored as one bank ``[G, D_in, D_out]`` and run as one batched matmul.
-
-    Args:
-        in_dim: D_in.
-        out_dim: D_out.
-        num: G, the number of layers in the bank.
-
-    Shape:
-        forward(x): x ``[B, D_in]`` (the same rows for every member, one matmul) or ``[G, B, D_in]`` (each
-        member its own rows) -> ``[G, B, D_out]``.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, num: int) -> None:
-        super().__init__()
-        if num < 1 or in_dim < 1 or out_dim < 1:
-            raise ValueError(f"BankLinear needs positive sizes, got in_dim={in_dim}, out_dim={out_dim}, num={num}")
-        self.in_dim, self.out_dim, self.num = in_dim, out_dim, num
-        bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default initialisation, per member
-        self.weight = nn.Parameter(torch.empty(num, in_dim, out_dim).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(num, out_dim).uniform_(-bound, bound))
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 2:
-            # One [B, D_in] x [D_in, G*D_out] matmul for all members.
-            w = self.weight.permute(1, 0, 2).reshape(self.in_dim, self.num * self.out_dim)
-            y = (x @ w).view(x.shape[0], self.num, self.out_dim) + self.bias
-            return y.permute(1, 0, 2)
-        if x.dim() != 3 or x.shape[0] != self.num:
-            raise ValueError(f"BankLinear expects [B, {self.in_dim}] or [{self.num}, B, {self.in_dim}], got {tuple(x.shape)}")
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
-
-    def forward_member(self, x: Tensor, index: int) -> Tensor:
-        """Member ``index`` alone on ``x`` ``[N, D_in]`` -> ``[N, D_out]``."""
-        return torch.addmm(self.bias[index], x, self.weight[index])
-
-    def extra_repr(self) -> str:
-        return f"in_dim={self.in_dim}, out_dim={self.out_dim}, num={self.num}"
-
-
-class ExpertBank(nn.Module):
-    """E MLPs of identical shape (experts, or per-domain networks) run as one batched MLP.
-
-    Each layer's weights are a stacked ``[E, D_in, D_out]`` tensor (:class:`BankLinear`); every hidden layer
-    is followed by the activation and dropout, an optional ``output_dim`` layer by nothing (logits).
-
-    Args:
-        in_dim: D_in.
-        hidden_units: hidden sizes of every expert.
-        num_experts: E.
-        activation: hidden activation.
-        dropout: dropout after each hidden activation.
-        output_dim: optional final linear size of every expert (no activation).
-
-    Shape:
-        forward(x): x ``[B, D_in]`` -> ``[E, B, H]``, or x ``[G, B, D_in]`` with E divisible by G -> ``[E, B, H]``
-        where experts ``g*E/G .. (g+1)*E/G - 1`` read ``x[g]`` (PLE's domain-specific experts on their own
-        domain's input). H is ``output_dim`` or ``hidden_units[-1]``.
-
-        forward_domain(x, seg, k): x ``[B, D_in]`` sorted by domain -> ``[k, B, H]``: each row through the
-        k = E/D experts of its own domain only (see :meth:`forward_domain`).
-
-    Example:
-        >>> experts = ExpertBank(32, (16,), num_experts=4)          # doctest: +SKIP
-        >>> experts(torch.randn(8, 32)).shape                        # doctest: +SKIP
-        torch.Size([4, 8, 16])
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        hidden_units: tuple[int, ...] | list[int],
-        num_experts: int,
-        activation: str = "relu",
-        dropout: float = 0.0,
-        output_dim: int | None = None,
-    ) -> None:
-        super().__init__()
-        if num_experts < 1:
-            raise ValueError(f"ExpertBank needs num_experts >= 1, got {num_experts}")
-        if not hidden_units and output_dim is None:
-            raise ValueError("ExpertBank needs hidden_units or an output_dim")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        sizes = [in_dim, *hidden_units]
-        self.hidden = nn.ModuleList(BankLinear(a, b, num_experts) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.out = BankLinear(sizes[-1], output_dim, num_experts) if output_dim is not None else None
-        self.act = make_activation(activation)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.in_dim, self.num_experts = in_dim, num_experts
-        self.output_dim = output_dim if output_dim is not None else sizes[-1]
-
-    def _layers(self) -> list[tuple[BankLinear, bool]]:
-        layers = [(layer, True) for layer in self.hidden]
-        if self.out is not None:
-            layers.append((self.out, False))
-        return layers
-
-    def forward(self, x: Tensor) -> Tensor:
-        E = self.num_experts
-        if x.dim() == 3 and x.shape[0] != E:
-            G = x.shape[0]
-            if E % G:
-                raise ValueError(f"ExpertBank: {E} experts cannot be split into {G} input groups")
-            # Each group's input is read by its E/G experts.
-            x = x.unsqueeze(1).expand(G, E // G, *x.shape[1:]).reshape(E, *x.shape[1:])
-        for layer, hidden in self._layers():
-            x = layer(x)
-            if hidden:
-                x = self.dropout(self.act(x))
-        return x
-
-    def forward_member(self, x: Tensor, index: int) -> Tensor:
-        """Expert ``index`` alone on ``x`` ``[N, D_in]`` -> ``[N, H]`` (e.g. one domain's network on a slice)."""
-        for layer, hidden in self._layers():
-            x = layer.forward_member(x, index)
-            if hidden:
-                x = self.dropout(self.act(x))
-        return x
-
-    def forward_domain(self, x: Tensor, seg: DomainSegments, per_domain: int = 1) -> Tensor:
-        """Each row through its own domain's experts only.
-
-        The bank holds ``k = per_domain`` experts per domain, domain d owning experts ``d*k .. d*k + k - 1``
-        (E = D*k). Rows are domain-sorted; each present domain's rows run through that domain's k experts,
-        one matmul per (present domain, expert, layer) via :func:`~polyrec.layers.domain.segment_linear`, so
-        other domains' experts neither run on these rows nor receive gradient from them, and absent domains
-        cost nothing.
-
-        Shape:
-            x ``[B, D_in]`` sorted by domain -> ``[k, B, H]``.
-        """
-        k = per_domain
-        if k < 1 or self.num_experts % k:
-            raise ValueError(f"cannot split {self.num_experts} experts into groups of {k} per domain")
-        outs = []
-        for j in range(k):
-            h = x
-            for layer, hidden in self._layers():
-                w = layer.weight.view(-1, k, layer.in_dim, layer.out_dim)[:, j].index_select(0, seg.domains)
-                b = layer.bias.view(-1, k, layer.out_dim)[:, j].index_select(0, seg.domains)
-                h = segment_linear(h, seg, w, b)
-                if hidden:
-                    h = self.dropout(self.act(h))
-            outs.append(h)
-        return torch.stack(outs, 0)
 
 
 def mix_experts(weights: Tensor, experts: Tensor) -> Tensor:
@@ -187,20 +36,20 @@ def mix_experts(weights: Tensor, experts: Tensor) -> Tensor:
 
     Shape:
         weights ``[B, E]``, experts ``[E, B, H]`` -> ``[B, H]``.
+
+    Example:
+        >>> mix_experts(torch.full((2, 4), 0.25), torch.ones(4, 2, 3))
+        tensor([[1., 1., 1.],
+                [1., 1., 1.]])
     """
     return torch.einsum("be,ebh->bh", weights, experts)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Gates
-# --------------------------------------------------------------------------------------------------------
 
 
 class DomainGate(nn.Module):
     """One softmax gate per domain over E experts (MMoE eq. 5: ``g_d(x) = softmax(W_d x)``), as a bank.
 
-    The gate weights are a :class:`~polyrec.layers.domain.DomainLinearBank` ``[D, D_in, E]``: on a
-    domain-sorted batch each row is scored by its own domain's gate only (:meth:`forward`).
+    The gate weights are a :class:`~polyrec.layers.bank.LinearBank` ``[D, D_in, E]``: on a domain-sorted
+    batch each row is scored by its own domain's gate only (:meth:`forward`).
     :meth:`forward_all` scores every row with every domain's gate, for methods whose definition needs all
     domains' gated mixtures of every row (PLE's intermediate levels, HMoE).
 
@@ -212,11 +61,18 @@ class DomainGate(nn.Module):
     Shape:
         forward(x ``[B, D_in]`` sorted by domain, seg) -> ``[B, E]``, rows summing to 1.
         forward_all(x ``[B, D_in]`` or ``[D, B, D_in]``) -> ``[D, B, E]``.
+
+    Example:
+        >>> gate = DomainGate(8, num_experts=4, num_domains=3)
+        >>> seg = DomainSegments.from_domain(torch.tensor([0, 0, 2]))
+        >>> weights = gate(torch.randn(3, 8), seg)     # rows sorted by domain, each scored by its own gate
+        >>> weights.shape, torch.allclose(weights.sum(-1), torch.ones(3))
+        (torch.Size([3, 4]), True)
     """
 
     def __init__(self, in_dim: int, num_experts: int, num_domains: int) -> None:
         super().__init__()
-        self.linear = DomainLinearBank(in_dim, num_experts, num_domains)
+        self.linear = LinearBank(in_dim, num_experts, num_domains)
 
     def logits(self, x: Tensor, seg: DomainSegments) -> Tensor:
         return self.linear(x, seg)
@@ -310,12 +166,9 @@ class ExtractionLayer(nn.Module):
             )
         D = num_domains
         self.num_domains, self.num_shared, self.num_specific = D, num_shared, num_specific
-        self.shared = ExpertBank(in_dim, expert_units, num_shared, activation, dropout) if num_shared else None
-        self.specific = (
-            ExpertBank(in_dim, expert_units, D * num_specific, activation, dropout)
-            if num_specific
-            else None
-        )
+        self.shared = MLPBank(in_dim, expert_units, num_shared, activation, dropout) if num_shared else None
+        # Domain d's experts are members d*k .. d*k + k - 1.
+        self.specific = MLPBank(in_dim, expert_units, D * num_specific, activation, dropout) if num_specific else None
         self.gates = DomainGate(in_dim, num_specific + num_shared, D)
         self.shared_gate = SoftmaxGate(in_dim, D * num_specific + num_shared) if shared_gate else None
         self.output_dim = expert_units[-1]
@@ -345,7 +198,7 @@ class ExtractionLayer(nn.Module):
                 own_idx = (seg.sorted_domain * k).view(1, B, 1) + torch.arange(k, device=shared_x.device).view(k, 1, 1)
                 spec_own = spec_all.gather(0, own_idx.expand(k, B, self.output_dim))
             else:
-                spec_own = self.specific.forward_domain(shared_x if domain_x is None else domain_x, seg, k)
+                spec_own = self.specific.route_experts(shared_x if domain_x is None else domain_x, seg, k)
         else:
             spec_own = shared_x.new_zeros(0, B, self.output_dim)
 

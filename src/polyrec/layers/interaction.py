@@ -15,16 +15,16 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "FMInteraction",
+    "CIN",
     "BiInteractionPooling",
-    "SelfAttentionInteraction",
-    "InnerProduct",
-    "OuterProduct",
+    "BilinearInteraction",
     "CrossNetwork",
     "CrossNetworkV2",
-    "CIN",
+    "FMInteraction",
+    "InnerProduct",
+    "OuterProduct",
     "SENETLayer",
-    "BilinearInteraction",
+    "SelfAttentionInteraction",
 ]
 
 
@@ -211,8 +211,10 @@ class SelfAttentionInteraction(nn.Module):
         return torch.relu(out)
 
     def extra_repr(self) -> str:
-        return (f"embed_dim={self.embed_dim}, attention_dim={self.attention_dim}, num_heads={self.num_heads}, "
-                f"use_residual={self.use_residual}, scale={self.scale}")
+        return (
+            f"embed_dim={self.embed_dim}, attention_dim={self.attention_dim}, num_heads={self.num_heads}, "
+            f"use_residual={self.use_residual}, scale={self.scale}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -431,8 +433,10 @@ class CrossNetworkV2(nn.Module):
         return xl
 
     def extra_repr(self) -> str:
-        return (f"in_dim={self.in_dim}, num_layers={self.num_layers}, low_rank={self.low_rank}, "
-                f"num_experts={self.num_experts}")
+        return (
+            f"in_dim={self.in_dim}, num_layers={self.num_layers}, low_rank={self.low_rank}, "
+            f"num_experts={self.num_experts}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------

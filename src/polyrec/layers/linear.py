@@ -45,7 +45,7 @@ class LinearPart(nn.Module):
             starts.append(starts[-1] + s)
         self.register_buffer("sparse_offsets", torch.tensor(starts[: len(sparse)], dtype=torch.long), persistent=False)
         self.multi_names = [f.name for f in multi]
-        self._multi_offsets = starts[len(sparse):]
+        self._multi_offsets = starts[len(sparse) :]
         self.table = nn.Embedding(max(sum(sizes), 1), 1)
         nn.init.zeros_(self.table.weight)
         self.dense = nn.Linear(len(schema.dense), 1, bias=False) if (use_dense and schema.dense) else None

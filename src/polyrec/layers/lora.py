@@ -49,8 +49,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .domain import DomainSegments, StarLinear
 
@@ -171,12 +171,20 @@ class LoRABank(nn.Module):
         :meth:`forward_segments`: domain-sorted x ``[B, N, D_in]``, segments -> ``[B, N, D_out]``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, rank: int, num_domains: int, domain_bias: bool = False,
-                 a_init: str = "gaussian") -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        rank: int,
+        num_domains: int,
+        domain_bias: bool = False,
+        a_init: str = "gaussian",
+    ) -> None:
         super().__init__()
         if rank < 1 or num_domains < 1:
-            raise ValueError(f"LoRABank needs rank >= 1 and num_domains >= 1, got rank={rank}, "
-                             f"num_domains={num_domains}")
+            raise ValueError(
+                f"LoRABank needs rank >= 1 and num_domains >= 1, got rank={rank}, num_domains={num_domains}"
+            )
         if a_init not in A_INITS:
             raise ValueError(f"LoRABank a_init {a_init!r} is not allowed; must be one of {', '.join(A_INITS)}")
         self.in_dim, self.out_dim, self.rank, self.a_init = in_dim, out_dim, rank, a_init
@@ -261,11 +269,13 @@ class LoRABank(nn.Module):
         if self.A_new is not None:
             raise RuntimeError("merge() staged rows before extending the bank")
         self.A = nn.Parameter(torch.cat([self.A.detach(), self._init_a(n, like=self.A)]), self.A.requires_grad)
-        self.B = nn.Parameter(torch.cat([self.B.detach(), self.B.new_zeros(n, self.rank, self.out_dim)]),
-                              self.B.requires_grad)
+        self.B = nn.Parameter(
+            torch.cat([self.B.detach(), self.B.new_zeros(n, self.rank, self.out_dim)]), self.B.requires_grad
+        )
         if self.bias is not None:
-            self.bias = nn.Parameter(torch.cat([self.bias.detach(), self.bias.new_zeros(n, self.out_dim)]),
-                                     self.bias.requires_grad)
+            self.bias = nn.Parameter(
+                torch.cat([self.bias.detach(), self.bias.new_zeros(n, self.out_dim)]), self.bias.requires_grad
+            )
 
     @torch.no_grad()
     def stage(self, first: int) -> list[nn.Parameter]:
@@ -301,8 +311,10 @@ class LoRABank(nn.Module):
             setattr(self, name, nn.Parameter(torch.cat([full.detach(), new.detach()])))
 
     def extra_repr(self) -> str:
-        return (f"in_dim={self.in_dim}, out_dim={self.out_dim}, rank={self.rank}, num_domains={self.num_domains}, "
-                f"domain_bias={self.bias is not None}")
+        return (
+            f"in_dim={self.in_dim}, out_dim={self.out_dim}, rank={self.rank}, num_domains={self.num_domains}, "
+            f"domain_bias={self.bias is not None}"
+        )
 
 
 class LoRALinear(nn.Module):
@@ -324,8 +336,15 @@ class LoRALinear(nn.Module):
         ``[B, ..., D_in]`` -> ``[B, ..., D_out]``, batch dimension first.
     """
 
-    def __init__(self, base: nn.Linear, num_domains: int, rank: int, state: AdapterState,
-                 domain_bias: bool = False, a_init: str = "gaussian") -> None:
+    def __init__(
+        self,
+        base: nn.Linear,
+        num_domains: int,
+        rank: int,
+        state: AdapterState,
+        domain_bias: bool = False,
+        a_init: str = "gaussian",
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
@@ -370,8 +389,15 @@ class LoRAStarLinear(StarLinear):
         forward(x ``[B, D_in]`` sorted by domain, seg) -> ``[B, D_out]``.
     """
 
-    def __init__(self, base: StarLinear, num_domains: int, rank: int, state: AdapterState,
-                 domain_bias: bool = False, a_init: str = "gaussian") -> None:
+    def __init__(
+        self,
+        base: StarLinear,
+        num_domains: int,
+        rank: int,
+        state: AdapterState,
+        domain_bias: bool = False,
+        a_init: str = "gaussian",
+    ) -> None:
         nn.Module.__init__(self)
         self.in_dim, self.out_dim, self.num_domains = base.in_dim, base.out_dim, base.num_domains
         self.weight, self.bias = base.weight, base.bias

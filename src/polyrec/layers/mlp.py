@@ -6,8 +6,15 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
-               "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "prelu": nn.PReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+}
 
 
 def activation_names() -> tuple[str, ...]:
@@ -41,7 +48,8 @@ class MLP(nn.Module):
         ``[B, D_in]`` -> ``[B, hidden_units[-1]]`` (or ``[B, output_dim]``).
 
     Example:
-        >>> MLP(16, (32, 8), output_dim=1)(torch.randn(4, 16)).shape   # doctest: +SKIP
+        >>> import torch
+        >>> MLP(16, (32, 8), output_dim=1)(torch.randn(4, 16)).shape
         torch.Size([4, 1])
     """
 

@@ -58,9 +58,11 @@ class PartitionedNorm(nn.Module):
     def begin_calibration(self) -> None:
         """Start accumulating exact per-domain sums of this layer's inputs (in any mode)."""
         D, F = self.running_mean.shape
-        self._calib = [torch.zeros(D, F, dtype=torch.float64, device=self.running_mean.device),
-                       torch.zeros(D, F, dtype=torch.float64, device=self.running_mean.device),
-                       torch.zeros(D, dtype=torch.float64, device=self.running_mean.device)]
+        self._calib = [
+            torch.zeros(D, F, dtype=torch.float64, device=self.running_mean.device),
+            torch.zeros(D, F, dtype=torch.float64, device=self.running_mean.device),
+            torch.zeros(D, dtype=torch.float64, device=self.running_mean.device),
+        ]
 
     def _accumulate(self, x: Tensor, local: Tensor, domains: Tensor) -> None:
         rows_domain = domains.index_select(0, local)

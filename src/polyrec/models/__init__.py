@@ -1,9 +1,31 @@
 """Models: the registry, the contract, and every registered model (imported here to register them)."""
 
-from ._registry import create_model, describe_model, get_model_class, list_models, model_config, register_model
+from . import ctr as _ctr  # noqa: F401  (registers the single-domain backbones)
+from . import multidomain as _multidomain  # noqa: F401  (registers the multi-domain models)
+from ._registry import (
+    MODELS,
+    create_model,
+    describe_model,
+    get_model_class,
+    list_models,
+    model_config,
+    model_tags,
+    models_by_tag,
+    register_model,
+)
 from .base import Model, ModelConfig, ModelOutput
-from . import ctr as _ctr  # noqa: F401,E402  (registers the single-domain backbones)
-from . import multidomain as _multidomain  # noqa: F401,E402  (registers the multi-domain models)
 
-__all__ = ["Model", "ModelConfig", "ModelOutput", "create_model", "describe_model", "get_model_class", "list_models",
-           "model_config", "register_model"]
+__all__ = [
+    "MODELS",
+    "Model",
+    "ModelConfig",
+    "ModelOutput",
+    "create_model",
+    "describe_model",
+    "get_model_class",
+    "list_models",
+    "model_config",
+    "model_tags",
+    "models_by_tag",
+    "register_model",
+]

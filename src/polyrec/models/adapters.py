@@ -39,11 +39,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal
+from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..config import Check, field_error, param
 from ..data.batch import Batch
@@ -109,8 +110,9 @@ class AdapterConfig:
             for f in dataclasses.fields(self):
                 value = getattr(self, f.name)
                 if f.name != "kind" and value is not None:
-                    raise field_error(f.name, _shown(value), "it is used only with adapters; set adapter.kind=mlora "
-                                      "or drop it")
+                    raise field_error(
+                        f.name, _shown(value), "it is used only with adapters; set adapter.kind=mlora or drop it"
+                    )
 
 
 # ------------------------------------------------------------------------------------------------ discovery
@@ -278,7 +280,8 @@ class MLoRAModel(Model):
                 self._frozen_backbone.append(p)
         if freeze_norm_stats:
             self._frozen_norms = [
-                m for m in self.backbone.modules()
+                m
+                for m in self.backbone.modules()
                 if any(n.startswith("running_") for n, _ in m.named_buffers(recurse=False))
             ]
             self.train(self.training)
@@ -294,7 +297,7 @@ class MLoRAModel(Model):
     def backbone_frozen(self) -> bool:
         return bool(self._frozen_backbone)
 
-    def train(self, mode: bool = True) -> "MLoRAModel":
+    def train(self, mode: bool = True) -> MLoRAModel:
         super().train(mode)
         for m in self._frozen_norms:
             m.train(False)
@@ -352,8 +355,14 @@ def attach_mlora(
         else:
             raise TypeError(f"adapter target {name!r} is a {type(layer).__name__}, not nn.Linear or StarLinear")
         setattr(parent, child, new)
-    cfg = AdapterConfig(kind="mlora", alpha=alpha, targets=targets, max_adapter_params=max_adapter_params,
-                        domain_bias=domain_bias, a_init=a_init)
+    cfg = AdapterConfig(
+        kind="mlora",
+        alpha=alpha,
+        targets=targets,
+        max_adapter_params=max_adapter_params,
+        domain_bias=domain_bias,
+        a_init=a_init,
+    )
     return MLoRAModel(model, cfg, names, state)
 
 
@@ -367,7 +376,7 @@ def add_domain(model: MLoRAModel, name: str, backbone_domain: int | str = 0) -> 
     prediction. The backbone has no parameters for it and computes it as domain ``backbone_domain`` (an index
     or name of one of the backbone's own domains): its domain-indexed parts (STAR's per-domain weights,
     partitioned norm, an auxiliary network) are that domain's, and
-    :func:`polyrec.experiment.new_domain_dataset` gives the new rows that domain's indicator feature. The
+    :func:`polyrec.data.new_domain_dataset` gives the new rows that domain's indicator feature. The
     schema's domains grow by ``name``. Existing domains' predictions do not change at all; train the new
     adapter alone with :func:`polyrec.training.strategies.two_phase.finetune_new_domains`.
 

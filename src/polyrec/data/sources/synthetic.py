@@ -61,7 +61,7 @@ Example:
 from __future__ import annotations
 
 import numbers
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -96,7 +96,7 @@ def _check_real(field: str, value: object) -> float:
 
 def _per_domain(field: str, value: object, n_domains: int) -> list:
     """Broadcast a scalar to every domain, or check a per-domain list's length."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) and not isinstance(value, np.ndarray):
+    if isinstance(value, (str, bytes)) or (not isinstance(value, Sequence) and not isinstance(value, np.ndarray)):
         return [value] * n_domains
     values = list(value)
     if len(values) != n_domains:
@@ -147,7 +147,7 @@ def zipf_sizes(total: int, n_domains: int, exponent: float = 1.0, min_size: int 
     return [int(v) + min_size for v in sizes]
 
 
-def _dense_weights(value: object, n_domains: int, n_dense: int) -> Union[list[list[float]], None]:
+def _dense_weights(value: object, n_domains: int, n_dense: int) -> list[list[float]] | None:
     """``dense_weights`` as ``D`` rows of ``n_dense`` finite floats (a shared row repeated), or None."""
     if value is None:
         return None
@@ -166,8 +166,10 @@ def _dense_weights(value: object, n_domains: int, n_dense: int) -> Union[list[li
 
 def _check_same(field: str, values: list, allowed: str) -> None:
     if any(v != values[0] for v in values):
-        raise ValueError(f"make_synthetic: {field} is {values!r} but identical_domains=True needs {allowed} for "
-                         f"every domain; make the values equal, or set identical_domains=False.")
+        raise ValueError(
+            f"make_synthetic: {field} is {values!r} but identical_domains=True needs {allowed} for "
+            f"every domain; make the values equal, or set identical_domains=False."
+        )
 
 
 def _popularity(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
@@ -210,18 +212,18 @@ def _three_distinct(rng: np.random.Generator, n: int, vocab: int) -> np.ndarray:
 
 def make_synthetic(
     n_domains: int = 3,
-    n_samples: Union[int, Sequence[int]] = 10_000,
+    n_samples: int | Sequence[int] = 10_000,
     n_users: int = 500,
     n_items: int = 300,
-    ctr: Union[float, Sequence[float]] = 0.2,
+    ctr: float | Sequence[float] = 0.2,
     shared_strength: float = 1.0,
     specific_strength: float = 1.0,
     n_dense: int = 2,
     seed: int = 0,
     multi_valued: bool = True,
-    specific_signs: Union[Sequence[float], None] = None,
-    cross_strength: Union[float, Sequence[float]] = 0.0,
-    dense_weights: Union[Sequence[float], Sequence[Sequence[float]], None] = None,
+    specific_signs: Sequence[float] | None = None,
+    cross_strength: float | Sequence[float] = 0.0,
+    dense_weights: Sequence[float] | Sequence[Sequence[float]] | None = None,
     identical_domains: bool = False,
     with_probability: bool = False,
 ) -> pd.DataFrame:
@@ -276,7 +278,9 @@ def make_synthetic(
         [0, 1, 2]
     """
     n_domains = _check_count("n_domains", n_domains, 1)
-    sizes = [_check_count(f"n_samples[{d}]", s, 1) for d, s in enumerate(_per_domain("n_samples", n_samples, n_domains))]
+    sizes = [
+        _check_count(f"n_samples[{d}]", s, 1) for d, s in enumerate(_per_domain("n_samples", n_samples, n_domains))
+    ]
     rates = _per_domain("ctr", ctr, n_domains)
     for d, rate in enumerate(rates):
         _check_real(f"ctr[{d}]", rate)
@@ -292,12 +296,18 @@ def make_synthetic(
     signs = None
     if specific_signs is not None:
         if isinstance(specific_signs, numbers.Real) and not isinstance(specific_signs, bool):
-            raise ValueError(f"make_synthetic: specific_signs must list one multiplier per domain ({n_domains}), "
-                             f"e.g. [1, -1, ...], got the single value {specific_signs!r}.")
-        signs = [_check_real(f"specific_signs[{d}]", v)
-                 for d, v in enumerate(_per_domain("specific_signs", specific_signs, n_domains))]
-    crosses = [_check_real(f"cross_strength[{d}]", v)
-               for d, v in enumerate(_per_domain("cross_strength", cross_strength, n_domains))]
+            raise ValueError(
+                f"make_synthetic: specific_signs must list one multiplier per domain ({n_domains}), "
+                f"e.g. [1, -1, ...], got the single value {specific_signs!r}."
+            )
+        signs = [
+            _check_real(f"specific_signs[{d}]", v)
+            for d, v in enumerate(_per_domain("specific_signs", specific_signs, n_domains))
+        ]
+    crosses = [
+        _check_real(f"cross_strength[{d}]", v)
+        for d, v in enumerate(_per_domain("cross_strength", cross_strength, n_domains))
+    ]
     w_fixed = _dense_weights(dense_weights, n_domains, n_dense)
     for flag, value in (("identical_domains", identical_domains), ("with_probability", with_probability)):
         if value is not True and value is not False:
@@ -308,13 +318,15 @@ def make_synthetic(
         if w_fixed is not None:
             _check_same("dense_weights", [tuple(row) for row in w_fixed], "one row of n_dense weights")
         if signs is not None:
-            raise ValueError("make_synthetic: specific_signs is not allowed with identical_domains=True (identical "
-                             "domains have no domain-specific term); drop one of them.")
+            raise ValueError(
+                "make_synthetic: specific_signs is not allowed with identical_domains=True (identical "
+                "domains have no domain-specific term); drop one of them."
+            )
 
     rng = np.random.default_rng(int(seed))
     k = _LATENT_DIM
     # Entries scaled by k**-0.25 so that <u, v> has unit variance.
-    scale = k ** -0.25 / np.sqrt(2.0)
+    scale = k**-0.25 / np.sqrt(2.0)
     n_groups = min(_MAX_USER_GROUPS, n_users)
     n_cats = min(_MAX_ITEM_CATS, n_items)
     user_group = rng.integers(0, n_groups, n_users)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["load_table", "load_atomic", "default_sep", "SUPPORTED_FORMATS", "ATOMIC_TYPES"]
+__all__ = ["ATOMIC_TYPES", "SUPPORTED_FORMATS", "default_sep", "load_atomic", "load_table"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -64,8 +65,7 @@ def _split_typed_header(header_line: str, label: str) -> tuple[list[str], list[s
             )
         if typ not in ATOMIC_TYPES:
             raise ValueError(
-                f"{label}: column {name!r} has unknown type {typ!r}; supported types are "
-                f"{sorted(ATOMIC_TYPES)}."
+                f"{label}: column {name!r} has unknown type {typ!r}; supported types are {sorted(ATOMIC_TYPES)}."
             )
         names.append(name)
         types.append(typ)
@@ -76,10 +76,10 @@ def _split_typed_header(header_line: str, label: str) -> tuple[list[str], list[s
 
 
 def _read_atomic(
-    source: Union[Path, bytes],
+    source: Path | bytes,
     label: str,
     *,
-    dtype_override: Optional[dict] = None,
+    dtype_override: dict | None = None,
 ) -> pd.DataFrame:
     """Read one RecBole atomic file into a frame with plain column names.
 
@@ -97,7 +97,7 @@ def _read_atomic(
     if isinstance(source, (bytes, bytearray)):
         end = source.find(b"\n")
         first = bytes(source[: end if end >= 0 else len(source)])
-        buffer: Union[Path, io.BytesIO] = io.BytesIO(source)
+        buffer: Path | io.BytesIO = io.BytesIO(source)
     else:
         with open(source, "rb") as fh:
             first = fh.readline()
@@ -133,7 +133,9 @@ def _read_atomic(
     except pd.errors.ParserError as exc:
         raise ValueError(f"{label}: malformed atomic file ({exc}). Fields must be tab separated.") from exc
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{label}: not valid UTF-8 ({exc}); RecBole atomic files are UTF-8, re-encode the file.") from exc
+        raise ValueError(
+            f"{label}: not valid UTF-8 ({exc}); RecBole atomic files are UTF-8, re-encode the file."
+        ) from exc
     except ValueError:
         # A numeric column holds text. Re-read it as strings only to report
         # which column and which values are at fault.
@@ -173,9 +175,7 @@ def _join_attributes(
     """
     for frame, label in ((left, left_label), (right, right_label)):
         if key not in frame.columns:
-            raise ValueError(
-                f"{label} has no {key!r} column to join on; columns are {list(frame.columns)}."
-            )
+            raise ValueError(f"{label} has no {key!r} column to join on; columns are {list(frame.columns)}.")
     clash = sorted(set(left.columns) & set(right.columns) - {key})
     if clash:
         raise ValueError(
@@ -206,7 +206,7 @@ def _join_attributes(
     return pd.concat([left.reset_index(drop=True), attrs], axis=1)
 
 
-def _atomic_paths(prefix_or_dir: PathLike, name: Optional[str]) -> tuple[Path, str]:
+def _atomic_paths(prefix_or_dir: PathLike, name: str | None) -> tuple[Path, str]:
     """Resolve ``(folder, dataset name)`` of an atomic dataset."""
     p = Path(prefix_or_dir)
     tried = []
@@ -229,12 +229,11 @@ def _atomic_paths(prefix_or_dir: PathLike, name: Optional[str]) -> tuple[Path, s
         if tried[-1].is_file():
             return p.parent, p.name
     raise FileNotFoundError(
-        f"load_atomic: no RecBole interaction file found for {str(prefix_or_dir)!r}; tried "
-        f"{[str(t) for t in tried]}."
+        f"load_atomic: no RecBole interaction file found for {str(prefix_or_dir)!r}; tried {[str(t) for t in tried]}."
     )
 
 
-def load_atomic(prefix_or_dir: PathLike, name: Optional[str] = None) -> pd.DataFrame:
+def load_atomic(prefix_or_dir: PathLike, name: str | None = None) -> pd.DataFrame:
     """Load a RecBole atomic dataset as one interaction frame.
 
     Reads ``{name}.inter`` and, when present, ``{name}.user`` and
@@ -297,7 +296,7 @@ def default_sep(path: PathLike) -> str:
     return "\t" if _text_extension(Path(path)) in _TAB_EXTENSIONS else ","
 
 
-def _infer_format(path: Path) -> tuple[str, Optional[str]]:
+def _infer_format(path: Path) -> tuple[str, str | None]:
     """Return ``(format, default separator)`` implied by ``path``'s extension."""
     if path.is_dir():
         # A folder is either a partitioned Parquet dataset or a RecBole one.
@@ -371,7 +370,7 @@ def _ids_from_text(text: pd.Series) -> pd.Series:
     return text
 
 
-def _read_csv(path: Path, sep: str, columns: Optional[list[str]], id_columns: Sequence[str]) -> pd.DataFrame:
+def _read_csv(path: Path, sep: str, columns: list[str] | None, id_columns: Sequence[str]) -> pd.DataFrame:
     header = pd.read_csv(path, sep=sep, nrows=0).columns
     if columns is not None:
         _check_columns(columns, header, str(path))
@@ -382,7 +381,7 @@ def _read_csv(path: Path, sep: str, columns: Optional[list[str]], id_columns: Se
     return frame
 
 
-def _read_parquet(path: Path, columns: Optional[list[str]], id_columns: Sequence[str]) -> pd.DataFrame:
+def _read_parquet(path: Path, columns: list[str] | None, id_columns: Sequence[str]) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -392,8 +391,11 @@ def _read_parquet(path: Path, columns: Optional[list[str]], id_columns: Sequence
     frame = pd.read_parquet(path, engine="pyarrow", columns=columns)
     # pandas turns an integer column with nulls into float64 (ids above 2**53 merge); read those id
     # columns again as nullable integers. Without nulls they are plain int64, as before.
-    ints = [c for c in dict.fromkeys(id_columns) if c in frame.columns and c in schema.names
-            and pa.types.is_integer(schema.field(c).type)]
+    ints = [
+        c
+        for c in dict.fromkeys(id_columns)
+        if c in frame.columns and c in schema.names and pa.types.is_integer(schema.field(c).type)
+    ]
     if ints:
         exact = pd.read_parquet(path, engine="pyarrow", columns=ints, dtype_backend="numpy_nullable")
         for c in ints:
@@ -404,9 +406,9 @@ def _read_parquet(path: Path, columns: Optional[list[str]], id_columns: Sequence
 
 def load_table(
     path: PathLike,
-    format: Optional[str] = None,
-    sep: Optional[str] = None,
-    columns: Optional[Sequence[str]] = None,
+    format: str | None = None,
+    sep: str | None = None,
+    columns: Sequence[str] | None = None,
     id_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Load an interaction table from CSV/TSV, Parquet or RecBole atomic files.
@@ -457,7 +459,9 @@ def load_table(
         if fmt == "tsv":
             fmt, implied_sep = "csv", "\t"
         elif fmt not in SUPPORTED_FORMATS:
-            raise ValueError(f"load_table: unknown format={format!r}; supported formats are {sorted(SUPPORTED_FORMATS)}.")
+            raise ValueError(
+                f"load_table: unknown format={format!r}; supported formats are {sorted(SUPPORTED_FORMATS)}."
+            )
         else:
             implied_sep = default_sep(p)
     if sep is not None and fmt != "csv":

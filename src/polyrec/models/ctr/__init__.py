@@ -1,3 +1,9 @@
-"""Single-domain CTR backbones (the domain enters only as a feature)."""
+"""Single-domain CTR backbones (the domain enters only as a feature).
 
-from . import autoint, dcn, dcnv2, deepfm, fibinet, mlp, nfm, pnn, wdl, xdeepfm  # noqa: F401
+Every module in this package is imported here, so a new model file registers itself by being added
+(``@register_model(name, tags=("ctr",))``).
+"""
+
+from ...registry import import_submodules
+
+import_submodules(__name__, __path__)

@@ -55,7 +55,7 @@ class AutoIntConfig(ModelConfig):
     attention_scale: bool = True
 
 
-@register_model("autoint")
+@register_model("autoint", tags=("ctr",))
 class AutoIntModel(Model):
     """AutoInt(+): stacked multi-head self-attention over field embeddings, plus an optional MLP branch.
 

@@ -38,7 +38,7 @@ class DCNConfig(ModelConfig):
     num_cross_layers: int = param(3, ge=1)
 
 
-@register_model("dcn")
+@register_model("dcn", tags=("ctr",))
 class DCNModel(Model):
     """DCN: a cross network and a deep MLP side by side on the embeddings, combined into one logit.
 

@@ -49,7 +49,7 @@ class DCNv2Config(ModelConfig):
     structure: Literal["parallel", "stacked"] = "parallel"
 
 
-@register_model("dcnv2")
+@register_model("dcnv2", tags=("ctr",))
 class DCNv2Model(Model):
     """DCN-V2: full-rank or mixture-of-low-rank cross network with a deep MLP, stacked or parallel.
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from ...data.batch import Batch
 from ...layers.interaction import FMInteraction
 from ...layers.linear import LinearPart
@@ -38,7 +37,7 @@ class DeepFMConfig(ModelConfig):
     hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
 
 
-@register_model("deepfm")
+@register_model("deepfm", tags=("ctr",))
 class DeepFMModel(Model):
     """DeepFM: linear term plus FM pairwise term plus an MLP, all on shared embeddings.
 

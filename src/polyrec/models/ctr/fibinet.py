@@ -47,7 +47,7 @@ class FiBiNETConfig(ModelConfig):
     bilinear_type: Literal["field_all", "field_each", "field_interaction"] = "field_interaction"
 
 
-@register_model("fibinet")
+@register_model("fibinet", tags=("ctr",))
 class FiBiNETModel(Model):
     """FiBiNET: SENET field re-weighting and bilinear interactions of both embeddings, through an MLP.
 

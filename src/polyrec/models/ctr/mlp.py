@@ -31,7 +31,7 @@ class MLPConfig(ModelConfig):
     domain_embedding: bool = False
 
 
-@register_model("mlp")
+@register_model("mlp", tags=("ctr", "baseline"))
 class MLPModel(Model):
     """Embeddings of all features, concatenated with dense values, through an MLP to one logit.
 
@@ -47,7 +47,9 @@ class MLPModel(Model):
     def __init__(self, schema, config: MLPConfig) -> None:
         super().__init__(schema, config)
         in_dim = self._build_embeddings()
-        self.domain_embedding = nn.Embedding(schema.num_domains, config.embedding_dim) if config.domain_embedding else None
+        self.domain_embedding = (
+            nn.Embedding(schema.num_domains, config.embedding_dim) if config.domain_embedding else None
+        )
         if self.domain_embedding is not None:
             nn.init.normal_(self.domain_embedding.weight, std=1e-2)
             in_dim += config.embedding_dim

@@ -46,7 +46,7 @@ class NFMConfig(ModelConfig):
     bi_dropout: float = param(0.0, ge=0, lt=1)
 
 
-@register_model("nfm")
+@register_model("nfm", tags=("ctr",))
 class NFMModel(Model):
     """NFM: linear term plus an MLP over the Bi-Interaction pooling of the embeddings.
 

@@ -46,7 +46,7 @@ class PNNConfig(ModelConfig):
     kernel_type: Literal["mat", "vec", "num"] = "mat"
 
 
-@register_model("pnn")
+@register_model("pnn", tags=("ctr",))
 class PNNModel(Model):
     """PNN: embeddings and their pairwise inner and/or outer products, concatenated, through an MLP.
 

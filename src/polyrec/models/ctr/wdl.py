@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from ...data.batch import Batch
 from ...layers.linear import LinearPart
 from ...layers.mlp import optional_mlp
@@ -36,7 +35,7 @@ class WDLConfig(ModelConfig):
     hidden_units: tuple[int, ...] = layer_sizes((256, 128, 64))
 
 
-@register_model("wdl")
+@register_model("wdl", tags=("ctr",))
 class WDLModel(Model):
     """Wide & Deep: a linear (wide) term plus an MLP (deep) on embeddings and dense values.
 

@@ -46,12 +46,16 @@ class XDeepFMConfig(ModelConfig):
     def __post_init__(self) -> None:
         sizes = self.cin_layer_sizes
         if self.cin_split_half and all(h >= 1 for h in sizes) and any(h % 2 for h in sizes[:-1]):
-            raise field_error("cin_layer_sizes", list(sizes), "with cin_split_half every size but the last must "
-                              "be even (half of each layer's maps feed the next); make them even or set "
-                              "cin_split_half=false")
+            raise field_error(
+                "cin_layer_sizes",
+                list(sizes),
+                "with cin_split_half every size but the last must "
+                "be even (half of each layer's maps feed the next); make them even or set "
+                "cin_split_half=false",
+            )
 
 
-@register_model("xdeepfm")
+@register_model("xdeepfm", tags=("ctr",))
 class XDeepFMModel(Model):
     """xDeepFM: linear term plus Compressed Interaction Network plus an MLP on shared embeddings.
 
@@ -69,7 +73,6 @@ class XDeepFMModel(Model):
 
     def __init__(self, schema, config: XDeepFMConfig) -> None:
         super().__init__(schema, config)
-        E = config.embedding_dim
         in_dim = self._build_embeddings()
         self.linear = LinearPart(schema)
         self.cin = CIN(self.embeddings.num_fields, config.cin_layer_sizes, config.cin_split_half)

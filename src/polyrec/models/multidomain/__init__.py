@@ -1,11 +1,9 @@
 """Multi-domain models with per-domain parameter banks.
 
-Every module in this package is imported here, so a new model file registers itself by being added.
+Every module in this package is imported here, so a new model file registers itself by being added
+(``@register_model(name, tags=("multidomain",))``; the tag also puts it in the P2 benchmark zoo).
 """
 
-import importlib
-import pkgutil
+from ...registry import import_submodules
 
-for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-    if not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_submodules(__name__, __path__)

@@ -84,7 +84,7 @@ class ClusterStarLayer(nn.Module):
         return torch.einsum(eq, x, w) + (self.cluster_bias + self.bias)
 
 
-@register_model("adaptdhm")
+@register_model("adaptdhm", tags=("multidomain",))
 class AdaptDHMModel(Model):
     """AdaptDHM (2022): samples softly routed by online clustering (conditioned on the domain) to STAR-style towers.
 

@@ -70,11 +70,14 @@ class AdaSparseConfig(ModelConfig):
     def __post_init__(self) -> None:
         lo, hi = self.sparsity_range
         if lo > hi:
-            raise field_error("sparsity_range", list(self.sparsity_range),
-                              "r_min must not exceed r_max; give the interval as [r_min, r_max]")
+            raise field_error(
+                "sparsity_range",
+                list(self.sparsity_range),
+                "r_min must not exceed r_max; give the interval as [r_min, r_max]",
+            )
 
 
-@register_model("adasparse")
+@register_model("adasparse", tags=("multidomain",))
 class AdaSparseModel(Model):
     """AdaSparse (CIKM 2022): domain-aware neuron-level pruning of every layer, with a sparsity regulariser.
 

@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from ...config import ConfigError
 from ...data.batch import Batch
+from ...layers.bank import LinearBank, MLPBank, linear_init_
 from ...layers.domain import DomainSegments
-from ...layers.experts import BankLinear, ExpertBank
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, feature_names, layer_sizes
 
@@ -58,7 +58,7 @@ class AITMConfig(ModelConfig):
     domain_order: tuple[str, ...] = feature_names()
 
 
-@register_model("aitm")
+@register_model("aitm", tags=("multidomain",))
 class AITMModel(Model):
     """AITM: per-domain towers chained in domain order by adaptive information transfer (attention).
 
@@ -79,8 +79,10 @@ class AITMModel(Model):
         names = list(schema.domain.values)
         order = list(config.domain_order) or names
         if sorted(order) != sorted(names):
-            raise ConfigError(f"model.domain_order: {order!r} is not allowed; list every domain of the data once, "
-                              f"in chain order: {names} (model {self.model_name!r})")
+            raise ConfigError(
+                f"model.domain_order: {order!r} is not allowed; list every domain of the data once, "
+                f"in chain order: {names} (model {self.model_name!r})"
+            )
         # position_of[domain index] = the domain's position in the chain.
         self.register_buffer(
             "position_of", torch.tensor([order.index(n) for n in names], dtype=torch.long), persistent=False
@@ -88,12 +90,11 @@ class AITMModel(Model):
         in_dim = self._build_embeddings()
         k = config.tower_units[-1]
         self.k = k
-        self.towers = ExpertBank(in_dim, config.tower_units, D, config.activation, config.dropout)  # by position
-        self.heads = BankLinear(k, 1, D)
+        self.towers = MLPBank(in_dim, config.tower_units, D, config.activation, config.dropout)  # by position
+        self.heads = LinearBank(k, 1, D)
         if D > 1:
-            self.transfer = BankLinear(k, k, D - 1)  # position t-1 -> t
-            bound = 1.0 / math.sqrt(k)
-            self.attention = nn.Parameter(torch.empty(D - 1, 3, k, k).uniform_(-bound, bound))  # h1, h2, h3
+            self.transfer = LinearBank(k, k, D - 1)  # position t-1 -> t
+            self.attention = nn.Parameter(linear_init_(torch.empty(D - 1, 3, k, k), k))  # h1, h2, h3
         else:
             self.transfer = None
             self.register_parameter("attention", None)
@@ -123,7 +124,7 @@ class AITMModel(Model):
             if t == 0:
                 zt = p
             else:
-                q = self.dropout(self.transfer_act(self.transfer.forward_member(prev[start - prev_start:], t - 1)))
+                q = self.dropout(self.transfer_act(self.transfer.forward_member(prev[start - prev_start :], t - 1)))
                 zt = self._ait(p, q, t - 1)
             n = count.get(t, 0)
             if n:

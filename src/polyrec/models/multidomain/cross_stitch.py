@@ -27,13 +27,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ...config import param
 from ...data.batch import Batch
-from ...layers.domain import DomainLinearBank
-from ...layers.experts import BankLinear, CrossStitchUnit
+from ...layers.bank import LinearBank
+from ...layers.experts import CrossStitchUnit
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, layer_sizes
@@ -56,7 +55,7 @@ class CrossStitchConfig(ModelConfig):
     stitch_self_weight: float = param(0.9, ge=0, le=1)
 
 
-@register_model("cross_stitch")
+@register_model("cross_stitch", tags=("multidomain",))
 class CrossStitchModel(Model):
     """Cross-Stitch: one network per domain, hidden layers linked by learnt cross-stitch units.
 
@@ -77,9 +76,9 @@ class CrossStitchModel(Model):
         D = schema.num_domains
         in_dim = self._build_embeddings()
         sizes = [in_dim, *config.hidden_units]
-        self.layers = nn.ModuleList(BankLinear(a, b, D) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(LinearBank(a, b, D) for a, b in zip(sizes[:-1], sizes[1:]))
         self.stitches = nn.ModuleList(CrossStitchUnit(D, config.stitch_self_weight) for _ in config.hidden_units)
-        self.out = DomainLinearBank(sizes[-1], 1, D)
+        self.out = LinearBank(sizes[-1], 1, D)
         self.act = make_activation(config.activation)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self._build_aux()

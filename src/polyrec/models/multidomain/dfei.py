@@ -47,7 +47,8 @@ from torch import Tensor, nn
 
 from ...config import param
 from ...data.batch import Batch
-from ...layers.domain import DomainMLPBank, DomainSegments
+from ...layers.bank import MLPBank
+from ...layers.domain import DomainSegments
 from ...layers.mlp import MLP
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, layer_sizes
@@ -83,7 +84,7 @@ class DFEIConfig(ModelConfig):
     mean_gradient: bool = True
 
 
-@register_model("dfei")
+@register_model("dfei", tags=("multidomain",))
 class DFEIModel(Model):
     """DFEI: shared and domain towers, moving-average domain features and attention over all domains.
 
@@ -106,14 +107,14 @@ class DFEIModel(Model):
         D, k = schema.num_domains, config.attention_dim
         in_dim = self._build_embeddings()
         self.shared_tower = MLP(in_dim, config.shared_units, config.activation, config.dropout)
-        self.domain_towers = DomainMLPBank(in_dim, config.domain_units, D, config.activation, config.dropout)
+        self.domain_towers = MLPBank(in_dim, config.domain_units, D, config.activation, config.dropout)
         feat = config.domain_units[-1]
         self.h1 = nn.Linear(feat, k)  # values
         self.h2 = nn.Linear(in_dim, k)  # query
         self.h3 = nn.Linear(feat, k)  # keys
         head_in = config.shared_units[-1] + 2 * feat + k
         if config.domain_head:
-            self.head = DomainMLPBank(head_in, config.head_units, D, config.activation, config.dropout, output_dim=1)
+            self.head = MLPBank(head_in, config.head_units, D, config.activation, config.dropout, output_dim=1)
         else:
             self.head = MLP(head_in, config.head_units, config.activation, config.dropout, output_dim=1)
         self._build_aux()

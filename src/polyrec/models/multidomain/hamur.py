@@ -38,8 +38,8 @@ from torch import Tensor, nn
 
 from ...config import param
 from ...data.batch import Batch
-from ...layers.domain import DomainLinearBank, DomainSegments
-from ...layers.gates import segment_einsum
+from ...layers.bank import LinearBank
+from ...layers.domain import DomainSegments, segment_einsum
 from ...layers.mlp import MLP
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
@@ -109,7 +109,7 @@ class HyperAdapterBank(nn.Module):
         return h + t * self.norm_scale.index_select(0, d) + self.norm_shift.index_select(0, d)
 
 
-@register_model("hamur")
+@register_model("hamur", tags=("multidomain",))
 class HamurModel(Model):
     """HAMUR (CIKM 2023): per-domain backbones with domain adapters whose weights a shared hypernetwork modulates.
 
@@ -134,9 +134,9 @@ class HamurModel(Model):
         nn.init.zeros_(last.bias)
         self.register_buffer("eye", torch.eye(k), persistent=False)
         sizes = [in_dim, *config.hidden_units]
-        self.layers = nn.ModuleList(DomainLinearBank(a, b, D) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(LinearBank(a, b, D) for a, b in zip(sizes[:-1], sizes[1:]))
         self.adapters = nn.ModuleList(HyperAdapterBank(m, config.adapter_dim, k, D) for m in config.hidden_units)
-        self.out = DomainLinearBank(sizes[-1], 1, D)
+        self.out = LinearBank(sizes[-1], 1, D)
         self.act = make_activation(config.activation)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self._build_aux()

@@ -18,7 +18,7 @@ is one tower (an MLP to the logit).
 Cost. SAN needs, for every row, the specific expert outputs ``S_j(x)`` of *every* scenario j (each
 scenario's sub-experts under its own gate): the method is O(D) per row by definition. polyrec computes them
 as one batched matmul per layer over the stacked bank of all D·K specific sub-experts
-(:class:`~polyrec.layers.experts.ExpertBank`) and all D gates at once
+(:class:`~polyrec.layers.bank.MLPBank`) and all D gates at once
 (:meth:`~polyrec.layers.experts.DomainGate.forward_all`), then takes the attention-weighted sum of those
 outputs; the row's own ``S_i`` is read from the same tensor and depends only on scenario i's sub-experts and
 gate. Without SAN (``san=False``) a row runs through its own scenario's sub-experts and gate only, on the
@@ -42,9 +42,9 @@ from torch import Tensor, nn
 
 from ...config import param
 from ...data.batch import Batch
+from ...layers.bank import MLPBank
 from ...layers.domain import DomainSegments
-from ...layers.experts import DomainGate, ExpertBank, mix_experts
-from ...layers.gates import ParallelMLP
+from ...layers.experts import DomainGate, mix_experts
 from ...layers.mlp import MLP
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, layer_sizes
@@ -75,7 +75,7 @@ class HiNetConfig(ModelConfig):
     tower_units: tuple[int, ...] = layer_sizes((64, 32))
 
 
-@register_model("hinet")
+@register_model("hinet", tags=("multidomain",))
 class HiNetModel(Model):
     """HiNet (ICDE 2023): shared + scenario-specific sub-experts and attention over the other scenarios' experts.
 
@@ -99,10 +99,11 @@ class HiNetModel(Model):
         D, E, Ksp = schema.num_domains, config.embedding_dim, config.specific_experts
         in_dim = self._build_embeddings()
         act, drop = config.activation, config.dropout
-        self.shared = ParallelMLP(in_dim, config.expert_units, config.shared_experts, act, drop)
+        # order="rows": the numbers (initial values, dropout masks, rounding) this model always had.
+        self.shared = MLPBank(in_dim, config.expert_units, config.shared_experts, act, drop, order="rows")
         self.shared_gate = nn.Linear(in_dim, config.shared_experts)
         # Scenario d's K sub-experts are bank members d*K .. d*K + K - 1; one softmax gate per scenario.
-        self.specific = ExpertBank(in_dim, config.expert_units, D * Ksp, act, drop)
+        self.specific = MLPBank(in_dim, config.expert_units, D * Ksp, act, drop)
         self.specific_gate = DomainGate(in_dim, Ksp, D)
         self.domain_embedding = nn.Embedding(D, E) if config.san else None
         self.san = MLP(E, config.san_hidden, act, output_dim=D) if config.san else None
@@ -112,7 +113,7 @@ class HiNetModel(Model):
 
     def own_scenario_expert(self, xs: Tensor, seg: DomainSegments) -> Tensor:
         """``S_i(x)`` of each row's own scenario i only, on domain-sorted rows ``xs`` ``[B, in]`` -> ``[B, d]``."""
-        experts = self.specific.forward_domain(xs, seg, self.config.specific_experts)  # [K, B, d]
+        experts = self.specific.route_experts(xs, seg, self.config.specific_experts)  # [K, B, d]
         return mix_experts(self.specific_gate(xs, seg), experts)
 
     def scenario_experts(self, x: Tensor) -> Tensor:
@@ -130,8 +131,8 @@ class HiNetModel(Model):
 
     def forward(self, batch: Batch) -> ModelOutput:
         x = self.flat_inputs(batch)
-        gate = torch.softmax(self.shared_gate(x), dim=-1).unsqueeze(-1)
-        shared = (gate * self.shared(x)).sum(1)
+        gate = torch.softmax(self.shared_gate(x), dim=-1)  # [B, K]
+        shared = (gate.T.unsqueeze(-1) * self.shared(x)).sum(0)  # G = Σ_k g_k(x) E^sh_k(x)
         if self.san is None:
             seg = DomainSegments.from_domain(batch.domain)
             parts = [seg.unsort(self.own_scenario_expert(seg.sort(x), seg)), shared]

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from ...config import param
 from ...data.batch import Batch
-from ...layers.experts import DomainGate, ExpertBank
+from ...layers.bank import MLPBank
+from ...layers.experts import DomainGate
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
@@ -56,7 +57,7 @@ class HMoEConfig(ModelConfig):
     stop_gradient: bool = True
 
 
-@register_model("hmoe")
+@register_model("hmoe", tags=("multidomain",))
 class HMoEModel(Model):
     """HMoE: MMoE scores for every domain, mixed per row by its domain's label-space gate.
 
@@ -76,10 +77,10 @@ class HMoEModel(Model):
         super().__init__(schema, config)
         D = schema.num_domains
         in_dim = self._build_embeddings()
-        self.experts = ExpertBank(in_dim, config.expert_units, config.num_experts, config.activation, config.dropout)
+        self.experts = MLPBank(in_dim, config.expert_units, config.num_experts, config.activation, config.dropout)
         self.gates = DomainGate(in_dim, config.num_experts, D)
         # One tower per domain, as a bank of D networks: tower j reads domain j's gated mixture.
-        self.towers = ExpertBank(
+        self.towers = MLPBank(
             config.expert_units[-1], config.tower_units, D, config.activation, config.dropout, output_dim=1
         )
         self.label_gates = DomainGate(in_dim, D, D)

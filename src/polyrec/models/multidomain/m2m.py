@@ -36,8 +36,8 @@ from torch import Tensor, nn
 
 from ...config import param
 from ...data.batch import Batch
-from ...layers.domain import segment_linear
-from ...layers.gates import ParallelMLP, segment_einsum
+from ...layers.bank import MLPBank
+from ...layers.domain import segment_einsum, segment_linear
 from ...layers.mlp import MLP
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
@@ -91,7 +91,7 @@ class MetaLinear(nn.Module):
         return w, self.bias_gen(cond)
 
 
-@register_model("m2m")
+@register_model("m2m", tags=("multidomain",))
 class M2MModel(Model):
     """M2M (WSDM 2022): meta attention over shared experts and a meta tower, with weights generated per scenario.
 
@@ -112,12 +112,17 @@ class M2MModel(Model):
         self.domain_embedding = nn.Embedding(schema.num_domains, E)
         self.act = make_activation(config.activation)
         self.scenario = MLP(E, (config.scenario_dim,), config.activation)
-        self.experts = ParallelMLP(in_dim, config.expert_units, config.num_experts, config.activation, config.dropout)
+        # order="rows": the numbers (initial values, dropout masks, rounding) this model always had.
+        self.experts = MLPBank(
+            in_dim, config.expert_units, config.num_experts, config.activation, config.dropout, order="rows"
+        )
         d = config.expert_units[-1]
         self.task = nn.Parameter(torch.randn(d) * 0.1)  # single task: one learned task representation T
         self.attention = MetaLinear(config.scenario_dim, 2 * d, 2 * d)
         self.attention_v = nn.Linear(2 * d, 1, bias=False)
-        self.tower_layers = nn.ModuleList(MetaLinear(config.scenario_dim, d, d) for _ in range(config.meta_tower_layers))
+        self.tower_layers = nn.ModuleList(
+            MetaLinear(config.scenario_dim, d, d) for _ in range(config.meta_tower_layers)
+        )
         self.output = MLP(d, config.tower_units, config.activation, config.dropout, output_dim=1)
         self._build_aux()
 
@@ -133,7 +138,7 @@ class M2MModel(Model):
     def forward(self, batch: Batch) -> ModelOutput:
         xs, seg = self.sorted_inputs(batch)
         meta = self.meta_weights(seg.domains)  # generated for the domains present only
-        experts = self.experts(xs)  # [B, K, d]
+        experts = self.experts(xs).transpose(0, 1)  # [B, K, d]: rows first, as segment_einsum reads them
         B, K, d = experts.shape
         # Meta attention: a_k = vᵀ φ(W_att [E_k ⊕ T] + b_att).
         att_in = torch.cat([experts, self.task.expand(B, K, d)], dim=2)

@@ -18,7 +18,7 @@ Readings and simplifications made here:
 - Single task: one task expert, and the task balance is the identity.
 - Domain balance on expert outputs, as the method defines it: ``B_d`` needs the output of every domain's
   expert on every row, so the cost is O(D) per row. polyrec runs all D domain experts as one batched matmul
-  per layer over their stacked bank (:class:`~polyrec.layers.experts.ExpertBank`, ``[D, B, H]``) and takes
+  per layer over their stacked bank (:class:`~polyrec.layers.bank.MLPBank`, ``[D, B, H]``) and takes
   the balance-weighted sum of the outputs; the row's own ``f_d`` is read from the same tensor. With a single
   domain there is no other expert and ``B_d = f_d`` (run on the row's own domain only).
 - No STAR bottom layer: the authors' code puts a STAR-style layer under the experts as an implementation
@@ -36,9 +36,7 @@ from torch import nn
 
 from ...config import param
 from ...data.batch import Batch
-from ...layers.domain import DomainLinearBank, DomainMLPBank
-from ...layers.experts import ExpertBank
-from ...layers.gates import ParallelMLP
+from ...layers.bank import LinearBank, MLPBank
 from ...layers.mlp import MLP
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, finite_number, layer_sizes
@@ -69,7 +67,7 @@ class M3oEConfig(ModelConfig):
     balance: float = finite_number(1.0)
 
 
-@register_model("m3oe")
+@register_model("m3oe", tags=("multidomain",))
 class M3oEModel(Model):
     """M3oE (SIGIR 2024): shared, domain and task expert groups fused by learnable (AutoML-style) weights.
 
@@ -90,25 +88,26 @@ class M3oEModel(Model):
 
     def __init__(self, schema, config: M3oEConfig) -> None:
         super().__init__(schema, config)
-        D, E = schema.num_domains, config.embedding_dim
+        D = schema.num_domains
         act, drop = config.activation, config.dropout
         in_dim = self._build_embeddings()
-        self.shared = ParallelMLP(in_dim, config.expert_units, config.shared_experts, act, drop)
-        self.gates = DomainLinearBank(in_dim, config.shared_experts, D)
-        self.domain_experts = ExpertBank(in_dim, config.expert_units, D, act, drop)  # f_1..f_D, one per domain
+        # order="rows": the numbers (initial values, dropout masks, rounding) this model always had.
+        self.shared = MLPBank(in_dim, config.expert_units, config.shared_experts, act, drop, order="rows")
+        self.gates = LinearBank(in_dim, config.shared_experts, D)
+        self.domain_experts = MLPBank(in_dim, config.expert_units, D, act, drop)  # f_1..f_D, one per domain
         self.task_expert = MLP(in_dim, config.expert_units, act, drop)
         self.domain_weight = nn.Parameter(torch.tensor(float(config.domain_weight)))
         self.task_weight = nn.Parameter(torch.tensor(float(config.task_weight)))
         self.balance = nn.Parameter(torch.tensor(float(config.balance))) if D > 1 else None
-        self.towers = DomainMLPBank(config.expert_units[-1], config.tower_units, D, act, drop, output_dim=1)
+        self.towers = MLPBank(config.expert_units[-1], config.tower_units, D, act, drop, output_dim=1)
         self._build_aux()
 
     def forward(self, batch: Batch) -> ModelOutput:
         xs, seg = self.sorted_inputs(batch)
-        gate = torch.softmax(self.gates(xs, seg), dim=-1).unsqueeze(-1)
-        shared = (gate * self.shared(xs)).sum(1)
+        gate = torch.softmax(self.gates(xs, seg), dim=-1)  # [B, K], each row's own domain's gate
+        shared = (gate.T.unsqueeze(-1) * self.shared(xs)).sum(0)  # G_d = Σ_k g^d_k(x) E^sh_k(x)
         if self.balance is None:
-            domain = self.domain_experts.forward_domain(xs, seg)[0]
+            domain = self.domain_experts(xs, seg)
         else:
             # B_d = α f_d(x) + (1 − α) mean_{j≠d} f_j(x), from every domain's expert output on every row.
             every = self.domain_experts(xs)  # [D, B, H]
@@ -116,6 +115,8 @@ class M3oEModel(Model):
             alpha = torch.sigmoid(self.balance)
             weights = alpha * own + (1.0 - alpha) * (1.0 - own) / (self.num_domains - 1)
             domain = torch.einsum("bd,dbh->bh", weights, every)
-        fused = shared + torch.sigmoid(self.domain_weight) * domain + torch.sigmoid(self.task_weight) * self.task_expert(xs)
+        fused = (
+            shared + torch.sigmoid(self.domain_weight) * domain + torch.sigmoid(self.task_weight) * self.task_expert(xs)
+        )
         logits = seg.unsort(self.towers(fused, seg).squeeze(-1))
         return ModelOutput(self.add_aux_logit(logits, batch))

@@ -6,7 +6,7 @@ E shared experts read the input; each domain has a softmax gate over the experts
 ``y_d = h_d(Σ_e g_d(x)_e f_e(x))``). As a multi-domain model (STAR §4.1, DFEI §4.4) a row is scored by its
 own domain's gate and tower only: the batch is sorted by domain once, the experts (shared by definition) run
 on every row as one batched matmul over the stacked expert bank, the gates
-(:class:`~polyrec.layers.experts.DomainGate`) and towers (:class:`~polyrec.layers.domain.DomainMLPBank`)
+(:class:`~polyrec.layers.experts.DomainGate`) and towers (:class:`~polyrec.layers.bank.MLPBank`, routed)
 once per present domain on that domain's rows.
 
 ``num_experts`` defaults to 4. The STAR paper and the Scenario-Wise-Rec benchmark set it to the number of
@@ -18,13 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from ...config import param
 from ...data.batch import Batch
-from ...layers.domain import DomainMLPBank
-from ...layers.experts import DomainGate, ExpertBank, mix_experts
+from ...layers.bank import MLPBank
+from ...layers.experts import DomainGate, mix_experts
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, layer_sizes
 
@@ -45,7 +44,7 @@ class MMoEConfig(ModelConfig):
     tower_units: tuple[int, ...] = layer_sizes((8,))
 
 
-@register_model("mmoe")
+@register_model("mmoe", tags=("multidomain",))
 class MMoEModel(Model):
     """MMoE: shared experts, one softmax gate and one tower per domain, each row through its own domain's.
 
@@ -64,9 +63,9 @@ class MMoEModel(Model):
         super().__init__(schema, config)
         D = schema.num_domains
         in_dim = self._build_embeddings()
-        self.experts = ExpertBank(in_dim, config.expert_units, config.num_experts, config.activation, config.dropout)
+        self.experts = MLPBank(in_dim, config.expert_units, config.num_experts, config.activation, config.dropout)
         self.gates = DomainGate(in_dim, config.num_experts, D)
-        self.towers = DomainMLPBank(
+        self.towers = MLPBank(
             config.expert_units[-1], config.tower_units, D, config.activation, config.dropout, output_dim=1
         )
         self._build_aux()

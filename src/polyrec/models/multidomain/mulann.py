@@ -12,7 +12,7 @@ scales only the reversed gradient reaching the extractor.
 Readings chosen:
 
 - Click predictor. ``domain_heads=True`` (default): one head per domain on the shared features
-  (:class:`~polyrec.layers.domain.DomainMLPBank`, each row through its own domain's head). The STAR paper's
+  (:class:`~polyrec.layers.bank.MLPBank`, each row through its own domain's head). The STAR paper's
   MuLANN is "the Base model plus a domain discriminator", i.e. one shared head: ``domain_heads=False``.
 - MuLANN's known/unknown-class discriminator handles classes unlabelled in some domains; CTR labels exist
   in every domain, so it has nothing to do here and is left out.
@@ -30,7 +30,8 @@ from torch import Tensor
 
 from ...config import param
 from ...data.batch import Batch
-from ...layers.domain import DomainMLPBank, DomainSegments
+from ...layers.bank import MLPBank
+from ...layers.domain import DomainSegments
 from ...layers.experts import grad_reverse
 from ...layers.mlp import MLP
 from .._registry import register_model
@@ -63,7 +64,7 @@ class MuLANNConfig(ModelConfig):
     reversal_scale: float = param(1.0, ge=0)
 
 
-@register_model("mulann")
+@register_model("mulann", tags=("multidomain",))
 class MuLANNModel(Model):
     """MuLANN: shared extractor, click head(s) and a domain discriminator behind gradient reversal.
 
@@ -84,7 +85,7 @@ class MuLANNModel(Model):
         self.extractor = MLP(in_dim, config.hidden_units, config.activation, config.dropout)
         feat_dim = self.extractor.output_dim
         if config.domain_heads:
-            self.heads = DomainMLPBank(feat_dim, config.tower_units, D, config.activation, config.dropout, output_dim=1)
+            self.heads = MLPBank(feat_dim, config.tower_units, D, config.activation, config.dropout, output_dim=1)
         else:
             self.heads = MLP(feat_dim, config.tower_units, config.activation, config.dropout, output_dim=1)
         self.discriminator = MLP(feat_dim, config.discriminator_units, config.activation, config.dropout, output_dim=D)

@@ -161,7 +161,7 @@ class _PEPNetFamily(Model):
         return ModelOutput(self.add_aux_logit(logits, batch))
 
 
-@register_model("pepnet")
+@register_model("pepnet", tags=("multidomain",))
 class PEPNetModel(_PEPNetFamily):
     """PEPNet (KDD 2023): EPNet domain gate on the embeddings and PPNet id-conditioned gates on every hidden layer.
 
@@ -177,7 +177,7 @@ class PEPNetModel(_PEPNetFamily):
     use_ppnet = True
 
 
-@register_model("epnet")
+@register_model("epnet", tags=("multidomain",))
 class EPNetModel(_PEPNetFamily):
     """EPNet (PEPNet's embedding half): a domain-conditioned Gate NU scales the embeddings before a shared DNN.
 
@@ -192,7 +192,7 @@ class EPNetModel(_PEPNetFamily):
     use_ppnet = False
 
 
-@register_model("ppnet")
+@register_model("ppnet", tags=("multidomain",))
 class PPNetModel(_PEPNetFamily):
     """PPNet (PEPNet's parameter half): user/item-id-conditioned Gate NUs scale every hidden layer of the DNN.
 

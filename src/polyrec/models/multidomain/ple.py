@@ -27,12 +27,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ...config import field_error, param
 from ...data.batch import Batch
-from ...layers.domain import DomainMLPBank
+from ...layers.bank import MLPBank
 from ...layers.experts import ExtractionLayer
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, layer_sizes
@@ -61,11 +60,14 @@ class PLEConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         if self.num_shared_experts == 0 and self.num_specific_experts == 0:
-            raise field_error("num_specific_experts", 0, "PLE needs at least one expert per level; set "
-                              "num_shared_experts or num_specific_experts to 1 or more")
+            raise field_error(
+                "num_specific_experts",
+                0,
+                "PLE needs at least one expert per level; set num_shared_experts or num_specific_experts to 1 or more",
+            )
 
 
-@register_model("ple")
+@register_model("ple", tags=("multidomain",))
 class PLEModel(Model):
     """PLE: stacked CGC levels of shared and per-domain experts with per-domain gates, then domain towers.
 
@@ -73,7 +75,7 @@ class PLEModel(Model):
         forward(batch) -> logits ``[B]``.
 
     Example:
-        >>> model = create_model("ple", schema, num_levels=1)   # doctest: +SKIP  (CGC)
+        >>> model = create_model("ple", schema, num_levels=1)   # CGC  # doctest: +SKIP
         >>> model(batch).logits.shape                          # doctest: +SKIP
         torch.Size([B])
     """
@@ -98,7 +100,7 @@ class PLEModel(Model):
             )
             for i in range(L)
         )
-        self.towers = DomainMLPBank(
+        self.towers = MLPBank(
             config.expert_units[-1], config.tower_units, D, config.activation, config.dropout, output_dim=1
         )
         self._build_aux()

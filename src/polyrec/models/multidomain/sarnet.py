@@ -37,8 +37,8 @@ from torch import nn
 
 from ...config import field_error, param
 from ...data.batch import Batch
-from ...layers.domain import DomainLinearBank, DomainSegments
-from ...layers.gates import DomainExpertBank, ParallelMLP
+from ...layers.bank import LinearBank, MLPBank
+from ...layers.domain import DomainSegments
 from ...layers.mlp import MLP
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, layer_sizes
@@ -67,11 +67,14 @@ class SarNetConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         if self.shared_experts == 0 and self.specific_experts == 0:
-            raise field_error("specific_experts", 0, "SAR-Net needs at least one expert; set shared_experts "
-                              "or specific_experts to 1 or more")
+            raise field_error(
+                "specific_experts",
+                0,
+                "SAR-Net needs at least one expert; set shared_experts or specific_experts to 1 or more",
+            )
 
 
-@register_model("sarnet")
+@register_model("sarnet", tags=("multidomain",))
 class SarNetModel(Model):
     """SAR-Net (CIKM 2021): scenario-specific feature transform, shared + scenario experts under a scenario gate.
 
@@ -93,17 +96,16 @@ class SarNetModel(Model):
         self.domain_shift = nn.Embedding(D, in_dim)
         nn.init.ones_(self.domain_scale.weight)
         nn.init.zeros_(self.domain_shift.weight)
+        # order="rows": the numbers (initial values, dropout masks, rounding) this model always had.
+        act, drop, K = config.activation, config.dropout, config.specific_experts
         self.shared = (
-            ParallelMLP(in_dim, (config.expert_dim,), config.shared_experts, config.activation, config.dropout)
+            MLPBank(in_dim, (config.expert_dim,), config.shared_experts, act, drop, order="rows")
             if config.shared_experts
             else None
         )
-        self.specific = (
-            DomainExpertBank(in_dim, (config.expert_dim,), D, config.specific_experts, config.activation, config.dropout)
-            if config.specific_experts
-            else None
-        )
-        self.gate = DomainLinearBank(in_dim, config.shared_experts + config.specific_experts, D)
+        # Scenario d's K experts are members d*K .. d*K + K - 1.
+        self.specific = MLPBank(in_dim, (config.expert_dim,), D * K, act, drop, order="rows") if K else None
+        self.gate = LinearBank(in_dim, config.shared_experts + config.specific_experts, D)
         self.tower = MLP(config.expert_dim, config.tower_units, config.activation, config.dropout, output_dim=1)
         self._build_aux()
 
@@ -116,9 +118,9 @@ class SarNetModel(Model):
         if self.shared is not None:
             experts.append(self.shared(xs))
         if self.specific is not None:
-            experts.append(self.specific(xs, seg))
-        experts = torch.cat(experts, dim=1)  # [B, K_shared + K_specific, expert_dim]
-        gate = torch.softmax(self.gate(xs, seg), dim=-1).unsqueeze(-1)
-        mixed = (gate * experts).sum(1)
+            experts.append(self.specific.route_experts(xs, seg, self.config.specific_experts))
+        experts = torch.cat(experts, dim=0)  # [K_shared + K_specific, B, expert_dim]
+        gate = torch.softmax(self.gate(xs, seg), dim=-1)  # [B, K_shared + K_specific]
+        mixed = (gate.T.unsqueeze(-1) * experts).sum(0)
         logits = seg.unsort(self.tower(mixed).squeeze(-1))
         return ModelOutput(self.add_aux_logit(logits, batch))

@@ -2,7 +2,7 @@
 
 Embeddings (with dense values concatenated) → shared bottom MLP → the row's own domain tower → logit,
 plus the optional auxiliary domain network of STAR §3.5. The towers are a
-:class:`~polyrec.layers.domain.DomainMLPBank`: the batch is sorted by domain once, each row runs through its
+:class:`~polyrec.layers.bank.MLPBank` routed by domain: the batch is sorted by domain once, each row runs through its
 own domain's tower only, and a tower learns only from its own domain's rows.
 
 Defaults follow the Scenario-Wise-Rec benchmark's MovieLens run (bottom ``[128]``, towers ``[8]``); the
@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ...data.batch import Batch
-from ...layers.domain import DomainMLPBank, DomainSegments
+from ...layers.bank import MLPBank
+from ...layers.domain import DomainSegments
 from ...layers.mlp import optional_mlp
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, layer_sizes
@@ -39,7 +38,7 @@ class SharedBottomConfig(ModelConfig):
     tower_units: tuple[int, ...] = layer_sizes((8,))
 
 
-@register_model("shared_bottom")
+@register_model("shared_bottom", tags=("multidomain",))
 class SharedBottomModel(Model):
     """Shared-Bottom: a shared MLP bottom and one tower per domain, each row through its own tower.
 
@@ -59,7 +58,7 @@ class SharedBottomModel(Model):
         in_dim = self._build_embeddings()
         self.bottom = optional_mlp(in_dim, config.bottom_units, config.activation, config.dropout)
         bottom_dim = config.bottom_units[-1] if config.bottom_units else in_dim
-        self.towers = DomainMLPBank(
+        self.towers = MLPBank(
             bottom_dim, config.tower_units, schema.num_domains, config.activation, config.dropout, output_dim=1
         )
         self._build_aux()

@@ -81,7 +81,7 @@ class StarConfig(ModelConfig):
     aux_features: tuple[str, ...] | None = feature_names(None)
 
 
-@register_model("star")
+@register_model("star", tags=("multidomain",))
 class StarModel(Model):
     """STAR: partitioned normalization, star-topology FCN and auxiliary domain network.
 
@@ -103,9 +103,11 @@ class StarModel(Model):
         self.pn = PartitionedNorm(in_dim, D, config.pn_eps, config.pn_momentum) if config.partitioned_norm else None
         sizes = [in_dim, *config.hidden_units, 1]
         self.layers = nn.ModuleList(StarLinear(a, b, D) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.hidden_norms = nn.ModuleList(
-            PartitionedNorm(h, D, config.pn_eps, config.pn_momentum) for h in config.hidden_units
-        ) if config.norm_hidden else None
+        self.hidden_norms = (
+            nn.ModuleList(PartitionedNorm(h, D, config.pn_eps, config.pn_momentum) for h in config.hidden_units)
+            if config.norm_hidden
+            else None
+        )
         self.act = make_activation(config.activation)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         #: the features the auxiliary network takes besides the indicator (config, else the schema's)
@@ -114,10 +116,13 @@ class StarModel(Model):
             fields = self.embeddings.sparse_names + self.embeddings.multi_names
             for name in self.aux_feature_names:
                 if name not in fields:
-                    raise ConfigError(f"model.aux_features: {name!r} is not allowed; it is not an embedded feature "
-                                      f"of the data; valid: {fields} (model {self.model_name!r})")
+                    raise ConfigError(
+                        f"model.aux_features: {name!r} is not allowed; it is not an embedded feature "
+                        f"of the data; valid: {fields} (model {self.model_name!r})"
+                    )
             self.register_buffer(
-                "aux_fields", torch.tensor([fields.index(n) for n in self.aux_feature_names], dtype=torch.long),
+                "aux_fields",
+                torch.tensor([fields.index(n) for n in self.aux_feature_names], dtype=torch.long),
                 persistent=False,
             )
         self._build_aux(
@@ -152,7 +157,7 @@ class StarModel(Model):
         return ModelOutput(self.add_aux_logit(logits, batch, self._aux_extra(emb)))
 
     @torch.no_grad()
-    def fold(self) -> "FoldedStar":
+    def fold(self) -> FoldedStar:
         """An inference-only copy with every domain's weights and PN affine precomputed (STAR §4.4)."""
         return FoldedStar(self)
 
@@ -180,7 +185,9 @@ class FoldedStar(nn.Module):
             else:
                 self.pn_scale = self.pn_shift = None
             self.weights = [layer.combined() for layer in model.layers]
-            self.hidden_affine = [n.folded_affine() for n in model.hidden_norms] if model.hidden_norms is not None else None
+            self.hidden_affine = (
+                [n.folded_affine() for n in model.hidden_norms] if model.hidden_norms is not None else None
+            )
         self.act = model.act
 
     @torch.no_grad()
@@ -191,7 +198,9 @@ class FoldedStar(nn.Module):
         try:
             emb, z = model._inputs(batch)
             if self.pn_scale is not None:
-                z = torch.addcmul(self.pn_shift.index_select(0, batch.domain), z, self.pn_scale.index_select(0, batch.domain))
+                z = torch.addcmul(
+                    self.pn_shift.index_select(0, batch.domain), z, self.pn_scale.index_select(0, batch.domain)
+                )
             seg = DomainSegments.from_domain(batch.domain)
             h = seg.sort(z)
             last = len(self.weights) - 1

@@ -3,15 +3,31 @@
 Every module of this package is imported here, so a new strategy file registers itself by being added.
 """
 
-import importlib
-import pkgutil
-
-from .base import Strategy, TrainContext, create_strategy, describe_strategy, list_strategies, register_strategy
+from ...registry import import_submodules
+from .base import (
+    STRATEGIES,
+    Strategy,
+    TrainContext,
+    create_strategy,
+    describe_strategy,
+    list_strategies,
+    register_strategy,
+    strategy_options,
+)
 from .basic import Alternate, DomainBatched, Joint
 
-for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-    if _info.name not in ("base", "basic") and not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_submodules(__name__, __path__)
 
-__all__ = ["Alternate", "DomainBatched", "Joint", "Strategy", "TrainContext", "create_strategy", "describe_strategy",
-           "list_strategies", "register_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "Alternate",
+    "DomainBatched",
+    "Joint",
+    "Strategy",
+    "TrainContext",
+    "create_strategy",
+    "describe_strategy",
+    "list_strategies",
+    "register_strategy",
+    "strategy_options",
+]

@@ -9,19 +9,20 @@ DFEI's cyclic schedule.
 
 from __future__ import annotations
 
-import difflib
 import inspect
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ...config import from_dict, param, validate
+from ...config import from_dict, param, to_dict, validate
 from ...data.batch import Batch
 from ...data.dataset import EncodedDataset
 from ...data.samplers import epoch_batches, stream_generator
-from ..task import BinaryTask
+from ...registry import Registry
+from ..task import Task
 
 
 def _boolean(value: Any) -> str | None:
@@ -35,11 +36,51 @@ def flag(default: bool) -> Any:
 
 @dataclass
 class TrainContext:
-    """Everything a strategy may use during an epoch."""
+    """Everything a strategy may use during an epoch: the model, the optimiser, the loss, the data, and the
+    ways to draw batches and to take a step. The Trainer builds one per run (a strategy never builds its own).
+
+    Attributes:
+        model: the model being trained (after :meth:`Strategy.prepare_model`).
+        optimizer: the run's optimiser over the model's trainable parameters (``train.optimizer``).
+        task: the loss (:class:`~polyrec.training.task.Task`; binary cross-entropy by default).
+        dataset: the encoded data set.
+        rows: the row indices a strategy trains on (the training split).
+        batch_size: rows per batch (``train.batch_size``).
+        sampler: the sampler :meth:`batches` uses unless told otherwise (``train.sampler``, else the
+            strategy's ``default_sampler``): ``mixed``, ``domain_batched``, ``domain_sequential``, ...
+        seed: the run's seed; every random draw of an epoch comes from (seed, epoch, purpose), so a resumed
+            run sees the same batches.
+        device: where batches are moved.
+        grad_clip: global gradient-norm clipping in :meth:`apply_gradients` (0: none).
+        samples_seen: rows stepped on so far (:meth:`step` counts them; a strategy that steps by hand adds
+            its own).
+        on_step: called with each step's losses (the Trainer's progress bar).
+
+    Example (one epoch of the ``joint`` strategy on a tiny synthetic data set):
+        >>> import torch
+        >>> from polyrec import DataConfig, build_dataset, create_model
+        >>> from polyrec.config import from_dict
+        >>> from polyrec.training.strategies import create_strategy
+        >>> from polyrec.training.task import BinaryTask
+        >>> ds = build_dataset(from_dict(DataConfig, {
+        ...     "source": {"kind": "synthetic", "options": {"n_domains": 2, "n_samples": 300}},
+        ...     "label": {"column": "label"}, "domain": {"column": "domain"},
+        ...     "features": [{"name": "user_id"}, {"name": "item_id"}], "split": {"dedupe": True}}), cache=False)
+        >>> model = create_model("mlp", ds.schema, embedding_dim=4, hidden_units=[8])
+        >>> ctx = TrainContext(model, torch.optim.Adam(model.parameters(), lr=1e-2), BinaryTask(), ds,
+        ...                    rows=ds.splits["train"], batch_size=128, sampler="mixed", seed=0,
+        ...                    device=torch.device("cpu"))
+        >>> [len(b) for b in ctx.batches(epoch=0)]
+        [128, 128, 128, 90]
+        >>> sorted(create_strategy("joint").run_epoch(ctx, epoch=0)), ctx.samples_seen
+        (['bce', 'loss'], 474)
+        >>> {d: len(r) for d, r in ctx.rows_by_domain().items()}
+        {0: 236, 1: 238}
+    """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    task: BinaryTask
+    task: Task
     dataset: EncodedDataset
     rows: Tensor
     batch_size: int
@@ -51,8 +92,13 @@ class TrainContext:
     on_step: Callable[[dict[str, float]], None] | None = None
     _by_domain: tuple[Tensor, dict[int, Tensor]] | None = field(default=None, init=False, repr=False)
 
-    def batches(self, epoch: int, sampler: str | None = None, rows: Tensor | None = None,
-                generator: torch.Generator | None = None) -> Iterator[Batch]:
+    def batches(
+        self,
+        epoch: int,
+        sampler: str | None = None,
+        rows: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Batch]:
         """Batches of one epoch with the configured (or the given) sampler over ``rows``.
 
         Without ``generator`` they are the plain per-epoch stream of (seed, epoch): the one every basic
@@ -103,8 +149,9 @@ class TrainContext:
             yield from self.batches(epoch, rows=rows, generator=self.stream(epoch, "domain_stream", domain, restart))
             restart += 1
 
-    def domain_rounds(self, epoch: int, rounds: int, generator: torch.Generator, per_domain: int = 1,
-                      shuffle: bool = True) -> Iterator[dict[int, list[Batch]]]:
+    def domain_rounds(
+        self, epoch: int, rounds: int, generator: torch.Generator, per_domain: int = 1, shuffle: bool = True
+    ) -> Iterator[dict[int, list[Batch]]]:
         """``rounds`` rounds of ``per_domain`` single-domain batches of every domain with training rows, from
         the domains' :meth:`domain_stream`; a round is ``{domain: [batches]}`` in the round's domain order
         (a fresh permutation from ``generator`` when ``shuffle``, else ascending)."""
@@ -160,9 +207,57 @@ class TrainContext:
 
 
 class Strategy:
-    """Base class. Subclasses set ``default_sampler`` and implement :meth:`run_epoch`.
+    """How an epoch of optimisation steps uses the domains: the base class of every strategy.
 
-    ``Config`` is a dataclass of the strategy's options (``train.strategy_options`` in configs).
+    A subclass implements :meth:`run_epoch` (draw batches from the :class:`TrainContext`, take steps,
+    return the epoch's mean losses) and may override the hooks below; it is registered with
+    ``@register_strategy(name)``, which makes it ``train.strategy: name`` in configs and ``MODEL@name`` on
+    the command line. The model, the loss and the loop are not its business: it works with any model.
+
+    Attributes:
+        name: the registered name (set by :func:`register_strategy`).
+        default_sampler: the sampler :meth:`TrainContext.batches` uses when ``train.sampler`` is unset.
+        Config: a frozen dataclass of the strategy's options (``train.strategy_options``), each a field with
+            a default; declare allowed values with :func:`polyrec.config.param` (or :func:`flag`) so a bad
+            option is an error naming it.
+        config: the validated options of this instance.
+
+    Hooks: :meth:`setup` (once, before the first epoch), :meth:`prepare_model` (wrap the model with extra
+    parameters), :meth:`state_dict` / :meth:`load_state_dict` (state to checkpoint), :meth:`next_stage`
+    and :meth:`stages_end_by_early_stopping` (a second stage; see :class:`TwoStages`), and
+    :meth:`effective_options` (options whose default depends on the data).
+
+    Example (a strategy that steps on every ``stride``-th batch, run for one epoch):
+        >>> import torch
+        >>> from dataclasses import dataclass
+        >>> from polyrec import DataConfig, build_dataset, create_model
+        >>> from polyrec.config import from_dict, param
+        >>> from polyrec.training.task import BinaryTask
+        >>> class EveryOther(Strategy):
+        ...     '''Joint training on every ``stride``-th batch of the mixed stream.'''
+        ...     @dataclass(frozen=True)
+        ...     class Config:
+        ...         stride: int = param(2, ge=1)
+        ...     def run_epoch(self, ctx, epoch):
+        ...         batches = [b for i, b in enumerate(ctx.batches(epoch)) if i % self.config.stride == 0]
+        ...         return mean_stats([ctx.step(b) for b in batches])
+        >>> ds = build_dataset(from_dict(DataConfig, {
+        ...     "source": {"kind": "synthetic", "options": {"n_domains": 2, "n_samples": 300}},
+        ...     "label": {"column": "label"}, "domain": {"column": "domain"},
+        ...     "features": [{"name": "user_id"}, {"name": "item_id"}], "split": {"dedupe": True}}), cache=False)
+        >>> model = create_model("mlp", ds.schema, embedding_dim=4, hidden_units=[8])
+        >>> ctx = TrainContext(model, torch.optim.Adam(model.parameters()), BinaryTask(), ds, ds.splits["train"],
+        ...                    batch_size=128, sampler=EveryOther.default_sampler, seed=0, device=torch.device("cpu"))
+        >>> sorted(EveryOther().run_epoch(ctx, epoch=0)), ctx.samples_seen
+        (['bce', 'loss'], 256)
+        >>> EveryOther(EveryOther.Config(stride=0))
+        Traceback (most recent call last):
+        ...
+        polyrec.config.ConfigError: train.strategy_options.stride: 0 is not allowed; must be >= 1
+
+    Registered (``@register_strategy("every_other")`` above the class), it trains from a config with
+    ``train.strategy: every_other`` and ``train.strategy_options: {stride: 3}``; docs/architecture.md
+    does that end to end.
     """
 
     name: str = ""
@@ -175,6 +270,12 @@ class Strategy:
     def __init__(self, config: Any = None) -> None:
         # Options built directly (not read by create_strategy) are checked here the same way.
         self.config = validate(config if config is not None else self.Config(), "train.strategy_options")
+
+    def effective_options(self, num_domains: int) -> dict[str, Any]:
+        """The options as they act on data with ``num_domains`` domains that have training rows: the
+        config's, with any option whose unset value stands for a data-dependent default given that value
+        (MAMDR's ``helper_domains``). What a run record reports next to its config."""
+        return to_dict(self.config)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """The model this strategy trains, built from ``model`` (default: ``model`` itself). A strategy
@@ -241,47 +342,54 @@ class TwoStages:
         return True
 
 
-_STRATEGIES: dict[str, type[Strategy]] = {}
+def _prepare(name: str, cls: type[Strategy]) -> None:
+    cls.name = name
 
 
-def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
-    """Class decorator: register a :class:`Strategy` under ``name`` (``train.strategy``).
+#: The strategy registry (:class:`polyrec.registry.Registry`); the functions below are its public face.
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", on_register=_prepare)
 
-    A name names one strategy: a second class registering a taken name raises (the same class defined
-    again by reloading its module replaces itself).
+
+def register_strategy(name: str, *, tags: Iterable[str] = ()) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator: register a :class:`Strategy` under ``name`` (``train.strategy``), with optional ``tags``.
+
+    A name names one strategy: a second class registering a taken name raises, naming both (the same class
+    defined again by reloading its module replaces itself). The class gets ``name``.
     """
-
-    def deco(cls: type[Strategy]) -> type[Strategy]:
-        taken = _STRATEGIES.get(name)
-        if taken is not None and (taken.__module__, taken.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise ValueError(f"strategy name {name!r} is already registered by "
-                             f"{taken.__module__}.{taken.__qualname__}; register {cls.__module__}.{cls.__qualname__} "
-                             f"under another name")
-        cls.name = name
-        _STRATEGIES[name] = cls
-        return cls
-
-    return deco
+    return STRATEGIES.register(name, tags=tags)
 
 
-def list_strategies() -> list[str]:
-    return sorted(_STRATEGIES)
+def list_strategies(tag: str | None = None) -> list[str]:
+    """Names of the registered strategies, sorted (with ``tag``, those that carry it)."""
+    return STRATEGIES.names(tag)
 
 
 def describe_strategy(name: str) -> str:
     """The first line of strategy ``name``'s docstring."""
-    doc = (_STRATEGIES[name].__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else ""
+    return STRATEGIES.entry(name).summary
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class registered as strategy ``name``; unknown names raise with the close matches and the valid ones.
+
+    Example:
+        >>> strategy_class("altrenate")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        polyrec.registry.UnknownNameError: unknown strategy 'altrenate'. Did you mean 'alternate'? Valid strategies: alternate, ...
+    """
+    return STRATEGIES[name]
+
+
+def strategy_options(name: str, options: dict[str, Any] | None = None) -> Any:
+    """The validated options (``Config`` dataclass, every default filled in) of strategy ``name``, without
+    building the strategy: what a config holds as ``train.strategy_options``."""
+    return from_dict(strategy_class(name).Config, options or {}, path="train.strategy_options")
 
 
 def create_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
     """Strategy ``name`` with validated options; unknown names raise with the valid ones."""
-    if name not in _STRATEGIES:
-        close = difflib.get_close_matches(name, _STRATEGIES, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown strategy {name!r}.{hint} Valid strategies: {', '.join(list_strategies())}")
-    cls = _STRATEGIES[name]
-    return cls(from_dict(cls.Config, options or {}, path="train.strategy_options"))
+    return strategy_class(name)(strategy_options(name, options))
 
 
 def optimizer_like(optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:

@@ -65,8 +65,9 @@ def rebuild_optimizer(
 ) -> torch.optim.Optimizer:
     """An optimiser of the same type and hyper-parameters as ``optimizer`` with two groups: ``shared``
     at ``shared_lr`` and ``domain`` at the original learning rate."""
-    return optimizer_like(optimizer, [{"params": shared, "lr": shared_lr, "name": SHARED},
-                                      {"params": domain, "name": DOMAIN}])
+    return optimizer_like(
+        optimizer, [{"params": shared, "lr": shared_lr, "name": SHARED}, {"params": domain, "name": DOMAIN}]
+    )
 
 
 @register_strategy("dfei_cyclic")

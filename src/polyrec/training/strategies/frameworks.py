@@ -47,6 +47,7 @@ from torch.func import functional_call
 from ...config import param
 from ...data.batch import Batch
 from ...layers.domain import DomainSegments
+from ..task import LOSS
 from .base import Strategy, TrainContext, flag, mean_stats, register_strategy
 
 Params = dict[str, Tensor]
@@ -63,17 +64,20 @@ def _loss(ctx: TrainContext, batch: Batch, params: Params | None = None) -> Tens
     """The task loss of ``batch`` with the model's parameters, or with ``params`` in their place."""
     ctx.samples_seen += len(batch)
     out = ctx.model(batch) if params is None else functional_call(ctx.model, params, (batch,))
-    return ctx.task.losses(out, batch)["loss"]
+    return ctx.task.losses(out, batch)[LOSS]
 
 
 def _grads(loss: Tensor, params: Params, create_graph: bool = False, retain_graph: bool | None = None) -> list[Tensor]:
     """d loss / d params (zeros for parameters the loss does not use)."""
-    gs = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, retain_graph=retain_graph,
-                             allow_unused=True)
+    gs = torch.autograd.grad(
+        loss, list(params.values()), create_graph=create_graph, retain_graph=retain_graph, allow_unused=True
+    )
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), gs)]
 
 
-def _sgd(params: Params, loss: Tensor, lr: float, create_graph: bool = False, retain_graph: bool | None = None) -> Params:
+def _sgd(
+    params: Params, loss: Tensor, lr: float, create_graph: bool = False, retain_graph: bool | None = None
+) -> Params:
     """One functional SGD step ``θ - lr ∇loss``; differentiable through the gradient if ``create_graph``
     (else the gradient is a constant and the result depends on ``params`` through the identity only)."""
     grads = _grads(loss, params, create_graph, retain_graph)
@@ -93,8 +97,10 @@ class _RoundStrategy(Strategy):
     def setup(self, ctx: TrainContext) -> None:
         n = len(ctx.rows_by_domain())
         if n < self.min_domains:
-            raise ValueError(f"strategy {self.name!r} needs training rows of at least {self.min_domains} "
-                             f"domains, but only {n} domain(s) have any")
+            raise ValueError(
+                f"strategy {self.name!r} needs training rows of at least {self.min_domains} "
+                f"domains, but only {n} domain(s) have any"
+            )
 
     def batches_per_domain(self) -> int:
         """Batches of each domain one round uses."""
@@ -194,7 +200,10 @@ class WeightedLoss(_RoundStrategy):
         ctx.zero_grad()
         objective.backward()
         ctx.apply_gradients()
-        return {"loss": sum(float(v.detach()) for v in losses.values()) / len(losses), "objective": float(objective.detach())}
+        return {
+            LOSS: sum(float(v.detach()) for v in losses.values()) / len(losses),
+            "objective": float(objective.detach()),
+        }
 
     def epoch_stats(self, ctx):
         w = self.weights()
@@ -205,7 +214,9 @@ class WeightedLoss(_RoundStrategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "log_vars" not in state or self.log_vars is None or state["log_vars"].shape != self.log_vars.shape:
-            raise ValueError(f"strategy 'weighted_loss' expected its log-variances in the checkpoint, got {sorted(state)}")
+            raise ValueError(
+                f"strategy 'weighted_loss' expected its log-variances in the checkpoint, got {sorted(state)}"
+            )
         with torch.no_grad():
             self.log_vars.copy_(state["log_vars"])
 
@@ -266,7 +277,10 @@ class PCGrad(_RoundStrategy):
         n = len(grads)
         dots = grads @ grads.T
         conflicts = int((dots.triu(1) < 0).sum())
-        return {"loss": sum(float(v.detach()) for v in losses) / n, "conflict_rate": conflicts / (n * (n - 1) / 2) if n > 1 else 0.0}
+        return {
+            LOSS: sum(float(v.detach()) for v in losses) / n,
+            "conflict_rate": conflicts / (n * (n - 1) / 2) if n > 1 else 0.0,
+        }
 
 
 # --------------------------------------------------------------------------------------- MAML
@@ -319,7 +333,7 @@ class MAML(_RoundStrategy):
             (q / len(batches)).backward()  # per domain, so only one domain's graph is alive at a time
             query_losses.append(float(q.detach()))
         ctx.apply_gradients()
-        stats = {"loss": sum(query_losses) / len(query_losses)}
+        stats = {LOSS: sum(query_losses) / len(query_losses)}
         if support_losses:
             stats["support_loss"] = sum(support_losses) / len(support_losses)
         return stats
@@ -378,11 +392,12 @@ class Reptile(_RoundStrategy):
             losses.append(float(loss.detach()))
         return fast
 
-    def _optimizer_steps(self, ctx: TrainContext, params: Params, domain_batches: list[Batch],
-                         losses: list[float]) -> Params:
+    def _optimizer_steps(
+        self, ctx: TrainContext, params: Params, domain_batches: list[Batch], losses: list[float]
+    ) -> Params:
         start = {n: p.detach().clone() for n, p in params.items()}
         for batch in domain_batches:
-            losses.append(ctx.step(batch)["loss"])
+            losses.append(ctx.step(batch)[LOSS])
         with torch.no_grad():
             end = {n: p.detach().clone() for n, p in params.items()}
             for n, p in params.items():  # the next domain starts from θ again
@@ -403,7 +418,7 @@ class Reptile(_RoundStrategy):
         with torch.no_grad():
             for n, p in params.items():
                 p.add_(delta[n], alpha=cfg.outer_lr / len(batches))
-        return {"loss": sum(losses) / len(losses)}
+        return {LOSS: sum(losses) / len(losses)}
 
 
 # --------------------------------------------------------------------------------------- MLDG
@@ -445,14 +460,16 @@ class MLDG(_RoundStrategy):
         super().setup(ctx)
         n = len(ctx.rows_by_domain())
         if self.config.meta_test_domains >= n:
-            raise ValueError(f"strategy 'mldg': train.strategy_options.meta_test_domains="
-                             f"{self.config.meta_test_domains} leaves no meta-train domain; {n} domains have "
-                             f"training rows, so it must be at most {n - 1}")
+            raise ValueError(
+                f"strategy 'mldg': train.strategy_options.meta_test_domains="
+                f"{self.config.meta_test_domains} leaves no meta-train domain; {n} domains have "
+                f"training rows, so it must be at most {n - 1}"
+            )
 
     def round(self, ctx, batches, g):
         cfg = self.config
         order = list(batches)  # the round's random domain order
-        test, train = order[:cfg.meta_test_domains], order[cfg.meta_test_domains:]
+        test, train = order[: cfg.meta_test_domains], order[cfg.meta_test_domains :]
         params = _trainable(ctx.model)
         f = sum(_loss(ctx, batches[d][0]) for d in train) / len(train)
         fast = _sgd(params, f, cfg.inner_lr, create_graph=not cfg.first_order, retain_graph=True)
@@ -461,4 +478,4 @@ class MLDG(_RoundStrategy):
         ctx.zero_grad()
         total.backward()
         ctx.apply_gradients()
-        return {"loss": float(total.detach()), "meta_train": float(f.detach()), "meta_test": float(g_loss.detach())}
+        return {LOSS: float(total.detach()), "meta_train": float(f.detach()), "meta_test": float(g_loss.detach())}

@@ -179,10 +179,18 @@ class MAMDR(DomainNegotiation):
         n = len(ctx.rows_by_domain())
         k = self.config.helper_domains
         if k is not None and k > n - 1:  # depends on the data, so checked here rather than when read
-            raise ConfigError(f"train.strategy_options.helper_domains is {k}, but only {n - 1} other domain(s) have "
-                              f"training rows; set it to at most {n - 1} (or null for min(3, D - 1))")
+            raise ConfigError(
+                f"train.strategy_options.helper_domains is {k}, but only {n - 1} other domain(s) have "
+                f"training rows; set it to at most {n - 1} (or null for min(3, D - 1))"
+            )
         if self.dr_optimizer is None:
             self.dr_optimizer = optimizer_like(ctx.optimizer, [{"params": model.shared_parameters()}])
+
+    def effective_options(self, num_domains: int) -> dict[str, Any]:
+        options = super().effective_options(num_domains)
+        if options["helper_domains"] is None:  # as helpers() draws them: min(3, D - 1)
+            options["helper_domains"] = min(3, max(num_domains - 1, 0))
+        return options
 
     def helpers(self, target: int, domains: list[int], g: torch.Generator) -> list[int]:
         others = [d for d in domains if d != target]

@@ -95,8 +95,9 @@ class TwoPhase(TwoStages, Strategy):
         return {**stats, "phase": float(phase)}
 
 
-def finetune_new_domains(model: MLoRAModel, dataset, config, first: int, out_dir: str | Path | None = None,
-                         progress: bool | None = None) -> dict[str, Any]:
+def finetune_new_domains(
+    model: MLoRAModel, dataset, config, first: int, out_dir: str | Path | None = None, progress: bool | None = None
+) -> dict[str, Any]:
     """Train only the adapters of domains ``first..D-1`` (added with ``add_domain``) on ``dataset``.
 
     Everything else is frozen: the backbone (parameters and normalisation statistics) and the adapter rows
