@@ -95,18 +95,27 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "mlp+mlora": ("mlp+mlora", _DNN, {}),
     "star+mlora": ("star+mlora", {**_DNN, "aux_network": True, "aux_hidden": [16]}, {}),
     # DFEI is trained with its paper's cyclic schedule (Algorithm 1), as the ml1m-age3 preset does.
-    "dfei": ("dfei", {"embedding_dim": 8, "shared_units": [64, 32], "domain_units": [64, 32], "head_units": [16]},
-             {"strategy": "dfei_cyclic"}),
+    "dfei": (
+        "dfei",
+        {"embedding_dim": 8, "shared_units": [64, 32], "domain_units": [64, 32], "head_units": [16]},
+        {"strategy": "dfei_cyclic"},
+    ),
     "pepnet": ("pepnet", _DNN, {}),
     "shared_bottom": ("shared_bottom", {"embedding_dim": 8, "bottom_units": [64], "tower_units": [32]}, {}),
     "mmoe": ("mmoe", {"embedding_dim": 8, "num_experts": 4, "expert_units": [64], "tower_units": [32]}, {}),
     # MAMDR's settings (§V-C), as the ml1m-age7 preset gives them: β = γ = 0.1, k = 3 helper domains.
     # DN moves θ a tenth of the way per outer step (one epoch): 120 epochs ended it still improving, so the
     # bound is far above what early stopping needs (the Trainer warns if it is ever reached).
-    "mlp@mamdr": ("mlp@mamdr", _DNN, {"strategy_options": {"outer_lr": 0.1, "specific_lr": 0.1, "helper_domains": 3},
-                                      "max_epochs": 600}),
-    "mlp@domain_regularization": ("mlp@domain_regularization", _DNN,
-                                  {"strategy_options": {"specific_lr": 0.1, "helper_domains": 3}}),
+    "mlp@mamdr": (
+        "mlp@mamdr",
+        _DNN,
+        {"strategy_options": {"outer_lr": 0.1, "specific_lr": 0.1, "helper_domains": 3}, "max_epochs": 600},
+    ),
+    "mlp@domain_regularization": (
+        "mlp@domain_regularization",
+        _DNN,
+        {"strategy_options": {"specific_lr": 0.1, "helper_domains": 3}},
+    ),
 }
 # Ablations that locate a failure of the check, run only when named in --methods (never by default): each
 # changes one thing of a method above (or gives the MLP one thing of a method), same data and training.
@@ -123,8 +132,11 @@ DIAGNOSTICS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "epnet": ("epnet", _DNN, {}),
     "ppnet": ("ppnet", _DNN, {}),
     # MAMDR's halves: Domain Negotiation alone (DR alone is a method above).
-    "mlp@domain_negotiation": ("mlp@domain_negotiation", _DNN, {"strategy_options": {"outer_lr": 0.1},
-                                                               "max_epochs": 600}),
+    "mlp@domain_negotiation": (
+        "mlp@domain_negotiation",
+        _DNN,
+        {"strategy_options": {"outer_lr": 0.1}, "max_epochs": 600},
+    ),
 }
 # Adapter options beyond MLORA, per method.
 ADAPTER_EXTRA: dict[str, dict[str, Any]] = {"mlp+mlora[output]": {"targets": ["output"]}}
@@ -140,8 +152,16 @@ MLORA = {"alpha": 16}
 # to do with domains.
 # max_epochs is only a bound, far above what early stopping needs (two-phase training runs two early-stopped
 # phases; a run the bound ends while still improving is warned about).
-TRAIN = {"optimizer": "adam", "lr": 3e-3, "batch_size": 256, "max_epochs": 300, "patience": 10, "monitor": "wauc",
-         "strategy": "joint", "num_threads": 1}
+TRAIN = {
+    "optimizer": "adam",
+    "lr": 3e-3,
+    "batch_size": 256,
+    "max_epochs": 300,
+    "patience": 10,
+    "monitor": "wauc",
+    "strategy": "joint",
+    "num_threads": 1,
+}
 
 
 def domain_sizes(size: str) -> list[int]:
@@ -159,14 +179,27 @@ def source_options(scenario: str, size: str = "full", data_seed: int = 0) -> dic
     if size not in SIZES:
         raise KeyError(f"unknown size {size!r}; valid: {', '.join(SIZES)}")
     s = SIZES[size]
-    common = {"n_domains": N_DOMAINS, "n_samples": domain_sizes(size), "n_users": s["users"], "n_items": s["items"],
-              "n_dense": 2, "multi_valued": False, "seed": data_seed, "shared_strength": 1.0}
+    common = {
+        "n_domains": N_DOMAINS,
+        "n_samples": domain_sizes(size),
+        "n_users": s["users"],
+        "n_items": s["items"],
+        "n_dense": 2,
+        "multi_valued": False,
+        "seed": data_seed,
+        "shared_strength": 1.0,
+    }
     if scenario == "identical":
         return {**common, "ctr": 0.2, "cross_strength": 1.5, "dense_weights": [1.0, -0.5], "identical_domains": True}
     # conflict (and conflict_blind, the same rows): an independent interaction matrix per domain, the group x
     # category effect and the dense weights with opposite signs across domains, different base rates.
-    return {**common, "ctr": [0.15, 0.2, 0.25, 0.2, 0.3], "specific_strength": 3.0,
-            "cross_strength": [1.5 * s for s in SIGNS], "dense_weights": [[1.0 * s, -0.5 * s] for s in SIGNS]}
+    return {
+        **common,
+        "ctr": [0.15, 0.2, 0.25, 0.2, 0.3],
+        "specific_strength": 3.0,
+        "cross_strength": [1.5 * s for s in SIGNS],
+        "dense_weights": [[1.0 * s, -0.5 * s] for s in SIGNS],
+    }
 
 
 def data_config(scenario: str, size: str = "full", data_seed: int = 0) -> dict[str, Any]:
@@ -175,16 +208,27 @@ def data_config(scenario: str, size: str = "full", data_seed: int = 0) -> dict[s
         "source": {"kind": "synthetic", "options": source_options(scenario, size, data_seed)},
         "label": {"column": "label"},
         "domain": {"column": "domain", "as_feature": scenario not in BLIND},
-        "features": [{"name": "user_id"}, {"name": "item_id"}, {"name": "user_group"}, {"name": "item_cat"},
-                     {"name": "dense_0", "kind": "dense", "transform": "standard"},
-                     {"name": "dense_1", "kind": "dense", "transform": "standard"}],
+        "features": [
+            {"name": "user_id"},
+            {"name": "item_id"},
+            {"name": "user_group"},
+            {"name": "item_cat"},
+            {"name": "dense_0", "kind": "dense", "transform": "standard"},
+            {"name": "dense_1", "kind": "dense", "transform": "standard"},
+        ],
         "user_feature": "user_id",
         "split": {"method": "stratified_domain", "ratios": [0.7, 0.15, 0.15], "seed": 0},
     }
 
 
-def experiment_config(scenario: str, method: str, seed: int, size: str = "full",
-                      train: dict[str, Any] | None = None, overrides: Iterable[str] = ()):
+def experiment_config(
+    scenario: str,
+    method: str,
+    seed: int,
+    size: str = "full",
+    train: dict[str, Any] | None = None,
+    overrides: Iterable[str] = (),
+):
     """The validated :class:`~polyrec.experiment.ExperimentConfig` of one run.
 
     Written as a YAML config file and read back by :func:`polyrec.experiment.make_config`, the way a user's
@@ -200,8 +244,12 @@ def experiment_config(scenario: str, method: str, seed: int, size: str = "full",
     train_doc = {**TRAIN, **train_extra, **(train or {}), "seed": seed}
     if "@" in model:  # '<model>@<strategy>' names its strategy; the file must not name another
         train_doc.pop("strategy")
-    doc = {"protocol": f"synthetic-{scenario}", "data": data_config(scenario, size), "model": dict(options),
-           "train": train_doc}
+    doc = {
+        "protocol": f"synthetic-{scenario}",
+        "data": data_config(scenario, size),
+        "model": dict(options),
+        "train": train_doc,
+    }
     if model.endswith("+mlora"):
         doc["adapter"] = {**MLORA, **ADAPTER_EXTRA.get(method, {})}
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,8 +258,15 @@ def experiment_config(scenario: str, method: str, seed: int, size: str = "full",
         return make_config(config_file=str(path), model=model, overrides=list(overrides))
 
 
-def run_one(scenario: str, method: str, seed: int, size: str = "full", dataset=None,
-            train: dict[str, Any] | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+def run_one(
+    scenario: str,
+    method: str,
+    seed: int,
+    size: str = "full",
+    dataset=None,
+    train: dict[str, Any] | None = None,
+    overrides: Iterable[str] = (),
+) -> dict[str, Any]:
     """Train and test one (scenario, method, seed); the run record of :func:`polyrec.experiment.run_experiment`
     with ``scenario``, ``method`` and ``size`` added."""
     from polyrec.experiment import run_experiment
@@ -234,8 +289,10 @@ def oracle(scenario: str, size: str, dataset) -> dict[str, Any]:
     test = dataset.splits["test"]
     label, score, domain = (frame[c].to_numpy()[test] for c in ("label", "p_true", "domain"))
     if len(frame) != len(dataset) or not (dataset.label.numpy()[test] == label).all():
-        raise ValueError(f"the encoded data set of {scenario!r} ({len(dataset)} rows) is not the generator's rows "
-                         f"in order ({len(frame)}); rebuild it from data_config({scenario!r}, {size!r})")
+        raise ValueError(
+            f"the encoded data set of {scenario!r} ({len(dataset)} rows) is not the generator's rows "
+            f"in order ({len(frame)}); rebuild it from data_config({scenario!r}, {size!r})"
+        )
     per = {str(d): auc(label[domain == d], score[domain == d]) * 100 for d in sorted(set(domain.tolist()))}
     counts = {str(d): int((domain == d).sum()) for d in sorted(set(domain.tolist()))}
     return {"wauc": sum(per[d] * counts[d] for d in per) / sum(counts.values()), "auc_per_domain": per}
@@ -243,8 +300,12 @@ def oracle(scenario: str, size: str, dataset) -> dict[str, Any]:
 
 def paired(records: list[dict[str, Any]], scenario: str, method: str, metric: str = "wauc") -> dict[str, Any]:
     """Mean ± std of ``method``'s metric (×100) and its difference to the baseline, paired by seed."""
-    by_seed = {r["seed"]: r["metrics"][metric] * 100 for r in records if r["scenario"] == scenario and r["method"] == method}
-    base = {r["seed"]: r["metrics"][metric] * 100 for r in records if r["scenario"] == scenario and r["method"] == BASELINE}
+    by_seed = {
+        r["seed"]: r["metrics"][metric] * 100 for r in records if r["scenario"] == scenario and r["method"] == method
+    }
+    base = {
+        r["seed"]: r["metrics"][metric] * 100 for r in records if r["scenario"] == scenario and r["method"] == BASELINE
+    }
     seeds = sorted(set(by_seed) & set(base))
     values = [by_seed[s] for s in sorted(by_seed)]
     diffs = [by_seed[s] - base[s] for s in seeds]
@@ -252,9 +313,17 @@ def paired(records: list[dict[str, Any]], scenario: str, method: str, metric: st
     def sd(xs: list[float]) -> float:
         return statistics.stdev(xs) if len(xs) > 1 else float("nan")
 
-    out = {"scenario": scenario, "method": method, "seeds": seeds, "n": len(values),
-           "mean": statistics.fmean(values) if values else float("nan"), "std": sd(values),
-           "diff": statistics.fmean(diffs) if diffs else float("nan"), "diff_std": sd(diffs), "diffs": diffs}
+    out = {
+        "scenario": scenario,
+        "method": method,
+        "seeds": seeds,
+        "n": len(values),
+        "mean": statistics.fmean(values) if values else float("nan"),
+        "std": sd(values),
+        "diff": statistics.fmean(diffs) if diffs else float("nan"),
+        "diff_std": sd(diffs),
+        "diffs": diffs,
+    }
     out["verdict"] = verdict(scenario, out["diff"], out["diff_std"]) if method != BASELINE else "baseline"
     return out
 
@@ -270,8 +339,16 @@ def verdict(scenario: str, diff: float, diff_std: float, k: float = 2.0) -> str:
 
 def per_domain_diff(records: list[dict[str, Any]], scenario: str, method: str) -> dict[str, float]:
     """Mean per-domain test AUC difference (×100) to the baseline, paired by seed."""
-    mine = {r["seed"]: r["metrics"]["auc_per_domain"] for r in records if r["scenario"] == scenario and r["method"] == method}
-    base = {r["seed"]: r["metrics"]["auc_per_domain"] for r in records if r["scenario"] == scenario and r["method"] == BASELINE}
+    mine = {
+        r["seed"]: r["metrics"]["auc_per_domain"]
+        for r in records
+        if r["scenario"] == scenario and r["method"] == method
+    }
+    base = {
+        r["seed"]: r["metrics"]["auc_per_domain"]
+        for r in records
+        if r["scenario"] == scenario and r["method"] == BASELINE
+    }
     seeds = sorted(set(mine) & set(base))
     if not seeds:
         return {}
@@ -292,27 +369,44 @@ def environment() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
-            "polyrec": getattr(polyrec, "__version__", "?"), "platform": platform.platform(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "polyrec": getattr(polyrec, "__version__", "?"),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def markdown(meta: dict[str, Any], records: list[dict[str, Any]], methods: list[str]) -> str:
-    lines = ["# Domain machinery on synthetic data built to need it (or not)", "",
-             f"Command: `{meta['command']}`", "",
-             f"Size `{meta['size']}`, seeds {meta['seeds']}; test-split WAUC ×100, mean ± sample std over seeds; "
-             "Δ = method − MLP paired by seed, ± the sample std of the per-seed differences. Rule: conflict → "
-             "PASS when Δ > 0 and Δ > 2·std(Δ); identical → PASS when −Δ < 2·std(Δ).", ""]
+    lines = [
+        "# Domain machinery on synthetic data built to need it (or not)",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Size `{meta['size']}`, seeds {meta['seeds']}; test-split WAUC ×100, mean ± sample std over seeds; "
+        "Δ = method − MLP paired by seed, ± the sample std of the per-seed differences. Rule: conflict → "
+        "PASS when Δ > 0 and Δ > 2·std(Δ); identical → PASS when −Δ < 2·std(Δ).",
+        "",
+    ]
     for scenario in SCENARIOS:
         if not any(r["scenario"] == scenario for r in records):
             continue
         opts = source_options(scenario, meta["size"])
         feature = "hidden from the features" if scenario in BLIND else "a feature of every method"
         ceiling = meta.get("oracle", {}).get(scenario)
-        lines += [f"## {scenario}", "", f"`make_synthetic` options: `{json.dumps(opts)}`; the domain is {feature}."
-                  + (f" Bayes-optimal test WAUC: {ceiling['wauc']:.2f}." if ceiling else ""), "",
-                  "| method | WAUC ×100 | Δ vs MLP | verdict | per-domain ΔAUC (domains 0..4, largest first) | best epoch |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {scenario}",
+            "",
+            f"`make_synthetic` options: `{json.dumps(opts)}`; the domain is {feature}."
+            + (f" Bayes-optimal test WAUC: {ceiling['wauc']:.2f}." if ceiling else ""),
+            "",
+            "| method | WAUC ×100 | Δ vs MLP | verdict | per-domain ΔAUC (domains 0..4, largest first) | best epoch |",
+            "|---|---|---|---|---|---|",
+        ]
         for method in methods:
             rs = [r for r in records if r["scenario"] == scenario and r["method"] == method]
             if not rs:
@@ -322,19 +416,27 @@ def markdown(meta: dict[str, Any], records: list[dict[str, Any]], methods: list[
             dom_txt = " ".join(f"{v:+.2f}" for v in dom.values()) if method != BASELINE else ""
             delta = f"{p['diff']:+.2f} ± {p['diff_std']:.2f}" if method != BASELINE else "—"
             epochs = "/".join(str(r["best_epoch"]) for r in rs)
-            lines.append(f"| {method} | {p['mean']:.2f} ± {p['std']:.2f} | {delta} | {p['verdict']} | {dom_txt} | "
-                         f"{epochs} |")
+            lines.append(
+                f"| {method} | {p['mean']:.2f} ± {p['std']:.2f} | {delta} | {p['verdict']} | {dom_txt} | {epochs} |"
+            )
         lines.append("")
     lines += ["## Settings", "", f"Training: `{json.dumps(TRAIN)}` (per-method extras below)", ""]
     for method in methods:
         model, options, extra = VARIANTS[method]
         adapter = ADAPTER_EXTRA.get(method)
-        lines.append(f"- `{method}`: model `{model}` `{json.dumps(options)}`" + (f", train `{json.dumps(extra)}`" if extra else "")
-                     + (f", adapter `{json.dumps({**MLORA, **adapter})}`" if adapter else ""))
+        lines.append(
+            f"- `{method}`: model `{model}` `{json.dumps(options)}`"
+            + (f", train `{json.dumps(extra)}`" if extra else "")
+            + (f", adapter `{json.dumps({**MLORA, **adapter})}`" if adapter else "")
+        )
     env = meta["environment"]
-    lines += ["", f"Machine: {env['cpu']} ({env['cpu_count']} CPUs, torch threads {env['torch_threads']}), "
-              f"{env['platform']}; python {env['python']}, torch {env['torch']}, numpy {env['numpy']}, "
-              f"polyrec {env['polyrec']}. Wall time {meta['wall_s']:.0f} s.", ""]
+    lines += [
+        "",
+        f"Machine: {env['cpu']} ({env['cpu_count']} CPUs, torch threads {env['torch_threads']}), "
+        f"{env['platform']}; python {env['python']}, torch {env['torch']}, numpy {env['numpy']}, "
+        f"polyrec {env['polyrec']}. Wall time {meta['wall_s']:.0f} s.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -342,16 +444,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=None, help="model seeds 0..n-1 (default 5; 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smaller data (30k rows) and 3 seeds (= --size quick)")
-    parser.add_argument("--size", choices=tuple(SIZES), default=None,
-                        help="data size (default full; quick: 30k rows, large: 240k rows); not full: --out is required "
-                        "unless --quick")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help="comma-separated subset of: " + ", ".join(METHODS) + "; or the ablations (named only "
-                        "explicitly): " + ", ".join(DIAGNOSTICS))
+    parser.add_argument(
+        "--size",
+        choices=tuple(SIZES),
+        default=None,
+        help="data size (default full; quick: 30k rows, large: 240k rows); not full: --out is required unless --quick",
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated subset of: " + ", ".join(METHODS) + "; or the ablations (named only "
+        "explicitly): " + ", ".join(DIAGNOSTICS),
+    )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--out", default=None, help="output stem: writes STEM.json and STEM.md")
-    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                        help="dotted override applied to every run (train.lr=3e-3)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="dotted override applied to every run (train.lr=3e-3)",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.size not in (None, "quick"):
         parser.error(f"--quick is --size quick; it cannot be combined with --size {args.size}")
@@ -369,7 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     for s in scenarios:
         if s not in SCENARIOS:
             parser.error(f"--scenarios: unknown scenario {s!r}; valid: {', '.join(SCENARIOS)}")
-    stem = Path(args.out) if args.out else (OUT if size == "full" else Path(tempfile.gettempdir()) / "domain_machinery_quick")
+    stem = (
+        Path(args.out)
+        if args.out
+        else (OUT if size == "full" else Path(tempfile.gettempdir()) / "domain_machinery_quick")
+    )
     os.environ.setdefault("POLYREC_QUIET", "1")
 
     import torch
@@ -383,14 +501,24 @@ def main(argv: list[str] | None = None) -> int:
     if json_path.exists():
         records = json.loads(json_path.read_text()).get("runs", [])
     done = {(r["scenario"], r["method"], r["seed"]): r.get("config_hash") for r in records}
-    meta = {"command": "python benchmarks/domain_machinery.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "size": size, "seeds": seeds, "methods": methods, "environment": environment(), "wall_s": 0.0}
+    meta = {
+        "command": "python benchmarks/domain_machinery.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "size": size,
+        "seeds": seeds,
+        "methods": methods,
+        "environment": environment(),
+        "wall_s": 0.0,
+    }
     t0 = time.perf_counter()
 
     def write() -> None:
         meta["wall_s"] = time.perf_counter() - t0
-        summary = [paired(records, s, m) for s in scenarios for m in methods
-                   if any(r["scenario"] == s and r["method"] == m for r in records)]
+        summary = [
+            paired(records, s, m)
+            for s in scenarios
+            for m in methods
+            if any(r["scenario"] == s and r["method"] == m for r in records)
+        ]
         stem.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({**meta, "summary": summary, "runs": records}, indent=1, default=float))
         md_path.write_text(markdown(meta, records, methods))
@@ -407,9 +535,12 @@ def main(argv: list[str] | None = None) -> int:
                 records = [r for r in records if (r["scenario"], r["method"], r["seed"]) != (scenario, method, seed)]
                 record = run_one(scenario, method, seed, size, dataset=dataset, overrides=args.overrides)
                 records.append(record)
-                print(f"[{scenario}] {method} seed {seed}: wauc {record['metrics']['wauc']:.4f} "
-                      f"best epoch {record['best_epoch']} / {record['epochs']} ({record['wall_s']:.0f}s)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[{scenario}] {method} seed {seed}: wauc {record['metrics']['wauc']:.4f} "
+                    f"best epoch {record['best_epoch']} / {record['epochs']} ({record['wall_s']:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 write()
     write()
     print(md_path.read_text())

@@ -41,21 +41,36 @@ DOMAINS: dict[str, dict[str, Any]] = {
 FRACTIONS = (0.1, 0.3, 1.0)
 BASELINE = "mlp"
 # The domain-aware methods of the check on synthetic data, each with its paper's schedule.
-METHODS = ("mlp", "star", "mlp+mlora@two_phase", "pepnet", "shared_bottom", "mmoe", "dfei", "mlp@mamdr",
-           "mlp@domain_regularization")
+METHODS = (
+    "mlp",
+    "star",
+    "mlp+mlora@two_phase",
+    "pepnet",
+    "shared_bottom",
+    "mmoe",
+    "dfei",
+    "mlp@mamdr",
+    "mlp@domain_regularization",
+)
 # DFEI's Algorithm 1; MAMDR's k = 3 helper domains, or D - 1 where fewer exist (gender has 2 domains; null is
 # min(3, D - 1), the preset's 3 on age and occupation).
-MODEL_OVERRIDES = {"dfei": ["train.strategy=dfei_cyclic"],
-                   "mlp@mamdr": ["train.strategy_options.helper_domains=null"],
-                   "mlp@domain_regularization": ["train.strategy_options.helper_domains=null"]}
+MODEL_OVERRIDES = {
+    "dfei": ["train.strategy=dfei_cyclic"],
+    "mlp@mamdr": ["train.strategy_options.helper_domains=null"],
+    "mlp@domain_regularization": ["train.strategy_options.helper_domains=null"],
+}
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
 
 
 def cell_overrides(domain: str, fraction: float) -> list[str]:
     """The dotted overrides that turn the preset's data into one cell of the grid."""
     rule = DOMAINS[domain]
-    return [f"data.domain.column={rule['column']}", f"data.domain.groups={json.dumps(rule['groups'])}",
-            f"data.sample.fraction={fraction}", "data.sample.seed=0"]
+    return [
+        f"data.domain.column={rule['column']}",
+        f"data.domain.groups={json.dumps(rule['groups'])}",
+        f"data.sample.fraction={fraction}",
+        "data.sample.seed=0",
+    ]
 
 
 def cell_dir(domain: str, fraction: float) -> Path:
@@ -71,10 +86,23 @@ def paired(records: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
         return None
     diffs = [mine[s] - base[s] for s in seeds]
     sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
-    out = {"method": method, "n": len(seeds), "wauc": statistics.fmean(mine[s] for s in seeds),
-           "diff": statistics.fmean(diffs), "diff_std": sd, "diffs": diffs}
-    out["verdict"] = ("n/a" if math.isnan(sd) else "gain" if out["diff"] > 2 * sd and out["diff"] > 0
-                      else "loss" if -out["diff"] > 2 * sd else "tie")
+    out = {
+        "method": method,
+        "n": len(seeds),
+        "wauc": statistics.fmean(mine[s] for s in seeds),
+        "diff": statistics.fmean(diffs),
+        "diff_std": sd,
+        "diffs": diffs,
+    }
+    out["verdict"] = (
+        "n/a"
+        if math.isnan(sd)
+        else "gain"
+        if out["diff"] > 2 * sd and out["diff"] > 0
+        else "loss"
+        if -out["diff"] > 2 * sd
+        else "tie"
+    )
     return out
 
 
@@ -86,36 +114,58 @@ def summarise(domains: list[str], fractions: list[float], methods: list[str]) ->
             if not path.exists():
                 continue
             records = json.loads(path.read_text())
-            n_rows = next((sum(r["data"]["rows"].values()) for r in records if "data" in r and "rows" in r["data"]),
-                          None)
+            n_rows = next(
+                (sum(r["data"]["rows"].values()) for r in records if "data" in r and "rows" in r["data"]), None
+            )
             for method in methods:
                 if method == BASELINE:
                     continue
                 p = paired(records, method)
                 if p is not None:
-                    rows.append({"domain": domain, "domains": len(next(iter(records))["metrics"]["auc_per_domain"]),
-                                 "fraction": fraction, "rows": n_rows, **p})
+                    rows.append(
+                        {
+                            "domain": domain,
+                            "domains": len(next(iter(records))["metrics"]["auc_per_domain"]),
+                            "fraction": fraction,
+                            "rows": n_rows,
+                            **p,
+                        }
+                    )
     return rows
 
 
 def markdown(rows: list[dict[str, Any]], command: str) -> str:
-    lines = ["# When does a domain-aware method beat the MLP? (MovieLens-1M, by size and domain attribute)", "",
-             f"Command: `{command}`", "",
-             "Test WAUC ×100, method − MLP paired by model seed (mean ± sample std of the differences, n seeds); "
-             "**gain** / **loss** when the difference passes 2 × its std, else tie. Each cell: preset "
-             f"`{PROTOCOL}`, domain attribute and row fraction as given.", ""]
-    cells = sorted({(r["domain"], r["domains"], r["fraction"], r["rows"]) for r in rows},
-                   key=lambda c: (list(DOMAINS).index(c[0]), c[2]))
+    lines = [
+        "# When does a domain-aware method beat the MLP? (MovieLens-1M, by size and domain attribute)",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Test WAUC ×100, method − MLP paired by model seed (mean ± sample std of the differences, n seeds); "
+        "**gain** / **loss** when the difference passes 2 × its std, else tie. Each cell: preset "
+        f"`{PROTOCOL}`, domain attribute and row fraction as given.",
+        "",
+    ]
+    cells = sorted(
+        {(r["domain"], r["domains"], r["fraction"], r["rows"]) for r in rows},
+        key=lambda c: (list(DOMAINS).index(c[0]), c[2]),
+    )
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     lines += ["| domain (D) | rows | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for domain, d, fraction, n_rows in cells:
         cells_txt = []
         for m in methods:
             r = next((x for x in rows if (x["domain"], x["fraction"], x["method"]) == (domain, fraction, m)), None)
-            cells_txt.append("" if r is None else f"{r['diff']:+.2f} ± {r['diff_std']:.2f} ({r['n']}) "
-                             + (f"**{r['verdict']}**" if r["verdict"] in ("gain", "loss") else r["verdict"]))
-        lines.append(f"| {domain} ({d}) | {n_rows:,} | " + " | ".join(cells_txt) + " |" if n_rows else
-                     f"| {domain} ({d}) | {fraction:g} | " + " | ".join(cells_txt) + " |")
+            cells_txt.append(
+                ""
+                if r is None
+                else f"{r['diff']:+.2f} ± {r['diff_std']:.2f} ({r['n']}) "
+                + (f"**{r['verdict']}**" if r["verdict"] in ("gain", "loss") else r["verdict"])
+            )
+        lines.append(
+            f"| {domain} ({d}) | {n_rows:,} | " + " | ".join(cells_txt) + " |"
+            if n_rows
+            else f"| {domain} ({d}) | {fraction:g} | " + " | ".join(cells_txt) + " |"
+        )
     lines.append("")
     return "\n".join(lines)
 
@@ -132,8 +182,10 @@ def svg(rows: list[dict[str, Any]]) -> str:
     lo, hi = min(diffs) - 0.1, max(diffs) + 0.1
     xs = [math.log10(r["rows"]) for r in rows if r["rows"]] or [5.0, 6.0]
     x0, x1 = min(xs) - 0.1, max(xs) + 0.1
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W * len(domains) + 160}" height="{H + 40}" '
-             'font-family="sans-serif" font-size="11">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W * len(domains) + 160}" height="{H + 40}" '
+        'font-family="sans-serif" font-size="11">'
+    ]
     for i, domain in enumerate(domains):
         ox = i * W
 
@@ -145,15 +197,20 @@ def svg(rows: list[dict[str, Any]]) -> str:
 
         d = next(r["domains"] for r in rows if r["domain"] == domain)
         parts.append(f'<text x="{ox + W / 2}" y="14" text-anchor="middle">{domain} ({d} domains)</text>')
-        parts.append(f'<line x1="{px(x0)}" y1="{py(0)}" x2="{px(x1)}" y2="{py(0)}" stroke="#000" stroke-dasharray="3"/>')
+        parts.append(
+            f'<line x1="{px(x0)}" y1="{py(0)}" x2="{px(x1)}" y2="{py(0)}" stroke="#000" stroke-dasharray="3"/>'
+        )
         parts.append(f'<line x1="{px(x0)}" y1="{py(lo)}" x2="{px(x0)}" y2="{py(hi)}" stroke="#000"/>')
         for t in (lo, 0.0, hi):
             parts.append(f'<text x="{px(x0) - 4}" y="{py(t) + 4}" text-anchor="end">{t:+.1f}</text>')
         for n in sorted({r["rows"] for r in rows if r["domain"] == domain and r["rows"]}):
             parts.append(f'<text x="{px(math.log10(n))}" y="{H - 5}" text-anchor="middle">{n / 1000:.0f}k</text>')
         for m, color in zip(methods, COLORS):
-            pts = sorted((r["rows"], r["diff"], r["diff_std"]) for r in rows
-                         if r["domain"] == domain and r["method"] == m and r["rows"])
+            pts = sorted(
+                (r["rows"], r["diff"], r["diff_std"])
+                for r in rows
+                if r["domain"] == domain and r["method"] == m and r["rows"]
+            )
             if not pts:
                 continue
             path = " ".join(f"{px(math.log10(n)):.1f},{py(v):.1f}" for n, v, _ in pts)
@@ -161,12 +218,16 @@ def svg(rows: list[dict[str, Any]]) -> str:
             for n, v, s in pts:
                 parts.append(f'<circle cx="{px(math.log10(n)):.1f}" cy="{py(v):.1f}" r="2.5" fill="{color}"/>')
                 if not math.isnan(s):
-                    parts.append(f'<line x1="{px(math.log10(n)):.1f}" y1="{py(v - 2 * s):.1f}" '
-                                 f'x2="{px(math.log10(n)):.1f}" y2="{py(v + 2 * s):.1f}" stroke="{color}"/>')
+                    parts.append(
+                        f'<line x1="{px(math.log10(n)):.1f}" y1="{py(v - 2 * s):.1f}" '
+                        f'x2="{px(math.log10(n)):.1f}" y2="{py(v + 2 * s):.1f}" stroke="{color}"/>'
+                    )
     lx = W * len(domains) + 5
     for j, (m, color) in enumerate(zip(methods, COLORS)):
-        parts.append(f'<rect x="{lx}" y="{24 + 16 * j}" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{lx + 14}" y="{33 + 16 * j}">{m}</text>')
+        parts.append(
+            f'<rect x="{lx}" y="{24 + 16 * j}" width="10" height="10" fill="{color}"/>'
+            f'<text x="{lx + 14}" y="{33 + 16 * j}">{m}</text>'
+        )
     parts.append(f'<text x="{lx}" y="{40 + 16 * len(methods)}">Δ test WAUC ×100 vs MLP</text>')
     parts.append(f'<text x="{lx}" y="{54 + 16 * len(methods)}">bars: ± 2 std (paired)</text>')
     parts.append("</svg>")
@@ -196,14 +257,20 @@ def main(argv: list[str] | None = None) -> int:
 
         for fraction in fractions:  # the small cells first: they finish the grid's left side early
             for domain in domains:
-                run_benchmark(PROTOCOL, methods, seeds=args.seeds, out_dir=cell_dir(domain, fraction),
-                              overrides=cell_overrides(domain, fraction),
-                              model_overrides={m: v for m, v in MODEL_OVERRIDES.items() if m in methods},
-                              jobs=args.jobs)
+                run_benchmark(
+                    PROTOCOL,
+                    methods,
+                    seeds=args.seeds,
+                    out_dir=cell_dir(domain, fraction),
+                    overrides=cell_overrides(domain, fraction),
+                    model_overrides={m: v for m, v in MODEL_OVERRIDES.items() if m in methods},
+                    jobs=args.jobs,
+                )
     rows = summarise(list(DOMAINS), sorted({*FRACTIONS, *fractions}), list(METHODS))
     stem = OUT.parent / "when_domains_help"
-    stem.with_suffix(".json").write_text(json.dumps({"command": command, "protocol": PROTOCOL, "cells": rows},
-                                                    indent=1, default=float))
+    stem.with_suffix(".json").write_text(
+        json.dumps({"command": command, "protocol": PROTOCOL, "cells": rows}, indent=1, default=float)
+    )
     stem.with_suffix(".md").write_text(markdown(rows, command))
     stem.with_suffix(".svg").write_text(svg(rows))
     print(stem.with_suffix(".md").read_text())
