@@ -42,10 +42,10 @@ def test_models_lists_registry():
     # Grouped by family tag: a heading per family, its models indented under it, other tags in brackets.
     lines = out.stdout.splitlines()
     headings = [line.split(":")[0] for line in lines if not line.startswith(" ")]
-    assert headings == ["ctr", "multidomain"]
-    ctr, multidomain = (next(i for i, x in enumerate(lines) if x.startswith(h + ":")) for h in headings)
+    assert headings == ["ctr", "multidomain", "retrieval"]
+    ctr, multidomain, retrieval = (next(i for i, x in enumerate(lines) if x.startswith(h + ":")) for h in headings)
     listed = {line.split()[0]: i for i, line in enumerate(lines) if line.startswith("  ")}
-    assert ctr < listed["deepfm"] < multidomain < listed["star"]
+    assert ctr < listed["deepfm"] < multidomain < listed["star"] < retrieval < listed["adi"]
     assert lines[listed["mlp"]].endswith("[baseline]")
     assert set(listed) == set(list_models())
     out = runner.invoke(app, ["models", "--tag", "baseline"])

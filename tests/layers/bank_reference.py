@@ -114,7 +114,7 @@ LEGACY: dict[str, tuple[str, dict[str, Any], str | None]] = {
 
 def cases() -> list[Case]:
     out = []
-    for name in polyrec.list_models():
+    for name in polyrec.list_models("ctr") + polyrec.list_models("multidomain"):
         out += [Case(name, "d3"), Case(name, "d3", {"dropout": 0.3}), Case(name, "d1"), Case(name, "d20")]
     return out + EXTRA
 

@@ -26,16 +26,31 @@ class PartitionedNorm(nn.Module):
         num_domains: D.
         eps: variance floor ε.
         momentum: weight of the current batch in the moving statistics (as in ``nn.BatchNorm1d``).
+        shared_affine: learn the shared ``γ, β`` (STAR's eq. 3). False fixes them at 1 and 0 (buffers), which
+            leaves each domain its own affine ``γ_p, β_p`` only: domain-specific batch normalisation (ADI,
+            eq. 20); with ``num_domains=1`` it is plain batch normalisation.
 
     Shape:
         forward(x ``[B, F]``, local ``[B]`` segment index per row, domains ``[S]`` present domains) -> ``[B, F]``.
     """
 
-    def __init__(self, num_features: int, num_domains: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        num_domains: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        shared_affine: bool = True,
+    ) -> None:
         super().__init__()
         self.num_features, self.num_domains, self.eps, self.momentum = num_features, num_domains, eps, momentum
-        self.gamma = nn.Parameter(torch.ones(num_features))
-        self.beta = nn.Parameter(torch.zeros(num_features))
+        self.shared_affine = shared_affine
+        if shared_affine:
+            self.gamma = nn.Parameter(torch.ones(num_features))
+            self.beta = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_buffer("gamma", torch.ones(num_features))
+            self.register_buffer("beta", torch.zeros(num_features))
         self.domain_gamma = nn.Parameter(torch.ones(num_domains, num_features))
         self.domain_beta = nn.Parameter(torch.zeros(num_domains, num_features))
         self.register_buffer("running_mean", torch.zeros(num_domains, num_features))
@@ -115,4 +130,7 @@ class PartitionedNorm(nn.Module):
         return torch.addcmul(shift.index_select(0, local), x_hat, scale.index_select(0, local))
 
     def extra_repr(self) -> str:
-        return f"num_features={self.num_features}, num_domains={self.num_domains}, eps={self.eps}, momentum={self.momentum}"
+        return (
+            f"num_features={self.num_features}, num_domains={self.num_domains}, eps={self.eps}, "
+            f"momentum={self.momentum}, shared_affine={self.shared_affine}"
+        )

@@ -2,6 +2,7 @@
 
 from . import ctr as _ctr  # noqa: F401  (registers the single-domain backbones)
 from . import multidomain as _multidomain  # noqa: F401  (registers the multi-domain models)
+from . import retrieval as _retrieval  # noqa: F401  (registers the two-tower retrieval models)
 from ._registry import (
     MODELS,
     create_model,
