@@ -180,9 +180,12 @@ def strategies() -> None:
 def presets() -> None:
     """List the benchmark protocol presets."""
     from .data.protocols import list_presets, preset
+    from .retrieval.presets import list_retrieval_presets, retrieval_preset
 
     for name in list_presets():
         typer.echo(f"{name:14s} {preset(name)['description']}")
+    for name in list_retrieval_presets():
+        typer.echo(f"{name:14s} {retrieval_preset(name)['description']}")
 
 
 @_command()
@@ -212,7 +215,11 @@ def train(
     differs, and the directory is left untouched. --overwrite starts afresh.
     """
     from .experiment import make_config, run_experiment
+    from .retrieval.experiment import is_retrieval_preset
 
+    if is_retrieval_preset(preset):
+        _train_retrieval(preset, model, out, config, set_, overwrite, print_config)
+        return
     _protocol(preset, config)
     cfg = make_config(preset, model, str(config) if config else None, set_)
     if print_config:
@@ -230,6 +237,56 @@ def train(
     typer.echo(f"run written to {out}")
 
 
+def _train_retrieval(
+    preset: str, model: str, out: Path | None, config: Path | None, set_: list[str], overwrite: bool, print_config: bool
+) -> None:
+    from .retrieval.experiment import make_retrieval_config, run_retrieval
+
+    if config is not None:
+        _fail(ValueError(f"--config is not read with the retrieval preset {preset!r}; give its settings with --set"))
+    cfg = make_retrieval_config(preset, model, set_)
+    if print_config:
+        import yaml
+
+        typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None, width=120), nl=False)
+        return
+    if out is None:
+        _fail(ValueError("give --out DIR, the run directory to write (or --print-config to only print the config)"))
+    record = run_retrieval(cfg, out, overwrite=overwrite)
+    _print_retrieval_metrics(record["metrics"])
+    typer.echo(f"run written to {out}")
+
+
+def _print_retrieval_metrics(m: dict) -> None:
+    names = [k for k in m["overall"] if k.startswith(("recall@", "ndcg@"))]
+    rows = [(d, m["queries"][d], m["per_domain"][d]) for d in m["per_domain"]]
+    rows += [("mean", sum(m["queries"].values()), m["mean"]), ("overall", sum(m["queries"].values()), m["overall"])]
+    typer.echo(f"{'domain':18s} {'queries':>8s} " + " ".join(f"{n:>10s}" for n in names))
+    for name, q, values in rows:
+        typer.echo(f"{name:18s} {q:8,d} " + " ".join(f"{values[n]:10.4f}" for n in names))
+
+
+@_command()
+def retrieve(
+    run: Path = typer.Argument(..., help="run directory of a retrieval model (`polyrec train --preset *-retrieval`)"),
+    domain: str = typer.Option(..., help="the domain to retrieve for (a domain name of the run's data)"),
+    user: str = typer.Option(..., help="the user's id as in the source data"),
+    k: int = typer.Option(100, help="how many items"),
+    index: str = typer.Option("exact", help="exact or hnsw (a faiss index, built on first use), or matmul"),
+    include_seen: bool = typer.Option(False, "--include-seen", help="also return items the user rated positively"),
+    json_out: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """The top-k items of a domain's corpus for a user, by a trained retrieval run."""
+    from .retrieval.experiment import retrieve as retrieve_items
+
+    items = retrieve_items(run, domain, user, k=k, index=index, exclude_seen=not include_seen)
+    if json_out:
+        typer.echo(json.dumps(items, indent=2))
+        return
+    for row in items:
+        typer.echo(f"{row['rank']:4d}  {row['score']:8.4f}  {row['item']}")
+
+
 @_command("evaluate")
 def evaluate_cmd(
     run: Path = typer.Argument(..., help="run directory written by `polyrec train`"),
@@ -238,7 +295,16 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate a trained run on a split of its data."""
     from .experiment import evaluate_run
+    from .retrieval.experiment import evaluate_run as evaluate_retrieval_run
+    from .retrieval.experiment import is_retrieval_run
 
+    if is_retrieval_run(run):
+        metrics = evaluate_retrieval_run(run, split)
+        if json_out:
+            typer.echo(json.dumps(metrics, indent=2, default=float))
+        else:
+            _print_retrieval_metrics(metrics)
+        return
     metrics = evaluate_run(run, split)
     if json_out:
         typer.echo(json.dumps(metrics, indent=2, default=float))
@@ -262,10 +328,20 @@ def benchmark(
     """Run every model with every seed on a protocol (a preset or a config file) and write results.json and
     results.md: means ± std, paired MLoRA tests, per-domain tables, cost."""
     from .benchmark import run_benchmark
+    from .retrieval.experiment import is_retrieval_preset
 
     if protocol is not None and preset is not None and protocol != preset:
         _fail(ValueError(f"the protocol argument {protocol!r} and --preset {preset!r} disagree; give one of them"))
     preset = preset or protocol
+    if is_retrieval_preset(preset):
+        from .retrieval.benchmark import run_retrieval_benchmark
+
+        if config is not None:
+            _fail(ValueError(f"--config is not read with the retrieval preset {preset!r}; use --set"))
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        run_retrieval_benchmark(preset, names, seeds, out, set_, jobs=jobs)
+        typer.echo((out / "results.md").read_text())
+        return
     if preset is not None and config is None and preset.endswith((".yaml", ".yml", ".json")):
         _fail(ValueError(f"{preset!r} is not a preset name; to benchmark a config file, use --config {preset}"))
     _protocol(preset, config)

@@ -47,7 +47,8 @@ MOVIES = [
 TOY, HEAT, CASINO, SABRINA, BRAVE, CLUELESS, SEVEN, BABE, FARGO, NIXON, WAITING = 9, 5, 2, 7, 1, 3, 8, 0, 4, 6, 10
 # UserID::MovieID::Rating::Timestamp, in no particular order (the builder sorts).
 RATINGS = [
-    # user 1 (age 1): Sabrina and Braveheart tie at t=300; Casino is a negative.
+    # user 1 (age 1): Sabrina and Braveheart tie at t=300, Sabrina first in the file but Braveheart first in item
+    # order (1 < 7), so file order and item order disagree; Casino is a negative.
     (1, 6, 4, 400),
     (1, 1, 5, 100),
     (1, 4, 4, 300),
@@ -79,16 +80,24 @@ RATINGS = [
 AGE3, GENRE3 = "ml1m-age3-retrieval", "ml1m-genre3-retrieval"
 
 
-def write_grouplens(folder: Path) -> Path:
+def write_grouplens(folder: Path, ratings: list[tuple] = RATINGS) -> Path:
     folder.mkdir(parents=True)
 
     def write(name, rows):
         (folder / name).write_bytes(("\n".join("::".join(map(str, r)) for r in rows) + "\n").encode("latin-1"))
 
-    write("ratings.dat", RATINGS)
+    write("ratings.dat", ratings)
     write("users.dat", USERS)
     write("movies.dat", MOVIES)
     return folder
+
+
+def swap_tie(ratings: list[tuple]) -> list[tuple]:
+    """The ratings with user 1's two lines tied at t=300 (Sabrina, Braveheart) swapped in the file."""
+    out = list(ratings)
+    sabrina, brave = out.index((1, 4, 4, 300)), out.index((1, 5, 5, 300))
+    out[sabrina], out[brave] = out[brave], out[sabrina]
+    return out
 
 
 @pytest.fixture
@@ -113,8 +122,9 @@ def rows_of(data: RetrievalData) -> list[tuple]:
 # ------------------------------------------------------------------------------------- a reference build
 
 
-def reference(data: RetrievalData) -> dict:
-    """Split, history, corpora, exclusions and counts recomputed row by row from the lists above."""
+def reference(data: RetrievalData, ratings: list[tuple] = RATINGS) -> dict:
+    """Split, history, corpora, exclusions and counts recomputed row by row from the lists above (``ratings`` in
+    the order of the file)."""
     cfg = data.config
     title = {m: t for m, t, _ in MOVIES}
     first_genre = {m: g.split("|")[0] for m, _, g in MOVIES}
@@ -125,22 +135,28 @@ def reference(data: RetrievalData) -> dict:
     def domain(u, m):
         return group_of.get(str(age[u]) if cfg.domain_by == "user" else first_genre[m], -1)
 
-    pos = sorted(
-        (u - 1, r_t, item_of[title[m]], domain(u, m)) for u, m, r, r_t in RATINGS if r >= cfg.min_rating
-    )  # user index = id - 1 here; sorted by (user, timestamp, item)
+    full = sorted(
+        (u - 1, r_t, f, item_of[title[m]], domain(u, m))
+        for f, (u, m, r, r_t) in enumerate(ratings)
+        if r >= cfg.min_rating
+    )  # user index = id - 1 here; sorted by (user, timestamp, position in the file)
+    pos = [(u, t, i, d) for u, t, _, i, d in full]
     split = []
-    for u, t, i, d in pos:
-        later = [p for p in pos if p[0] == u and p[3] == d and (p[1], p[2]) > (t, i)]
-        n = sum(1 for p in pos if p[0] == u and p[3] == d)
+    for u, t, f, _, d in full:
+        later = [p for p in full if p[0] == u and p[4] == d and (p[1], p[2]) > (t, f)]
+        n = sum(1 for p in full if p[0] == u and p[4] == d)
         split.append(0 if n < cfg.min_positives or len(later) > 1 else 2 - len(later))
     history = []
-    for u, t, _, _ in pos:
-        earlier = sorted(((p[1], p[2]) for p in pos if p[0] == u and p[1] < t), reverse=True)
-        h = [i + 1 for _, i in earlier][: cfg.history_len]
+    for u, t, _, _, _ in full:
+        earlier = sorted(((p[1], p[2], p[3]) for p in full if p[0] == u and p[1] < t), reverse=True)
+        h = [i + 1 for _, _, i in earlier][: cfg.history_len]
         history.append(h + [0] * (cfg.history_len - len(h)))
-    corpus = [
-        sorted({item_of[title[m]] for u, m, _, _ in RATINGS if domain(u, m) == d}) for d in range(len(data.domains))
-    ]
+    if cfg.domain_by == "user":  # items shared: every domain ranks the whole catalogue
+        corpus = [list(range(len(data.items))) for _ in data.domains]
+    else:
+        corpus = [
+            sorted({item_of[title[m]] for u, m, _, _ in ratings if domain(u, m) == d}) for d in range(len(data.domains))
+        ]
     counts = [[0.0] * len(data.items) for _ in data.domains]
     for (_, _, i, d), s in zip(pos, split):
         if s == 0:
@@ -169,9 +185,11 @@ def reference(data: RetrievalData) -> dict:
 
 @pytest.mark.parametrize("name", [AGE3, GENRE3])
 @pytest.mark.parametrize("history_len", [2, 20])
-def test_matches_the_reference(fake, name, history_len):
-    data = build(name, fake, history_len=history_len)
-    want = reference(data)
+@pytest.mark.parametrize("swapped", [False, True], ids=["file", "swapped"])
+def test_matches_the_reference(tmp_path, name, history_len, swapped):
+    ratings = swap_tie(RATINGS) if swapped else RATINGS
+    data = build(name, str(write_grouplens(tmp_path / "ml-1m", ratings)), history_len=history_len)
+    want = reference(data, ratings)
     for key in ("user", "item", "timestamp", "domain", "split", "history"):
         assert getattr(data, key).tolist() == want[key], key
     assert [c.tolist() for c in data.corpus] == want["corpus"]
@@ -205,18 +223,30 @@ def test_catalogue_vocabularies_and_features(fake):
     assert data.item_multi.shape == (11, 3) and data.item_multi[NIXON, 1:].tolist() == [0, 0]
 
 
-def test_split_last_is_test_second_last_is_val_ties_by_item(fake):
+def test_split_last_is_test_second_last_is_val_ties_by_file_order(fake, tmp_path):
     data = build(AGE3, fake)
     user1 = [r for r in rows_of(data) if r[0] == "1"]
-    # Sorted by (timestamp, item); Braveheart (item 1) and Sabrina (item 7) tie at t=300: Sabrina is later.
-    assert [(r[1], r[4]) for r in user1] == [
+    # Sorted by (timestamp, position in the file); Sabrina (item 7, line 3) and Braveheart (item 1, line 5) tie
+    # at t=300: Braveheart is later in the file, so it is the later one, although its item index is smaller.
+    assert [(r[1], r[2], r[4]) for r in user1] == [
+        ("Toy Story (1995)", 100, "train"),
+        ("Heat (1995)", 200, "train"),
+        ("Sabrina (1995)", 300, "train"),
+        ("Braveheart (1995)", 300, "val"),
+        ("Clueless (1995)", 400, "test"),
+    ]
+    assert all(r[3] == "0" for r in user1)
+    # The same ratings with the two tied lines swapped in the file: the tie flips, nothing else changes.
+    other = build(AGE3, str(write_grouplens(tmp_path / "swapped" / "ml-1m", swap_tie(RATINGS))))
+    assert [(r[1], r[4]) for r in rows_of(other) if r[0] == "1"] == [
         ("Toy Story (1995)", "train"),
         ("Heat (1995)", "train"),
         ("Braveheart (1995)", "train"),
         ("Sabrina (1995)", "val"),
         ("Clueless (1995)", "test"),
     ]
-    assert all(r[3] == "0" for r in user1)
+    assert [r for r in rows_of(other) if r[0] != "1"] == [r for r in rows_of(data) if r[0] != "1"]
+    assert other.fingerprint != data.fingerprint
 
 
 def test_min_positives(fake):
@@ -237,18 +267,24 @@ def test_min_positives(fake):
     assert {r[4] for r in genre if r[0] == "1" and r[3] == "action_thriller"} == {"train"}
 
 
-def test_history_strictly_earlier_most_recent_first_capped_all_domains(fake):
+def test_history_strictly_earlier_most_recent_first_capped_all_domains(fake, tmp_path):
     data = build(GENRE3, fake, history_len=3)
     rows = rows_of(data)
     hist = {(r[0], r[1]): h for r, h in zip(rows, data.history.tolist())}
-    # Toy@100, Heat@200, Braveheart@300 = Sabrina@300, Clueless@400: ties are not history of each other.
+    # Toy@100, Heat@200, Sabrina@300 = Braveheart@300 (in file order), Clueless@400: ties are not history of
+    # each other.
     assert hist["1", "Toy Story (1995)"] == [0, 0, 0]
     assert hist["1", "Heat (1995)"] == [TOY + 1, 0, 0]
     assert hist["1", "Braveheart (1995)"] == [HEAT + 1, TOY + 1, 0]
     assert hist["1", "Sabrina (1995)"] == [HEAT + 1, TOY + 1, 0]
-    # Capped at L = 3, most recent first (the tie by item, latest first), other domains' positives included:
-    # Clueless (comedy/family) sees Braveheart and Heat (action).
-    assert hist["1", "Clueless (1995)"] == [SABRINA + 1, BRAVE + 1, HEAT + 1]
+    # Capped at L = 3, most recent first (the tie latest in file order first: Braveheart, though its item index
+    # is smaller), other domains' positives included: Clueless (comedy/family) sees Braveheart and Heat (action).
+    assert hist["1", "Clueless (1995)"] == [BRAVE + 1, SABRINA + 1, HEAT + 1]
+    # With the two tied lines swapped in the file, the tie in the history flips with them.
+    other = build(GENRE3, str(write_grouplens(tmp_path / "swapped" / "ml-1m", swap_tie(RATINGS))), history_len=3)
+    other_hist = {(r[0], r[1]): h for r, h in zip(rows_of(other), other.history.tolist())}
+    assert other_hist["1", "Clueless (1995)"] == [SABRINA + 1, BRAVE + 1, HEAT + 1]
+    assert other_hist["1", "Braveheart (1995)"] == other_hist["1", "Sabrina (1995)"] == [HEAT + 1, TOY + 1, 0]
     # Another user's positives are never history; negatives neither (Casino, rated 2 at t=150).
     assert hist["2", "Toy Story (1995)"] == [0, 0, 0]
     assert CASINO + 1 not in data.history[data.user == 0]
@@ -261,14 +297,13 @@ def test_history_strictly_earlier_most_recent_first_capped_all_domains(fake):
 
 def test_corpus_per_domain(fake):
     age = build(AGE3, fake)
-    items = age.items
-    # Every item rated (any value) by the domain's users: Casino through a negative of user 1, Fargo of user 5.
-    assert [items[i] for i in age.corpus[0].tolist()] == sorted(
-        ["Toy Story (1995)", "Heat (1995)", "Casino (1995)", "Sabrina (1995)", "Braveheart (1995)"]
-        + ["Clueless (1995)", "Seven (1995)", "Babe (1995)"]
-    )
-    assert age.corpus[1].tolist() == sorted([HEAT, FARGO, NIXON, TOY, WAITING])
-    assert FARGO in age.corpus[2].tolist()
+    # User-grouped domains share the items: every domain ranks the whole catalogue, all 11 items, also those
+    # no user of the domain rated (domain 0: Fargo, Nixon, Waiting; domain 1: Casino, Sabrina, Braveheart, ...).
+    assert len(age.items) == 11
+    for d in range(3):
+        assert age.corpus[d].dtype == torch.long and age.corpus[d].tolist() == list(range(11)), d
+    assert {FARGO, NIXON, WAITING} <= set(age.corpus[0].tolist())
+    assert not {FARGO, NIXON, WAITING} & set(age.item[age.domain == 0].tolist())  # no positive of domain 0
     genre = build(GENRE3, fake)
     assert genre.corpus[0].tolist() == sorted([CASINO, NIXON, WAITING])  # Waiting: only a negative rating
     assert genre.corpus[1].tolist() == sorted([TOY, SABRINA, CLUELESS, BABE])
@@ -282,20 +317,24 @@ def test_corpus_per_domain(fake):
 def test_exclusion_pairs(fake):
     data = build(AGE3, fake)
     c0 = data.corpus[0].tolist()  # user 1 is domain 0's only query user
+    assert c0 == list(range(11))  # the whole catalogue: a corpus position is the item index
     q_val = data.queries("val", 0)
-    assert data.item[q_val].tolist() == [SABRINA]
+    assert data.item[q_val].tolist() == [BRAVE]  # the later of the tie at t=300 in file order
+    assert data.targets("val", 0).tolist() == [BRAVE]
     q_idx, pos = data.exclude("val", 0)
     assert q_idx.tolist() == [0, 0, 0]
-    assert [c0[p] for p in pos.tolist()] == sorted([TOY, HEAT, BRAVE])  # the training positives
+    assert pos.tolist() == sorted([TOY, HEAT, SABRINA])  # the training positives
     q_idx, pos = data.exclude("test", 0)
-    assert [c0[p] for p in pos.tolist()] == sorted([TOY, HEAT, BRAVE, SABRINA])  # + the validation positive
-    assert data.targets("test", 0).tolist() == [c0.index(CLUELESS)]
+    assert q_idx.tolist() == [0, 0, 0, 0]
+    assert pos.tolist() == sorted([TOY, HEAT, SABRINA, BRAVE])  # + the validation positive
+    assert data.targets("test", 0).tolist() == [CLUELESS]
     # Domain 2 has two query users (4 and 5: 5 and 3 positives), pairs sorted by query, then position.
     q_idx, pos = data.exclude("test", 2)
     assert data.user[data.queries("test", 2)].tolist() == [3, 4]
     assert q_idx.tolist() == [0, 0, 0, 0, 1, 1]
-    c2 = data.corpus[2].tolist()
-    assert [c2[p] for p in pos[4:].tolist()] == sorted([CASINO, SABRINA])
+    assert data.corpus[2].tolist() == list(range(11))
+    assert pos.tolist() == sorted([BRAVE, CLUELESS, SEVEN, BABE]) + sorted([CASINO, SABRINA])
+    assert data.targets("test", 2).tolist() == [HEAT, NIXON]
     with pytest.raises(ValueError, match="split 'train' is not one of"):
         data.exclude("train", 0)
     with pytest.raises(ValueError, match="domain 3 is out of range"):
@@ -307,6 +346,7 @@ def test_train_counts(fake):
     assert data.train_counts.shape == (3, 11)
     assert data.train_counts[0, TOY] == 2  # users 1 and 2
     assert data.train_counts[0, SEVEN] == 1 and data.train_counts[0, CLUELESS] == 0  # Clueless is a test target
+    assert data.train_counts[0, SABRINA] == 1 and data.train_counts[0, BRAVE] == 0  # Braveheart: the val target
     assert data.train_counts.sum() == int((data.split == 0).sum())
 
 
@@ -342,7 +382,9 @@ def test_stats_and_schema(fake):
     stats = data.stats()
     assert stats["users"] == 5 and stats["items"] == 11 and stats["positives"]["all"] == len(data) == 18
     assert stats["domains"]["0"]["positives"] == {"train": 5, "val": 1, "test": 1, "all": 7}
-    assert stats["domains"]["0"]["corpus"] == 8 and stats["domains"]["0"]["users"] == 2
+    assert stats["domains"]["0"]["users"] == 2
+    assert [stats["domains"][d]["corpus"] for d in ("0", "1", "2")] == [11, 11, 11]  # the whole catalogue
+    assert stats["overlap"]["corpus"] == [[11] * 3] * 3
     schema = data.schema()
     assert schema["domains"] == ["0", "1", "2"] and schema["history_len"] == 20
     assert schema["corpus_sizes"] == [len(c) for c in data.corpus]
@@ -432,6 +474,10 @@ def test_real_ml1m_protocols():
                 assert not (data.history[q] == (data.item[q] + 1)[:, None]).any()
                 q_idx, pos = data.exclude(split, d)
                 assert not (pos == data.targets(split, d)[q_idx]).any()
+    # R1: every age domain ranks the whole catalogue; R2: the three genre corpora partition it.
+    assert [c.tolist() for c in age.corpus] == [list(range(3_706))] * 3
+    assert [len(c) for c in genre.corpus] == [1_245, 1_193, 1_268]
+    assert torch.cat(genre.corpus).sort().values.tolist() == list(range(3_706))
     users, items = age.stats()["overlap"]["users"], genre.stats()["overlap"]["items"]
     assert all(users[a][b] == 0 and items[a][b] == 0 for a in range(3) for b in range(3) if a != b)
     shares = [s["positives"]["all"] / len(genre) for s in genre.stats()["domains"].values()]

@@ -29,21 +29,23 @@ Every choice, stated once:
   that occurs among the positives must be in exactly one group, and every group must hold a positive;
   ratings below the threshold whose value is in no group count towards no corpus. Domains are numbered in
   the order of the ``domain_groups`` keys.
-- **Order and split.** Interactions are sorted by (user, timestamp, item). Within each (user, domain) pair,
-  chronologically by (timestamp, item): the last positive is the test query, the second-to-last the
+- **Order and split.** Interactions are sorted by (user, timestamp), ties in time in the order of the
+  source file (PROTOCOLS.md R1). Within each (user, domain) pair, in that order: the last positive is the
+  test query, the second-to-last the
   validation query, the rest train. A pair with fewer than ``min_positives`` positives contributes only
   training rows (its user has no query in that domain); with ``min_positives`` of 1 or 2 a pair of one
   positive yields a test query only, a pair of two a test and a validation query.
 - **History (the leakage rule).** The history of an interaction is the user's most recent positives of every
   domain and every split whose timestamp is *strictly* earlier than its own, as ``item + 1``, most recent
-  first (ties in time by item, latest item first), cut to ``history_len`` and padded with ``0``. Positives
+  first (ties in time latest in file order first), cut to ``history_len`` and padded with ``0``. Positives
   with the same timestamp are never history of each other, so no query sees its own target or anything
   rated in the same second. Rows are never rewritten per split: with item-grouped domains (users shared)
   the validation or test positive of one domain may appear in the history of a later training row of
   another domain, exactly as it would in a live system; it never appears in the history of its own query.
-- **Corpus.** ``corpus[d]`` is the sorted item indices of domain ``d``'s catalogue: every item with at least
-  one rating (of any value, in any split) in the domain, so for item-grouped domains the rated items whose
-  column value is in the group. Ranking is over the domain's full corpus; ``targets`` and ``exclude`` give
+- **Corpus.** ``corpus[d]`` is the sorted item indices of domain ``d``'s catalogue. With user-grouped
+  domains (items shared) every domain's catalogue is the whole item catalogue (every rated movie: 3,706 on
+  ML-1M, PROTOCOLS.md R1); with item-grouped domains (items disjoint) it is the items whose column value is
+  in the group. Ranking is over the domain's full corpus; ``targets`` and ``exclude`` give
   positions in it.
 - **Masking.** ``exclude(split, d)`` lists, for each query of ``split`` in domain ``d``, the corpus positions of
   the user's earlier positives in ``d`` to mask: the training positives for validation, the training and
@@ -768,7 +770,8 @@ def build_retrieval_data(config: RetrievalDataConfig, frame: pd.DataFrame | None
     item = item_of_row[positive]
     ts = frame["timestamp"].to_numpy(dtype=np.int64)[positive]
     dom = domain_of_row[positive]
-    order = np.lexsort((item, ts, user))
+    file_order = np.flatnonzero(positive)  # ties in time keep the file's order (PROTOCOLS.md R1)
+    order = np.lexsort((file_order, ts, user))
     user, item, ts, dom = user[order], item[order], ts[order], dom[order]
     first = ~pd.Series(user * n_items + item).duplicated(keep="first").to_numpy()
     user, item, ts, dom = user[first], item[first], ts[first], dom[first]
@@ -797,11 +800,14 @@ def build_retrieval_data(config: RetrievalDataConfig, frame: pd.DataFrame | None
     n_earlier = torch.from_numpy(np.minimum(tie_start - user_start, length))
     history.masked_fill_(torch.arange(length)[None, :] >= n_earlier[:, None], 0)
 
-    # Corpora: every item rated (any value) in the domain.
-    rated = domain_of_row >= 0
-    pairs = np.unique(domain_of_row[rated] * n_items + item_of_row[rated])
-    bounds = np.searchsorted(pairs, np.arange(n_dom + 1) * n_items)
-    corpus = [torch.from_numpy(pairs[bounds[d] : bounds[d + 1]] - d * n_items) for d in range(n_dom)]
+    # Corpora: user-grouped domains share the whole catalogue; an item-grouped domain holds its group's items.
+    if cfg.domain_by == "user":
+        corpus = [torch.arange(n_items, dtype=torch.long) for _ in range(n_dom)]
+    else:
+        rated = domain_of_row >= 0
+        pairs = np.unique(domain_of_row[rated] * n_items + item_of_row[rated])
+        bounds = np.searchsorted(pairs, np.arange(n_dom + 1) * n_items)
+        corpus = [torch.from_numpy(pairs[bounds[d] : bounds[d + 1]] - d * n_items) for d in range(n_dom)]
 
     train = split == 0
     train_counts = (

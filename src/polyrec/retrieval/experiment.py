@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import re
 import shutil
 import time
 from pathlib import Path
@@ -94,40 +95,81 @@ class RetrievalExperimentConfig:
 
 
 def is_retrieval_preset(name: str | None) -> bool:
-    from .data import RETRIEVAL_PROTOCOLS
+    from .presets import RETRIEVAL_PRESETS
 
-    return name in RETRIEVAL_PROTOCOLS
+    return name in RETRIEVAL_PRESETS
+
+
+_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_]+)(?:\[(?P<options>[^\]]*)\])?(?:@(?P<strategy>[A-Za-z0-9_]+))?$")
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict[str, Any], str | None]:
+    """``name[option=value,...]@strategy`` → ``(model name, options, strategy or None)``.
+
+    Example:
+        >>> parse_model_spec("adi[fusion=sum,num_shared=2]@self_training")
+        ('adi', {'fusion': 'sum', 'num_shared': 2}, 'self_training')
+    """
+    import yaml
+
+    m = _SPEC.match(spec.strip())
+    if m is None:
+        raise ValueError(
+            f"model {spec!r} is not a retrieval model spec; write NAME, NAME@STRATEGY or "
+            "NAME[option=value,...]@STRATEGY (e.g. adi[fusion=sum]@self_training)"
+        )
+    options: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in (m["options"] or "").split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"model {spec!r}: option {part!r} is not KEY=VALUE")
+        options[key.strip()] = yaml.safe_load(value.strip())
+    return m["name"], options, m["strategy"]
 
 
 def make_retrieval_config(
     protocol: str, model: str, overrides: list[str] | tuple[str, ...] = (), seed: int | None = None
 ) -> RetrievalExperimentConfig:
-    """The config of ``model`` on retrieval preset ``protocol`` with dotted ``overrides``
-    (``train.lr=1e-3``, ``model.num_shared=3``, ``data.history_len=50``)."""
-    from .data import RETRIEVAL_PROTOCOLS, retrieval_config
+    """The config of ``model`` (a spec, :func:`parse_model_spec`) on retrieval preset ``protocol`` with
+    dotted ``overrides`` (``train.lr=1e-3``, ``model.num_shared=3``, ``data.history_len=50``).
 
-    name = retrieval_model_name(model)
-    data = to_dict(retrieval_config(protocol))
-    preset = RETRIEVAL_PROTOCOLS[protocol]
+    A spec's ``@strategy`` sets ``train.strategy`` and its options the model's; an override that contradicts
+    the spec is an error."""
+    from .data import RetrievalDataConfig, retrieval_config
+    from .presets import retrieval_preset
+
+    preset = retrieval_preset(protocol)
+    raw, spec_options, strategy = parse_model_spec(model)
+    name = retrieval_model_name(raw)
     tree: dict[str, Any] = {
-        "data": data,
-        "model": dict(preset.get("model_defaults", {})) if name != POPULARITY else {},
-        "train": dict(preset.get("train", {})),
+        "data": to_dict(retrieval_config(preset["data"])),
+        "model": dict(spec_options),
+        "train": dict(preset["train"]),
     }
+    if strategy is not None:
+        tree["train"]["strategy"] = strategy
     if seed is not None:
         tree["train"]["seed"] = seed
     tree = apply_overrides(tree, list(overrides))
     unknown = set(tree) - {"data", "model", "train"}
     if unknown:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)}; a retrieval config has data, model, train")
-    from .data import RetrievalDataConfig
-
+    for key, value in spec_options.items():
+        if tree["model"].get(key) != value:
+            raise ConfigError(
+                f"model.{key}: the model spec {model!r} sets {value!r}, an override sets {tree['model'][key]!r}"
+            )
+    if strategy is not None and tree["train"].get("strategy") != strategy:
+        raise ConfigError(
+            f"train.strategy: the model spec {model!r} names {strategy!r}, an override sets {tree['train']['strategy']!r}"
+        )
     data_cfg = from_dict(RetrievalDataConfig, tree["data"], path="data")
     train = from_dict(RetrievalTrainConfig, tree["train"], path="train")
     options = {k: v for k, v in tree["model"].items() if k != "name"}
-    if name == POPULARITY:
-        if options:
-            raise ConfigError(f"model.{sorted(options)[0]}: the popularity baseline has no options")
+    if name == POPULARITY:  # it has no model: an option in its spec is an error, model.* overrides do not apply
+        if spec_options:
+            raise ConfigError(f"model.{sorted(spec_options)[0]}: the popularity baseline has no options")
+        options = {}
     else:
         from ..models import model_config
 
@@ -238,7 +280,7 @@ def run_retrieval(
     else:
         from ..models.retrieval.base import RetrievalSchema
 
-        schema = RetrievalSchema.from_json(data.schema_json())
+        schema = RetrievalSchema.from_data(data)
         model = build_model(cfg, schema)
         trainer = RetrievalTrainer(model, data, cfg.train)
         summary = trainer.fit()
@@ -260,9 +302,9 @@ def run_retrieval(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config)
-        write_json(out / "data.json", {"fingerprint": data.fingerprint, "stats": data.stats()})
+        write_json(out / "data.json", {"fingerprint": data.fingerprint, "schema": data.schema(), "stats": data.stats()})
         if model is not None:
-            write_json(out / "schema.json", data.schema_json())
+            write_json(out / "schema.json", model.schema.to_json())
             save_tensors(out / "model.safetensors", {k: v.contiguous() for k, v in model.state_dict().items()})
         from ..safeio import atomic_write_text
 
@@ -316,3 +358,96 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     data = load_data(cfg)
     check_data(Path(run_dir), data)
     return evaluate_retrieval(model, data, split, cfg.train.eval_batch_size).to_dict()
+
+
+def serving_user(data: Any, user: str, domain: int) -> Any:
+    """The query of user ``user`` (its raw id) in ``domain`` as a live system would form it: the user's
+    features and its most recent ``history_len`` positives of the whole data set, most recent first."""
+    from ..registry import unknown_name
+    from .inputs import UserInputs
+
+    index = {u: i for i, u in enumerate(data.users)}
+    if str(user) not in index:
+        raise unknown_name("user", str(user), data.users[:20] + (["..."] if len(data.users) > 20 else []))
+    u = index[str(user)]
+    rows = torch.nonzero(data.user == u).squeeze(1)  # the data is sorted by (user, time)
+    recent = data.item.index_select(0, rows).flip(0)[: data.history_len] + 1
+    history = torch.zeros(1, data.history_len, dtype=torch.long)
+    history[0, : len(recent)] = recent
+    return UserInputs(data.user_sparse[u : u + 1], history, torch.tensor([domain])), data.item.index_select(0, rows)
+
+
+def retrieve(
+    run_dir: str | Path,
+    domain: str,
+    user: str,
+    k: int = 100,
+    index: str = "exact",
+    exclude_seen: bool = True,
+    data: Any = None,
+) -> list[dict[str, Any]]:
+    """The top ``k`` items of ``domain``'s corpus for ``user`` by a trained retrieval run.
+
+    Args:
+        run_dir: a retrieval run directory.
+        domain: a domain name of the run's data.
+        user: the user's raw id (as in the source data, e.g. ``"1"``).
+        k: how many items.
+        index: ``exact`` or ``hnsw``: a faiss index of the domain's item embeddings, built on first use and
+            kept under ``run_dir/index/<kind>`` (checksummed); ``matmul``: exact scores without faiss.
+        exclude_seen: leave out the items the user has a positive for.
+        data: the run's data, when the caller has it already (checked against the run's fingerprint).
+
+    Returns:
+        ``[{"rank", "item", "item_index", "score"}]``, best first.
+    """
+    from ..registry import unknown_name
+    from .trainer import embed_items
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if index not in ("exact", "hnsw", "matmul"):
+        raise ValueError(f"index {index!r} is not one of exact, hnsw, matmul")
+    run_dir = Path(run_dir)
+    model, cfg, _ = load_run(run_dir)
+    if model is None:
+        raise ValueError(f"{str(run_dir)!r} is the popularity baseline; retrieve from a trained model's run")
+    data = data if data is not None else load_data(cfg)
+    check_data(run_dir, data)
+    if domain not in data.domains:
+        raise unknown_name("domain", domain, list(data.domains))
+    d = data.domains.index(domain)
+    query, seen = serving_user(data, user, d)
+    with torch.no_grad():
+        q = model.user_embedding(query)
+    corpus = data.corpus[d]
+    excluded = set(seen.tolist()) if exclude_seen else set()
+    if index == "matmul":
+        with torch.no_grad():
+            scores = (embed_items(model, data, corpus, d) @ q[0]).clone()
+        if excluded:
+            scores[torch.isin(corpus, torch.tensor(sorted(excluded)))] = -float("inf")
+        top = torch.topk(scores, min(k, len(corpus)))
+        pairs = [(int(corpus[i]), float(s)) for s, i in zip(top.values, top.indices) if s > -float("inf")]
+    else:
+        indexes = domain_indexes(run_dir, model, data, index)
+        scores, ids = indexes.search(domain, q.numpy(), k, [excluded])
+        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+    return [{"rank": r + 1, "item": data.items[i], "item_index": i, "score": s} for r, (i, s) in enumerate(pairs)]
+
+
+def domain_indexes(run_dir: Path, model: Any, data: Any, kind: str):
+    """The run's per-domain faiss indexes of ``kind``: read from ``run_dir/index/<kind>``, or built and saved."""
+    from .index import DomainIndexes
+    from .trainer import embed_items
+
+    where = run_dir / "index" / kind
+    if (where / "domains.json").exists():
+        return DomainIndexes.load(where)
+    embeddings = {
+        name: (embed_items(model, data, data.corpus[d], d).numpy(), data.corpus[d].numpy())
+        for d, name in enumerate(data.domains)
+    }
+    indexes = DomainIndexes.build(embeddings, kind=kind)
+    indexes.save(where)
+    return indexes

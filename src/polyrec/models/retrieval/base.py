@@ -27,7 +27,6 @@ user's or an item's embedding is the same in any batch; the contract test checks
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,8 +101,18 @@ class RetrievalSchema:
             item_id_offset=int(data.get("item_id_offset", 0)),
         )
 
-    def fingerprint(self) -> str:
-        return json.dumps(self.to_json(), sort_keys=True)
+    @classmethod
+    def from_data(cls, data: Any) -> RetrievalSchema:
+        """The schema of a :class:`~polyrec.retrieval.data.RetrievalData` (its id fields hold ``index + 1``)."""
+        sizes = data.vocab_sizes
+        return cls(
+            domains=tuple(data.domains),
+            user_fields=tuple((n, sizes[n]) for n in data.user_fields),
+            item_fields=tuple((n, sizes[n]) for n in data.item_fields),
+            multi_field=(data.multi_field, sizes[data.multi_field]),
+            history_len=data.history_len,
+            item_id_offset=1,
+        )
 
 
 @dataclass(frozen=True)
