@@ -331,3 +331,26 @@ def test_se_placements_1se_3se_4se() -> None:
     fields = torch.randn(1, t.num_fields, 16)
     w0, w1 = t.dial.weights(fields, torch.tensor([0])), t.dial.weights(fields, torch.tensor([1]))
     assert not torch.allclose(w0, w1)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eq1_the_score_is_the_inner_product_of_the_two_towers(name: str) -> None:
+    model = build(name).eval()
+    user, item = batch()
+    with torch.no_grad():
+        expected = (model.user_embedding(user) * model.item_embedding(item)).sum(-1)
+        torch.testing.assert_close(model.score(user, item), expected)
+        all_pairs = model.user_embedding(user) @ model.item_embedding(item).T
+        torch.testing.assert_close(torch.diagonal(all_pairs), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_eq19_plain_bn_normalises_with_the_whole_batchs_statistics() -> None:
+    bank = NormedBank(4, (3,), num=2, num_domains=2, domain_norm=False)
+    x = torch.randn(10, 4)
+    domain = torch.tensor([0] * 4 + [1] * 6)
+    with torch.no_grad():
+        out = bank.dense(x, domain)  # [2, 10, 3]
+        z = bank.layers[0](x)
+        for k in range(2):  # each member over every row, whatever its domain
+            zn = (z[k] - z[k].mean(0)) / torch.sqrt(z[k].var(0, unbiased=False) + 1e-5)
+            torch.testing.assert_close(out[k], torch.relu(zn), atol=1e-5, rtol=1e-4)

@@ -24,11 +24,8 @@ from .experiment import load_data, make_retrieval_config, run_retrieval
 HEADLINE = ("recall@50", "recall@100", "ndcg@50")
 
 
-def _run_in_worker(protocol: str, spec: str, overrides: list[str], seed: int, threads: int) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(threads)
-    cfg = make_retrieval_config(protocol, spec, [*overrides, f"train.num_threads={threads}"], seed=seed)
+def _run_in_worker(protocol: str, spec: str, overrides: list[str], seed: int) -> dict[str, Any]:
+    cfg = make_retrieval_config(protocol, spec, overrides, seed=seed)
     record = run_retrieval(cfg)
     record["spec"] = spec
     return record
@@ -63,6 +60,8 @@ def run_retrieval_benchmark(
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     overrides = list(overrides)
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    if not any(o.startswith("train.num_threads=") for o in overrides):
+        overrides.append(f"train.num_threads={threads}")
     out = Path(out_dir) if out_dir else None
     runs: list[dict[str, Any]] = []
     if out is not None and (out / "results.json").exists():
@@ -71,7 +70,7 @@ def run_retrieval_benchmark(
     todo = []
     for spec in models:
         for seed in seeds:
-            cfg = make_retrieval_config(protocol, spec, [*overrides, f"train.num_threads={threads}"], seed=seed)
+            cfg = make_retrieval_config(protocol, spec, overrides, seed=seed)
             old = done.get((spec, seed))
             if old is not None:
                 if old["config"] != cfg.to_dict():
@@ -102,7 +101,7 @@ def run_retrieval_benchmark(
     elif todo:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
-            futures = [pool.submit(_run_in_worker, protocol, s, overrides, seed, threads) for s, seed, _ in todo]
+            futures = [pool.submit(_run_in_worker, protocol, s, overrides, seed) for s, seed, _ in todo]
             for f in as_completed(futures):
                 finished(f.result())
     if out is not None:
