@@ -7,7 +7,7 @@ comma := ,
 space := $(subst ,, )
 
 .PHONY: demo test test-all test-network lint venv clean bench-p1 bench-p2 bench-p2-zoo bench-mlora bench-p3-mamdr bench-mlora-overhead \
-	bench-throughput bench-scaling
+	bench-throughput bench-scaling bench-adi bench-retrieval-cost
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,3 +67,9 @@ bench-scaling: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+
+bench-adi: $(STAMP)
+	$(PY) benchmarks/adi_retrieval.py
+
+bench-retrieval-cost: $(STAMP)
+	$(PY) benchmarks/retrieval_cost.py
