@@ -80,6 +80,10 @@ class RetrievalTrainConfig:
         grad_clip: clip the global gradient norm to this value (0: off).
         seed: model seed (initialisation, batches, negatives).
         num_threads: torch intra-op threads (0: leave torch's default).
+        precise_norm_stats: after every epoch, set every batch norm's statistics (per domain for DSBN) to
+            their exact values over ``norm_stats_rows`` training positives under the current weights
+            (:func:`recompute_norm_statistics`), instead of the moving averages.
+        norm_stats_rows: how many training positives (a fixed random subset, drawn once from ``seed``).
     """
 
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -101,6 +105,8 @@ class RetrievalTrainConfig:
     grad_clip: float = param(0.0, ge=0)
     seed: int = param(0, ge=0, lt=2**40)
     num_threads: int = param(0, ge=0)
+    precise_norm_stats: bool = True
+    norm_stats_rows: int = param(65536, ge=2)
 
     def pseudo_share(self, epoch: int) -> float:
         """p of Algorithm 1 in ``epoch`` (0-based): start + epoch · Δp, at most the cap."""
@@ -123,6 +129,48 @@ def moving_statistics_kept(model: nn.Module) -> Iterator[None]:
             for m, buffers in zip(norms, saved):
                 for k, b in buffers.items():
                     getattr(m, k).copy_(b)
+
+
+@torch.no_grad()
+def recompute_norm_statistics(model: nn.Module, data: Any, rows: Tensor, batch_size: int = 8192) -> int:
+    """Exact batch-norm statistics over training positives ``rows``, layer by layer.
+
+    With one domain per batch, a plain batch norm's moving averages are dominated by the domains of the last
+    few batches of an epoch, and every domain is then evaluated with those (measured: DNN's validation
+    Recall@50 on ml1m-age3-retrieval wandered by ±0.01-0.02 from epoch to epoch, and one seed of five ended
+    0.05 below the others). Here each normalisation layer, in module order (so a later layer sees inputs
+    normalised with the earlier ones' exact statistics), gets the exact moments of its inputs over ``rows``
+    under the current weights: per domain for domain-specific BN, over all rows for plain BN, the same
+    quantities eq. 19-20 estimate, without the lag. Each pass runs only the tower the layer belongs to.
+
+    Returns:
+        The number of layers recalibrated.
+    """
+    layers = [
+        m for m in model.modules() if isinstance(m, PartitionedNorm) and any(p.requires_grad for p in m.parameters())
+    ]
+    if not layers:
+        return 0
+    user_side = {id(m) for m in model.user_tower.modules()}
+    was_training = model.training
+    model.eval()
+    try:
+        for layer in layers:
+            layer.begin_calibration()
+            try:
+                for chunk in _chunks(rows, batch_size):
+                    d = data.domain.index_select(0, chunk)
+                    if id(layer) in user_side:
+                        model.user_embedding(data.user_inputs(chunk, d))
+                    else:
+                        model.item_embedding(data.item_inputs(data.item.index_select(0, chunk), d))
+            except BaseException:
+                layer.abort_calibration()
+                raise
+            layer.end_calibration()
+    finally:
+        model.train(was_training)
+    return len(layers)
 
 
 def _chunks(rows: Tensor, size: int) -> list[Tensor]:
@@ -222,6 +270,9 @@ class RetrievalTrainer:
                 )
                 for d in range(D)
             ]
+        train_rows = torch.nonzero(data.split == 0).squeeze(1)
+        pick = torch.randperm(len(train_rows), generator=stream_generator(config.seed, 0, "norm_stats_rows"))
+        self.norm_rows = train_rows[pick[: config.norm_stats_rows]].sort().values
         self.history: list[dict[str, Any]] = []
         self.best: float | None = None
         self.best_epoch = -1
@@ -331,6 +382,8 @@ class RetrievalTrainer:
         while epoch < cfg.max_epochs and not stopped:
             t0 = time.perf_counter()
             stats = self.run_epoch(epoch)
+            if cfg.precise_norm_stats:
+                recompute_norm_statistics(self.model, self.data, self.norm_rows, cfg.eval_batch_size)
             t1 = time.perf_counter()
             if not math.isfinite(stats["loss"]):
                 raise ValueError(
