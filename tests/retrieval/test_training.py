@@ -274,3 +274,29 @@ def test_cli_train_evaluate_retrieve_benchmark(ml, tmp_path) -> None:
     assert len(json.loads((bench / "results.json").read_text())) == 6
     r = runner.invoke(app, ["presets"])
     assert "ml1m-age3-retrieval" in r.stdout and "ml1m-genre3-retrieval" in r.stdout
+
+
+def test_precise_norm_statistics_are_the_exact_moments_per_domain(data) -> None:
+    torch.manual_seed(0)
+    model = create_model("adi", RetrievalSchema.from_data(data), hidden_units=[32], output_dim=16)
+    rows = torch.nonzero(data.split == 0).squeeze(1)
+    norm = model.user_tower.shared.norms[0]  # DSBN: statistics per domain
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def grab(module, args, _out):
+        x, local, groups = args
+        seen.append((x.detach().clone(), groups.index_select(0, local)))
+
+    model.eval()
+    handle = norm.register_forward_hook(grab)
+    with torch.no_grad():
+        model.user_embedding(data.user_inputs(rows, data.domain[rows]))
+    handle.remove()
+    x, dom = seen[0]
+    assert T.recompute_norm_statistics(model, data, rows, batch_size=97) > 0  # chunks of 97: sums, not means
+    for d in range(len(data.domains)):
+        torch.testing.assert_close(norm.running_mean[d], x[dom == d].mean(0), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(norm.running_var[d], x[dom == d].var(0), atol=1e-5, rtol=1e-4)
+    plain = create_model("dnn", RetrievalSchema.from_data(data), hidden_units=[32], output_dim=16)
+    T.recompute_norm_statistics(plain, data, rows)
+    assert plain.user_tower.net.norms[0].running_mean.shape[0] == 1  # one group: over every row
