@@ -68,8 +68,8 @@ def run_retrieval_benchmark(
         runs = read_json(out / "results.json", "benchmark results")
     done = {(r["spec"], r["seed"]): r for r in runs}
     todo = []
-    for spec in models:
-        for seed in seeds:
+    for seed in seeds:  # seed by seed: an interrupted benchmark holds every model at its first seeds
+        for spec in models:
             cfg = make_retrieval_config(protocol, spec, overrides, seed=seed)
             old = done.get((spec, seed))
             if old is not None:
