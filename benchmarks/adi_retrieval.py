@@ -8,8 +8,8 @@ For each protocol (``ml1m-age3-retrieval``, ``ml1m-genre3-retrieval``) two ``pol
   (ADI-SE with self-training against: without it, without it and the adaptation layer, without those and
   DSBN), Table 8 (1-SE / 4-SE against 3-SE).
 
-Self-training costs 3.4 times a plain epoch (measured: 3,734 against 12,832 rows/s for ADI on one
-thread), so it is trained where the paper's comparison is about it, ADI-SE with and without it (Table 7);
+Self-training costs 2.2 times a plain epoch (measured: 5,843 against 12,832 rows/s for ADI, one thread
+each, the machine busy with other runs; ``retrieval_cost.py`` measures it alone), so it is trained where the paper's comparison is about it, ADI-SE with and without it (Table 7);
 the ADI variants of Table 2 and the architecture ablations of Tables 6 and 8 are compared among themselves
 without it (their reference is ADI-SE without self-training). The benchmark runs seed by seed, so an
 interrupted run holds every model at its first seeds.
