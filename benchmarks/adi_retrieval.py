@@ -31,32 +31,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from polyrec.retrieval.presets import ABLATION_MODELS, TABLE2_MODELS
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "adi"
 PROTOCOLS = ("ml1m-age3-retrieval", "ml1m-genre3-retrieval")
 OVERRIDES = ["train.num_threads=1"]
-TABLE2 = (
-    "popularity",
-    "dnn",
-    "adi",
-    "adi@self_training",
-    "ple",
-    "mmoe",
-    "shared_bottom",
-    "cross_stitch",
-    "dnn_single",
-    "adi_lt",
-    "adi_va",
-    "adi_se_max",
-)
-ABLATIONS = (
-    "adi[fusion=sum]",
-    "adi[fusion=network_mul]",
-    "adi[adaptation=none]",
-    "adi[adaptation=none,dsbn=false]",
-    "adi[adaptation_placement=global]",
-    "adi[adaptation_placement=network]",
-)
+TABLE2 = TABLE2_MODELS
+ABLATIONS = ABLATION_MODELS
 #: Paper name → our spec and the folder part it is in.
 PAPER_METHODS = {
     "dnn_single": "dnn_single",
