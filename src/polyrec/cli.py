@@ -287,6 +287,37 @@ def retrieve(
         typer.echo(f"{row['rank']:4d}  {row['score']:8.4f}  {row['item']}")
 
 
+@_command("serve")
+def serve_cmd(
+    run: Path = typer.Argument(..., help="a finished run directory (ranking or retrieval)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (127.0.0.1: this machine only)"),
+    port: int = typer.Option(8000, help="TCP port"),
+    backend: str = typer.Option("eager", help="eager (the PyTorch model) or onnx"),
+    workers: int = typer.Option(1, help="server processes (each loads the run and keeps its own metrics)"),
+    fallback_domain: str | None = typer.Option(None, help="score unknown domains as this one (default: a 422)"),
+    max_candidates: int = typer.Option(1000, help="candidates per /v1/rank request at most"),
+    timeout: float = typer.Option(1.0, help="seconds a request may take before it is answered 503"),
+    no_reload: bool = typer.Option(False, "--no-reload", help="no POST /admin/reload (SIGHUP still reloads)"),
+) -> None:
+    """Serve a run over HTTP: POST /v1/rank, POST /v1/retrieve, GET /healthz, /readyz, /metrics."""
+    from .serving.server import serve
+
+    try:
+        serve(
+            run,
+            host=host,
+            port=port,
+            backend=backend,
+            workers=workers,
+            fallback_domain=fallback_domain,
+            max_candidates=max_candidates,
+            timeout_s=timeout,
+            allow_reload=not no_reload,
+        )
+    except NotImplementedError as exc:
+        _fail(exc)
+
+
 @_command("evaluate")
 def evaluate_cmd(
     run: Path = typer.Argument(..., help="run directory written by `polyrec train`"),

@@ -459,3 +459,15 @@ def _fuzz(schemathesis, schema, seen: dict[tuple[str, int], int]) -> None:
                 assert set(r.json()["error"]) == {"field", "message", "kind"}
 
         check()
+
+
+def test_cli_serve_refuses_a_missing_run_and_an_unknown_backend(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from polyrec.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["serve", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "is not a finished run directory" in r.output
+    r = runner.invoke(app, ["serve", str(tmp_path / "none"), "--workers", "0"])
+    assert r.exit_code == 2 and "workers" in r.output
