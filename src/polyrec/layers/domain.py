@@ -6,17 +6,52 @@ once (:class:`DomainSegments`) and running one matmul per domain present (:func:
 :func:`segment_einsum` for experts and generated weights); small ones (biases, norm scales) are gathered
 per row. Either way the cost of a step depends on the domains present in the batch, never on the total
 number of domains D, and a domain's parameters receive gradient only from its own rows.
+
+Serving and export (:mod:`polyrec.serving.inference`): building segments needs data-dependent operations
+(``unique_consecutive``, the number of domains present, ``tolist``), which an exported graph cannot hold.
+Within :func:`assume_single_domain` the caller guarantees that every row of a batch has the first row's
+domain, and :meth:`DomainSegments.from_domain` builds the one segment without looking at the data
+(:meth:`DomainSegments.single`: the first row's domain, all rows, no reordering). Outside that block
+nothing changes: the normal path is the same code as before, bit for bit.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .mlp import MLP
+
+#: True within :func:`assume_single_domain` (a context variable: each thread and task has its own value).
+_SINGLE_DOMAIN: ContextVar[bool] = ContextVar("polyrec_single_domain", default=False)
+
+
+@contextmanager
+def assume_single_domain() -> Iterator[None]:
+    """Within the block, every batch is taken to hold one domain, the first row's.
+
+    :meth:`DomainSegments.from_domain` then returns :meth:`DomainSegments.single`, which uses no
+    data-dependent operation, so the models' forward passes can be traced by ``torch.export`` with a
+    dynamic batch size. The caller keeps the promise: a row of another domain would be computed with the
+    first row's per-domain parameters (:class:`polyrec.serving.inference.InferenceModule` marks such rows
+    NaN and :func:`polyrec.serving.inference.predict_mixed` splits a mixed batch by domain first).
+    """
+    token = _SINGLE_DOMAIN.set(True)
+    try:
+        yield
+    finally:
+        _SINGLE_DOMAIN.reset(token)
+
+
+def single_domain_assumed() -> bool:
+    """Whether the calling code runs within :func:`assume_single_domain`."""
+    return _SINGLE_DOMAIN.get()
 
 
 @dataclass
@@ -42,6 +77,10 @@ class DomainSegments:
 
     @classmethod
     def from_domain(cls, domain: Tensor) -> DomainSegments:
+        """The segments of a batch whose rows have domains ``domain`` ``[B]`` (within
+        :func:`assume_single_domain`: :meth:`single`)."""
+        if _SINGLE_DOMAIN.get():
+            return cls.single(domain)
         perm = torch.argsort(domain, stable=True)
         d_sorted = domain.index_select(0, perm)
         domains, counts = torch.unique_consecutive(d_sorted, return_counts=True)
@@ -52,6 +91,21 @@ class DomainSegments:
             inverse[perm] = torch.arange(len(perm), device=perm.device)
         local = torch.repeat_interleave(torch.arange(len(domains), device=domain.device), counts)
         return cls(perm, inverse, domains, counts.tolist(), local)
+
+    @classmethod
+    def single(cls, domain: Tensor) -> DomainSegments:
+        """One segment of every row, with the first row's domain, built without data-dependent operations.
+
+        For a batch the caller knows to hold one domain: no reordering (``perm`` and ``inverse`` None), the
+        domain ``domain[:1]``, the count the batch size (a symbolic size while ``torch.export`` traces), every
+        row's segment 0. On such a batch it equals :meth:`from_domain`'s result.
+
+        Example:
+            >>> seg = DomainSegments.single(torch.tensor([2, 2, 2]))
+            >>> seg.domains.tolist(), seg.counts, seg.local.tolist(), seg.perm
+            ([2], [3], [0, 0, 0], None)
+        """
+        return cls(None, None, domain[:1], [domain.shape[0]], torch.zeros_like(domain))
 
     @property
     def num_segments(self) -> int:

@@ -54,7 +54,7 @@ class LinearPart(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, batch: Batch) -> Tensor:
-        out = self.bias.expand(len(batch))
+        out = self.bias.expand(batch.domain.shape[0])  # not len(batch): a symbolic size while exporting
         if self.sparse_offsets.numel():
             out = out + self.table(batch.sparse + self.sparse_offsets).sum(dim=(1, 2))
         for name, offset in zip(self.multi_names, self._multi_offsets):

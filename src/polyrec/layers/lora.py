@@ -35,6 +35,10 @@ model wrapper (:class:`polyrec.models.adapters.MLoRAModel`), whose ``forward`` p
 keep the parameter names of the layer they replace (``weight``, ``bias``, ...), so a backbone's
 ``state_dict`` keys stay valid inside the adapted model and the adapter adds ``<layer>.lora.A/B/bias``.
 
+Serving: :class:`FoldedLoRALinear` and :class:`FoldedLoRAStarLinear` hold every domain's merged layer,
+``W + (A_d B_d)ᵀ`` and ``b + b_d`` (STAR: ``W ⊙ W_p + A_d B_d``), so a domain's rows take one matmul per
+layer instead of three (:func:`polyrec.models.adapters.fold_mlora` swaps them into a copy of a model).
+
 Example:
     >>> state = AdapterState()
     >>> layer = LoRALinear(nn.Linear(16, 8), num_domains=3, rank=2, state=state)
@@ -52,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .domain import DomainSegments, StarLinear
+from .domain import DomainSegments, StarLinear, segment_linear
 
 #: Up to this many domains present in a batch, adapters run one matmul pair per present domain; beyond it,
 #: every row gathers its own matrices (batched matmul).
@@ -359,6 +363,11 @@ class LoRALinear(nn.Module):
             return out
         return out + self.lora.delta(x, self.state.require_routing("LoRALinear"))
 
+    @torch.no_grad()
+    def fold(self) -> FoldedLoRALinear:
+        """An inference-only copy with each domain's ``W + (A_d B_d)ᵀ`` and bias precomputed."""
+        return FoldedLoRALinear(self)
+
     def unwrap(self) -> nn.Linear:
         """A plain ``nn.Linear`` sharing this layer's ``weight`` and ``bias`` (the adapters dropped)."""
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
@@ -419,6 +428,15 @@ class LoRAStarLinear(StarLinear):
             return out + self.lora.forward_segments(x.unsqueeze(1), seg).squeeze(1)
         return out + self.lora.forward_rows(x.unsqueeze(1), seg.sorted_domain).squeeze(1)
 
+    @torch.no_grad()
+    def fold(self, backbone_domain: Tensor | None = None) -> FoldedLoRAStarLinear:
+        """An inference-only copy with each domain's ``W ⊙ W_p + A_d B_d`` and bias precomputed.
+
+        ``backbone_domain``: ``[D]``, the star layer's domain each adapter domain is computed with (the
+        model's :attr:`~polyrec.models.adapters.MLoRAModel.backbone_domain`; default the identity).
+        """
+        return FoldedLoRAStarLinear(self, backbone_domain)
+
     def unwrap(self) -> StarLinear:
         """A plain :class:`StarLinear` sharing this layer's star parameters (the adapters dropped)."""
         star = StarLinear.__new__(StarLinear)
@@ -427,3 +445,112 @@ class LoRAStarLinear(StarLinear):
         star.weight, star.bias = self.weight, self.bias
         star.domain_weight, star.domain_bias = self.domain_weight, self.domain_bias
         return star
+
+
+# ----------------------------------------------------------------------------------------------- folded layers
+
+
+def _bank_rows(bank: LoRABank, name: str) -> Tensor | None:
+    """Every domain's rows of bank ``name`` (staged rows after the others), or None for an absent bias."""
+    full, new = getattr(bank, name), getattr(bank, f"{name}_new")
+    if full is None:
+        return None
+    return full.detach() if new is None else torch.cat([full.detach(), new.detach()])
+
+
+class FoldedLoRALinear(nn.Module):
+    """A :class:`LoRALinear` for inference: each domain's ``W_d = W + (A_d B_d)ᵀ`` and ``b_d' = b + b_d`` stored.
+
+    Buffers ``weight [D, D_out, D_in]`` and ``bias [D, D_out]``; the shared ``W, b`` are kept (shared with
+    the layer folded from) for a state with adapters disabled. The rows of a batch of one domain take one
+    ``F.linear`` with their domain's merged weight; a mixed batch takes one per present domain. Equal to
+    the layer it was folded from to float rounding (the order of the sums differs). A snapshot: fold again
+    after further training.
+
+    Shape:
+        ``[B, ..., D_in]`` -> ``[B, ..., D_out]``, batch dimension first.
+    """
+
+    def __init__(self, layer: LoRALinear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.shared_weight, self.shared_bias = layer.weight, layer.bias
+        self.state = layer.state
+        bank = layer.lora
+        with torch.no_grad():
+            a, b, db = _bank_rows(bank, "A"), _bank_rows(bank, "B"), _bank_rows(bank, "bias")
+            weight = layer.weight.detach().unsqueeze(0) + torch.bmm(a, b).transpose(1, 2)
+            bias = a.new_zeros(a.shape[0], self.out_features)
+            if layer.bias is not None:
+                bias = bias + layer.bias.detach()
+            if db is not None:
+                bias = bias + db
+        self.register_buffer("weight", weight.contiguous())
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.state.enabled:
+            return F.linear(x, self.shared_weight, self.shared_bias)
+        routing = self.state.require_routing("FoldedLoRALinear")
+        seg = routing.segments
+        w, b = self.weight.index_select(0, seg.domains), self.bias.index_select(0, seg.domains)
+        if seg.num_segments == 1:
+            return F.linear(x, w[0], b[0])
+        shape = x.shape
+        x3 = seg.sort(x.reshape(shape[0], -1, shape[-1]))
+        parts = torch.split(x3, seg.counts)
+        h = torch.cat([F.linear(p, w[i], b[i]) for i, p in enumerate(parts)], dim=0)
+        return seg.unsort(h).reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, domains={self.weight.shape[0]}"
+
+
+class FoldedLoRAStarLinear(nn.Module):
+    """A :class:`LoRAStarLinear` for inference: each domain's ``W ⊙ W_p + A_d B_d`` and ``b + b_p + b_d`` stored.
+
+    Adapter domain d is computed with the star layer's domain ``p = backbone_domain[d]`` (the identity but
+    for domains added after training, :func:`polyrec.models.adapters.add_domain`). Buffers ``weight [D,
+    D_in, D_out]``, ``bias [D, D_out]``. Its input is sorted by the backbone's domains, as the layer's; with
+    added domains in a batch of several domains, rows sorted by the backbone's domain are not grouped by
+    adapter domain, and the layer refuses the batch (serve it one domain per call). Equal to the layer it
+    was folded from to float rounding. A snapshot: fold again after further training.
+
+    Shape:
+        forward(x ``[B, D_in]`` sorted by domain, seg) -> ``[B, D_out]``.
+    """
+
+    def __init__(self, layer: LoRAStarLinear, backbone_domain: Tensor | None = None) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim = layer.in_dim, layer.out_dim
+        self.state = layer.state
+        self.star = layer.unwrap()  # the star part alone, for a state with adapters disabled
+        bank = layer.lora
+        with torch.no_grad():
+            a, b, db = _bank_rows(bank, "A"), _bank_rows(bank, "B"), _bank_rows(bank, "bias")
+            if backbone_domain is None:
+                backbone_domain = torch.arange(a.shape[0], device=a.device)
+            w_star, b_star = layer.combined(backbone_domain.to(a.device))
+            weight = w_star.detach() + torch.bmm(a, b)
+            bias = b_star.detach() + (db if db is not None else 0.0)
+        self.register_buffer("weight", weight.contiguous())
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: Tensor, seg: DomainSegments) -> Tensor:
+        if not self.state.enabled:
+            return self.star(x, seg)
+        routing = self.state.require_routing("FoldedLoRAStarLinear")
+        domains = seg.domains
+        if routing.remapped:
+            adapter = routing.segments
+            if adapter.num_segments != 1 or seg.num_segments != 1:
+                raise ValueError(
+                    "a folded STAR + MLoRA layer with added domains serves one domain per call; the batch "
+                    f"holds {adapter.num_segments} domains: split it by domain "
+                    "(polyrec.serving.inference.predict_mixed)"
+                )
+            domains = adapter.domains
+        return segment_linear(x, seg, self.weight.index_select(0, domains), self.bias.index_select(0, domains))
+
+    def extra_repr(self) -> str:
+        return f"in_dim={self.in_dim}, out_dim={self.out_dim}, domains={self.weight.shape[0]}"

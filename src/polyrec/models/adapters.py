@@ -29,7 +29,8 @@ parameter names, so a plain backbone checkpoint loads into ``model.backbone`` wi
 ``<layer>.lora.{A,B,bias}`` and the ``backbone_domain`` map. Training modes: joint (adapters and backbone together, the paper's main table)
 with any strategy; two-phase (paper §3.3) with :class:`polyrec.training.strategies.two_phase.TwoPhase`.
 New domains: :func:`add_domain` (paper §1: "scalable and flexible to new domains by applying additional
-LoRA adaptors").
+LoRA adaptors"). Serving: :func:`fold_mlora` merges every domain's adapters into its own copy of each
+adapted layer (``W + B_d A_d``), for inference only.
 
 Example:
     >>> model = attach_mlora(create_model("deepfm", schema), alpha=32)      # doctest: +SKIP
@@ -38,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -193,8 +195,8 @@ class MLoRAModel(Model):
         backbone_domain: ``[D]`` buffer, the backbone domain each domain is computed with (identity for the
             backbone's own domains).
 
-    STAR's :meth:`~polyrec.models.multidomain.star.StarModel.fold` folds the star weights only; serve an
-    adapted STAR through this model (its adapters are not folded yet).
+    STAR's :meth:`~polyrec.models.multidomain.star.StarModel.fold` folds the star weights only; an adapted
+    model (STAR's included) is folded for serving by :func:`fold_mlora`.
 
     Shape:
         forward(batch) -> logits ``[B]``.
@@ -422,6 +424,31 @@ def merge_new_domains(model: MLoRAModel) -> None:
     for bank in model.banks():
         bank.merge()
     model.unfreeze_backbone()
+
+
+def fold_mlora(model: MLoRAModel) -> MLoRAModel:
+    """An inference-only copy of ``model`` whose adapted layers hold every domain's merged weights.
+
+    Each :class:`~polyrec.layers.lora.LoRALinear` becomes a :class:`~polyrec.layers.lora.FoldedLoRALinear`
+    (``W + (A_d B_d)ᵀ``, ``b + b_d``), each :class:`~polyrec.layers.lora.LoRAStarLinear` a
+    :class:`~polyrec.layers.lora.FoldedLoRAStarLinear` (``W ⊙ W_p + A_d B_d``, with the model's
+    ``backbone_domain`` for added domains): a row takes one matmul per adapted layer instead of three. The
+    copy is in eval mode, has no trainable parameters and equals ``model`` in eval mode to float rounding;
+    ``model`` itself is not changed. A snapshot: fold again after further training.
+    """
+    if not isinstance(model, MLoRAModel):
+        raise TypeError(f"fold_mlora needs an adapted model (attach_mlora), got {type(model).__name__}")
+    folded = copy.deepcopy(model)
+    for name in folded.adapted_layers:
+        parent_name, _, child = name.rpartition(".")
+        parent = folded.backbone.get_submodule(parent_name) if parent_name else folded.backbone
+        layer = getattr(parent, child)
+        if isinstance(layer, LoRAStarLinear):
+            setattr(parent, child, layer.fold(folded.backbone_domain))
+        else:
+            setattr(parent, child, layer.fold())
+    folded.requires_grad_(False)
+    return folded.eval()
 
 
 def strip_adapters(model: MLoRAModel) -> Model:

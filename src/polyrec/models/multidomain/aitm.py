@@ -18,6 +18,10 @@ Adaptation to multi-domain data (one label per row, as in the DFEI paper's use o
   row therefore grows with its position in the chain (O(t + 1) towers), never with domains after it.
 - Gradient flows back along the chain, as in AITM: a row of domain t also trains towers and transfer
   layers of the domains before it.
+- Serving (:mod:`polyrec.serving.inference`): how far the chain runs depends on the positions present,
+  which an exported graph cannot hold. :meth:`AITMModel.forward_dense` runs every row through the whole
+  chain (O(D) towers per row, the cost of the last position for every row) and reads each row's logit at
+  its own position: the same logits, with no data-dependent shapes or loops.
 - AITM's behavioural expectation calibrator (a hinge penalty ``max(ŷ_t − ŷ_{t−1}, 0)``) encodes that a
   conversion step cannot be likelier than the step before it; domains are not funnel steps and a row has
   only one label, so it is left out.
@@ -131,4 +135,31 @@ class AITMModel(Model):
                 outs.append(self.heads.forward_member(zt[:n], t))
             prev, prev_start, start = zt, start, start + n
         logits = seg.unsort(torch.cat(outs).squeeze(-1)) if outs else z.new_zeros(0)
+        return ModelOutput(self.add_aux_logit(logits, batch))
+
+    def forward_dense(self, batch: Batch) -> ModelOutput:
+        """:meth:`forward` with every row through the whole chain, each logit read at the row's own position.
+
+        The same logits as :meth:`forward` (to float rounding), with a fixed amount of work per row: D towers,
+        D - 1 transfers and D heads, whatever the positions present, so the graph has no data-dependent
+        shapes (what :mod:`polyrec.serving.inference` exports). It costs what the last position costs, for
+        every row; :meth:`forward` stays the training and evaluation path.
+
+        Shape:
+            forward_dense(batch) -> logits ``[B]``.
+        """
+        z = self.flat_inputs(batch)
+        heads, prev = [], None
+        for t in range(self.num_domains):
+            p = self.towers.forward_member(z, t)
+            if t == 0:
+                zt = p
+            else:
+                q = self.dropout(self.transfer_act(self.transfer.forward_member(prev, t - 1)))
+                zt = self._ait(p, q, t - 1)
+            heads.append(self.heads.forward_member(zt, t))
+            prev = zt
+        every = torch.cat(heads, dim=1)  # [B, D]: the logit of every position for every row
+        position = self.position_of.index_select(0, batch.domain)
+        logits = every.gather(1, position.unsqueeze(1)).squeeze(1)
         return ModelOutput(self.add_aux_logit(logits, batch))

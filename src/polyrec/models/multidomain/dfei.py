@@ -31,6 +31,9 @@ Readings of the paper made here:
   per domain (``domain_head=True``, a bank like the towers); ``domain_head=False`` shares one head.
   :meth:`DFEIModel.parameter_groups` gives this split to the ``dfei_cyclic`` strategy.
 
+Serving: :meth:`DFEIModel.fold` precomputes what inference reads of the frozen domain features, the
+attention keys ``h3(v_d)`` and values ``h1(v_d)`` of every domain (:class:`FoldedDFEI`).
+
 Shape:
     forward(batch) -> logits ``[B]``; the towers and heads cost one matmul per domain present, the
     attention O(D) per row (it reads all D domain features by definition).
@@ -191,3 +194,49 @@ class DFEIModel(Model):
         out = self.head(h, seg) if self.config.domain_head else self.head(h)
         logits = seg.unsort(out.squeeze(-1))
         return ModelOutput(self.add_aux_logit(logits, batch))
+
+    @torch.no_grad()
+    def fold(self) -> FoldedDFEI:
+        """An inference-only view with the frozen domain features' attention keys and values precomputed."""
+        return FoldedDFEI(self)
+
+
+class FoldedDFEI(nn.Module):
+    """DFEI at inference with the keys ``h3(v_d)`` and values ``h1(v_d)`` of every domain precomputed.
+
+    In eval mode the domain features ``v`` are constants (eq. 4 updates them only in training), so eq. 5-6
+    need ``h3(v)`` and ``h1(v)`` once, not once per batch. Produces exactly the logits of the model in eval
+    mode (it runs the model in eval mode, whatever the model's mode); it shares every other module with the
+    model it was folded from. Rebuild it after further training.
+
+    Shape:
+        forward(batch) -> ModelOutput with logits ``[B]``.
+    """
+
+    def __init__(self, model: DFEIModel) -> None:
+        super().__init__()
+        self.schema = model.schema
+        self.model = model
+        with torch.no_grad():
+            v = model.v.detach().clone()
+            self.register_buffer("v", v)
+            self.register_buffer("keys", model.h3(v))
+            self.register_buffer("values", model.h1(v))
+
+    @torch.no_grad()
+    def forward(self, batch: Batch) -> ModelOutput:
+        model = self.model
+        was_training = model.training
+        model.eval()  # dropout off, as at inference (the model's mode is restored after the call)
+        try:
+            x, seg = model.sorted_inputs(batch)
+            domain = seg.sorted_domain
+            s = model.shared_tower(x)
+            u = model.domain_towers(x, seg)
+            w = torch.softmax((model.h2(x) @ self.keys.T) * model.scale, dim=1)
+            h = torch.cat([s, u, self.v.index_select(0, domain), w @ self.values], dim=1)
+            out = model.head(h, seg) if model.config.domain_head else model.head(h)
+            logits = seg.unsort(out.squeeze(-1))
+            return ModelOutput(model.add_aux_logit(logits, batch))
+        finally:
+            model.train(was_training)

@@ -104,7 +104,7 @@ class MuLANNModel(Model):
             logits = self.heads(h).squeeze(-1)
         logits = self.add_aux_logit(logits, batch)
         domain_logits = self.discriminator(grad_reverse(h, self.config.reversal_scale))
-        if len(batch):
+        if batch.domain.shape[0]:  # not len(batch): a symbolic size while exporting
             adversarial = F.cross_entropy(domain_logits, batch.domain) * self.config.adversarial_weight
         else:  # an empty batch has no domain to discriminate (cross-entropy's mean would be NaN)
             adversarial = domain_logits.sum() * 0.0

@@ -230,6 +230,10 @@ class RetrievalModel(nn.Module):
 
     # ---------------------------------------------------------------------------------- fields
     def _check_domain(self, domain: Tensor, what: str) -> None:
+        if torch.compiler.is_exporting():
+            # The check reads the data, which a traced graph cannot; an exported tower's caller checks the
+            # domain before the call (polyrec.serving.export).
+            return
         if len(domain) and (int(domain.min()) < 0 or int(domain.max()) >= self.num_domains):
             bad = int(domain.max()) if int(domain.max()) >= self.num_domains else int(domain.min())
             raise ValueError(
