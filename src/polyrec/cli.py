@@ -287,6 +287,36 @@ def retrieve(
         typer.echo(f"{row['rank']:4d}  {row['score']:8.4f}  {row['item']}")
 
 
+@_command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="a finished run directory (ranking or retrieval)"),
+    out: Path = typer.Option(..., help="the export folder (absent, empty, or a previous export: replaced)"),
+    format: str = typer.Option("onnx", "--format", help="onnx (ONNX, dynamo exporter) or pt2 (torch.export)"),
+    fold: bool = typer.Option(True, "--fold/--no-fold", help="fold per-domain weights (STAR, MLoRA, MAMDR, DFEI)"),
+) -> None:
+    """Export a trained model: the graph, a manifest (inputs, features, domains, versions, checksums) and
+    the encoding files; a retrieval run exports its user tower and every domain's item embeddings."""
+    from .retrieval.experiment import is_retrieval_run
+    from .serving.export import export_retrieval_run, export_run
+
+    if is_retrieval_run(run):
+        if format != "onnx":
+            _fail(ValueError(f"--format {format}: a retrieval run exports as onnx only"))
+        path = export_retrieval_run(run, out)
+    else:
+        path = export_run(run, out, format=format, fold=fold)
+    manifest = json.loads((path / "manifest.json").read_text())
+    parity = manifest.get("parity", {})
+    typer.echo(
+        f"exported {manifest.get('model', {}).get('name', '?')} to {path}"
+        + (
+            f" (largest difference from the trained model: {parity['max_abs_diff']:.2g})"
+            if "max_abs_diff" in parity
+            else ""
+        )
+    )
+
+
 @_command("serve")
 def serve_cmd(
     run: Path = typer.Argument(..., help="a finished run directory (ranking or retrieval)"),

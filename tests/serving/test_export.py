@@ -367,3 +367,21 @@ def test_retrieval_run_exports_its_user_tower_and_item_embeddings(tmp_path, monk
         loaded.user_embedding(user.sparse, user.history, torch.full_like(user.domain, 5))
     with pytest.raises(ArtifactError, match="is a 'retrieval' export"):
         load_export(out)
+
+
+def test_cli_export_ranking_and_retrieval_runs(ranking_run, retrieval_run, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from polyrec.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", str(ranking_run), "--out", str(tmp_path / "onnx")])
+    assert r.exit_code == 0, r.output
+    assert "largest difference from the trained model" in r.output
+    assert {"model.onnx", "manifest.json", "processing.json"} <= {p.name for p in (tmp_path / "onnx").iterdir()}
+    r = runner.invoke(app, ["export", str(retrieval_run), "--out", str(tmp_path / "tower")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", str(retrieval_run), "--out", str(tmp_path / "t2"), "--format", "pt2"])
+    assert r.exit_code == 2 and "exports as onnx only" in r.output
+    r = runner.invoke(app, ["export", str(ranking_run), "--out", str(tmp_path / "x"), "--format", "tflite"])
+    assert r.exit_code == 2 and "format 'tflite' is not allowed" in r.output

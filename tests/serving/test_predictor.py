@@ -174,9 +174,21 @@ def test_rank_merges_user_and_context_into_each_candidate(predictor) -> None:
     assert (e.value.field, e.value.kind) == ("candidates[1].dense_0", "missing_feature")
 
 
+def test_the_onnx_backend_scores_as_eager(ranking_run, predictor, test_rows, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("POLYREC_CACHE", str(tmp_path / "cache"))
+    raw, _ = test_rows
+    onnx = Predictor.from_run(ranking_run, backend="onnx")
+    exports = list((tmp_path / "cache" / "exports").glob("*/onnx/manifest.json"))
+    assert len(exports) == 1  # exported once, into the cache, under the run's manifest checksum
+    eager, exported = predictor.predict(raw), onnx.predict(raw)
+    np.testing.assert_allclose(exported.logits, eager.logits, atol=1e-5, rtol=0)
+    assert exported.oov == eager.oov and exported.domain == eager.domain
+    again = Predictor.from_run(ranking_run, backend="onnx")  # reused, not exported again
+    np.testing.assert_allclose(again.predict(raw.iloc[:5]).logits, exported.logits[:5], atol=1e-6, rtol=0)
+    assert list((tmp_path / "cache" / "exports").glob("*/onnx/manifest.json")) == exports
+
+
 def test_backends_and_foreign_or_damaged_runs(ranking_run, retrieval_run, tmp_path) -> None:
-    with pytest.raises(NotImplementedError, match="backend 'onnx' is not available yet"):
-        Predictor.from_run(ranking_run, backend="onnx")
     with pytest.raises(ValueError, match="unknown backend 'tvm'; valid backends: eager, onnx"):
         Predictor.from_run(ranking_run, backend="tvm")
     with pytest.raises(ArtifactError, match="is a retrieval run"):

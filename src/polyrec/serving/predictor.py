@@ -44,7 +44,8 @@ Choices made:
 - **Backends.** A :class:`Backend` turns an encoded batch into logits. ``eager`` runs the run's torch
   model in eval mode under ``torch.no_grad`` through :func:`polyrec.training.scoring.score_rows`, the same
   loop :func:`polyrec.experiment.evaluate_run` scores with, so a predictor's logits are the evaluation's.
-  ``onnx`` is reserved for an exported model (a hook that raises ``NotImplementedError`` for now).
+  ``onnx`` scores with ONNX Runtime over an export of the run, made on first use into polyrec's cache
+  (:class:`OnnxBackend`).
 - **Errors.** Bad input is an :class:`InputError` (a ``ValueError``) with ``field`` (a path such as
   ``rows[3].item_id`` or ``candidates[0].dense_0``), ``message`` (what is wrong, the value, and the fix)
   and ``kind`` (``missing_feature``, ``extra_feature``, ``wrong_type``, ``unknown_domain``, ...), which the
@@ -90,6 +91,7 @@ __all__ = [
     "EagerBackend",
     "EncodedRows",
     "InputError",
+    "OnnxBackend",
     "PredictResult",
     "Predictor",
     "RetrievalPredictor",
@@ -156,22 +158,54 @@ class EagerBackend:
         return score_rows(self.model, _BatchRows(batch), rows, self.batch_size).logits
 
 
+class OnnxBackend:
+    """ONNX Runtime over an export of the run (:func:`polyrec.serving.export.export_run`).
+
+    The export is made on first use into polyrec's cache folder, under the sha256 of the run's manifest
+    (``<cache>/exports/<sha256>/onnx``), so a retrained run gets a fresh one and the run directory is never
+    written to; an export there is checked (checksums, the source run's manifest) before it is used. Batches
+    of several domains are split by domain (the exported graph serves one domain per call).
+    """
+
+    name = "onnx"
+
+    def __init__(self, model: nn.Module, run_dir: Path, batch_size: int = 32768) -> None:
+        from ..data.cache import cache_dir
+        from ..rundir import read_manifest
+        from .export import export_run, load_export
+        from .inference import InferenceModule
+
+        sha = read_manifest(run_dir).get("manifest_sha256")
+        if not sha:
+            raise ValueError(f"run {str(run_dir)!r} has no manifest checksum; retrain it with this polyrec")
+        where = Path(cache_dir()) / "exports" / str(sha) / "onnx"
+        export = None
+        if (where / "manifest.json").exists():
+            export = load_export(where)
+            if export.manifest.get("source_run", {}).get("manifest_sha256") != sha:
+                export = None
+        if export is None:
+            export_run(run_dir, where, "onnx")
+            export = load_export(where)
+        self.export = export
+        self.inputs = InferenceModule(model.eval(), fold=False)  # only its input layout: Batch -> named inputs
+        self.batch_size = int(batch_size)
+
+    def logits(self, batch: Batch) -> Tensor:
+        feed = {k: v.numpy() for k, v in self.inputs.named_inputs(batch).items()}
+        return torch.from_numpy(np.asarray(self.export.predict(feed), dtype=np.float32))
+
+
 def make_backend(name: str, model: nn.Module, run_dir: Path, batch_size: int = 32768) -> Backend:
-    """The backend ``name`` for ``model`` (loaded from ``run_dir``).
+    """The backend ``name`` for ``model`` (loaded from ``run_dir``): ``eager`` or ``onnx``.
 
     Raises:
-        NotImplementedError: ``onnx``, which is not available yet.
         ValueError: an unknown name.
     """
     if name == "eager":
         return EagerBackend(model, batch_size)
     if name == "onnx":
-        # HOOK(onnx): an ONNX Runtime backend over an export of this run (polyrec.serving.export and
-        # polyrec.serving.inference) plugs in here; it takes the same encoded Batch and returns logits [B].
-        raise NotImplementedError(
-            f"backend 'onnx' is not available yet for run {str(run_dir)!r}: it needs an ONNX export of the "
-            "run, which this polyrec cannot make; use backend='eager'"
-        )
+        return OnnxBackend(model, run_dir, batch_size)
     raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
 
 
@@ -434,14 +468,13 @@ class Predictor:
         Args:
             run_dir: a run written by :func:`~polyrec.experiment.run_experiment` or
                 :func:`~polyrec.experiment.add_domain_run`.
-            backend: ``eager`` (the torch model) or ``onnx`` (not available yet).
+            backend: ``eager`` (the torch model) or ``onnx`` (ONNX Runtime over an export, :class:`OnnxBackend`).
             fallback_domain: the domain a row of an unknown domain is scored as (default: such a row is an
                 error).
             batch_size: rows per forward pass (default: the run's ``train.eval_batch_size``).
 
         Raises:
             ArtifactError: the folder is not a finished run, a file is damaged, or it is a retrieval run.
-            NotImplementedError: ``backend='onnx'``.
             ValueError: an unknown backend or fallback domain.
         """
         from ..experiment import load_run

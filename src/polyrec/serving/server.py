@@ -764,7 +764,7 @@ def serve(
 
     Raises:
         ArtifactError: the run directory is not a finished run, or a file is damaged.
-        NotImplementedError: ``backend='onnx'`` (not available yet).
+        NotImplementedError: ``backend='onnx'`` with a retrieval run.
         ValueError: bad arguments.
     """
     import uvicorn
