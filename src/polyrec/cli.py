@@ -319,10 +319,10 @@ def export_cmd(
 
 @_command("serve")
 def serve_cmd(
-    run: Path = typer.Argument(..., help="a finished run directory (ranking or retrieval)"),
+    run: Path = typer.Argument(..., help="a finished run directory (ranking or retrieval), or an ONNX export"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (127.0.0.1: this machine only)"),
     port: int = typer.Option(8000, help="TCP port"),
-    backend: str = typer.Option("eager", help="eager (the PyTorch model) or onnx"),
+    backend: str = typer.Option("eager", help="eager (the PyTorch model) or onnx (ONNX Runtime; an export needs it)"),
     workers: int = typer.Option(1, help="server processes (each loads the run and keeps its own metrics)"),
     fallback_domain: str | None = typer.Option(None, help="score unknown domains as this one (default: a 422)"),
     max_candidates: int = typer.Option(1000, help="candidates per /v1/rank request at most"),

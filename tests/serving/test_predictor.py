@@ -277,3 +277,22 @@ def test_a_domain_added_to_an_mlora_run_is_scored_as_its_evaluation(added_domain
     rows = raw.drop(columns="domain").to_dict("records")
     before = Predictor.from_run(root / "base").predict(rows, domain="1")
     assert np.array_equal(added.predict(rows, domain="1").logits, before.logits)
+
+
+def test_an_onnx_export_is_served_as_its_run(ranking_run, predictor, test_rows, tmp_path) -> None:
+    from polyrec.serving.export import export_run
+    from polyrec.serving.predictor import is_export, load_predictor
+
+    raw, _ = test_rows
+    export_run(ranking_run, tmp_path / "onnx")
+    assert is_export(tmp_path / "onnx") and not is_export(ranking_run)
+    served = load_predictor(tmp_path / "onnx", backend="onnx")
+    eager = predictor.predict(raw)
+    got = served.predict(raw)
+    np.testing.assert_allclose(got.logits, eager.logits, atol=1e-5, rtol=0)
+    assert got.oov == eager.oov and got.domain == eager.domain
+    with pytest.raises(ValueError, match="is an export: serve it with backend 'onnx'"):
+        load_predictor(tmp_path / "onnx")
+    export_run(ranking_run, tmp_path / "pt2", format="pt2")
+    with pytest.raises(ValueError, match="is a torch.export archive"):
+        Predictor.from_export(tmp_path / "pt2")

@@ -126,6 +126,21 @@ def input_specs(schema: DatasetSchema) -> list[InputSpec]:
     return specs
 
 
+def batch_inputs(specs: Sequence[InputSpec], batch: Batch) -> tuple[Tensor, ...]:
+    """The inputs of ``batch`` in the call order of ``specs`` (:func:`input_specs`): the feed of an export."""
+    out = []
+    for spec in specs:
+        if spec.name == "sparse":
+            out.append(batch.sparse)
+        elif spec.name == "dense":
+            out.append(batch.dense)
+        elif spec.name == "domain":
+            out.append(batch.domain)
+        else:
+            out.append(batch.multi[spec.features[0]])
+    return tuple(out)
+
+
 # ------------------------------------------------------------------------------------------- scorers
 # A scorer is a module ``forward(batch) -> logits [B]`` run within assume_single_domain().
 
@@ -271,17 +286,7 @@ class InferenceModule(nn.Module):
 
     def batch_inputs(self, batch: Batch) -> tuple[Tensor, ...]:
         """The inputs of ``batch`` in call order (``module(*module.batch_inputs(batch))``)."""
-        out = []
-        for spec in self.specs:
-            if spec.name == "sparse":
-                out.append(batch.sparse)
-            elif spec.name == "dense":
-                out.append(batch.dense)
-            elif spec.name == "domain":
-                out.append(batch.domain)
-            else:
-                out.append(batch.multi[spec.features[0]])
-        return tuple(out)
+        return batch_inputs(self.specs, batch)
 
     def named_inputs(self, batch: Batch) -> dict[str, Tensor]:
         """``{input name: tensor}`` of ``batch`` (the feed of an exported graph, as tensors)."""

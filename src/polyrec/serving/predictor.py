@@ -96,6 +96,7 @@ __all__ = [
     "Predictor",
     "RetrievalPredictor",
     "RetrievedItem",
+    "is_export",
     "load_predictor",
     "make_backend",
 ]
@@ -158,22 +159,37 @@ class EagerBackend:
         return score_rows(self.model, _BatchRows(batch), rows, self.batch_size).logits
 
 
-class OnnxBackend:
+class ExportBackend:
+    """ONNX Runtime (or the exported program) over an opened export (:func:`polyrec.serving.export.load_export`);
+    a batch of several domains is split by domain (the exported graph serves one domain per call)."""
+
+    name = "onnx"
+
+    def __init__(self, export: Any) -> None:
+        from .inference import input_specs
+
+        self.export = export
+        self.specs = input_specs(export.schema)
+
+    def logits(self, batch: Batch) -> Tensor:
+        from .inference import batch_inputs
+
+        feed = {s.name: t.numpy() for s, t in zip(self.specs, batch_inputs(self.specs, batch))}
+        return torch.from_numpy(np.asarray(self.export.predict(feed), dtype=np.float32))
+
+
+class OnnxBackend(ExportBackend):
     """ONNX Runtime over an export of the run (:func:`polyrec.serving.export.export_run`).
 
     The export is made on first use into polyrec's cache folder, under the sha256 of the run's manifest
     (``<cache>/exports/<sha256>/onnx``), so a retrained run gets a fresh one and the run directory is never
-    written to; an export there is checked (checksums, the source run's manifest) before it is used. Batches
-    of several domains are split by domain (the exported graph serves one domain per call).
+    written to; an export there is checked (checksums, the source run's manifest) before it is used.
     """
-
-    name = "onnx"
 
     def __init__(self, model: nn.Module, run_dir: Path, batch_size: int = 32768) -> None:
         from ..data.cache import cache_dir
         from ..rundir import read_manifest
         from .export import export_run, load_export
-        from .inference import InferenceModule
 
         sha = read_manifest(run_dir).get("manifest_sha256")
         if not sha:
@@ -187,13 +203,7 @@ class OnnxBackend:
         if export is None:
             export_run(run_dir, where, "onnx")
             export = load_export(where)
-        self.export = export
-        self.inputs = InferenceModule(model.eval(), fold=False)  # only its input layout: Batch -> named inputs
-        self.batch_size = int(batch_size)
-
-    def logits(self, batch: Batch) -> Tensor:
-        feed = {k: v.numpy() for k, v in self.inputs.named_inputs(batch).items()}
-        return torch.from_numpy(np.asarray(self.export.predict(feed), dtype=np.float32))
+        super().__init__(export)
 
 
 def make_backend(name: str, model: nn.Module, run_dir: Path, batch_size: int = 32768) -> Backend:
@@ -513,6 +523,42 @@ class Predictor:
             fallback_domain=fallback_domain,
             run_dir=run_dir,
             model_name=cfg.display_name,
+        )
+
+    @classmethod
+    def from_export(
+        cls, folder: str | Path, *, fallback_domain: str | None = None, batch_size: int = 32768
+    ) -> Predictor:
+        """The predictor of an ONNX export (``polyrec export RUN --out DIR``), scored with ONNX Runtime.
+
+        The export carries the run's config, schema and processing (checked against its manifest), so raw
+        rows are encoded exactly as for the run. The raw values of a domain added to an MLoRA run after
+        training (``polyrec add-domain``) are not in an export: such a domain is reached by its name.
+
+        Raises:
+            ArtifactError: the folder is not an export, or a file fails its checksum.
+            ValueError: a torch.export (``.pt2``) folder (serve the run, or export it as ONNX), an unknown
+                fallback domain.
+        """
+        from ..config import from_dict
+        from ..safeio import read_json
+        from .export import load_export
+
+        folder = Path(folder)
+        export = load_export(folder)
+        if export.manifest.get("artifact", {}).get("kind") != "onnx":
+            raise ValueError(f"{str(folder)!r} is a torch.export archive; serve an ONNX export or the run itself")
+        config = read_json(folder / "config.json", "export config")
+        return cls(
+            data=from_dict(DataConfig, config["data"], path="data"),
+            schema=export.schema,
+            processing=export.processing,
+            backend=ExportBackend(export),
+            indicator=None,
+            extra_domain_values={},
+            fallback_domain=fallback_domain,
+            run_dir=folder,
+            model_name=str(export.manifest.get("model", {}).get("name", "?")),
         )
 
     def _check_processing(self) -> None:
@@ -993,4 +1039,17 @@ def load_predictor(
 
     if is_retrieval_run(run_dir):
         return RetrievalPredictor.from_run(run_dir, backend=backend, fallback_domain=fallback_domain)
+    if is_export(run_dir):
+        if backend != "onnx":
+            raise ValueError(f"{str(run_dir)!r} is an export: serve it with backend 'onnx', or serve its run")
+        return Predictor.from_export(run_dir, fallback_domain=fallback_domain)
     return Predictor.from_run(run_dir, backend=backend, fallback_domain=fallback_domain)
+
+
+def is_export(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a ranking export (``polyrec export``) rather than a run directory."""
+    try:
+        manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("kind") == "ranking" and "artifact" in manifest
