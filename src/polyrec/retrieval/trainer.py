@@ -7,7 +7,9 @@ monitored metric and restores the best weights; :func:`evaluate_retrieval` score
 **Batches.** Every batch holds one domain's training positives (the ``domain_batched`` sampler, as STAR and
 ADI's Algorithm 1, which computes "the loss for all training data (X^(i), y^(i))" domain by domain): the
 in-batch negatives of a row are then items of its own domain, embedded for that domain like the positive,
-and ``log Q`` is the item's frequency among that domain's training positives.
+and ``log Q`` is the item's frequency among that domain's training positives. A domain's last batch of a
+single row is skipped (it has no in-batch negative); with batches of 1,024 that is at most one row per
+domain and epoch.
 
 **Loss.** Sampled softmax with log Q correction (:mod:`polyrec.retrieval.loss`, eq. 4-5) over the in-batch
 items, plus ``extra_negatives`` items drawn from the domain's corpus (uniformly or by frequency) when set.
