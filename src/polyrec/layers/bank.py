@@ -22,6 +22,8 @@ Layout: the members lead, ``[K, B, H]`` (what ``torch.bmm`` consumes); a gate's 
 - :func:`linear_init_`: ``nn.Linear``'s default initialisation U(±1/√fan_in), the one every bank uses.
 - :class:`LinearBank`: K linear layers, weight ``[K, D_in, D_out]`` and bias ``[K, D_out]``.
 - :class:`MLPBank`: K MLPs, a :class:`LinearBank` per layer.
+- :func:`mark_domain_bank` / :func:`domain_banks`: which parameters are indexed by domain (first dimension
+  D, or D·k), for the row-wise optimiser update (``train.bank_update: rowwise``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .domain import DomainSegments, segment_einsum, segment_linear
+from .domain import (  # noqa: F401  (the domain-bank marks, re-exported here with the banks)
+    DomainBank,
+    DomainSegments,
+    domain_banks,
+    mark_domain_bank,
+    segment_einsum,
+    segment_linear,
+    unmark_domain_bank,
+)
 from .mlp import activation as make_activation
 
 ORDERS = ("members", "rows")

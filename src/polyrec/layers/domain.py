@@ -227,6 +227,7 @@ class StarLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_dim))
         self.domain_weight = nn.Parameter(torch.ones(num_domains, in_dim, out_dim))
         self.domain_bias = nn.Parameter(torch.zeros(num_domains, out_dim))
+        mark_domain_bank(self, "domain_weight", "domain_bias")
         nn.init.kaiming_uniform_(self.weight.T, a=math.sqrt(5))  # nn.Linear's default, on [out, in]
 
     def combined(self, domains: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -283,3 +284,73 @@ class AuxiliaryDomainNetwork(nn.Module):
         if extra is not None:
             h = torch.cat([h, extra], dim=1)
         return self.mlp(h).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------- domain banks
+@dataclass(frozen=True)
+class DomainBank:
+    """How a parameter's first dimension maps to domains: rows ``(d - first) * per_domain ..`` and the next
+    ``per_domain - 1`` belong to domain d (``first``: the domain of row 0, for a bank holding only domains
+    ``first..``, such as a LoRA bank's staged rows)."""
+
+    per_domain: int = 1
+    first: int = 0
+
+    def rows(self, domains: Tensor, num_rows: int) -> Tensor:
+        """The row indices of ``domains`` (distinct domain indices; those outside the bank are dropped)."""
+        local = domains.to(torch.long) - self.first
+        local = local[(local >= 0) & (local < num_rows // self.per_domain)]
+        k = self.per_domain
+        if k == 1:
+            return local
+        return (local.unsqueeze(1) * k + torch.arange(k, device=local.device)).reshape(-1)
+
+
+def mark_domain_bank(module: nn.Module, *names: str, per_domain: int = 1, first: int = 0) -> nn.Module:
+    """Declare parameters ``names`` of ``module`` domain banks: their first dimension is the domain (or D·k
+    rows, k = ``per_domain`` per domain) and a row of domain d gets gradient only from rows of domain d.
+
+    The mark is a note on the module, by attribute name (it survives a parameter replaced under the same
+    name, copies and state-dict loads); parameters, their values and state-dict keys are unchanged. Without
+    ``names``, a :class:`~polyrec.layers.bank.LinearBank` marks its weight and bias, an :class:`~polyrec.layers.bank.MLPBank` every layer's. The
+    trainer's ``train.bank_update: rowwise`` updates only the present domains' rows of marked banks (see
+    :mod:`polyrec.training.rowwise`). Only banks used routed (each row through its own domain's members)
+    qualify: a bank run dense, every member on every row, gives absent members gradient. Returns ``module``.
+    """
+    if per_domain < 1 or first < 0:
+        raise ValueError(f"mark_domain_bank: per_domain must be >= 1 and first >= 0, got {per_domain}, {first}")
+    if not names:
+        from .bank import LinearBank, MLPBank  # bank.py imports this module
+
+        if isinstance(module, MLPBank):
+            for layer, _ in module._layers():
+                mark_domain_bank(layer, per_domain=per_domain, first=first)
+            return module
+        if isinstance(module, LinearBank):
+            names = ("weight", "bias")
+        else:
+            raise ValueError(f"mark_domain_bank: name the parameters of a {type(module).__name__}")
+    marks = module.__dict__.setdefault("_domain_banks", {})
+    for name in names:
+        if not isinstance(getattr(module, name, None), nn.Parameter):
+            raise ValueError(f"mark_domain_bank: {type(module).__name__} has no parameter {name!r}")
+        marks[name] = DomainBank(per_domain, first)
+    return module
+
+
+def unmark_domain_bank(module: nn.Module, *names: str) -> None:
+    """Drop the domain-bank marks of ``names`` (all of them without names)."""
+    marks = module.__dict__.get("_domain_banks", {})
+    for name in names or tuple(marks):
+        marks.pop(name, None)
+
+
+def domain_banks(model: nn.Module) -> dict[nn.Parameter, DomainBank]:
+    """Every marked domain bank of ``model`` (see :func:`mark_domain_bank`), parameter -> :class:`DomainBank`."""
+    out: dict[nn.Parameter, DomainBank] = {}
+    for module in model.modules():
+        for name, bank in module.__dict__.get("_domain_banks", {}).items():
+            p = getattr(module, name, None)
+            if isinstance(p, nn.Parameter):
+                out[p] = bank
+    return out

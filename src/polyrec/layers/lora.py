@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .domain import DomainSegments, StarLinear, segment_linear
+from .domain import DomainSegments, StarLinear, mark_domain_bank, segment_linear, unmark_domain_bank
 
 #: Up to this many domains present in a batch, adapters run one matmul pair per present domain; beyond it,
 #: every row gathers its own matrices (batched matmul).
@@ -198,6 +198,10 @@ class LoRABank(nn.Module):
         self.A_new: nn.Parameter | None = None
         self.B_new: nn.Parameter | None = None
         self.bias_new: nn.Parameter | None = None
+        mark_domain_bank(self, *self._banks())
+
+    def _banks(self, suffix: str = "") -> tuple[str, ...]:
+        return tuple(n + suffix for n in ("A", "B", "bias") if getattr(self, n) is not None)
 
     def _init_a(self, n: int, like: Tensor | None = None) -> Tensor:
         scale = 1.0 / math.sqrt(self.in_dim)
@@ -300,6 +304,7 @@ class LoRABank(nn.Module):
             new = nn.Parameter(full[first:].clone())
             setattr(self, f"{name}_new", new)
             staged.append(new)
+        mark_domain_bank(self, *self._banks("_new"), first=first)
         return staged
 
     @torch.no_grad()
@@ -307,6 +312,7 @@ class LoRABank(nn.Module):
         """Join staged rows back into single banks (all rows trainable again)."""
         if self.A_new is None:
             return
+        unmark_domain_bank(self, *self._banks("_new"))
         for name in ("A", "B", "bias"):
             full, new = getattr(self, name), getattr(self, f"{name}_new")
             if full is None:
@@ -411,6 +417,7 @@ class LoRAStarLinear(StarLinear):
         self.in_dim, self.out_dim, self.num_domains = base.in_dim, base.out_dim, base.num_domains
         self.weight, self.bias = base.weight, base.bias
         self.domain_weight, self.domain_bias = base.domain_weight, base.domain_bias
+        mark_domain_bank(self, "domain_weight", "domain_bias")
         self.lora = LoRABank(base.in_dim, base.out_dim, rank, num_domains, domain_bias, a_init)
         self.lora.to(device=base.weight.device, dtype=base.weight.dtype)
         self.state = state

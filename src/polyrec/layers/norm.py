@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .domain import mark_domain_bank
+
 
 class PartitionedNorm(nn.Module):
     """Partitioned Normalization (STAR, Sheng et al., CIKM 2021, eq. 3-4).
@@ -53,6 +55,7 @@ class PartitionedNorm(nn.Module):
             self.register_buffer("beta", torch.zeros(num_features))
         self.domain_gamma = nn.Parameter(torch.ones(num_domains, num_features))
         self.domain_beta = nn.Parameter(torch.zeros(num_domains, num_features))
+        mark_domain_bank(self, "domain_gamma", "domain_beta")
         self.register_buffer("running_mean", torch.zeros(num_domains, num_features))
         self.register_buffer("running_var", torch.ones(num_domains, num_features))
         self.register_buffer("num_batches_tracked", torch.zeros(num_domains, dtype=torch.long))

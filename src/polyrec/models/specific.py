@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..data.batch import Batch
-from ..layers.bank import MLPBank
+from ..layers.bank import MLPBank, mark_domain_bank
 from ..layers.domain import DomainSegments
 from .base import Model, ModelOutput
 
@@ -83,6 +83,8 @@ class DomainSpecificModel(Model):
         self.specific = nn.ParameterDict(
             {_key(n): nn.Parameter(p.detach().new_zeros((D, *p.shape)), requires_grad=False) for n, p in named}
         )
+        # θ^d is a domain bank (its rows are written by the strategies, not by an optimiser).
+        mark_domain_bank(self.specific, *self.specific.keys())
         self.use_specific = True
         self.register_load_state_dict_pre_hook(_load_legacy_offsets)
 

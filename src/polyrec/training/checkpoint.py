@@ -61,11 +61,13 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, where: str) -> None:
     for group in optimizer.param_groups:
         for p in group["params"]:
             for name, value in optimizer.state.get(p, {}).items():
-                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                # A domain bank's step counts (train.bank_update: rowwise) are per row, [rows].
+                shape = p.shape[:1] if name == "step" else p.shape
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != shape:
                     raise CheckpointError(
                         f"the optimiser state of the checkpoint under {where!r} does not fit the model's parameters "
                         f"(its {name!r} of shape {list(value.shape)} is paired with a parameter of shape "
-                        f"{list(p.shape)}): it was written by a polyrec whose model listed its parameters in "
+                        f"{list(shape)}): it was written by a polyrec whose model listed its parameters in "
                         "another order; resume with the polyrec that wrote it, or start afresh"
                     )
 

@@ -43,6 +43,7 @@ from ..models.base import Model
 from ..safeio import atomic_write_text
 from .calibration import recompute_norm_statistics  # re-exported: the trainer's per-epoch pass
 from .checkpoint import CheckpointError, check_optimizer_state, load_latest_checkpoint, save_checkpoint
+from .rowwise import BANK_UPDATES, ROWWISE_OPTIMIZERS
 from .scoring import score_rows
 from .strategies import Strategy, TrainContext, create_strategy, strategy_options
 from .task import LOSS, BinaryTask
@@ -100,6 +101,12 @@ class TrainConfig:
         precise_norm_stats: after every epoch, set the per-domain statistics of normalisation layers
             (STAR's Partitioned Normalization) to their exact values over the training rows under the
             current weights, instead of the moving averages (see :func:`recompute_norm_statistics`).
+        bank_update: how the optimiser updates the domain banks (parameters indexed by domain, such as
+            STAR's domain weights, MLoRA's A/B, per-domain towers and gates; see
+            :func:`polyrec.layers.bank.mark_domain_bank`): ``dense`` (every row, as any parameter; absent
+            domains' rows move through Adam's moments) or ``rowwise`` (only the rows of the domains present in
+            the step, with their moments and a per-row step count: lazy Adam / AdamW; absent domains' rows
+            stay unchanged; :mod:`polyrec.training.rowwise`). ``rowwise`` needs ``adam`` or ``adamw``.
         flush_denormal: treat subnormal floats as zero on the CPU (process-wide). Adam's moments of
             embedding rows that a batch does not touch decay geometrically into the subnormal range after
             a few epochs, where x86 arithmetic is tens of times slower; measured on ml1m-age3, MLP fell from
@@ -124,8 +131,16 @@ class TrainConfig:
     device: str = param("cpu", rule=_device_rule)
     precise_norm_stats: bool = True
     flush_denormal: bool = True
+    bank_update: str = param("dense", choices=BANK_UPDATES)
 
     def __post_init__(self) -> None:
+        if self.bank_update == "rowwise" and self.optimizer not in ROWWISE_OPTIMIZERS:
+            raise field_error(
+                "bank_update",
+                self.bank_update,
+                f"the row-wise update is lazy Adam and needs train.optimizer {' or '.join(ROWWISE_OPTIMIZERS)}, "
+                f"not {self.optimizer!r}; set train.bank_update: dense",
+            )
         try:  # the strategy's name and options are checked here, where the config is read
             options = strategy_options(self.strategy, self.strategy_options)
         except KeyError as e:
@@ -453,6 +468,7 @@ class Trainer:
             seed=cfg.seed,
             device=self.device,
             grad_clip=cfg.grad_clip,
+            bank_update=cfg.bank_update,
         )
         bar = None
         if self.progress:
@@ -601,7 +617,10 @@ class Trainer:
 #: for more epochs) and the evaluation batch size. Any other difference from the checkpoint's config is
 #: refused. (``polyrec train --out DIR`` is stricter: it resumes only under the identical config.)
 NEUTRAL_TRAIN_KEYS = ("num_threads", "max_epochs", "patience", "eval_batch_size")
+#: Training settings added after checkpoints were written without them, with the value those runs used.
+LEGACY_TRAIN_VALUES = {"bank_update": "dense"}
 
 
 def _neutral(train: dict) -> dict:
+    train = {**LEGACY_TRAIN_VALUES, **train}
     return {k: v for k, v in train.items() if k not in NEUTRAL_TRAIN_KEYS}

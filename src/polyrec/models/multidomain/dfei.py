@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from ...config import param
 from ...data.batch import Batch
-from ...layers.bank import MLPBank
+from ...layers.bank import MLPBank, mark_domain_bank
 from ...layers.domain import DomainSegments
 from ...layers.mlp import MLP
 from .._registry import register_model
@@ -111,6 +111,7 @@ class DFEIModel(Model):
         in_dim = self._build_embeddings()
         self.shared_tower = MLP(in_dim, config.shared_units, config.activation, config.dropout)
         self.domain_towers = MLPBank(in_dim, config.domain_units, D, config.activation, config.dropout)
+        mark_domain_bank(self.domain_towers)  # routed
         feat = config.domain_units[-1]
         self.h1 = nn.Linear(feat, k)  # values
         self.h2 = nn.Linear(in_dim, k)  # query
@@ -118,6 +119,7 @@ class DFEIModel(Model):
         head_in = config.shared_units[-1] + 2 * feat + k
         if config.domain_head:
             self.head = MLPBank(head_in, config.head_units, D, config.activation, config.dropout, output_dim=1)
+            mark_domain_bank(self.head)  # routed
         else:
             self.head = MLP(head_in, config.head_units, config.activation, config.dropout, output_dim=1)
         self._build_aux()

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ...config import param
 from ...data.batch import Batch
-from ...layers.bank import LinearBank
+from ...layers.bank import LinearBank, mark_domain_bank
 from ...layers.domain import DomainSegments, segment_einsum
 from ...layers.mlp import MLP
 from ...layers.mlp import activation as make_activation
@@ -94,6 +94,7 @@ class HyperAdapterBank(nn.Module):
         self.b2 = nn.Parameter(torch.zeros(D, dim))
         self.norm_scale = nn.Parameter(torch.ones(D, dim))
         self.norm_shift = nn.Parameter(torch.zeros(D, dim))
+        mark_domain_bank(self, "u1", "v1", "u2", "v2", "b1", "b2", "norm_scale", "norm_shift")
 
     def _project(self, x: Tensor, u: Tensor, v: Tensor, hyper: Tensor, seg: DomainSegments) -> Tensor:
         # x W = ((x U_d) H(x)) V_d, without forming the per-row [m, m'] matrix.
@@ -137,6 +138,8 @@ class HamurModel(Model):
         self.layers = nn.ModuleList(LinearBank(a, b, D) for a, b in zip(sizes[:-1], sizes[1:]))
         self.adapters = nn.ModuleList(HyperAdapterBank(m, config.adapter_dim, k, D) for m in config.hidden_units)
         self.out = LinearBank(sizes[-1], 1, D)
+        for bank in (*self.layers, self.out):  # routed: a row through its own domain's layers
+            mark_domain_bank(bank)
         self.act = make_activation(config.activation)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self._build_aux()

@@ -36,7 +36,7 @@ from torch import nn
 
 from ...config import param
 from ...data.batch import Batch
-from ...layers.bank import LinearBank, MLPBank
+from ...layers.bank import LinearBank, MLPBank, mark_domain_bank
 from ...layers.mlp import MLP
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, finite_number, layer_sizes
@@ -100,6 +100,9 @@ class M3oEModel(Model):
         self.task_weight = nn.Parameter(torch.tensor(float(config.task_weight)))
         self.balance = nn.Parameter(torch.tensor(float(config.balance))) if D > 1 else None
         self.towers = MLPBank(config.expert_units[-1], config.tower_units, D, act, drop, output_dim=1)
+        # Routed (the domain experts are not: the domain balance runs every one on every row).
+        mark_domain_bank(self.gates)
+        mark_domain_bank(self.towers)
         self._build_aux()
 
     def forward(self, batch: Batch) -> ModelOutput:

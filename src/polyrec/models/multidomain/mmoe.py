@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ...config import param
 from ...data.batch import Batch
-from ...layers.bank import MLPBank
+from ...layers.bank import MLPBank, mark_domain_bank
 from ...layers.experts import DomainGate, mix_experts
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, layer_sizes
@@ -68,6 +68,8 @@ class MMoEModel(Model):
         self.towers = MLPBank(
             config.expert_units[-1], config.tower_units, D, config.activation, config.dropout, output_dim=1
         )
+        mark_domain_bank(self.towers)  # routed, as the gates
+        mark_domain_bank(self.gates.linear)
         self._build_aux()
 
     def forward(self, batch: Batch) -> ModelOutput:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ...config import param
 from ...data.batch import Batch
-from ...layers.bank import MLPBank
+from ...layers.bank import MLPBank, mark_domain_bank
 from ...layers.domain import DomainSegments
 from ...layers.experts import grad_reverse
 from ...layers.mlp import MLP
@@ -86,6 +86,7 @@ class MuLANNModel(Model):
         feat_dim = self.extractor.output_dim
         if config.domain_heads:
             self.heads = MLPBank(feat_dim, config.tower_units, D, config.activation, config.dropout, output_dim=1)
+            mark_domain_bank(self.heads)  # routed
         else:
             self.heads = MLP(feat_dim, config.tower_units, config.activation, config.dropout, output_dim=1)
         self.discriminator = MLP(feat_dim, config.discriminator_units, config.activation, config.dropout, output_dim=D)

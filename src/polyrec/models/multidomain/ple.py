@@ -31,7 +31,7 @@ from torch import nn
 
 from ...config import field_error, param
 from ...data.batch import Batch
-from ...layers.bank import MLPBank
+from ...layers.bank import MLPBank, mark_domain_bank
 from ...layers.experts import ExtractionLayer
 from .._registry import register_model
 from ..base import Model, ModelConfig, ModelOutput, layer_sizes
@@ -103,6 +103,7 @@ class PLEModel(Model):
         self.towers = MLPBank(
             config.expert_units[-1], config.tower_units, D, config.activation, config.dropout, output_dim=1
         )
+        mark_domain_bank(self.towers)  # routed: a row through its own domain's tower
         self._build_aux()
 
     def forward(self, batch: Batch) -> ModelOutput:

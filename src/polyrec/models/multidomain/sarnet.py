@@ -37,7 +37,7 @@ from torch import nn
 
 from ...config import field_error, param
 from ...data.batch import Batch
-from ...layers.bank import LinearBank, MLPBank
+from ...layers.bank import LinearBank, MLPBank, mark_domain_bank
 from ...layers.domain import DomainSegments
 from ...layers.mlp import MLP
 from .._registry import register_model
@@ -106,6 +106,9 @@ class SarNetModel(Model):
         # Scenario d's K experts are members d*K .. d*K + K - 1.
         self.specific = MLPBank(in_dim, (config.expert_dim,), D * K, act, drop, order="rows") if K else None
         self.gate = LinearBank(in_dim, config.shared_experts + config.specific_experts, D)
+        mark_domain_bank(self.gate)  # routed, as the scenario experts
+        if self.specific is not None:
+            mark_domain_bank(self.specific, per_domain=K)
         self.tower = MLP(config.expert_dim, config.tower_units, config.activation, config.dropout, output_dim=1)
         self._build_aux()
 

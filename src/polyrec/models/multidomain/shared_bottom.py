@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...data.batch import Batch
-from ...layers.bank import MLPBank
+from ...layers.bank import MLPBank, mark_domain_bank
 from ...layers.domain import DomainSegments
 from ...layers.mlp import optional_mlp
 from .._registry import register_model
@@ -61,6 +61,7 @@ class SharedBottomModel(Model):
         self.towers = MLPBank(
             bottom_dim, config.tower_units, schema.num_domains, config.activation, config.dropout, output_dim=1
         )
+        mark_domain_bank(self.towers)  # routed: a row through its own domain's tower
         self._build_aux()
 
     def forward(self, batch: Batch) -> ModelOutput:

@@ -21,7 +21,9 @@ from ...config import from_dict, param, to_dict, validate
 from ...data.batch import Batch
 from ...data.dataset import EncodedDataset
 from ...data.samplers import epoch_batches, stream_generator
+from ...layers.bank import domain_banks
 from ...registry import Registry
+from ..rowwise import rowwise_step
 from ..task import Task
 
 
@@ -52,6 +54,9 @@ class TrainContext:
             run sees the same batches.
         device: where batches are moved.
         grad_clip: global gradient-norm clipping in :meth:`apply_gradients` (0: none).
+        bank_update: ``dense`` (the optimiser steps every parameter) or ``rowwise`` (``train.bank_update``:
+            the domain banks' rows of the domains a step saw are updated, the others left as they are; see
+            :mod:`polyrec.training.rowwise`).
         samples_seen: rows stepped on so far (:meth:`step` counts them; a strategy that steps by hand adds
             its own).
         on_step: called with each step's losses (the Trainer's progress bar).
@@ -88,6 +93,7 @@ class TrainContext:
     seed: int
     device: torch.device
     grad_clip: float = 0.0
+    bank_update: str = "dense"
     samples_seen: int = 0
     on_step: Callable[[dict[str, float]], None] | None = None
     _by_domain: tuple[Tensor, dict[int, Tensor]] | None = field(default=None, init=False, repr=False)
@@ -172,13 +178,19 @@ class TrainContext:
         self.model.zero_grad(set_to_none=True)
         (optimizer or self.optimizer).zero_grad(set_to_none=True)
 
-    def apply_gradients(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def apply_gradients(
+        self, optimizer: torch.optim.Optimizer | None = None, domains: Tensor | Iterable[int] | None = None
+    ) -> None:
         """Clip and step: the gradients of model parameters that ``optimizer`` (default :attr:`optimizer`)
         does not update are dropped, the rest clipped to :attr:`grad_clip` (global norm, if set) and applied.
 
         Only what the step updates counts in the clipping norm; a parameter the backward pass reached but
         the optimiser does not hold (a shared embedding table while domain-specific parameters train)
         neither scales the update down nor keeps a gradient after the step.
+
+        ``domains``: the domains of the rows whose gradient is applied (a batch's ``domain``, or domain
+        indices). With :attr:`bank_update` ``rowwise`` only those domains' rows of the domain banks are
+        updated; None counts every domain as present. Ignored by the dense update.
         """
         opt = optimizer or self.optimizer
         held = {id(p) for group in opt.param_groups for p in group["params"]}
@@ -190,7 +202,10 @@ class TrainContext:
                 p.grad = None
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(updated, self.grad_clip)
-        opt.step()
+        if self.bank_update == "rowwise":
+            rowwise_step(opt, domain_banks(self.model), domains)
+        else:
+            opt.step()
 
     def step(self, batch: Batch, optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
         """One standard step: forward, loss, backward, optional clipping, optimiser step (with ``optimizer``,
@@ -198,7 +213,7 @@ class TrainContext:
         self.zero_grad(optimizer)
         losses = self.compute_loss(batch)
         losses["loss"].backward()
-        self.apply_gradients(optimizer)
+        self.apply_gradients(optimizer, batch.domain)
         self.samples_seen += len(batch)
         stats = {k: float(v.detach()) for k, v in losses.items()}
         if self.on_step is not None:

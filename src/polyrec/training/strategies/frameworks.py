@@ -199,7 +199,7 @@ class WeightedLoss(_RoundStrategy):
         objective = sum(torch.exp(-s[d]) * loss + s[d] for d, loss in losses.items())
         ctx.zero_grad()
         objective.backward()
-        ctx.apply_gradients()
+        ctx.apply_gradients(domains=list(batches))
         return {
             LOSS: sum(float(v.detach()) for v in losses.values()) / len(losses),
             "objective": float(objective.detach()),
@@ -273,7 +273,7 @@ class PCGrad(_RoundStrategy):
         ctx.zero_grad()
         for p, gp in zip(params.values(), update.split([p.numel() for p in params.values()])):
             p.grad = gp.view_as(p).clone()
-        ctx.apply_gradients()
+        ctx.apply_gradients(domains=list(batches))
         n = len(grads)
         dots = grads @ grads.T
         conflicts = int((dots.triu(1) < 0).sum())
@@ -332,7 +332,7 @@ class MAML(_RoundStrategy):
             q = _loss(ctx, query, fast)
             (q / len(batches)).backward()  # per domain, so only one domain's graph is alive at a time
             query_losses.append(float(q.detach()))
-        ctx.apply_gradients()
+        ctx.apply_gradients(domains=list(batches))
         stats = {LOSS: sum(query_losses) / len(query_losses)}
         if support_losses:
             stats["support_loss"] = sum(support_losses) / len(support_losses)
@@ -477,5 +477,5 @@ class MLDG(_RoundStrategy):
         total = f + cfg.beta * g_loss
         ctx.zero_grad()
         total.backward()
-        ctx.apply_gradients()
+        ctx.apply_gradients(domains=list(batches))
         return {LOSS: float(total.detach()), "meta_train": float(f.detach()), "meta_test": float(g_loss.detach())}

@@ -1,0 +1,128 @@
+"""Row-wise optimiser steps for domain banks (``train.bank_update: rowwise``).
+
+A domain bank (:func:`polyrec.layers.bank.mark_domain_bank`: STAR's domain weights, MLoRA's A/B, routed
+per-domain towers and gates, Partitioned Normalization's per-domain affine) holds one row, or k rows, per
+domain. A step on a batch of a few domains gives the other rows no gradient, but a dense ``Adam`` still
+moves them through their moments. :func:`rowwise_step` steps the optimiser on every other parameter as
+usual and, for the banks, gathers the rows of the domains present, updates them and their moments
+(``exp_avg``, ``exp_avg_sq``) with Adam's or AdamW's rule, and writes them back: the rows of absent domains,
+and their moments, stay bit-unchanged. Each row keeps its own step count (``row_step`` in the optimiser
+state, shape ``[rows]``) for the bias corrections: lazy Adam. With every domain present at every step it is
+dense Adam (equal up to rounding).
+
+Weight decay: AdamW's decoupled decay, and Adam's L2 term, act on the present rows only.
+
+The gradient is the dense one back-propagation computes (zero on absent rows); only the present rows of it
+are read. Clipping sees it whole, so ``train.grad_clip`` measures the same norm as the dense path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from ..layers.bank import DomainBank
+
+#: The values of ``train.bank_update``.
+BANK_UPDATES = ("dense", "rowwise")
+#: The optimisers (``train.optimizer``) a row-wise update supports.
+ROWWISE_OPTIMIZERS = ("adam", "adamw")
+#: The optimiser-state key of a bank's per-row step counts (Adam's own key, which its loading code requires).
+ROW_STEP = "step"
+
+
+def _present(domains: Tensor | Iterable[int], device: torch.device) -> Tensor:
+    if not isinstance(domains, Tensor):
+        domains = torch.tensor(sorted(set(int(d) for d in domains)), dtype=torch.long)
+    return torch.unique(domains.to(device=device, dtype=torch.long))
+
+
+def _hyper(optimizer: torch.optim.Optimizer, group: dict) -> tuple[float, float, float, float, float, bool]:
+    if not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+        raise TypeError(
+            f"a row-wise bank update needs an Adam or AdamW optimiser, got {type(optimizer).__name__} "
+            "(set train.bank_update: dense)"
+        )
+    for flag in ("amsgrad", "maximize", "capturable", "differentiable", "fused"):
+        if group.get(flag):
+            raise ValueError(f"a row-wise bank update does not support the optimiser option {flag}=True")
+    lr = group["lr"]
+    lr = float(lr) if not isinstance(lr, Tensor) else float(lr.item())
+    beta1, beta2 = group["betas"]
+    decoupled = bool(group.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW)))
+    return lr, float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]), decoupled
+
+
+@torch.no_grad()
+def _update_rows(p: Tensor, grad: Tensor, state: dict, rows: Tensor, hyper: tuple) -> None:
+    """Lazy Adam / AdamW on ``rows`` of ``p`` (the rule of ``torch.optim.Adam``'s single-tensor step, with a
+    step count per row)."""
+    lr, beta1, beta2, eps, weight_decay, decoupled = hyper
+    if not state:
+        state[ROW_STEP] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    if rows.numel() == 0:
+        return
+    param = p.index_select(0, rows)
+    g = grad.index_select(0, rows)
+    exp_avg = state["exp_avg"].index_select(0, rows)
+    exp_avg_sq = state["exp_avg_sq"].index_select(0, rows)
+    step = state[ROW_STEP].index_select(0, rows) + 1
+    if weight_decay != 0:
+        if decoupled:
+            param.mul_(1 - lr * weight_decay)
+        else:
+            g = g.add(param, alpha=weight_decay)
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    t = step.to(torch.float64)
+    shape = (-1,) + (1,) * (p.dim() - 1)
+    step_size = (lr / (1 - beta1**t)).to(p.dtype).view(shape)
+    bias_correction2_sqrt = (1 - beta2**t).sqrt().to(p.dtype).view(shape)
+    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    param.add_(exp_avg.mul(-step_size) / denom)
+    p.index_copy_(0, rows, param)
+    state["exp_avg"].index_copy_(0, rows, exp_avg)
+    state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+    state[ROW_STEP].index_copy_(0, rows, step)
+
+
+def rowwise_step(
+    optimizer: torch.optim.Optimizer,
+    banks: dict[nn.Parameter, DomainBank],
+    domains: Tensor | Iterable[int] | None,
+) -> None:
+    """One step of ``optimizer`` with the domain ``banks`` among its parameters updated row-wise.
+
+    Every parameter that is not a bank (or that has no gradient) steps through ``optimizer`` itself; the
+    banks' rows of ``domains`` (the domains of the rows whose gradient this step applies) are updated by
+    lazy Adam / AdamW with the group's hyper-parameters, their other rows left as they are. ``domains`` None
+    treats every domain as present (every row updated: dense Adam).
+    """
+    held: list[tuple[nn.Parameter, Tensor, dict]] = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None or p not in banks:
+                continue
+            held.append((p, p.grad, group))
+            p.grad = None  # torch's Adam skips a parameter without a gradient
+    try:
+        optimizer.step()
+    finally:
+        for p, grad, _ in held:
+            p.grad = grad
+    present: dict[torch.device, Tensor] = {}
+    for p, grad, group in held:
+        if grad.is_sparse:
+            raise ValueError("a row-wise bank update needs dense gradients")
+        bank = banks[p]
+        if domains is None:
+            rows = torch.arange(p.shape[0], device=p.device)
+        else:
+            if p.device not in present:
+                present[p.device] = _present(domains, p.device)
+            rows = bank.rows(present[p.device], p.shape[0])
+        _update_rows(p, grad, optimizer.state[p], rows, _hyper(optimizer, group))
