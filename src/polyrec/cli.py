@@ -182,10 +182,11 @@ def presets() -> None:
     from .data.protocols import list_presets, preset
     from .retrieval.presets import list_retrieval_presets, retrieval_preset
 
-    for name in list_presets():
-        typer.echo(f"{name:14s} {preset(name)['description']}")
-    for name in list_retrieval_presets():
-        typer.echo(f"{name:14s} {retrieval_preset(name)['description']}")
+    rows = [(n, preset(n)["description"]) for n in list_presets()]
+    rows += [(n, retrieval_preset(n)["description"]) for n in list_retrieval_presets()]
+    width = max(len(n) for n, _ in rows)
+    for name, description in rows:
+        typer.echo(f"{name:{width}s}  {description}")
 
 
 @_command()
