@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from polyrec.experiment import cpu_model
 from polyrec.models import create_model
 from polyrec.models.retrieval.base import RetrievalSchema
 from polyrec.retrieval.data import build_retrieval_data, retrieval_config
@@ -49,16 +50,6 @@ MODELS = (
     "adi_se_max",
     "adi[fusion=network_mul]",
 )
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def time_training(data, spec: str, steps: int, warmup: int) -> dict:
@@ -156,7 +147,7 @@ def main() -> None:
     for row in indexes:
         print(row)
     env = {
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "threads": 1,
         "torch": torch.__version__,
         "faiss": faiss.__version__,

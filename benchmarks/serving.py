@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from polyrec.experiment import cpu_model
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results"
 PRESET, MODEL = "ml1m-age3", "star"
@@ -415,16 +417,6 @@ def measure(server: Server, bodies: list[bytes], args: argparse.Namespace) -> di
 
 
 # ----------------------------------------------------------------------------------------------- the machine
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def versions() -> dict[str, str]:

@@ -188,13 +188,14 @@ def _versions() -> dict[str, str]:
     import numpy
 
     from .. import __version__
+    from ..experiment import cpu_model
 
     return {
         "polyrec": __version__,
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "threads": str(torch.get_num_threads()),
     }
 
