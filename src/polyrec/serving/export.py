@@ -283,6 +283,10 @@ def _onnx_runner(path: Path, names: list[str]):
     ort = _require("onnxruntime", "running an ONNX export")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # As many threads as torch uses in this process (a server sets 1): ONNX Runtime's default pool takes
+    # every core and spins, which doubled a one-core server's CPU time in benchmarks/serving.py.
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(inputs: tuple[Tensor, ...] | Mapping[str, Any]) -> np.ndarray:
