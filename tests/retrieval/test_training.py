@@ -212,6 +212,16 @@ def test_run_directory_round_trip_reuse_and_refusals(ml, data, tmp_path) -> None
         retrieve(out, "x", "5", data=data)
     with pytest.raises(KeyError, match="unknown user '99999'"):
         retrieve(out, "1", "99999", data=data)
+    # --overwrite removes what polyrec wrote, and only that
+    (out / "notes.txt").write_text("mine")
+    run_retrieval(cfg, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "index").exists()
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "results.json").write_text('{"not": "a list"}')
+    from polyrec.retrieval.benchmark import run_retrieval_benchmark
+
+    with pytest.raises(ValueError, match="is not a list of retrieval run records"):
+        run_retrieval_benchmark("ml1m-age3-retrieval", ["dnn"], 1, tmp_path / "bench", small)
     # a damaged file is refused before it is read
     weights = out / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)

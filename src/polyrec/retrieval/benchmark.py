@@ -66,6 +66,8 @@ def run_retrieval_benchmark(
     runs: list[dict[str, Any]] = []
     if out is not None and (out / "results.json").exists():
         runs = read_json(out / "results.json", "benchmark results")
+        if not isinstance(runs, list) or not all(isinstance(r, dict) and {"spec", "seed"} <= set(r) for r in runs):
+            raise ValueError(f"{str(out / 'results.json')!r} is not a list of retrieval run records; use another --out")
     done = {(r["spec"], r["seed"]): r for r in runs}
     todo = []
     for seed in seeds:  # seed by seed: an interrupted benchmark holds every model at its first seeds

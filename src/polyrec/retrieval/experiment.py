@@ -239,7 +239,7 @@ def run_retrieval(
     config = cfg.to_dict()
     if out is not None and out.exists() and any(out.iterdir()):
         if overwrite:
-            shutil.rmtree(out)
+            clear_run(out)
         elif (out / "result.json").exists():
             read_run(out)
             old = read_json(out / "config.json", "run config")
@@ -313,6 +313,15 @@ def run_retrieval(
         write_json(out / "result.json", record)
         _write_manifest(out)
     return record
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove what polyrec writes into a retrieval run directory (its files, ``manifest.json``, ``index/``),
+    and nothing else: ``--overwrite`` on a folder that also holds the user's own files leaves them."""
+    for name in (*RUN_FILES, "manifest.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    if (run_dir / "index").is_dir():
+        shutil.rmtree(run_dir / "index")
 
 
 def load_run(run_dir: str | Path) -> tuple[Any, RetrievalExperimentConfig, dict[str, Any]]:

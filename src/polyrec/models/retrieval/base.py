@@ -241,14 +241,18 @@ class RetrievalModel(nn.Module):
                 f"{list(self.schema.domains)}"
             )
 
+    def _check_side(self, side: UserInputs | ItemInputs, fields: tuple[tuple[str, int], ...], what: str) -> None:
+        """``side.sparse`` holds one column per field of the schema and ``side.domain`` known domains."""
+        if side.sparse.dim() != 2 or side.sparse.shape[1] != len(fields):
+            raise ValueError(
+                f"{what}.sparse has shape {tuple(side.sparse.shape)}; the model's schema has "
+                f"{len(fields)} {what} fields {[n for n, _ in fields]}"
+            )
+        self._check_domain(side.domain, what)
+
     def user_fields(self, user: UserInputs) -> Tensor:
         """The user tower's input fields ``[B, F_u + 2, E]``: user fields, pooled history, domain."""
-        if user.sparse.dim() != 2 or user.sparse.shape[1] != len(self.schema.user_fields):
-            raise ValueError(
-                f"user.sparse has shape {tuple(user.sparse.shape)}; the model's schema has "
-                f"{len(self.schema.user_fields)} user fields {[n for n, _ in self.schema.user_fields]}"
-            )
-        self._check_domain(user.domain, "user")
+        self._check_side(user, self.schema.user_fields, "user")
         d = user.domain
         fields = self.user_emb(user.sparse, d)
         present = user.history > 0
@@ -258,12 +262,7 @@ class RetrievalModel(nn.Module):
 
     def item_fields(self, item: ItemInputs) -> Tensor:
         """The item tower's input fields ``[B, F_i + 2, E]``: item fields, pooled multi-valued field, domain."""
-        if item.sparse.dim() != 2 or item.sparse.shape[1] != len(self.schema.item_fields):
-            raise ValueError(
-                f"item.sparse has shape {tuple(item.sparse.shape)}; the model's schema has "
-                f"{len(self.schema.item_fields)} item fields {[n for n, _ in self.schema.item_fields]}"
-            )
-        self._check_domain(item.domain, "item")
+        self._check_side(item, self.schema.item_fields, "item")
         d = item.domain
         fields = self.item_emb(item.sparse, d)
         multi = masked_mean(self.multi_emb.lookup(0, item.multi, d), item.multi > 0)
