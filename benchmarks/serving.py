@@ -155,10 +155,19 @@ def build_requests(run: Path, candidates: int, distinct: int, seed: int = 0) -> 
         "model": predictor.model_name,
         "domains": list(names),
         "distinct_requests": distinct,
+        "inline_max_candidates": _serve_default("inline_max_candidates"),
         "mean_body_bytes": round(sum(map(len, bodies)) / len(bodies)),
         "seed": seed,
     }
     return bodies, info
+
+
+def _serve_default(name: str) -> Any:
+    import inspect
+
+    from polyrec.serving.server import serve
+
+    return inspect.signature(serve).parameters[name].default
 
 
 # ----------------------------------------------------------------------------------------------- the server
@@ -491,6 +500,10 @@ def markdown(res: dict[str, Any]) -> str:
         f"({', '.join(load['candidate_columns'])}) from real rows of {load['source']}; {load['distinct_requests']} "
         f"distinct requests sent in turn (mean body {load['mean_body_bytes']:,} bytes). Latency: client-side, "
         "per request, from sending it to having read the whole answer.",
+        "",
+        "Server: `serve()`'s defaults; a request of at most "
+        f"{load.get('inline_max_candidates', '?')} candidates is scored on the event loop, without a worker "
+        "thread (`inline_max_candidates`).",
         "",
         f"Target: p99 <= {t['p99_ms']:g} ms and >= {t['candidates_per_s']:,} candidates/s on one core, no failures.",
         "",

@@ -327,7 +327,12 @@ def serve_cmd(
     workers: int = typer.Option(1, help="server processes (each loads the run and keeps its own metrics)"),
     fallback_domain: str | None = typer.Option(None, help="score unknown domains as this one (default: a 422)"),
     max_candidates: int = typer.Option(1000, help="candidates per /v1/rank request at most"),
-    timeout: float = typer.Option(1.0, help="seconds a request may take before it is answered 503"),
+    timeout: float = typer.Option(
+        1.0, help="seconds a request scored in a worker thread may take before it is answered 503"
+    ),
+    inline_max_candidates: int = typer.Option(
+        256, help="rank requests of at most this many candidates are scored on the event loop (0: all in threads)"
+    ),
     no_reload: bool = typer.Option(False, "--no-reload", help="no POST /admin/reload (SIGHUP still reloads)"),
 ) -> None:
     """Serve a run over HTTP: POST /v1/rank, POST /v1/retrieve, GET /healthz, /readyz, /metrics."""
@@ -344,6 +349,7 @@ def serve_cmd(
             max_candidates=max_candidates,
             timeout_s=timeout,
             allow_reload=not no_reload,
+            inline_max_candidates=inline_max_candidates,
         )
     except NotImplementedError as exc:
         _fail(exc)

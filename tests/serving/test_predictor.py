@@ -174,6 +174,47 @@ def test_rank_merges_user_and_context_into_each_candidate(predictor) -> None:
     assert (e.value.field, e.value.kind) == ("candidates[1].dense_0", "missing_feature")
 
 
+def _same_batch(a, b) -> None:
+    assert torch.equal(a.sparse, b.sparse) and torch.equal(a.dense, b.dense) and torch.equal(a.domain, b.domain)
+    assert a.multi.keys() == b.multi.keys() and all(torch.equal(a.multi[k], b.multi[k]) for k in a.multi)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dict_rows_are_encoded_as_training_encodes_a_frame(predictor, seed) -> None:
+    """Rows given as dicts (encoded value by value) and as a DataFrame (training's encode_rows) give the same
+    batch and OOV counts: seen and unseen ids, ids as ints, digit strings and integral floats, multi-valued
+    cells with empty and unseen ids and longer than the padded length, dense values of any size."""
+    rng = np.random.default_rng(seed)
+    vocab = predictor.processing.vocabularies
+    width = predictor.processing.max_lens["tags"]
+    tags = [*vocab["tags"].tokens, "never", "x-y"]
+    n = int(rng.integers(1, 40))
+    as_int = bool(rng.integers(2))
+    users = [int(u) if as_int else str(u) for u in rng.integers(0, 120, n)]  # 80 users: some unseen
+    items = [float(i) for i in rng.integers(0, 90, n)]  # integral floats: read as the int's id
+    cells = ["|".join(str(t) for t in rng.choice(tags, int(rng.integers(0, width + 3)))) for _ in range(n)]
+    cells = [c.replace("|", "||", 1) if k % 3 == 0 else c for k, c in enumerate(cells)]  # an empty id
+    dense = (rng.normal(size=n) * 10.0 ** rng.integers(-3, 4, n)).tolist()
+    domains = [int(d) for d in rng.integers(0, 3, n)]
+    rows = [
+        {"user_id": u, "item_id": i, "tags": t, "dense_0": x, "domain": d}
+        for u, i, t, x, d in zip(users, items, cells, dense, domains)
+    ]
+    from_dicts = predictor.encode(rows)
+    from_frame = predictor.encode(pd.DataFrame(rows))
+    _same_batch(from_dicts.batch, from_frame.batch)
+    assert from_dicts.oov == from_frame.oov and from_dicts.domain == from_frame.domain
+    # a multi-valued cell as a list of ids is its joined string
+    listed = [{**r, "tags": [t for t in r["tags"].split("|")]} for r in rows]
+    _same_batch(predictor.encode(listed).batch, from_dicts.batch)
+    # one user's values given once (rank) are those values in every row
+    user = {"user_id": users[0], "domain": domains[0]}
+    cands = [{k: r[k] for k in ("item_id", "tags", "dense_0")} for r in rows]
+    ranked = predictor.rank(None, user, {}, cands)
+    merged = predictor.predict([{**user, **c} for c in cands])
+    assert np.array_equal(ranked.logits, merged.logits) and ranked.oov == merged.oov
+
+
 def test_the_onnx_backend_scores_as_eager(ranking_run, predictor, test_rows, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("POLYREC_CACHE", str(tmp_path / "cache"))
     raw, _ = test_rows

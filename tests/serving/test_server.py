@@ -262,12 +262,46 @@ def test_metrics_count_requests_latency_errors_oov_and_unknown_domains(ranking_r
 
 def test_a_request_over_the_timeout_is_a_503_and_the_server_goes_on(predictor) -> None:
     slow = gated(predictor)
-    c = TestClient(create_app(slow, **{**LIMITS, "timeout_s": 0.2}))
+    c = TestClient(create_app(slow, **{**LIMITS, "timeout_s": 0.2, "inline_max_candidates": 0}))
     r = c.post("/v1/rank", json=RANK)
     assert r.status_code == 503 and r.json()["error"]["kind"] == "timeout", r.text
     slow.gate.set()
     assert c.post("/v1/rank", json=RANK).status_code == 200
     assert metric(c.get("/metrics").text, "polyrec_errors_total", kind="timeout") == 1
+
+
+class Where(Predictor):
+    """A predictor that records the thread each rank call runs on."""
+
+    def rank(self, *args, **kwargs):
+        self.threads.append(threading.current_thread().ident)
+        return super().rank(*args, **kwargs)
+
+
+def test_small_requests_are_scored_on_the_event_loop_and_large_ones_in_a_thread(predictor) -> None:
+    where = copy.copy(predictor)
+    where.__class__, where.threads = Where, []
+    app = create_app(where, **{**LIMITS, "inline_max_candidates": 3})
+
+    @app.get("/loop-thread")
+    async def loop_thread() -> dict:
+        return {"ident": threading.current_thread().ident}
+
+    with TestClient(app) as c:  # one event loop thread for every request
+        loop = c.get("/loop-thread").json()["ident"]
+        small, large = {**RANK, "candidates": CANDIDATES[:3]}, {**RANK, "candidates": CANDIDATES[:4]}
+        for body in (small, large, small):
+            assert c.post("/v1/rank", json=body).status_code == 200
+        assert where.threads[0] == where.threads[2] == loop and where.threads[1] != loop
+        # the same scores either way, and a bad request on the loop is the same 422
+        assert (
+            c.post("/v1/rank", json=small).json()["scores"]
+            == predictor.rank("app", {"user_id": 3}, {}, CANDIDATES[:3]).logits.tolist()
+        )
+        bad = c.post("/v1/rank", json={**small, "user": {"user_id": None}})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "user.user_id"
+    with pytest.raises(ValueError, match="inline_max_candidates"):
+        create_app(predictor, inline_max_candidates=-1)
 
 
 def test_not_ready_until_loaded_and_a_failed_reload_keeps_the_old_model(predictor) -> None:
@@ -304,7 +338,7 @@ def test_not_ready_until_loaded_and_a_failed_reload_keeps_the_old_model(predicto
 def test_reload_swaps_the_model_and_requests_in_flight_finish_on_the_old_one(predictor, ranking_run) -> None:
     old = gated(predictor)
     new = Predictor.from_run(ranking_run, fallback_domain="app")
-    app = create_app(old, loader=lambda: new, **LIMITS)
+    app = create_app(old, loader=lambda: new, **LIMITS, inline_max_candidates=0)  # scored in a worker thread
     c = TestClient(app)
     answers = []
     thread = threading.Thread(target=lambda: answers.append(c.post("/v1/rank", json=RANK)))

@@ -13,9 +13,13 @@ Choices made:
   and scalers fitted on the training split) is read once as bytes, checked against the manifest's sha256,
   and parsed from those bytes, so what is used is what was checked. A run whose processing does not give
   the run's schema (another feature list, another vocabulary size) is refused when it is loaded.
-- **Encoding is training's.** The features are encoded by :func:`polyrec.data.dataset.encode_rows` with the
-  run's :class:`~polyrec.data.processing.FittedProcessing`: the same id strings (``1``, ``"1"`` and ``1.0``
-  are one id), the same vocabulary lookup, the same scaling, the same multi-valued padding and truncation.
+- **Encoding is training's.** The features are encoded with the run's
+  :class:`~polyrec.data.processing.FittedProcessing`: the same id strings (``1``, ``"1"`` and ``1.0`` are
+  one id), the same vocabulary lookup, the same scaling, the same multi-valued padding and truncation. A
+  DataFrame goes through :func:`polyrec.data.dataset.encode_rows`, as training's frames do; rows given as
+  dicts (the server's case) are encoded value by value against a lookup table built once per vocabulary
+  when the predictor is made, and :meth:`Predictor.rank` checks and encodes the user's and the context's
+  values once per request, not once per candidate (a test holds the two paths to the same batches).
   An id the vocabulary does not hold (unseen in training, or rarer than ``min_count``) maps to the counted
   OOV bucket, and :attr:`PredictResult.oov` reports, per sparse and multi-valued feature, how many rows had
   one (every such feature is listed, 0 included), as training's ``report["oov"]`` counts them. The domain
@@ -82,7 +86,7 @@ from torch import Tensor, nn
 from ..data.batch import Batch
 from ..data.config import DataConfig, FeatureConfig
 from ..data.processing import FittedProcessing, _as_str
-from ..data.schema import FIRST_INDEX, DatasetSchema
+from ..data.schema import FIRST_INDEX, OOV_INDEX, PAD_INDEX, DatasetSchema
 from ..safeio import ArtifactError
 
 __all__ = [
@@ -156,7 +160,8 @@ class EagerBackend:
         from ..training.scoring import score_rows
 
         rows = torch.arange(len(batch))
-        return score_rows(self.model, _BatchRows(batch), rows, self.batch_size).logits
+        with torch.inference_mode():  # the kernels of no_grad, without autograd's version counting
+            return score_rows(self.model, _BatchRows(batch), rows, self.batch_size).logits
 
 
 class ExportBackend:
@@ -258,6 +263,9 @@ class EncodedRows:
 
 # ----------------------------------------------------------------------------------------------- values
 
+#: A row without the domain column (its value there is not ``None``, which is refused as a value).
+_ABSENT: Any = object()
+
 #: Where a row's value sits, for error messages: (row position, column) -> a field path.
 Locate = Callable[[int, str], str]
 
@@ -325,18 +333,27 @@ def _id_strings(values: list[Any]) -> list[str]:
     return out  # type: ignore[return-value]
 
 
-def _sparse_column(values: list[Any], col: str, locate: Locate) -> pd.Series:
+def _sparse_values(values: list[Any], col: str, locate: Locate) -> list[str]:
+    """A sparse column's values checked (:func:`_check_id`) and as training's id strings."""
     for i, v in enumerate(values):
-        _check_id(v, locate(i, col), f"column {col!r}")
-    return pd.Series(_id_strings(values), dtype=object)
+        t = type(v)
+        if t is int or (t is str and v.isascii()):  # the common cases: nothing to check further
+            continue
+        if t is str:
+            _check_text(v, locate(i, col), f"column {col!r}")
+        else:
+            _check_id(v, locate(i, col), f"column {col!r}")
+    return _id_strings(values)
 
 
-def _multi_column(values: list[Any], col: str, sep: str, locate: Locate) -> pd.Series:
-    out = []
+def _multi_values(values: list[Any], col: str, sep: str, locate: Locate) -> list[list[str]]:
+    """A multi-valued column's values checked and as lists of id strings, empty ids dropped (as
+    :func:`polyrec.data.processing.split_multi` drops them from a ``sep``-joined source cell)."""
+    out: list[list[str]] = []
     for i, v in enumerate(values):
         if isinstance(v, str):
             _check_text(v, locate(i, col), f"column {col!r}")
-            out.append(v)
+            out.append([t for t in v.split(sep) if t])
             continue
         if not isinstance(v, (list, tuple)):
             raise InputError(
@@ -354,13 +371,17 @@ def _multi_column(values: list[Any], col: str, sep: str, locate: Locate) -> pd.S
                     "several ids; give the ids one by one",
                     "wrong_type",
                 )
-        out.append(sep.join(text))
-    return pd.Series(out, dtype=object)
+        out.append([t for t in text if t])
+    return out
 
 
-def _dense_column(values: list[Any], col: str, locate: Locate) -> pd.Series:
+def _dense_array(values: list[Any], col: str, locate: Locate) -> np.ndarray:
+    """A dense column's values checked (finite numbers, not booleans) as float64."""
     out = np.empty(len(values), dtype=np.float64)
     for i, v in enumerate(values):
+        if type(v) is float and math.isfinite(v):  # the common case
+            out[i] = v
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise InputError(
                 locate(i, col),
@@ -376,7 +397,7 @@ def _dense_column(values: list[Any], col: str, locate: Locate) -> pd.Series:
                 locate(i, col), f"dense column {col!r} must be a finite number, got {_describe(v)}", "wrong_type"
             )
         out[i] = x
-    return pd.Series(out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- the predictor
@@ -449,6 +470,12 @@ class Predictor:
             self._kinds.setdefault(f.source_column, set()).add(f.kind)
         self._seps = {f.source_column: f.sep for f in features if f.kind == "multi"}
         self._oov_features = [f.name for f in features if f.kind in ("sparse", "multi")]
+        # Id string -> index, per sparse and multi-valued feature: the vocabulary's lookup, built once (a row
+        # given as a dict is encoded value by value; a DataFrame through encode_rows, as training does).
+        self._lookups: dict[str, dict[str, int]] = {
+            name: {t: i for i, t in enumerate(processing.vocabularies[name].tokens, FIRST_INDEX)}
+            for name in self._oov_features
+        }
         # Raw domain value (as its id string) -> domain index, as derive_domain maps it.
         self._domain_of = self._domain_mapping(extra_domain_values or {})
         # Domain index -> the value of the domain indicator feature.
@@ -649,10 +676,16 @@ class Predictor:
 
         A key given in two of the three is an error (which value to use would be a guess). Errors name the
         field where the value was given: ``user.user_id``, ``context.hour``, ``candidates[3].item_id`` (a
-        missing column is named in the first candidate that lacks it).
+        missing column is named in the first candidate that lacks it). The user's and the context's values
+        are checked and encoded once, not once per candidate; the scores are those of :meth:`predict` on the
+        merged rows.
         """
         shared: dict[str, tuple[str, Any]] = {}
         for part, values in (("user", user), ("context", context)):
+            if not isinstance(values, Mapping):
+                raise InputError(
+                    part, f"{part} must be a dict of column -> value, got {_type_name(values)}", "wrong_type"
+                )
             for key, value in values.items():
                 if key in shared:
                     raise InputError(
@@ -663,24 +696,50 @@ class Predictor:
                 shared[key] = (part, value)
         base = {k: v for k, (_, v) in shared.items()}
         self._check_partial(base, lambda key: f"{shared[key][0]}.{key}")  # checked even without candidates
-        rows = []
-        for i, cand in enumerate(candidates):
-            for key in cand:
-                if key in shared:
-                    raise InputError(
-                        f"candidates[{i}].{key}",
-                        f"{key!r} is given in both {shared[key][0]} and candidates[{i}]; give it once",
-                        "duplicate_feature",
-                    )
-            rows.append({**base, **cand})
+        if isinstance(candidates, Mapping) or not isinstance(candidates, Sequence):
+            raise InputError(
+                "candidates", f"candidates must be a list of dicts, got {_type_name(candidates)}", "wrong_type"
+            )
 
         def locate(i: int, key: str) -> str:
             return f"{shared[key][0]}.{key}" if key in shared else f"candidates[{i}].{key}"
 
-        return self._score(rows, domain, locate)
+        own = [c for c in self.input_columns if c not in shared]  # the columns every candidate gives
+        allowed = self._allowed
+        own_set = frozenset(own)
+        for i, cand in enumerate(candidates):
+            if not isinstance(cand, Mapping):
+                raise InputError(
+                    f"candidates[{i}]",
+                    f"a candidate must be a dict of column -> value, got {_type_name(cand)}",
+                    "wrong_type",
+                )
+            keys = cand.keys()
+            if shared and not keys.isdisjoint(shared):
+                key = next(k for k in cand if k in shared)
+                raise InputError(
+                    f"candidates[{i}].{key}",
+                    f"{key!r} is given in both {shared[key][0]} and candidates[{i}]; give it once",
+                    "duplicate_feature",
+                )
+            if not (keys <= allowed and own_set <= keys):
+                self._check_row(cand, base, lambda k, i=i: locate(i, k), f"candidates[{i}]")
+        n = len(candidates)
+        columns = {c: [base[c]] if c in shared else [cand[c] for cand in candidates] for c in self.input_columns}
+        col = self.domain_column
+        if col in shared:
+            given: list[Any] | None = [base[col]] * n
+        elif any(col in cand for cand in candidates):
+            given = [cand.get(col, _ABSENT) for cand in candidates]
+        else:
+            given = None
+        enc = self._encode_columns(columns, frozenset(shared), n, given, domain, locate)
+        return self._scored(enc)
 
     def _score(self, rows: Any, domain: str | None, locate: Locate) -> PredictResult:
-        enc = self.encode(rows, domain, locate)
+        return self._scored(self.encode(rows, domain, locate))
+
+    def _scored(self, enc: EncodedRows) -> PredictResult:
         if len(enc.batch) == 0:
             logits = torch.zeros(0)
         else:
@@ -696,35 +755,125 @@ class Predictor:
     # ------------------------------------------------------------------------------------------- encoding
     def encode(self, rows: Any, domain: str | None = None, locate: Locate = _rows_path) -> EncodedRows:
         """The batch ``rows`` give (see :meth:`predict`), with their OOV counts and domains."""
-        if isinstance(rows, pd.DataFrame):
-            frame, raw_domain = self._frame_input(rows)
-            given = raw_domain
-        else:
-            frame, raw_domain = self._dict_input(rows, locate)
-            given = [row.get(self.domain_column) for row in rows]
-        codes, fallback = self._domains(raw_domain, domain, locate, len(frame), lambda i: given[i])
+        if not isinstance(rows, pd.DataFrame):
+            columns, given = self._dict_columns(rows, locate)
+            return self._encode_columns(columns, frozenset(), len(rows), given, domain, locate)
+        frame, column = self._frame_input(rows)
+        raw: list[str | None] | None = None
+        if column is not None:
+            present = column.notna().to_numpy()
+            raw = [None] * len(column)
+            for i, text in zip(np.flatnonzero(present).tolist(), _as_str(column[present]).tolist()):
+                raw[i] = text
+        codes, fallback = self._domains(raw, domain, locate, len(frame), lambda i: column[i])
         from ..data.dataset import encode_rows
 
         try:
             arrays, oov_rows = encode_rows(frame, self.data, self.processing)
         except (ValueError, TypeError) as exc:  # a DataFrame column training could not encode either
             raise InputError(None, str(exc), "wrong_type") from None
-        if self.data.domain.as_feature:
-            arrays["sparse"] = np.concatenate([arrays["sparse"], self._indicator[codes][:, None]], axis=1)
-        n = len(frame)
-        batch = Batch(
-            sparse=torch.from_numpy(np.ascontiguousarray(arrays["sparse"], dtype=np.int64)),
-            dense=torch.from_numpy(np.ascontiguousarray(arrays["dense"], dtype=np.float32)),
-            label=torch.zeros(n),
-            domain=torch.from_numpy(codes),
-            multi={
-                k.split(".", 1)[1]: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64))
-                for k, v in arrays.items()
-                if k.startswith("multi.")
-            },
-        )
         oov = {name: int(oov_rows[name].sum()) for name in self._oov_features}
+        multi = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("multi.")}
+        return self._encoded(arrays["sparse"], arrays["dense"], multi, oov, codes, fallback)
+
+    def _encoded(
+        self,
+        sparse: np.ndarray,
+        dense: np.ndarray,
+        multi: dict[str, np.ndarray],
+        oov: dict[str, int],
+        codes: np.ndarray,
+        fallback: int,
+    ) -> EncodedRows:
+        if self.data.domain.as_feature:
+            sparse = np.concatenate([sparse, self._indicator[codes][:, None]], axis=1)
+        batch = Batch(
+            sparse=torch.from_numpy(np.ascontiguousarray(sparse, dtype=np.int64)),
+            dense=torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)),
+            label=torch.zeros(len(codes)),
+            domain=torch.from_numpy(codes),
+            multi={k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)) for k, v in multi.items()},
+        )
         return EncodedRows(batch, oov, tuple(self.domains[c] for c in codes.tolist()), fallback)
+
+    def _encode_columns(
+        self,
+        columns: Mapping[str, list[Any]],
+        shared: frozenset[str],
+        n: int,
+        given: list[Any] | None,
+        domain: str | None,
+        locate: Locate,
+    ) -> EncodedRows:
+        """Encode raw values column by column, as :func:`polyrec.data.dataset.encode_rows` encodes a frame.
+
+        ``columns[c]`` holds column c's value of each of the ``n`` rows, or, for a column in ``shared``, the
+        one value every row has (checked and looked up once, then repeated). ``given``: each row's raw
+        domain value as sent (``None`` where a row has none), or ``None`` when no row has one.
+        """
+        checked: dict[tuple[str, str], Any] = {}
+        for col in self.input_columns:  # every value checked, column by column, before anything is scored
+            values, kinds = columns[col], self._kinds[col]
+            if "dense" in kinds:
+                checked[col, "dense"] = _dense_array(values, col, locate)
+            if "multi" in kinds:
+                checked[col, "multi"] = _multi_values(values, col, self._seps[col], locate)
+            if "sparse" in kinds:
+                checked[col, "sparse"] = _sparse_values(values, col, locate)
+        raw: list[str | None] | None = None
+        if given is not None:
+            at = [i for i, v in enumerate(given) if v is not _ABSENT]
+            texts = _id_strings(
+                [
+                    _check_id(given[i], locate(i, self.domain_column), f"domain column {self.domain_column!r}")
+                    for i in at
+                ]
+            )
+            raw = [None] * n
+            for i, text in zip(at, texts):
+                raw[i] = text
+        codes, fallback = self._domains(raw, domain, locate, n, lambda i: given[i] if given is not None else None)
+        sparse, dense, multi, oov = [], [], {}, {}
+        for f in self._features:
+            col = f.source_column
+            repeat = n if col in shared else 1
+            if f.kind == "sparse":
+                table = self._lookups[f.name]
+                ids = checked[col, "sparse"]
+                arr = np.fromiter((table.get(t, OOV_INDEX) for t in ids), dtype=np.int64, count=len(ids))
+                if repeat != 1:
+                    arr = np.repeat(arr, repeat)
+                sparse.append(arr)
+                oov[f.name] = int((arr == OOV_INDEX).sum())
+            elif f.kind == "multi":
+                table, width = self._lookups[f.name], self.processing.max_lens[f.name]
+                lists = checked[col, "multi"]
+                out = np.full((len(lists), width), PAD_INDEX, dtype=np.int64)
+                for r, tokens in enumerate(lists):
+                    if tokens:
+                        kept = tokens[:width]
+                        out[r, : len(kept)] = [table.get(t, OOV_INDEX) for t in kept]
+                if repeat != 1:
+                    out = np.repeat(out, repeat, axis=0)
+                multi[f.name] = out
+                oov[f.name] = int((out == OOV_INDEX).any(axis=1).sum())
+            else:
+                try:
+                    values = self.processing.scalers[f.name].transform_values(checked[col, "dense"])
+                except ValueError as exc:  # a value the scaler's transform cannot take (log1p of a negative)
+                    raise InputError(None, str(exc), "wrong_type") from None
+                dense.append(np.repeat(values, repeat) if repeat != 1 else values)
+        sparse_arr = np.stack(sparse, axis=1) if sparse else np.zeros((n, 0), np.int64)
+        dense_arr = np.stack(dense, axis=1).astype(np.float32) if dense else np.zeros((n, 0), np.float32)
+        oov = {name: oov[name] for name in self._oov_features}
+        return self._encoded(sparse_arr, dense_arr, multi, oov, codes, fallback)
+
+    def _check_row(self, row: Mapping[str, Any], base: Mapping[str, Any], where: Callable[[str], str], at: str) -> None:
+        """Raise the InputError of a row (``base`` + ``row``) whose keys are not the run's columns."""
+        bad = [k for k in row if not isinstance(k, str)]
+        if bad:
+            raise InputError(at, f"column names must be strings, got {bad[0]!r}", "wrong_type")
+        self._check_keys([*base, *row], where, "the row")
 
     def _check_keys(self, keys: Sequence[str], where: Callable[[str], str], what: str) -> None:
         extra = [k for k in keys if k not in self._allowed]
@@ -758,9 +907,9 @@ class Predictor:
             locate = lambda i, col: where(col)  # noqa: E731
             kinds = self._kinds.get(key, set())
             if "dense" in kinds:
-                _dense_column([value], key, locate)
+                _dense_array([value], key, locate)
             if "multi" in kinds:
-                _multi_column([value], key, self._seps[key], locate)
+                _multi_values([value], key, self._seps[key], locate)
             if "sparse" in kinds or key == self.domain_column:
                 _check_id(value, where(key), f"column {key!r}")
 
@@ -774,7 +923,8 @@ class Predictor:
         raw = frame[self.domain_column] if self.domain_column in frame.columns else None
         return frame, raw
 
-    def _dict_input(self, rows: Any, locate: Locate) -> tuple[pd.DataFrame, pd.Series | None]:
+    def _dict_columns(self, rows: Any, locate: Locate) -> tuple[dict[str, list[Any]], list[Any] | None]:
+        """(each input column's values, each row's raw domain value or ``_ABSENT``, or None when no row has one) of rows given as dicts."""
         if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
             raise InputError(
                 "rows", f"rows must be a list of dicts or a DataFrame, got {_type_name(rows)}", "wrong_type"
@@ -788,42 +938,18 @@ class Predictor:
             if bad:
                 raise InputError(f"rows[{i}]", f"column names must be strings, got {bad[0]!r}", "wrong_type")
             self._check_keys(list(row), lambda k, i=i: locate(i, k), "the row")
-        columns: dict[str, pd.Series] = {}
-        for col in self.input_columns:
-            values = [row[col] for row in rows]
-            kinds = self._kinds[col]
-            if kinds == {"dense"}:
-                columns[col] = _dense_column(values, col, locate)
-            elif kinds == {"multi"}:
-                columns[col] = _multi_column(values, col, self._seps[col], locate)
-            elif kinds == {"sparse"}:
-                columns[col] = _sparse_column(values, col, locate)
-            else:  # one raw column read as features of several kinds: each must accept the values
-                if "dense" in kinds:
-                    _dense_column(values, col, locate)
-                if "multi" in kinds:
-                    _multi_column(values, col, self._seps[col], locate)
-                columns[col] = pd.Series(values)
-        frame = pd.DataFrame(columns, index=pd.RangeIndex(len(rows)))
-        raw = None
-        if any(self.domain_column in row for row in rows):
-            given = [i for i, row in enumerate(rows) if self.domain_column in row]
-            values = [
-                _check_id(
-                    rows[i][self.domain_column], locate(i, self.domain_column), f"domain column {self.domain_column!r}"
-                )
-                for i in given
-            ]
-            raw_values: list[str | None] = [None] * len(rows)
-            for i, text in zip(given, _id_strings(values)):
-                raw_values[i] = text
-            raw = pd.Series(raw_values, dtype=object)
-        return frame, raw
+        columns = {c: [row[c] for row in rows] for c in self.input_columns}
+        col = self.domain_column
+        given = [row.get(col, _ABSENT) for row in rows] if any(col in row for row in rows) else None
+        return columns, given
 
     def _domains(
-        self, raw: pd.Series | None, domain: str | None, locate: Locate, n: int, given: Callable[[int], Any]
+        self, raw: list[str | None] | None, domain: str | None, locate: Locate, n: int, given: Callable[[int], Any]
     ) -> tuple[np.ndarray, int]:
-        """(domain index of every row, rows scored as the fallback domain); ``given(i)``: row i's value as sent."""
+        """(domain index of every row, rows scored as the fallback domain).
+
+        ``raw``: each row's domain value as its id string (``None`` where the row has none), or ``None`` when
+        no row has one; ``given(i)``: row i's value as sent."""
         fallback_index = self.domains.index(self.fallback_domain) if self.fallback_domain is not None else None
         call = None
         if domain is not None:
@@ -851,9 +977,9 @@ class Predictor:
                 )
             codes = np.full(n, call if call is not None else 0, dtype=np.int64)
         else:
-            present = raw.notna().to_numpy()
-            keys = np.asarray(_as_str(raw[present]).tolist(), dtype=object) if present.any() else np.zeros(0, object)
-            mapped = np.asarray([self._domain_of.get(k, -1) for k in keys], dtype=np.int64)
+            present = np.fromiter((v is not None for v in raw), dtype=bool, count=len(raw))
+            get = self._domain_of.get
+            mapped = np.fromiter((get(v, -1) for v in raw if v is not None), dtype=np.int64)
             codes = np.empty(len(raw), dtype=np.int64)
             codes[present] = mapped
             if (~present).any():

@@ -37,9 +37,15 @@ Choices made:
   (``max_candidates`` and the ``k`` bound are in the schema). A feature value is declared as a string, a
   number or a list of ids in the schema, and checked by the predictor, whose messages name the column
   and its kind (a null, a boolean, a number for a multi-valued column, a string for a dense one).
-- **Timeout.** Scoring runs in a worker thread; after ``timeout_s`` the request gets its 503 answer.
-  A thread cannot be stopped, so the computation finishes in the background and its result is dropped;
-  the limits on the body and the candidates bound how long that can be.
+- **Where scoring runs.** A ``/v1/rank`` request of at most ``inline_max_candidates`` (256) candidates is
+  scored on the event loop itself: it takes about a millisecond (100 candidates, STAR, one core), and
+  handing it to a worker thread cost more than it bought. Measured with ``benchmarks/serving.py``
+  (4 clients, one core): the thread hop and the GIL shared by concurrent scoring threads raised p99 from
+  7.6 to 11.0 ms (eager) and cut throughput by 15-20 %; a single scoring thread (a limiter of 1) cut it
+  by 25 % (ONNX). A larger request, and every ``/v1/retrieve``, is scored in a worker thread under
+  ``timeout_s``: after it the request gets its 503 answer. A thread cannot be stopped, so the
+  computation finishes in the background and its result is dropped; the limits on the body and the
+  candidates bound how long that can be. ``inline_max_candidates=0`` puts every request in a thread.
 - **Reload is atomic.** The predictor is one reference: a request reads it once when it starts and
   finishes on that one; a reload builds the new predictor completely (files checked, model built) before
   the reference is swapped, so no request ever sees a half-loaded model. Reloads run one at a time.
@@ -65,6 +71,7 @@ Choices made:
 """
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -503,6 +510,7 @@ class _State:
                 raise
             self.predictor = new  # one assignment: a request holds the old or the new one, never a mix
             self.load_error = None
+            _settle_heap()
             self.metrics.reload("ok")
             logger.info("loaded %s", new.describe())
             return new
@@ -515,6 +523,19 @@ class _State:
         thread = threading.Thread(target=run, name="polyrec-reload", daemon=True)
         thread.start()
         return thread
+
+
+def _settle_heap() -> None:
+    """Collect what loading left and move every object alive now out of the garbage collector's view.
+
+    A loaded model, its vocabularies and the imported libraries are a few million long-lived objects; a
+    full collection walks them all (tens of ms, measured as the load test's worst latencies) though none of
+    them is garbage. Frozen (:func:`gc.freeze`), they are skipped; the objects of each request are still
+    collected as before. Called once a model is loaded, and again after each reload (the previous model's
+    objects are unfrozen and collected first)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _default_loader(predictor: AnyPredictor | None) -> Callable[[], AnyPredictor] | None:
@@ -537,6 +558,7 @@ def create_app(
     max_k: int = 1000,
     loader: Callable[[], AnyPredictor] | None = None,
     allow_reload: bool = True,
+    inline_max_candidates: int = 256,
 ) -> FastAPI:
     """The FastAPI application serving ``predictor`` (see the module docstring for the endpoints).
 
@@ -551,12 +573,20 @@ def create_app(
         loader: what ``POST /admin/reload`` and SIGHUP load (default: the predictor's run directory again,
             with its backend and fallback domain).
         allow_reload: serve ``POST /admin/reload``.
+        inline_max_candidates: a ``/v1/rank`` request of at most this many candidates is scored on the event
+            loop, without a worker thread and so without ``timeout_s`` (0: every request in a thread).
 
     The app's ``state.polyrec`` holds the loaded predictor (``.predictor``) and ``.reload()``.
     """
     for name, value in (("max_candidates", max_candidates), ("max_body_bytes", max_body_bytes), ("max_k", max_k)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if (
+        isinstance(inline_max_candidates, bool)
+        or not isinstance(inline_max_candidates, int)
+        or inline_max_candidates < 0
+    ):
+        raise ValueError(f"inline_max_candidates must be an integer >= 0, got {inline_max_candidates!r}")
     if not (isinstance(timeout_s, (int, float)) and timeout_s > 0 and math.isfinite(timeout_s)):
         raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     if predictor is None and loader is None:
@@ -615,8 +645,10 @@ def create_app(
             raise _Failure(404, None, f"this server holds {what} run; use {other}", "wrong_run_kind")
         return pred
 
-    async def run_scoring(fn: Callable[[], Any]) -> Any:
+    async def run_scoring(fn: Callable[[], Any], inline: bool = False) -> Any:
         try:
+            if inline:
+                return fn()
             with anyio.fail_after(timeout_s):
                 return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
         except TimeoutError:
@@ -632,7 +664,10 @@ def create_app(
     @app.post("/v1/rank", response_model=RankResponse, responses=errors, summary="Score candidates for a user")
     async def rank(body: RankRequest) -> dict[str, Any]:  # type: ignore[valid-type]
         pred: Predictor = current(Predictor)
-        result = await run_scoring(lambda: pred.rank(body.domain, body.user, body.context, body.candidates))
+        result = await run_scoring(
+            lambda: pred.rank(body.domain, body.user, body.context, body.candidates),
+            inline=len(body.candidates) <= inline_max_candidates,
+        )
         metrics.scored(len(result), result.oov, result.fallback)
         return {
             "scores": result.logits.tolist(),
@@ -718,7 +753,7 @@ def _settings(run_dir: str | Path, backend: str, fallback_domain: str | None, li
 
 def _app_from_settings(settings: dict[str, Any]) -> FastAPI:
     run_dir, backend, fallback = settings["run_dir"], settings["backend"], settings.get("fallback_domain")
-    keys = ("max_candidates", "max_body_bytes", "timeout_s", "max_k", "allow_reload")
+    keys = ("max_candidates", "max_body_bytes", "timeout_s", "max_k", "allow_reload", "inline_max_candidates")
     limits = {k: settings[k] for k in keys if k in settings}
     return create_app(None, loader=lambda: load_predictor(run_dir, backend=backend, fallback_domain=fallback), **limits)
 
@@ -743,6 +778,7 @@ def serve(
     max_body_bytes: int = 1_000_000,
     timeout_s: float = 1.0,
     allow_reload: bool = True,
+    inline_max_candidates: int = 256,
     log_level: str = "info",
 ) -> None:
     """Serve the run in ``run_dir`` over HTTP with uvicorn until interrupted (SIGINT / SIGTERM).
@@ -757,7 +793,8 @@ def serve(
         backend: ``eager`` or ``onnx`` (:data:`~polyrec.serving.predictor.BACKENDS`).
         workers: server processes (each loads the run; each keeps its own metrics).
         fallback_domain: the domain unknown domains are scored as (default: they are a 422 error).
-        max_candidates, max_body_bytes, timeout_s, allow_reload: as :func:`create_app` takes them
+        max_candidates, max_body_bytes, timeout_s, allow_reload, inline_max_candidates: as
+            :func:`create_app` takes them
             (``allow_reload=False`` removes ``POST /admin/reload``; SIGHUP, which only the machine's own
             users can send, still reloads).
         log_level: uvicorn's log level.
@@ -778,6 +815,7 @@ def serve(
         "max_body_bytes": max_body_bytes,
         "timeout_s": timeout_s,
         "allow_reload": allow_reload,
+        "inline_max_candidates": inline_max_candidates,
     }
     predictor = load_predictor(run_dir, backend=backend, fallback_domain=fallback_domain)
     if workers > 1:
@@ -794,6 +832,7 @@ def serve(
         return
     loader = lambda: load_predictor(run_dir, backend=backend, fallback_domain=fallback_domain)  # noqa: E731
     app = create_app(predictor, loader=loader, **limits)
+    _settle_heap()
     previous = None
     if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGHUP, lambda signum, frame: app.state.polyrec.reload_in_background())
