@@ -149,9 +149,15 @@ BAD = {
     "no body": ({}, 422, "body", "invalid_request"),
     "not JSON at all": (
         {"content": b"hello", "headers": {"content-type": "text/plain"}},
-        422,
+        415,
         "body",
-        "invalid_request",
+        "unsupported_media_type",
+    ),
+    "not JSON, sent as JSON": (
+        {"content": b"hello", "headers": {"content-type": "application/json"}},
+        400,
+        "body",
+        "malformed_json",
     ),
     "no candidates": (_json({"domain": "app", "user": {}}), 422, "candidates", "invalid_request"),
     "an unknown request field": (_json({**RANK, "limit": 3}), 422, "limit", "extra_field"),
@@ -194,6 +200,12 @@ BAD = {
     ),
     "too many candidates": (_json({**RANK, "candidates": CANDIDATES * 2}), 422, "candidates", "too_many_candidates"),
     "a body too large": (_json({**RANK, "user": {"user_id": "x" * 5000}}), 413, "body", "body_too_large"),
+    "a form body (curl -d without a JSON content type)": (
+        {"content": json.dumps(RANK).encode(), "headers": {"content-type": "application/x-www-form-urlencoded"}},
+        415,
+        "body",
+        "unsupported_media_type",
+    ),
     "a chunked body too large": (
         {"content": iter([b'{"domain": "app", "candidates": [', b" " * 3000, b" " * 3000]), "headers": {}},
         413,
@@ -211,6 +223,17 @@ def test_every_bad_input_is_a_4xx_json_error_naming_the_field(client, case) -> N
     error = r.json()["error"]
     assert (error["field"], error["kind"]) == (field, kind), error
     assert error["message"] and "\n" not in error["message"]
+
+
+def test_json_content_types_and_no_content_type_are_read_as_json(client) -> None:
+    body = json.dumps(RANK).encode()
+    for headers in (
+        {},
+        {"content-type": "application/json; charset=utf-8"},
+        {"content-type": "application/vnd.x+json"},
+    ):
+        r = client.post("/v1/rank", content=body, headers=headers)
+        assert r.status_code == 200 and len(r.json()["scores"]) == len(CANDIDATES), (headers, r.text)
 
 
 def test_wrong_paths_methods_and_run_kinds(client) -> None:

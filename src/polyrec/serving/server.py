@@ -24,7 +24,8 @@ Choices made:
 - **Errors.** Every error answer is JSON ``{"error": {"field", "message", "kind"}}``: ``field`` is where the
   problem is (``body``, ``candidates``, ``candidates[3].item_id``, ``user.gender``, ``domain``; ``null``
   when it is no field's), ``message`` says what is wrong and how to fix it, ``kind`` is the class counted
-  in ``/metrics``. Bad input is always a 4xx: malformed JSON 400 (``malformed_json``); a body over
+  in ``/metrics``. Bad input is always a 4xx: malformed JSON 400 (``malformed_json``); a body sent with a
+  ``Content-Type`` other than JSON 415 (``unsupported_media_type``; no header is read as JSON); a body over
   ``max_body_bytes`` 413 (``body_too_large``, refused from its ``Content-Length`` before it is read, or
   as soon as a chunked body passes the limit); more than ``max_candidates`` candidates 422
   (``too_many_candidates``); a request of the wrong shape 422 (``invalid_request``, ``extra_field``);
@@ -102,6 +103,8 @@ logger = logging.getLogger("polyrec.serving")
 ENV_SETTINGS = "POLYREC_SERVE"
 #: Upper bounds (seconds) of the latency histogram's buckets.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: The endpoints whose body is JSON: another Content-Type is a 415 answer.
+JSON_ENDPOINTS = frozenset({"/v1/rank", "/v1/retrieve"})
 ENDPOINTS = (
     "/v1/rank",
     "/v1/retrieve",
@@ -421,7 +424,21 @@ class _BodyLimit:
             await self.app(scope, receive, send)
             return
         too_large = f"the body is larger than {self.limit:,} bytes; send fewer or smaller candidates"
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        if scope.get("path") in JSON_ENDPOINTS and b"content-type" not in headers:
+            # No Content-Type: the body is read as the JSON these endpoints take (FastAPI would not parse it).
+            scope = {**scope, "headers": [*scope.get("headers", []), (b"content-type", b"application/json")]}
+        elif scope.get("path") in JSON_ENDPOINTS:
+            kind = headers[b"content-type"].split(b";", 1)[0].strip().lower()
+            if kind != b"application/json" and not kind.endswith(b"+json"):
+                shown = headers[b"content-type"].decode("latin-1")[:80]
+                message = (
+                    f"the body must be JSON, sent with Content-Type: application/json, got {shown!r} (curl: add "
+                    "-H 'Content-Type: application/json')"
+                )
+                await self._refuse(scope, receive, send, 415, message, "unsupported_media_type")
+                return
+        length = headers.get(b"content-length")
         if length is not None:
             try:
                 declared = int(length)
@@ -600,6 +617,7 @@ def create_app(
             (400, "malformed JSON"),
             (404, "the loaded run is of the other kind"),
             (413, "the body is too large"),
+            (415, "the body is not sent as application/json"),
             (422, "the request or its features cannot be scored"),
             (503, "no model loaded yet, or scoring timed out"),
         )
