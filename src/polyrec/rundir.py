@@ -85,6 +85,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "data.sample.fraction": 1.0,  # every source row before 0.3
     "data.sample.seed": 0,
     "train.bank_update": "dense",  # every parameter updated densely before the row-wise bank update
+    "train.optimizer_impl": "default",  # torch's own Adam implementation before the fused option
 }
 #: Strategy options whose default changed, with the default that records made before the change ran with.
 #: Records store the options a config gave (older ones) or all of them, resolved (0.3 on); both are

@@ -151,11 +151,16 @@ def single_thread():
 
 
 def environment() -> dict[str, str]:
+    """What decides matmul rounding: torch, the instruction set, MKL and the CPU model (two CPUs of the same
+    instruction set, an Intel and an AMD one, were measured to round differently)."""
+    from polyrec.experiment import cpu_model
+
     return {
         "torch": torch.__version__,
         "cpu": torch.backends.cpu.get_cpu_capability(),
         "mkl": str(torch.backends.mkl.is_available()),
         "machine": platform.machine(),
+        "cpu_model": cpu_model(),
     }
 
 

@@ -62,7 +62,12 @@ def test_zero_offsets_equal_the_shared_model_and_offsets_act_per_domain(tiny_dat
     model = DomainSpecificModel(base).eval()
     batch = tiny_dataset.batch(tiny_dataset.splits["test"][:300])
     with torch.no_grad():
-        expected = base(batch).logits
+        # The wrapper runs each domain's rows as their own batch; a BLAS may round a row differently in a
+        # batch of another size, so the shared model is held to the same split.
+        expected = torch.empty(len(batch))
+        for d in batch.domain.unique().tolist():
+            rows = torch.nonzero(batch.domain == d).squeeze(1)
+            expected[rows] = base(batch.select(rows)).logits
         assert torch.equal(model(batch).logits, expected)
         # an offset on domain 1's output bias moves exactly domain 1's rows, by exactly that much
         name = [n for n in model.specific_names if n.endswith("bias")][-1]
@@ -73,7 +78,7 @@ def test_zero_offsets_equal_the_shared_model_and_offsets_act_per_domain(tiny_dat
     torch.testing.assert_close(got[d1], expected[d1] + 0.5)
     assert torch.equal(got[~d1], expected[~d1])
     with model.shared_only(), torch.no_grad():
-        assert torch.equal(model(batch).logits, expected)
+        torch.testing.assert_close(model(batch).logits, expected, rtol=0, atol=1e-6)  # one batch: rounding only
 
 
 def test_mixed_batch_equals_each_domain_alone(tiny_dataset):

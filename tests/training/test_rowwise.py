@@ -14,9 +14,10 @@ from polyrec.config import ConfigError, from_dict
 from polyrec.data.config import DataConfig
 from polyrec.data.dataset import build_dataset
 from polyrec.layers.bank import domain_banks, mark_domain_bank
+from polyrec.layers.domain import bank_row_gradients, gather_rows
 from polyrec.models import create_model
 from polyrec.models.adapters import attach_mlora
-from polyrec.training.rowwise import rowwise_step
+from polyrec.training.rowwise import clip_grad_norm, rowwise_step
 from polyrec.training.strategies import TrainContext
 from polyrec.training.task import BinaryTask
 from polyrec.training.trainer import TrainConfig, Trainer, make_optimizer
@@ -212,3 +213,71 @@ def test_marked_banks_get_no_gradient_from_other_domains(name):
             continue
         absent = bank.rows(torch.tensor([1, 3]), p.shape[0])
         assert torch.count_nonzero(p.grad.index_select(0, absent)) == 0, name
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_gathered_bank_rows_give_the_dense_gradient_as_a_sparse_one(name):
+    """Under bank_row_gradients a gathered bank's gradient is sparse, holds only the present domains' rows,
+    and equals the dense gradient; every other gradient is unchanged."""
+    schema = make_schema(num_domains=4)
+    batch = make_batch(schema, n=32, domains=[0, 2] * 16)
+    grads = []
+    for rows_only in (False, True):
+        torch.manual_seed(0)
+        model = create_model(name, schema)
+        if name == "star":
+            model = attach_mlora(model, domain_bias=True)
+        model.train()
+        with bank_row_gradients(domain_banks(model) if rows_only else ()):
+            out = model(batch)
+        (out.logits.sum() + sum(out.aux_losses.values(), torch.zeros(()))).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        banks = {n for n, p in model.named_parameters() if p in domain_banks(model)}
+    dense, sparse = grads
+    assert dense.keys() == sparse.keys()
+    for n, g in sparse.items():
+        if g.is_sparse:
+            assert n in banks, n
+            present = set(g.coalesce().indices()[0].tolist())
+            bank = domain_banks(model)[dict(model.named_parameters())[n]]
+            assert present <= set(bank.rows(torch.tensor([0, 2]), g.shape[0]).tolist()), n
+            g = g.to_dense()
+        torch.testing.assert_close(g, dense[n], rtol=1e-6, atol=1e-7, msg=n)
+    if name in ("star", "shared_bottom", "mmoe", "ple"):
+        assert any(g.is_sparse for g in sparse.values()), name
+
+
+def test_clipping_a_mix_of_sparse_and_dense_gradients_is_torchs_clipping():
+    torch.manual_seed(0)
+    bank, shared = nn.Parameter(torch.randn(6, 3)), nn.Parameter(torch.randn(4))
+    rows = torch.tensor([1, 4, 1])
+    with bank_row_gradients([bank]):
+        loss = (gather_rows(bank, rows) ** 2).sum() + (shared**3).sum() + gather_rows(shared, rows[:1]).sum()
+    loss.backward()
+    assert bank.grad.is_sparse and not shared.grad.is_sparse  # an unlisted parameter's gather stays dense
+    dense_bank, dense_shared = bank.grad.to_dense().clone(), shared.grad.clone()
+    total = clip_grad_norm([bank, shared], 0.5)
+    a, b = nn.Parameter(bank.detach().clone()), nn.Parameter(shared.detach().clone())
+    a.grad, b.grad = dense_bank, dense_shared
+    want = nn.utils.clip_grad_norm_([a, b], 0.5)
+    torch.testing.assert_close(total, want)
+    torch.testing.assert_close(bank.grad.to_dense(), a.grad)
+    torch.testing.assert_close(shared.grad, b.grad)
+
+
+def test_fused_optimizer_switch_with_both_bank_updates(ds):
+    """train.optimizer_impl: fused is torch's fused Adam (within rounding of the default one), and the
+    row-wise bank update runs beside it (the banks keep their own rule, bit-unchanged when absent)."""
+    assert make_optimizer(_star(ds), TrainConfig(optimizer_impl="fused")).defaults["fused"]
+    with pytest.raises(ConfigError, match="optimizer_impl"):
+        from_dict(TrainConfig, {"optimizer_impl": "fast"})
+    states = []
+    for impl in ("default", "fused"):
+        model = _star(ds)
+        ctx = _ctx(model, ds, "rowwise", optimizer_impl=impl)
+        for d in (0, 1, 0):
+            ctx.step(_domain_batch(ds, ctx, d))
+        states.append(model.state_dict())
+        assert torch.equal(model.layers[0].domain_weight.detach()[2], torch.ones_like(model.layers[0].domain_weight[2]))
+    for k, v in states[0].items():
+        torch.testing.assert_close(states[1][k], v, rtol=0, atol=1e-5, msg=k)

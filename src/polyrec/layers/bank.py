@@ -37,7 +37,9 @@ from .domain import (  # noqa: F401  (the domain-bank marks, re-exported here wi
     DomainBank,
     DomainSegments,
     domain_banks,
+    gather_rows,
     mark_domain_bank,
+    member_rows,
     segment_einsum,
     segment_linear,
     unmark_domain_bank,
@@ -151,9 +153,8 @@ class LinearBank(nn.Module):
             x ``[B, D_in]`` sorted by domain -> ``[B, D_out]``.
         """
         _check_group(self.num, per_domain, member)
-        w = self.weight.view(-1, per_domain, self.in_dim, self.out_dim)[:, member]
-        b = self.bias.view(-1, per_domain, self.out_dim)[:, member]
-        return segment_linear(x, seg, w.index_select(0, seg.domains), b.index_select(0, seg.domains))
+        rows = member_rows(seg.domains, per_domain, member)
+        return segment_linear(x, seg, gather_rows(self.weight, rows), gather_rows(self.bias, rows))
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, out_dim={self.out_dim}, num={self.num}"
@@ -173,8 +174,9 @@ def _rows_dense(layer: LinearBank, h: Tensor) -> Tensor:
 
 def _rows_routed(layer: LinearBank, h: Tensor, seg: DomainSegments, k: int) -> Tensor:
     """Each row through its domain's k members, rows leading: h ``[B, D_in]`` or ``[B, k, D_in]`` -> ``[B, k, D_out]``."""
-    w = layer.weight.view(-1, k, layer.in_dim, layer.out_dim).index_select(0, seg.domains)
-    b = layer.bias.view(-1, k, layer.out_dim).index_select(0, seg.domains)
+    rows = member_rows(seg.domains, k)
+    w = gather_rows(layer.weight, rows).view(-1, k, layer.in_dim, layer.out_dim)
+    b = gather_rows(layer.bias, rows).view(-1, k, layer.out_dim)
     h = segment_einsum("ni,kio->nko" if h.dim() == 2 else "nki,kio->nko", h, seg, w)
     return h + b.index_select(0, seg.local)
 

@@ -18,10 +18,10 @@ nothing changes: the normal path is the same code as before, bit for bit.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +74,13 @@ class DomainSegments:
     domains: Tensor
     counts: list[int]
     local: Tensor
+    _bins: _Bins | None = field(default=None, repr=False, compare=False)
+
+    def bins(self) -> _Bins:
+        """The segments grouped by size for the many-segment path (built once per batch, shared by layers)."""
+        if self._bins is None:
+            self._bins = _Bins.of(self.counts, self.domains.device)
+        return self._bins
 
     @classmethod
     def from_domain(cls, domain: Tensor) -> DomainSegments:
@@ -128,6 +135,61 @@ class DomainSegments:
         return list(torch.split(self.perm, self.counts))
 
 
+@dataclass
+class _Bins:
+    """Segments grouped by size: bin k holds the segments of ``2^(k-1) <= count < 2^k`` rows.
+
+    Each bin runs as one batched matmul over its segments padded to the bin's longest, so padding is under
+    half of any bin's work and there are at most log2(B) + 1 matmuls, however skewed the segment sizes (one
+    padded batch of every segment costs S x the largest segment, which a Zipf-distributed batch makes
+    hundreds of times the rows it holds).
+
+    Attributes:
+        segments: per bin, the segment indices ``[n_b]``.
+        index: per bin, the sorted-batch row of each padded slot ``[n_b, L_b]`` (``B`` on padding: a zero row).
+        valid: per bin, the real slots ``[n_b, L_b]``.
+        inverse: the row of the concatenated bins' valid slots that holds each sorted row ``[B]``.
+    """
+
+    segments: list[Tensor]
+    index: list[Tensor]
+    valid: list[Tensor]
+    inverse: Tensor
+
+    @classmethod
+    def of(cls, counts: list[int], device: torch.device) -> _Bins:
+        starts, total = [], 0
+        for c in counts:
+            starts.append(total)
+            total += c
+        by_bin: dict[int, list[int]] = {}
+        for s, c in enumerate(counts):
+            by_bin.setdefault(c.bit_length(), []).append(s)
+        segments, index, valid, order = [], [], [], []
+        for k in sorted(by_bin):
+            members = by_bin[k]
+            seg_ids = torch.tensor(members, dtype=torch.long, device=device)
+            seg_counts = torch.tensor([counts[s] for s in members], dtype=torch.long, device=device)
+            seg_starts = torch.tensor([starts[s] for s in members], dtype=torch.long, device=device)
+            pos = torch.arange(int(seg_counts.max()), device=device)
+            ok = pos.unsqueeze(0) < seg_counts.unsqueeze(1)
+            idx = torch.where(ok, seg_starts.unsqueeze(1) + pos, total)
+            segments.append(seg_ids)
+            index.append(idx)
+            valid.append(ok)
+            order.append(idx[ok])
+        flat = torch.cat(order)
+        inverse = torch.empty_like(flat)
+        inverse[flat] = torch.arange(len(flat), device=device)
+        return cls(segments, index, valid, inverse)
+
+    def run(self, x: Tensor, fn) -> Tensor:
+        """``fn(padded [n_b, L_b, ...], segments [n_b]) -> [n_b, L_b, ...]`` over every bin, back in row order."""
+        x_ext = torch.cat([x, x.new_zeros(1, *x.shape[1:])])
+        parts = [fn(x_ext[idx], segs)[ok] for segs, idx, ok in zip(self.segments, self.index, self.valid, strict=True)]
+        return torch.cat(parts).index_select(0, self.inverse)
+
+
 def segment_linear(x: Tensor, seg: DomainSegments, weight: Tensor, bias: Tensor, loop_max: int = 16) -> Tensor:
     """Apply a different linear map to each domain's rows of a domain-sorted batch.
 
@@ -136,8 +198,9 @@ def segment_linear(x: Tensor, seg: DomainSegments, weight: Tensor, bias: Tensor,
         seg: the segments of ``x``.
         weight: per present domain weights ``[S, D_in, D_out]``.
         bias: per present domain biases ``[S, D_out]``.
-        loop_max: up to this many segments, one matmul per segment; beyond it, one padded batched matmul
-            (many small segments are faster as a single ``bmm`` than as a Python loop).
+        loop_max: up to this many segments, one matmul per segment; beyond it, one batched matmul per bin of
+            segments of similar size (:class:`_Bins`: many small segments are faster as a few ``bmm`` than
+            as a Python loop, and binning keeps the padding under half of the work).
 
     Shape:
         x ``[B, D_in]`` -> ``[B, D_out]``.
@@ -147,13 +210,9 @@ def segment_linear(x: Tensor, seg: DomainSegments, weight: Tensor, bias: Tensor,
     if seg.num_segments <= loop_max:
         parts = torch.split(x, seg.counts)
         return torch.cat([torch.addmm(bias[i], p, weight[i]) for i, p in enumerate(parts)], dim=0)
-    counts = torch.tensor(seg.counts, device=x.device)
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(x.shape[0], device=x.device) - starts.index_select(0, seg.local)
-    padded = x.new_zeros(seg.num_segments, max(seg.counts), x.shape[1])
-    padded[seg.local, pos] = x
-    out = torch.baddbmm(bias.unsqueeze(1), padded, weight)
-    return out[seg.local, pos]
+    return seg.bins().run(
+        x, lambda padded, s: torch.baddbmm(bias.index_select(0, s).unsqueeze(1), padded, weight.index_select(0, s))
+    )
 
 
 def segment_einsum(equation: str, x: Tensor, seg: DomainSegments, weight: Tensor, loop_max: int = 16) -> Tensor:
@@ -162,7 +221,7 @@ def segment_einsum(equation: str, x: Tensor, seg: DomainSegments, weight: Tensor
     ``equation`` is written for one segment: its first operand is the rows (their first index is the row
     index, which must also lead the output), its second one ``weight[s]``; for example ``"ni,io->no"`` (a
     linear map) or ``"nki,kio->nko"`` (K experts). Up to ``loop_max`` segments run one einsum each;
-    beyond, the segments are padded to a common length and run as one batched einsum. This generalises
+    beyond, the segments run as one batched einsum per bin of similar sizes (:class:`_Bins`). This generalises
     :func:`segment_linear` to experts and generated weights.
 
     Args:
@@ -189,12 +248,8 @@ def segment_einsum(equation: str, x: Tensor, seg: DomainSegments, weight: Tensor
         return torch.cat([torch.einsum(equation, p, weight[i]) for i, p in enumerate(parts)], dim=0)
     inputs, out = equation.replace(" ", "").split("->")
     a, b = inputs.split(",")
-    counts = torch.tensor(seg.counts, device=x.device)
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(x.shape[0], device=x.device) - starts.index_select(0, seg.local)
-    padded = x.new_zeros(seg.num_segments, max(seg.counts), *x.shape[1:])
-    padded[seg.local, pos] = x
-    return torch.einsum(f"s{a},s{b}->s{out}", padded, weight)[seg.local, pos]
+    batched = f"s{a},s{b}->s{out}"
+    return seg.bins().run(x, lambda padded, s: torch.einsum(batched, padded, weight.index_select(0, s)))
 
 
 class StarLinear(nn.Module):
@@ -235,8 +290,8 @@ class StarLinear(nn.Module):
         if domains is None:
             return self.domain_weight * self.weight, self.domain_bias + self.bias
         return (
-            self.domain_weight.index_select(0, domains) * self.weight,
-            self.domain_bias.index_select(0, domains) + self.bias,
+            gather_rows(self.domain_weight, domains) * self.weight,
+            gather_rows(self.domain_bias, domains) + self.bias,
         )
 
     def forward(self, x: Tensor, seg: DomainSegments) -> Tensor:
@@ -287,6 +342,64 @@ class AuxiliaryDomainNetwork(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- domain banks
+#: The ids of the banks whose gathers give sparse gradients, within :func:`bank_row_gradients` (a context
+#: variable: each thread and task has its own value).
+_ROW_GRADIENTS: ContextVar[frozenset[int]] = ContextVar("polyrec_bank_row_gradients", default=frozenset())
+
+
+@contextmanager
+def bank_row_gradients(banks: Iterable[Tensor] = ()) -> Iterator[None]:
+    """Within the block, :func:`gather_rows` on one of ``banks`` gives it a sparse gradient.
+
+    Such a bank's gradient is then a sparse COO tensor holding the gathered rows only, instead of a dense
+    tensor the size of the whole bank that is zero outside them: back-propagation writes (and the row-wise
+    update, :mod:`polyrec.training.rowwise`, reads) the rows of the domains present, whatever the number of
+    domains. The trainer passes the model's marked banks (:func:`domain_banks`) with
+    ``train.bank_update: rowwise``; a dense optimiser step needs dense gradients, so nothing is sparse
+    outside the block, nor for a parameter that is not listed (an unmarked bank stays dense).
+    """
+    token = _ROW_GRADIENTS.set(frozenset(id(b) for b in banks))
+    try:
+        yield
+    finally:
+        _ROW_GRADIENTS.reset(token)
+
+
+class _GatherRows(torch.autograd.Function):
+    """``bank.index_select(0, rows)`` whose backward is a sparse gradient of the gathered rows."""
+
+    @staticmethod
+    def forward(ctx, bank: Tensor, rows: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(rows)
+        ctx.bank_shape = bank.shape
+        return bank.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (rows,) = ctx.saved_tensors
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.bank_shape, check_invariants=False), None
+
+
+def gather_rows(bank: Tensor, rows: Tensor) -> Tensor:
+    """Rows ``rows`` of a domain bank (``bank.index_select(0, rows)``, the same values).
+
+    For a bank listed by :func:`bank_row_gradients` that is a leaf needing a gradient (a parameter), the
+    gradient reaching ``bank`` is sparse: only the gathered rows (repeated rows are summed when it is
+    coalesced). Otherwise this is ``index_select``, dense gradient and all.
+    """
+    if id(bank) in _ROW_GRADIENTS.get() and bank.is_leaf and bank.requires_grad and torch.is_grad_enabled():
+        return _GatherRows.apply(bank, rows)
+    return bank.index_select(0, rows)
+
+
+def member_rows(domains: Tensor, per_domain: int, members: int | None = None) -> Tensor:
+    """Rows of a bank of ``per_domain`` rows per domain: member ``members`` of each domain (an int), or all
+    ``per_domain`` of them in order (``None``: ``[S * per_domain]``, domain-major)."""
+    if members is not None:
+        return domains * per_domain + members
+    return (domains.unsqueeze(1) * per_domain + torch.arange(per_domain, device=domains.device)).reshape(-1)
+
+
 @dataclass(frozen=True)
 class DomainBank:
     """How a parameter's first dimension maps to domains: rows ``(d - first) * per_domain ..`` and the next

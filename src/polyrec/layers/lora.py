@@ -56,7 +56,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .domain import DomainSegments, StarLinear, mark_domain_bank, segment_linear, unmark_domain_bank
+from .domain import (
+    DomainSegments,
+    StarLinear,
+    gather_rows,
+    mark_domain_bank,
+    segment_linear,
+    unmark_domain_bank,
+)
 
 #: Up to this many domains present in a batch, adapters run one matmul pair per present domain; beyond it,
 #: every row gathers its own matrices (batched matmul).
@@ -223,10 +230,10 @@ class LoRABank(nn.Module):
         full: Tensor = getattr(self, name)
         new: Tensor | None = getattr(self, f"{name}_new")
         if new is None:
-            return full.index_select(0, idx)
+            return gather_rows(full, idx)
         n0 = full.shape[0]
-        old = full.index_select(0, idx.clamp(max=n0 - 1))
-        fresh = new.index_select(0, (idx - n0).clamp(min=0))
+        old = gather_rows(full, idx.clamp(max=n0 - 1))
+        fresh = gather_rows(new, (idx - n0).clamp(min=0))
         return torch.where((idx >= n0).view(-1, *[1] * (full.dim() - 1)), fresh, old)
 
     def forward_rows(self, x: Tensor, domain: Tensor) -> Tensor:

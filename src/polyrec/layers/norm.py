@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .domain import mark_domain_bank
+from .domain import gather_rows, mark_domain_bank
 
 
 class PartitionedNorm(nn.Module):
@@ -128,8 +128,8 @@ class PartitionedNorm(nn.Module):
             self.running_mean[d] = (1 - m) * self.running_mean[d] + m * mean[enough].detach()
             self.running_var[d] = (1 - m) * self.running_var[d] + m * (var[enough].detach() * n / (n - 1))
             self.num_batches_tracked[d] += 1
-        scale = self.gamma * self.domain_gamma.index_select(0, domains)
-        shift = self.beta + self.domain_beta.index_select(0, domains)
+        scale = self.gamma * gather_rows(self.domain_gamma, domains)
+        shift = self.beta + gather_rows(self.domain_beta, domains)
         return torch.addcmul(shift.index_select(0, local), x_hat, scale.index_select(0, local))
 
     def extra_repr(self) -> str:

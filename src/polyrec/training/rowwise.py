@@ -12,8 +12,12 @@ dense Adam (equal up to rounding).
 
 Weight decay: AdamW's decoupled decay, and Adam's L2 term, act on the present rows only.
 
-The gradient is the dense one back-propagation computes (zero on absent rows); only the present rows of it
-are read. Clipping sees it whole, so ``train.grad_clip`` measures the same norm as the dense path.
+The gradient is either the dense one back-propagation computes (zero on absent rows) or, where the
+forward pass gathered the bank's rows with :func:`polyrec.layers.domain.gather_rows` under
+:func:`~polyrec.layers.domain.bank_row_gradients` (the trainer's standard step does), a sparse one holding
+the gathered rows only, so that no tensor the size of the whole bank is written in the step; either way
+only the present rows are read. Clipping measures the same norm in both forms
+(:func:`clip_grad_norm`).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ def _hyper(optimizer: torch.optim.Optimizer, group: dict) -> tuple[float, float,
             f"a row-wise bank update needs an Adam or AdamW optimiser, got {type(optimizer).__name__} "
             "(set train.bank_update: dense)"
         )
-    for flag in ("amsgrad", "maximize", "capturable", "differentiable", "fused"):
+    for flag in ("amsgrad", "maximize", "capturable", "differentiable"):  # fused: only the other parameters
         if group.get(flag):
             raise ValueError(f"a row-wise bank update does not support the optimiser option {flag}=True")
     lr = group["lr"]
@@ -53,6 +57,21 @@ def _hyper(optimizer: torch.optim.Optimizer, group: dict) -> tuple[float, float,
     beta1, beta2 = group["betas"]
     decoupled = bool(group.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW)))
     return lr, float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]), decoupled
+
+
+def _grad_rows(grad: Tensor, rows: Tensor) -> Tensor:
+    """Rows ``rows`` (ascending) of a bank's gradient, dense or sparse (a sparse one's other rows, which a
+    gather of clamped indices may hold as zeros, are not read)."""
+    if not grad.is_sparse:
+        return grad.index_select(0, rows)
+    grad = grad.coalesce()
+    index, values = grad.indices()[0], grad.values()
+    out = values.new_zeros((len(rows), *values.shape[1:]))
+    if len(index) and len(rows):
+        at = torch.searchsorted(rows, index).clamp_(max=len(rows) - 1)
+        hit = rows.index_select(0, at) == index
+        out.index_copy_(0, at[hit], values[hit])
+    return out
 
 
 @torch.no_grad()
@@ -67,7 +86,7 @@ def _update_rows(p: Tensor, grad: Tensor, state: dict, rows: Tensor, hyper: tupl
     if rows.numel() == 0:
         return
     param = p.index_select(0, rows)
-    g = grad.index_select(0, rows)
+    g = _grad_rows(grad, rows)
     exp_avg = state["exp_avg"].index_select(0, rows)
     exp_avg_sq = state["exp_avg_sq"].index_select(0, rows)
     step = state[ROW_STEP].index_select(0, rows) + 1
@@ -116,8 +135,6 @@ def rowwise_step(
             p.grad = grad
     present: dict[torch.device, Tensor] = {}
     for p, grad, group in held:
-        if grad.is_sparse:
-            raise ValueError("a row-wise bank update needs dense gradients")
         bank = banks[p]
         if domains is None:
             rows = torch.arange(p.shape[0], device=p.device)
@@ -126,3 +143,30 @@ def rowwise_step(
                 present[p.device] = _present(domains, p.device)
             rows = bank.rows(present[p.device], p.shape[0])
         _update_rows(p, grad, optimizer.state[p], rows, _hyper(optimizer, group))
+
+
+@torch.no_grad()
+def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` for gradients of which some are sparse (a bank's rows).
+
+    The norm is the 2-norm of every gradient, a sparse one's coalesced values counted once (its rows
+    summed, as the dense gradient holds them); every gradient is then scaled by ``max_norm / (norm + 1e-6)``
+    clamped at 1, as PyTorch's function scales them. Dense-only lists go to PyTorch's function itself.
+    """
+    params = [p for p in params if p.grad is not None]
+    if not any(p.grad.is_sparse for p in params):
+        return nn.utils.clip_grad_norm_(params, max_norm)
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    if not params:
+        return torch.tensor(0.0)
+    norms = [torch.linalg.vector_norm(p.grad.values() if p.grad.is_sparse else p.grad) for p in params]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = p.grad * coef
+        else:
+            p.grad.mul_(coef)
+    return total

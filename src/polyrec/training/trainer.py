@@ -48,6 +48,8 @@ from .scoring import score_rows
 from .strategies import Strategy, TrainContext, create_strategy, strategy_options
 from .task import LOSS, BinaryTask
 
+#: The values of ``train.optimizer_impl``.
+OPTIMIZER_IMPLS = ("default", "fused")
 #: The validation metrics ``train.monitor`` may name (fields of :class:`MultiDomainMetrics`).
 MONITORS = (AUC_MEAN, AUC_OVERALL, WAUC, LOGLOSS_OVERALL, GAUC)
 #: A validation logloss above this many nats means training diverged (a constant predictor at the base
@@ -107,6 +109,11 @@ class TrainConfig:
             domains' rows move through Adam's moments) or ``rowwise`` (only the rows of the domains present in
             the step, with their moments and a per-row step count: lazy Adam / AdamW; absent domains' rows
             stay unchanged; :mod:`polyrec.training.rowwise`). ``rowwise`` needs ``adam`` or ``adamw``.
+        optimizer_impl: ``default`` (torch's own choice of Adam / AdamW implementation: on the CPU one
+            tensor at a time) or ``fused`` (its fused kernel: the same rule in one pass over each tensor;
+            measured on one thread, 2.7x faster on 200k parameters and 8x on 5M). The two round differently, so a run
+            is reproduced with the implementation it was trained with. SGD has no fused CPU kernel here and
+            ignores it.
         flush_denormal: treat subnormal floats as zero on the CPU (process-wide). Adam's moments of
             embedding rows that a batch does not touch decay geometrically into the subnormal range after
             a few epochs, where x86 arithmetic is tens of times slower; measured on ml1m-age3, MLP fell from
@@ -132,6 +139,7 @@ class TrainConfig:
     precise_norm_stats: bool = True
     flush_denormal: bool = True
     bank_update: str = param("dense", choices=BANK_UPDATES)
+    optimizer_impl: str = param("default", choices=OPTIMIZER_IMPLS)
 
     def __post_init__(self) -> None:
         if self.bank_update == "rowwise" and self.optimizer not in ROWWISE_OPTIMIZERS:
@@ -151,10 +159,11 @@ class TrainConfig:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    impl = {"fused": True} if cfg.optimizer_impl == "fused" else {}
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **impl)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **impl)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"train.optimizer {cfg.optimizer!r} is not one of adam, adamw, sgd")
@@ -618,7 +627,7 @@ class Trainer:
 #: refused. (``polyrec train --out DIR`` is stricter: it resumes only under the identical config.)
 NEUTRAL_TRAIN_KEYS = ("num_threads", "max_epochs", "patience", "eval_batch_size")
 #: Training settings added after checkpoints were written without them, with the value those runs used.
-LEGACY_TRAIN_VALUES = {"bank_update": "dense"}
+LEGACY_TRAIN_VALUES = {"bank_update": "dense", "optimizer_impl": "default"}
 
 
 def _neutral(train: dict) -> dict:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ...config import param
 from ...data.batch import Batch
 from ...layers.bank import LinearBank, mark_domain_bank
-from ...layers.domain import DomainSegments, segment_einsum
+from ...layers.domain import DomainSegments, gather_rows, segment_einsum
 from ...layers.mlp import MLP
 from ...layers.mlp import activation as make_activation
 from .._registry import register_model
@@ -98,16 +98,16 @@ class HyperAdapterBank(nn.Module):
 
     def _project(self, x: Tensor, u: Tensor, v: Tensor, hyper: Tensor, seg: DomainSegments) -> Tensor:
         # x W = ((x U_d) H(x)) V_d, without forming the per-row [m, m'] matrix.
-        t = segment_einsum("ni,ik->nk", x, seg, u.index_select(0, seg.domains))
+        t = segment_einsum("ni,ik->nk", x, seg, gather_rows(u, seg.domains))
         t = torch.bmm(t.unsqueeze(1), hyper).squeeze(1)
-        return segment_einsum("nk,ko->no", t, seg, v.index_select(0, seg.domains))
+        return segment_einsum("nk,ko->no", t, seg, gather_rows(v, seg.domains))
 
     def forward(self, h: Tensor, hyper: Tensor, seg: DomainSegments) -> Tensor:
         d = seg.sorted_domain  # per-row gathers of the small per-domain vectors
-        a = torch.sigmoid(self._project(h, self.u1, self.v1, hyper, seg) + self.b1.index_select(0, d))
-        t = self._project(a, self.u2, self.v2, hyper, seg) + self.b2.index_select(0, d)
+        a = torch.sigmoid(self._project(h, self.u1, self.v1, hyper, seg) + gather_rows(self.b1, d))
+        t = self._project(a, self.u2, self.v2, hyper, seg) + gather_rows(self.b2, d)
         t = F.layer_norm(t, t.shape[-1:])
-        return h + t * self.norm_scale.index_select(0, d) + self.norm_shift.index_select(0, d)
+        return h + t * gather_rows(self.norm_scale, d) + gather_rows(self.norm_shift, d)
 
 
 @register_model("hamur", tags=("multidomain",))

@@ -22,8 +22,9 @@ from ...data.batch import Batch
 from ...data.dataset import EncodedDataset
 from ...data.samplers import epoch_batches, stream_generator
 from ...layers.bank import domain_banks
+from ...layers.domain import bank_row_gradients
 from ...registry import Registry
-from ..rowwise import rowwise_step
+from ..rowwise import clip_grad_norm, rowwise_step
 from ..task import Task
 
 
@@ -201,7 +202,7 @@ class TrainContext:
             else:
                 p.grad = None
         if self.grad_clip > 0:
-            nn.utils.clip_grad_norm_(updated, self.grad_clip)
+            clip_grad_norm(updated, self.grad_clip)
         if self.bank_update == "rowwise":
             rowwise_step(opt, domain_banks(self.model), domains)
         else:
@@ -211,7 +212,9 @@ class TrainContext:
         """One standard step: forward, loss, backward, optional clipping, optimiser step (with ``optimizer``,
         default :attr:`optimizer`; see :meth:`zero_grad` and :meth:`apply_gradients`)."""
         self.zero_grad(optimizer)
-        losses = self.compute_loss(batch)
+        rows_only = domain_banks(self.model) if self.bank_update == "rowwise" else ()
+        with bank_row_gradients(rows_only):  # the banks get their gathered rows' gradient only
+            losses = self.compute_loss(batch)
         losses["loss"].backward()
         self.apply_gradients(optimizer, batch.domain)
         self.samples_seen += len(batch)
