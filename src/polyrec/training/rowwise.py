@@ -101,8 +101,9 @@ def _update_rows(p: Tensor, grad: Tensor, state: dict, rows: Tensor, hyper: tupl
     shape = (-1,) + (1,) * (p.dim() - 1)
     step_size = (lr / (1 - beta1**t)).to(p.dtype).view(shape)
     bias_correction2_sqrt = (1 - beta2**t).sqrt().to(p.dtype).view(shape)
-    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    param.add_(exp_avg.mul(-step_size) / denom)
+    # In place where the order of operations allows (the same values: negation and a product by -1 are exact).
+    denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
+    param.addcdiv_(exp_avg.mul(step_size), denom, value=-1.0)
     p.index_copy_(0, rows, param)
     state["exp_avg"].index_copy_(0, rows, exp_avg)
     state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
