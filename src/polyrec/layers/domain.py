@@ -155,6 +155,8 @@ class _Bins:
     index: list[Tensor]
     valid: list[Tensor]
     inverse: Tensor
+    order: Tensor
+    sizes: list[int]
 
     @classmethod
     def of(cls, counts: list[int], device: torch.device) -> _Bins:
@@ -181,13 +183,40 @@ class _Bins:
         flat = torch.cat(order)
         inverse = torch.empty_like(flat)
         inverse[flat] = torch.arange(len(flat), device=device)
-        return cls(segments, index, valid, inverse)
+        return cls(segments, index, valid, inverse, torch.cat(segments), [len(m) for m in segments])
 
-    def run(self, x: Tensor, fn) -> Tensor:
-        """``fn(padded [n_b, L_b, ...], segments [n_b]) -> [n_b, L_b, ...]`` over every bin, back in row order."""
+    def run(self, x: Tensor, per_segment: tuple[Tensor, ...], fn) -> Tensor:
+        """``fn(padded [n_b, L_b, ...], *slices) -> [n_b, L_b, ...]`` over every bin, back in row order.
+
+        ``per_segment``: tensors ``[S, ...]`` (one slice per present segment, such as the per-domain weights);
+        each bin receives its segments' slices. They are put in bin order by one permutation
+        (:class:`_PermuteRows`, whose backward writes every row once, without zero-filling a bank-sized
+        gradient per bin) and split into views.
+        """
         x_ext = torch.cat([x, x.new_zeros(1, *x.shape[1:])])
-        parts = [fn(x_ext[idx], segs)[ok] for segs, idx, ok in zip(self.segments, self.index, self.valid, strict=True)]
+        slices = [_PermuteRows.apply(t, self.order).split(self.sizes) for t in per_segment]
+        parts = [
+            fn(x_ext[idx], *(s[b] for s in slices))[ok]
+            for b, (idx, ok) in enumerate(zip(self.index, self.valid, strict=True))
+        ]
         return torch.cat(parts).index_select(0, self.inverse)
+
+
+class _PermuteRows(torch.autograd.Function):
+    """``t.index_select(0, perm)`` for a permutation ``perm`` of ``t``'s rows: the backward writes each row of the
+    gradient once (no zero fill, no accumulation)."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, perm: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(perm)
+        return t.index_select(0, perm)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (perm,) = ctx.saved_tensors
+        out = grad.new_empty(grad.shape)
+        out.index_copy_(0, perm, grad)
+        return out, None
 
 
 def segment_linear(x: Tensor, seg: DomainSegments, weight: Tensor, bias: Tensor, loop_max: int = 16) -> Tensor:
@@ -210,9 +239,7 @@ def segment_linear(x: Tensor, seg: DomainSegments, weight: Tensor, bias: Tensor,
     if seg.num_segments <= loop_max:
         parts = torch.split(x, seg.counts)
         return torch.cat([torch.addmm(bias[i], p, weight[i]) for i, p in enumerate(parts)], dim=0)
-    return seg.bins().run(
-        x, lambda padded, s: torch.baddbmm(bias.index_select(0, s).unsqueeze(1), padded, weight.index_select(0, s))
-    )
+    return seg.bins().run(x, (weight, bias), lambda padded, w, b: torch.baddbmm(b.unsqueeze(1), padded, w))
 
 
 def segment_einsum(equation: str, x: Tensor, seg: DomainSegments, weight: Tensor, loop_max: int = 16) -> Tensor:
@@ -249,7 +276,7 @@ def segment_einsum(equation: str, x: Tensor, seg: DomainSegments, weight: Tensor
     inputs, out = equation.replace(" ", "").split("->")
     a, b = inputs.split(",")
     batched = f"s{a},s{b}->s{out}"
-    return seg.bins().run(x, lambda padded, s: torch.einsum(batched, padded, weight.index_select(0, s)))
+    return seg.bins().run(x, (weight,), lambda padded, w: torch.einsum(batched, padded, w))
 
 
 class StarLinear(nn.Module):
@@ -285,17 +312,18 @@ class StarLinear(nn.Module):
         mark_domain_bank(self, "domain_weight", "domain_bias")
         nn.init.kaiming_uniform_(self.weight.T, a=math.sqrt(5))  # nn.Linear's default, on [out, in]
 
-    def combined(self, domains: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Per-domain ``(W ⊙ W_p, b + b_p)`` for ``domains`` (all domains by default): ``[S, D_in, D_out]``, ``[S, D_out]``."""
+    def combined(self, domains: Tensor | None = None, distinct: bool = False) -> tuple[Tensor, Tensor]:
+        """Per-domain ``(W ⊙ W_p, b + b_p)`` for ``domains`` (all domains by default): ``[S, D_in, D_out]``, ``[S, D_out]``
+        (``distinct``: ``domains`` ascending without repeats, see :func:`gather_rows`)."""
         if domains is None:
             return self.domain_weight * self.weight, self.domain_bias + self.bias
         return (
-            gather_rows(self.domain_weight, domains) * self.weight,
-            gather_rows(self.domain_bias, domains) + self.bias,
+            gather_rows(self.domain_weight, domains, distinct) * self.weight,
+            gather_rows(self.domain_bias, domains, distinct) + self.bias,
         )
 
     def forward(self, x: Tensor, seg: DomainSegments) -> Tensor:
-        w, b = self.combined(seg.domains)
+        w, b = self.combined(seg.domains, distinct=True)
         return segment_linear(x, seg, w, b)
 
     def extra_repr(self) -> str:
@@ -369,26 +397,33 @@ class _GatherRows(torch.autograd.Function):
     """``bank.index_select(0, rows)`` whose backward is a sparse gradient of the gathered rows."""
 
     @staticmethod
-    def forward(ctx, bank: Tensor, rows: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, bank: Tensor, rows: Tensor, distinct: bool) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(rows)
-        ctx.bank_shape = bank.shape
+        ctx.bank_shape, ctx.distinct = bank.shape, distinct
         return bank.index_select(0, rows)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         (rows,) = ctx.saved_tensors
-        return torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.bank_shape, check_invariants=False), None
+        coalesced = True if ctx.distinct else None  # None: torch checks nothing, coalesce() sorts and sums
+        sparse = torch.sparse_coo_tensor(
+            rows.unsqueeze(0), grad, ctx.bank_shape, check_invariants=False, is_coalesced=coalesced
+        )
+        return sparse, None, None
 
 
-def gather_rows(bank: Tensor, rows: Tensor) -> Tensor:
+def gather_rows(bank: Tensor, rows: Tensor, distinct: bool = False) -> Tensor:
     """Rows ``rows`` of a domain bank (``bank.index_select(0, rows)``, the same values).
+
+    ``distinct``: the caller guarantees ``rows`` ascending without repeats (a batch's present domains,
+    :attr:`DomainSegments.domains`), so the sparse gradient is built coalesced (no sort, no copy).
 
     For a bank listed by :func:`bank_row_gradients` that is a leaf needing a gradient (a parameter), the
     gradient reaching ``bank`` is sparse: only the gathered rows (repeated rows are summed when it is
     coalesced). Otherwise this is ``index_select``, dense gradient and all.
     """
     if id(bank) in _ROW_GRADIENTS.get() and bank.is_leaf and bank.requires_grad and torch.is_grad_enabled():
-        return _GatherRows.apply(bank, rows)
+        return _GatherRows.apply(bank, rows, distinct)
     return bank.index_select(0, rows)
 
 
