@@ -59,13 +59,23 @@ def _hyper(optimizer: torch.optim.Optimizer, group: dict) -> tuple[float, float,
     return lr, float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]), decoupled
 
 
+def _sparse_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
+    """(row indices, their gradient rows) of a sparse bank gradient, each row once: as it is when no row
+    repeats (a gather of distinct domains; no copy), else coalesced (repeated rows summed)."""
+    if not grad.is_coalesced():
+        index = grad._indices()[0]
+        if torch.unique(index).numel() == index.numel():
+            return index, grad._values()
+        grad = grad.coalesce()
+    return grad.indices()[0], grad.values()
+
+
 def _grad_rows(grad: Tensor, rows: Tensor) -> Tensor:
     """Rows ``rows`` (ascending) of a bank's gradient, dense or sparse (a sparse one's other rows, which a
     gather of clamped indices may hold as zeros, are not read)."""
     if not grad.is_sparse:
         return grad.index_select(0, rows)
-    grad = grad.coalesce()
-    index, values = grad.indices()[0], grad.values()
+    index, values = _sparse_rows(grad)
     out = values.new_zeros((len(rows), *values.shape[1:]))
     if len(index) and len(rows):
         at = torch.searchsorted(rows, index).clamp_(max=len(rows) - 1)
@@ -102,9 +112,8 @@ def _update_rows(p: Tensor, grad: Tensor, state: dict, rows: Tensor, hyper: tupl
     steps = state[ROW_STEP]
     steps.index_add_(0, rows, torch.ones(len(ids), dtype=steps.dtype, device=steps.device))  # rows are distinct
     if grad.is_sparse:
-        grad = grad.coalesce()
-        values = grad.values()
-        at = {r: k for k, r in enumerate(grad.indices()[0].tolist())}
+        index, values = _sparse_rows(grad)
+        at = {r: k for k, r in enumerate(index.tolist())}
         grads = [values[at[i]] if i in at else p.new_zeros(p.shape[1:]) for i in ids]
     else:
         grads = [grad[i] for i in ids]
@@ -204,17 +213,12 @@ def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> Tensor:
     params = [p for p in params if p.grad is not None]
     if not any(p.grad.is_sparse for p in params):
         return nn.utils.clip_grad_norm_(params, max_norm)
-    for p in params:
-        if p.grad.is_sparse:
-            p.grad = p.grad.coalesce()
-    if not params:
-        return torch.tensor(0.0)
-    norms = [torch.linalg.vector_norm(p.grad.values() if p.grad.is_sparse else p.grad) for p in params]
+    norms = [torch.linalg.vector_norm(_sparse_rows(p.grad)[1] if p.grad.is_sparse else p.grad) for p in params]
     total = torch.linalg.vector_norm(torch.stack(norms))
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for p in params:
         if p.grad.is_sparse:
-            p.grad = p.grad * coef
+            p.grad = p.grad * coef  # a product keeps repeated rows as they are: their sum is scaled alike
         else:
             p.grad.mul_(coef)
     return total
