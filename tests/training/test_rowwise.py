@@ -284,14 +284,17 @@ def test_fused_optimizer_switch_with_both_bank_updates(ds):
 
 
 @pytest.mark.parametrize("decoupled", [False, True])
-def test_the_fused_row_kernel_is_the_unfused_rule(decoupled):
+def test_the_fused_row_kernel_is_the_unfused_rule(decoupled, monkeypatch):
     """The present rows go through torch's fused kernel in place; the plain-tensor rule gives the same
     values (within the kernel's rounding), from dense and from sparse gradients; other rows untouched."""
+    import polyrec.training.rowwise as rowwise
     from polyrec.training.rowwise import _update_rows, _update_rows_unfused
 
     torch.manual_seed(0)
     p0, rows = torch.randn(9, 3, 4), torch.tensor([1, 4, 7])
     hyper = (1e-2, 0.9, 0.999, 1e-8, 0.1, decoupled)
+    assert p0[0].numel() < rowwise.FUSED_MIN_ROW
+    monkeypatch.setattr(rowwise, "FUSED_MIN_ROW", 1)  # these small rows through the fused kernel too
     results = []
     for update, sparse in ((_update_rows_unfused, False), (_update_rows, False), (_update_rows, True)):
         p, state = p0.clone(), {}

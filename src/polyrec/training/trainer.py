@@ -108,7 +108,11 @@ class TrainConfig:
             :func:`polyrec.layers.bank.mark_domain_bank`): ``dense`` (every row, as any parameter; absent
             domains' rows move through Adam's moments) or ``rowwise`` (only the rows of the domains present in
             the step, with their moments and a per-row step count: lazy Adam / AdamW; absent domains' rows
-            stay unchanged; :mod:`polyrec.training.rowwise`). ``rowwise`` needs ``adam`` or ``adamw``.
+            stay unchanged; :mod:`polyrec.training.rowwise`). ``rowwise`` needs ``adam`` or ``adamw``. The
+            default stays ``dense``: every committed benchmark was trained with it, and on P2 (STAR, 5 seeds)
+            ``rowwise`` matches it within noise (test AUC -0.008 ± 0.016 x100,
+            ``benchmarks/results/bank_update_p2.md``), so the choice is one of cost: ``rowwise`` when a model
+            has many domains and a batch holds few of them (``benchmarks/results/domain_scaling.md``).
         optimizer_impl: ``default`` (torch's own choice of Adam / AdamW implementation: on the CPU one
             tensor at a time) or ``fused`` (its fused kernel: the same rule in one pass over each tensor;
             measured on one thread, 2.7x faster on 200k parameters and 8x on 5M). The two round differently, so a run
