@@ -100,9 +100,10 @@ def summary() -> dict[str, Any]:
         }
         entry: dict[str, Any] = {
             "seeds": {s: len(v) for s, v in runs.items()},
-            "methods": {p: {**ours[p], "paper_r500_avg": paper_avg[p], "spec": s} for p, s in methods},
+            "methods": {p: {**ours[p], "paper_r500_avg": paper_avg.get(p), "spec": s} for p, s in methods},
             "ordering_ours": sorted(ours, key=lambda p: -ours[p]["recall@50"]),
-            "ordering_paper": sorted(ours, key=lambda p: -paper_avg[p]),
+            # the paper's Table 2 has no row for ADI-SE without self-training (it is Table 7's ablation)
+            "ordering_paper": sorted((p for p in ours if p in paper_avg), key=lambda p: -paper_avg[p]),
         }
         if "popularity" in runs:
             entry["popularity"] = {k: mean_of(runs["popularity"], k) for k in ("recall@50", "recall@100", "ndcg@50")}
@@ -161,7 +162,7 @@ def write_summary() -> None:
             lines.append(
                 f"| {name} (`{m['spec']}`) | {entry['seeds'][m['spec']]} | {m['recall@50'] * 100:.2f} | "
                 f"{m['recall@100'] * 100:.2f} | {m['ndcg@50'] * 100:.2f} | {m['recall@500'] * 100:.2f} | "
-                f"{m['paper_r500_avg'] * 100:.2f} |"
+                f"{'–' if m['paper_r500_avg'] is None else format(m['paper_r500_avg'] * 100, '.2f')} |"
             )
         lines += [
             "",
