@@ -145,13 +145,13 @@ class _Bins:
     hundreds of times the rows it holds).
 
     Attributes:
-        segments: per bin, the segment indices ``[n_b]``.
         index: per bin, the sorted-batch row of each padded slot ``[n_b, L_b]`` (``B`` on padding: a zero row).
         valid: per bin, the real slots ``[n_b, L_b]``.
         inverse: the row of the concatenated bins' valid slots that holds each sorted row ``[B]``.
+        order: the segments in bin order ``[S]`` (a permutation of 0..S-1).
+        sizes: the number of segments in each bin.
     """
 
-    segments: list[Tensor]
     index: list[Tensor]
     valid: list[Tensor]
     inverse: Tensor
@@ -167,23 +167,23 @@ class _Bins:
         by_bin: dict[int, list[int]] = {}
         for s, c in enumerate(counts):
             by_bin.setdefault(c.bit_length(), []).append(s)
-        segments, index, valid, order = [], [], [], []
+        index, valid, rows = [], [], []
         for k in sorted(by_bin):
             members = by_bin[k]
-            seg_ids = torch.tensor(members, dtype=torch.long, device=device)
             seg_counts = torch.tensor([counts[s] for s in members], dtype=torch.long, device=device)
             seg_starts = torch.tensor([starts[s] for s in members], dtype=torch.long, device=device)
             pos = torch.arange(int(seg_counts.max()), device=device)
             ok = pos.unsqueeze(0) < seg_counts.unsqueeze(1)
             idx = torch.where(ok, seg_starts.unsqueeze(1) + pos, total)
-            segments.append(seg_ids)
             index.append(idx)
             valid.append(ok)
-            order.append(idx[ok])
-        flat = torch.cat(order)
+            rows.append(idx[ok])
+        flat = torch.cat(rows)
         inverse = torch.empty_like(flat)
         inverse[flat] = torch.arange(len(flat), device=device)
-        return cls(segments, index, valid, inverse, torch.cat(segments), [len(m) for m in segments])
+        bins = [by_bin[k] for k in sorted(by_bin)]
+        order = torch.tensor([s for members in bins for s in members], dtype=torch.long, device=device)
+        return cls(index, valid, inverse, order, [len(members) for members in bins])
 
     def run(self, x: Tensor, per_segment: tuple[Tensor, ...], fn) -> Tensor:
         """``fn(padded [n_b, L_b, ...], *slices) -> [n_b, L_b, ...]`` over every bin, back in row order.

@@ -97,10 +97,11 @@ def _update_rows(p: Tensor, grad: Tensor, state: dict, rows: Tensor, hyper: tupl
     """Lazy Adam / AdamW on ``rows`` of ``p``, with a step count per row.
 
     Each present row (of at least :data:`FUSED_MIN_ROW` elements) is handed to torch's fused Adam (AdamW)
-    kernel as a tensor of its own, a view into the bank, with its own step count: the rows are updated in place, in one kernel call, without gathering
-    them and writing them back (measured: 0.83 s -> 0.06 s for 3,380 rows of 97 x 128 on one thread). The
-    kernel rounds as ``optimizer_impl: fused`` does (within 1.2e-7 of the unfused rule). Tensors the kernel
-    does not take run the same rule unfused (:func:`_update_rows_unfused`).
+    kernel as a tensor of its own, a view into the bank, with its own step count: the rows are updated in
+    place, in one kernel call, without gathering them and writing them back (measured: 0.83 s -> 0.06 s for
+    3,380 rows of 97 x 128 on one thread). The kernel rounds as ``optimizer_impl: fused`` does (within
+    1.2e-7 of the unfused rule). Smaller rows, and dtypes the kernel does not take, run the same rule
+    unfused (:func:`_update_rows_unfused`).
     """
     if not state:
         state[ROW_STEP] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
@@ -143,7 +144,7 @@ def _update_rows(p: Tensor, grad: Tensor, state: dict, rows: Tensor, hyper: tupl
 @torch.no_grad()
 def _update_rows_unfused(p: Tensor, grad: Tensor, state: dict, rows: Tensor, hyper: tuple) -> None:
     """Lazy Adam / AdamW on ``rows`` of ``p`` in plain tensor operations (the rule of ``torch.optim.Adam``'s
-    single-tensor step, with a step count per row), for the dtypes the fused kernel does not take."""
+    single-tensor step, with a step count per row): rows gathered, updated and written back."""
     lr, beta1, beta2, eps, weight_decay, decoupled = hyper
     param = p.index_select(0, rows)
     g = _grad_rows(grad, rows)
