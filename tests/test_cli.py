@@ -480,3 +480,21 @@ def test_data_fetch_prints_the_one_spelling_of_the_name(monkeypatch, tmp_path):
         out = runner.invoke(app, ["data", "fetch", spelling])
         assert out.exit_code == 0 and out.stdout.startswith("ml-100k: 1 ratings") and "name: ml-100k" in out.stdout
     assert asked == ["ml-100k", "ml-100k"]
+
+
+def test_console_metrics_list_the_largest_domains_and_say_where_the_rest_are(capsys):
+    from polyrec import cli
+
+    n = cli.CONSOLE_DOMAINS + 7
+    names = [str(d) for d in range(n)]
+    cli._print_metrics(
+        {
+            "auc_overall": 0.7,
+            "auc_per_domain": dict.fromkeys(names, 0.6),
+            "count_per_domain": {d: {"n": 10 + i, "pos": 1, "neg": 9 + i} for i, d in enumerate(names)},
+        }
+    )
+    out = capsys.readouterr().out
+    listed = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert listed == names[7:]  # the largest CONSOLE_DOMAINS
+    assert "7 more are in the full metrics (the run's result.json, or `polyrec evaluate RUN --json`)" in out

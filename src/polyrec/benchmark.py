@@ -35,6 +35,9 @@ from .experiment import (
 from .rundir import RunMismatch, config_diff, config_hash
 from .safeio import read_json
 
+#: Per-domain tables in results.md list at most this many domains (one column each).
+MARKDOWN_DOMAINS = 50
+
 
 def check_reuse(record: dict[str, Any], cfg: ExperimentConfig, split_hash: str, where: Path | None) -> None:
     """Raise :class:`~polyrec.rundir.RunMismatch` unless ``record`` is a run of ``cfg`` on the same split.
@@ -274,20 +277,28 @@ def results_markdown(protocol: str, runs: list[dict[str, Any]]) -> str:
     mlora = adapter_table(runs, metric=primary, reference=ref.get(primary))
     if mlora:
         lines += ["", f"## Without and with MLoRA ({primary} ×100, paired by seed)", "", mlora]
-    lines += [
-        "",
-        "## Per-domain test AUC (×100" + ("; published in brackets)" if ref.get(AUC_PER_DOMAIN) else ")"),
-        "",
-        per_domain_table(runs, AUC_PER_DOMAIN, reference=ref.get(AUC_PER_DOMAIN)),
-    ]
-    if len({r["model"] for r in runs}) > 1:
+    n_domains = len({d for r in runs for d in ((r.get("metrics") or {}).get(AUC_PER_DOMAIN) or {})})
+    if n_domains > MARKDOWN_DOMAINS:
         lines += [
             "",
-            "## Average AUC and average RANK over domains (MAMDR's metrics; rank 1 = best)",
-            "",
-            rank_table(runs),
+            f"Per-domain tables: {n_domains:,} domains, more than the {MARKDOWN_DOMAINS} a table here shows; "
+            "every run's per-domain metrics are in results.json.",
         ]
-    lines += ["", "## Per-domain test logloss", "", per_domain_table(runs, LOGLOSS_PER_DOMAIN)]
+    else:
+        lines += [
+            "",
+            "## Per-domain test AUC (×100" + ("; published in brackets)" if ref.get(AUC_PER_DOMAIN) else ")"),
+            "",
+            per_domain_table(runs, AUC_PER_DOMAIN, reference=ref.get(AUC_PER_DOMAIN)),
+        ]
+        if len({r["model"] for r in runs}) > 1:
+            lines += [
+                "",
+                "## Average AUC and average RANK over domains (MAMDR's metrics; rank 1 = best)",
+                "",
+                rank_table(runs),
+            ]
+        lines += ["", "## Per-domain test logloss", "", per_domain_table(runs, LOGLOSS_PER_DOMAIN)]
     lines += ["", "## Cost (means over seeds; training rows/s over all epochs)", "", cost_table(runs)]
     lines += ["", "## Settings", "", settings_table(protocol, runs)]
     notes: dict[str, list[str]] = {}

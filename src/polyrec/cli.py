@@ -478,10 +478,17 @@ def _print_data(data: dict) -> None:
             typer.echo(f"{label}: {value}")
 
 
+#: Domains listed on the console; a run with more lists its largest and says where the rest are.
+CONSOLE_DOMAINS = 50
+
+
 def _print_metrics(m: dict) -> None:
     from .evaluation.report import metrics_table
 
-    typer.echo(metrics_table(m))
+    table = metrics_table(m, max_domains=CONSOLE_DOMAINS)
+    if table.endswith("more are in the full metrics"):
+        table += " (the run's result.json, or `polyrec evaluate RUN --json`)"
+    typer.echo(table)
 
 
 def main() -> None:

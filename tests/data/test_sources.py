@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from polyrec.data import cache
+from polyrec.data.sources.synthetic import zipf_sizes
 from polyrec.data.sources import (
     MOVIELENS_1M_STATS,
     MOVIELENS_COLUMNS,
@@ -546,6 +547,23 @@ def test_zipf_sizes_sum_to_the_total_and_fall_off():
         zipf_sizes(39, 4, min_size=10)
     with pytest.raises(ValueError, match=r"exponent must be >= 0.*-1"):
         zipf_sizes(100, 2, exponent=-1)
+
+
+def test_n_samples_as_a_size_law_is_the_zipf_sizes_frame():
+    law = {"total": 900, "exponent": 1.1, "min_size": 20}
+    by_law = make_synthetic(n_domains=6, n_samples=law, n_users=40, n_items=30, seed=4)
+    listed = make_synthetic(n_domains=6, n_samples=zipf_sizes(900, 6, 1.1, 20), n_users=40, n_items=30, seed=4)
+    pd.testing.assert_frame_equal(by_law, listed)
+    assert by_law.groupby("domain").size().tolist() == zipf_sizes(900, 6, 1.1, 20)
+    assert make_synthetic(n_domains=3, n_samples={"total": 30}, seed=0).groupby("domain").size().tolist() == zipf_sizes(
+        30, 3
+    )
+    with pytest.raises(ValueError, match=r"n_samples as a mapping takes the keys total, exponent, min_size.*'size'"):
+        make_synthetic(n_domains=3, n_samples={"total": 30, "size": 2})
+    with pytest.raises(ValueError, match=r"n_samples as a mapping .*total required"):
+        make_synthetic(n_domains=3, n_samples={"exponent": 1.0})
+    with pytest.raises(ValueError, match=r"n_samples \{'total': 10, 'min_size': 5\}: .*total must be an integer >= 15"):
+        make_synthetic(n_domains=3, n_samples={"total": 10, "min_size": 5})
 
 
 CONFLICT = dict(n_domains=4, n_samples=[12_000, 8_000, 6_000, 6_000], n_dense=2, seed=3)

@@ -121,6 +121,23 @@ def test_metrics_table_from_evaluator_output():
     assert rows[-1][:4] == ["b", "2", "2", "nan"]
 
 
+def test_metrics_table_lists_the_largest_domains_when_told_to():
+    names = [str(d) for d in range(8)]
+    sizes = [5, 40, 7, 40, 1, 90, 3, 2]
+    m = {
+        "auc_overall": 0.7,
+        "auc_per_domain": {n: 0.6 for n in names},
+        "count_per_domain": {n: {"n": k, "pos": 1, "neg": k - 1} for n, k in zip(names, sizes)},
+    }
+    table = metrics_table(m, max_domains=3)
+    shown = [r[0] for r in _rows(table) if r[0] in names]
+    assert shown == ["1", "3", "5"]  # the three largest (a tie broken by domain order), in domain order
+    assert table.endswith("3 largest domains shown; 5 more are in the full metrics")
+    full = metrics_table(m)
+    assert [r[0] for r in _rows(full) if r[0] in names] == names and "more are in" not in full
+    assert metrics_table(m, max_domains=8) == full
+
+
 def _adapter_runs():
     # mlp: base and +mlora on seeds 0..2 of one split; wdl: base only; a +mlora run on another split is not paired.
     runs = []
@@ -226,6 +243,27 @@ def test_results_markdown_has_every_section():
         "Environment:",
     ):
         assert heading in md, heading
+
+
+def test_results_markdown_leaves_thousands_of_domains_to_results_json():
+    from polyrec.benchmark import MARKDOWN_DOMAINS, results_markdown
+
+    def runs(n_domains):
+        per_domain = {str(d): 0.7 for d in range(n_domains)}
+        return [
+            {
+                "model": m,
+                "seed": 0,
+                "metrics": {"auc_overall": 0.7, "auc_per_domain": per_domain, "logloss_per_domain": per_domain},
+            }
+            for m in ("mlp", "star")
+        ]
+
+    many = results_markdown("synthetic-zipf-10k", runs(MARKDOWN_DOMAINS + 1))
+    assert "Per-domain test AUC" not in many and "average RANK" not in many and "## Cost" in many
+    assert f"Per-domain tables: {MARKDOWN_DOMAINS + 1} domains" in many and "results.json" in many
+    few = results_markdown("synthetic-zipf-10k", runs(MARKDOWN_DOMAINS))
+    assert "Per-domain test AUC" in few and "average RANK" in few and "Per-domain tables:" not in few
 
 
 def test_settings_table_reads_run_config_and_falls_back_to_the_preset():

@@ -216,6 +216,69 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _synthetic_zipf(n_domains: int, total: int, star_hidden: list[int], label: str) -> dict[str, Any]:
+    """A synthetic long-tail preset: ``n_domains`` domains whose sizes fall off as rank^-1.1 (each >= 20)."""
+    return {
+        "description": (
+            f"Synthetic long tail, {n_domains:,} domains ({label}), {total:,} rows, sizes ~ rank^-1.1 (>= 20 each)"
+        ),
+        "data": {
+            "source": {
+                "kind": "synthetic",
+                "options": {
+                    "n_domains": n_domains,
+                    "n_samples": {"total": total, "exponent": 1.1, "min_size": 20},
+                    "n_users": 100_000,
+                    "n_items": 50_000,
+                    "ctr": 0.2,
+                    "seed": 0,
+                },
+            },
+            "label": {"column": "label"},
+            "domain": {"column": "domain", "as_feature": True},
+            "features": [
+                {"name": "user_id"},
+                {"name": "item_id"},
+                {"name": "user_group"},
+                {"name": "item_cat"},
+                {"name": "tags", "kind": "multi"},
+                {"name": "dense_0", "kind": "dense"},
+                {"name": "dense_1", "kind": "dense"},
+            ],
+            "user_feature": "user_id",
+            "split": {"method": "stratified_domain", "ratios": [0.8, 0.1, 0.1], "seed": 2024},
+        },
+        "train": {
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "batch_size": 4096,
+            "strategy": "joint",
+            # Most domains hold a handful of test rows: the pooled AUC is the stable monitor.
+            "monitor": AUC_OVERALL,
+            "patience": 2,
+            "max_epochs": 10,
+            # Only the domains present in a batch are updated (benchmarks/results/domain_scaling.md).
+            "bank_update": "rowwise",
+        },
+        "model_defaults": {"embedding_dim": 16, "hidden_units": [128, 64, 32]},
+        "models": {
+            "mlp": {"embedding_dim": 16, "hidden_units": [128, 64, 32]},
+            "star": {"embedding_dim": 16, "hidden_units": star_hidden, "aux_network": True, "aux_hidden": [32]},
+            "shared_bottom": {"embedding_dim": 16},
+        },
+        "strategy_train": {
+            # DR's offsets on the dense layers only: D copies of the embedding tables would not fit.
+            "mamdr": {"strategy_options": {"specific_parameters": "dense", "helper_domains": 3}},
+        },
+        "primary_metric": AUC_OVERALL,
+        "reference": {},
+    }
+
+
+_PRESETS["synthetic-zipf-10k"] = _synthetic_zipf(10_000, 2_000_000, [64, 32], "a large platform's mini-apps")
+_PRESETS["synthetic-zipf-69k"] = _synthetic_zipf(69_102, 3_000_000, [32, 16], "MAMDR's industrial count")
+
+
 def list_presets() -> list[str]:
     return sorted(_PRESETS)
 

@@ -242,7 +242,7 @@ def per_domain_table(
         decimals = 2 if scale != 1 else 4
     groups = _group_runs(runs, group_by)
 
-    domains: list[str] = []
+    seen: dict[str, None] = {}  # first-seen order, without a quadratic membership test at many domains
     for members in groups.values():
         for run in members:
             per_domain = (run.get("metrics") or {}).get(key) or {}
@@ -251,8 +251,8 @@ def per_domain_table(
                     f"metrics[{key!r}] must map domain name -> value, got {type(per_domain).__name__}. "
                     f"Pass the key of a per-domain metric such as 'auc_per_domain'."
                 )
-            domains.extend(d for d in per_domain if d not in domains)
-    domains = display_order(domains)
+            seen.update(dict.fromkeys(per_domain))
+    domains = display_order(list(seen))
 
     header = list(group_by) + ["n"] + domains
     rows = []
@@ -275,13 +275,15 @@ def per_domain_table(
     return _markdown(header, rows)
 
 
-def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
+def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0, max_domains: int | None = None) -> str:
     """Markdown summary of one :meth:`MultiDomainEvaluator.compute` result.
 
     Args:
         metrics: a :class:`~polyrec.evaluation.metrics.MultiDomainMetrics` or its dict form (``to_dict()``,
             a run record's ``metrics``; keys may be missing).
         scale: multiplier for AUC-like numbers (100 shows them as percent).
+        max_domains: show at most this many domains, the largest by evaluated rows (ties in domain
+            order), followed by a line that counts the rest; ``None`` shows every domain.
 
     Returns:
         A table of the overall metrics followed by a per-domain table
@@ -309,6 +311,12 @@ def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
     per_auc = metrics.get(AUC_PER_DOMAIN) or {}
     counts = metrics.get(COUNT_PER_DOMAIN) or {}
     names = display_order(dict.fromkeys(list(counts) + list(per_auc)))
+    hidden = 0
+    if max_domains is not None and len(names) > max_domains:
+        rank = {n: i for i, n in enumerate(names)}
+        largest = sorted(names, key=lambda n: (-int((counts.get(n) or {}).get("n") or 0), rank[n]))[:max_domains]
+        hidden = len(names) - max_domains
+        names = display_order(largest)
     if names:
         columns = [
             (AUC_PER_DOMAIN, "auc", scale, dec_auc),
@@ -326,7 +334,10 @@ def metrics_table(metrics: Mapping[str, Any], scale: float = 100.0) -> str:
                 value = metrics[key].get(name)
                 row.append(_fmt(None if value is None else float(value) * col_scale, col_dec))
             domain_rows.append(row)
-        parts.append(_markdown(header, domain_rows))
+        table = _markdown(header, domain_rows)
+        if hidden:
+            table += f"\n\n{len(names)} largest domains shown; {hidden:,} more are in the full metrics"
+        parts.append(table)
     return "\n\n".join(parts)
 
 

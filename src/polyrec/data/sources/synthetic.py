@@ -61,7 +61,8 @@ Example:
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -147,6 +148,23 @@ def zipf_sizes(total: int, n_domains: int, exponent: float = 1.0, min_size: int 
     return [int(v) + min_size for v in sizes]
 
 
+_SIZE_LAW_KEYS = ("total", "exponent", "min_size")
+
+
+def _size_law(law: Mapping[str, Any], n_domains: int) -> list[int]:
+    """``n_samples`` given as ``{"total", "exponent", "min_size"}``: the sizes of :func:`zipf_sizes`."""
+    unknown = sorted(set(law) - set(_SIZE_LAW_KEYS))
+    if unknown or "total" not in law:
+        raise ValueError(
+            f"make_synthetic: n_samples as a mapping takes the keys {', '.join(_SIZE_LAW_KEYS)} (total "
+            f"required), got {sorted(law)!r}; e.g. {{'total': 100000, 'exponent': 1.1, 'min_size': 10}}."
+        )
+    try:
+        return zipf_sizes(law["total"], n_domains, law.get("exponent", 1.0), law.get("min_size", 1))
+    except ValueError as err:
+        raise ValueError(f"make_synthetic: n_samples {dict(law)!r}: {err}") from None
+
+
 def _dense_weights(value: object, n_domains: int, n_dense: int) -> list[list[float]] | None:
     """``dense_weights`` as ``D`` rows of ``n_dense`` finite floats (a shared row repeated), or None."""
     if value is None:
@@ -212,7 +230,7 @@ def _three_distinct(rng: np.random.Generator, n: int, vocab: int) -> np.ndarray:
 
 def make_synthetic(
     n_domains: int = 3,
-    n_samples: int | Sequence[int] = 10_000,
+    n_samples: int | Sequence[int] | Mapping[str, Any] = 10_000,
     n_users: int = 500,
     n_items: int = 300,
     ctr: float | Sequence[float] = 0.2,
@@ -231,8 +249,12 @@ def make_synthetic(
 
     Args:
         n_domains: Number of domains ``D`` (>= 1).
-        n_samples: Rows per domain: one int for all domains or a list of
-            ``D`` ints (each >= 1).
+        n_samples: Rows per domain: one int for all domains, a list of
+            ``D`` ints (each >= 1), or a long-tailed law
+            ``{"total": N, "exponent": s, "min_size": m}`` that
+            :func:`zipf_sizes` turns into ``D`` sizes (``exponent`` 1 and
+            ``min_size`` 1 unless given), for presets with thousands of
+            domains whose sizes would otherwise be listed one by one.
         n_users: Number of distinct users (>= 1).
         n_items: Number of distinct items (>= 1).
         ctr: Target positive rate per domain, in (0, 1): one value or a list
@@ -278,6 +300,8 @@ def make_synthetic(
         [0, 1, 2]
     """
     n_domains = _check_count("n_domains", n_domains, 1)
+    if isinstance(n_samples, Mapping):
+        n_samples = _size_law(n_samples, n_domains)
     sizes = [
         _check_count(f"n_samples[{d}]", s, 1) for d, s in enumerate(_per_domain("n_samples", n_samples, n_domains))
     ]
