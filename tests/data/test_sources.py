@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 from polyrec.data import cache
-from polyrec.data.sources.synthetic import zipf_sizes
 from polyrec.data.sources import (
     MOVIELENS_1M_STATS,
     MOVIELENS_COLUMNS,
@@ -25,6 +24,7 @@ from polyrec.data.sources import (
     make_synthetic,
     movielens,
 )
+from polyrec.data.sources.synthetic import zipf_sizes
 
 
 @pytest.fixture(autouse=True)
