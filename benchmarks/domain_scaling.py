@@ -37,13 +37,15 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results"
 DOMAINS = (3, 30, 300, 3000, 10_000, 69_102)
-MODELS = ("star", "mlp+mlora", "shared_bottom")
+MODELS = ("star", "mlp+mlora", "shared_bottom", "mlp@mamdr")
 VARIANTS = ("dense", "rowwise", "rowwise+fused")
 KINDS = ("domain-batched", "mixed-uniform", "mixed-zipf")
 BATCH = 4096
 HIDDEN = [128, 64, 32]
 #: (model, D) pairs not run: their parameters and Adam moments alone exceed this machine's memory.
 TOO_BIG = {("star", 69_102): "STAR's banks at 69,102 domains are 1.6 G parameters (6.3 GB), 19 GB with Adam's moments"}
+#: Models whose per-domain state no optimiser updates, so the update variants do not apply: run "dense" only.
+NO_BANK_UPDATE = {"mlp@mamdr"}
 
 
 def _schema(num_domains: int):
@@ -99,6 +101,10 @@ def _model(name: str, schema):
         return attach_mlora(create_model("mlp", schema, embedding_dim=16, hidden_units=HIDDEN))
     if name == "shared_bottom":
         return create_model("shared_bottom", schema, embedding_dim=16)
+    if name == "mlp@mamdr":  # the offsets θ^d of the dense layers (the synthetic-zipf presets' choice)
+        from polyrec.models.specific import DomainSpecificModel
+
+        return DomainSpecificModel(create_model("mlp", schema, embedding_dim=16, hidden_units=HIDDEN), include="dense")
     raise ValueError(f"unknown model {name!r}")
 
 
@@ -138,20 +144,46 @@ def run_one(name: str, num_domains: int, variant: str, reps: int) -> dict[str, A
         "parameters": sum(p.numel() for p in model.parameters()),
         "bank_parameters": sum(p.numel() for p in banks),
     }
+    row["bank parameters per domain"] = round(row["bank_parameters"] / num_domains)
+    step = ctx.step
+    if name == "mlp@mamdr":
+        row["bank parameters per domain"] = model.num_specific_parameters()
+        step = _mamdr_step(model, ctx)
     for i, kind in enumerate(KINDS):
         batches = _batches(schema, kind, 4, seed=i)
         row[f"{kind} domains present"] = round(sum(int(b.domain.unique().numel()) for b in batches) / len(batches))
         for b in batches[:2]:  # warm-up (the optimiser's state is created here)
-            ctx.step(b)
+            step(b)
         times = []
         for r in range(reps):
             t0 = time.perf_counter()
-            ctx.step(batches[r % len(batches)])
+            step(batches[r % len(batches)])
             times.append((time.perf_counter() - t0) * 1e3)
         times.sort()
         row[f"{kind} ms"] = round(times[len(times) // 2], 2)  # the median step
     row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return row
+
+
+def _mamdr_step(model, ctx):
+    """MAMDR's unit of work on a batch. A single-domain batch: one Domain Regularization step of its domain
+    (θ^S + θ^d into the model, a training step, the change kept as θ^d: ``train_specific``, entered per step
+    here where DR enters it once per pass, so an upper bound). A mixed batch, which MAMDR never trains on:
+    scoring it (no gradient; the wrapped model runs once per domain present, on that domain's rows)."""
+    import torch
+
+    def step(batch):
+        domains = batch.domain.unique()
+        if domains.numel() == 1:
+            model.train()
+            with model.train_specific(int(domains[0]), 0.1):
+                ctx.step(batch)
+            return
+        model.eval()
+        with torch.no_grad():
+            model(batch)
+
+    return step
 
 
 def _fmt(x: Any) -> str:
@@ -236,6 +268,9 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--reps", type=int, default=5, help="timed steps per batch kind")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--merge", action="store_true", help="keep the rows of --out's domain_scaling.json that this run does not redo"
+    )
     ap.add_argument("--one", nargs=3, metavar=("MODEL", "D", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -249,6 +284,8 @@ def main() -> None:
                 skipped.append({"model": name, "domains": d, "why": TOO_BIG[(name, d)]})
                 continue
             for variant in args.variants.split(","):
+                if name in NO_BANK_UPDATE and variant != "dense":
+                    continue
                 cmd = [sys.executable, __file__, "--one", name, str(d), variant, "--reps", str(args.reps)]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
@@ -258,6 +295,16 @@ def main() -> None:
                     continue
                 rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
                 print(rows[-1], file=sys.stderr, flush=True)
+    if args.merge and (args.out / "domain_scaling.json").exists():
+        old = json.loads((args.out / "domain_scaling.json").read_text())
+        redone = {(r["model"], r["domains"], r["variant"]) for r in rows}
+        redone_pairs = {(r["model"], r["domains"]) for r in rows} | {(s["model"], s["domains"]) for s in skipped}
+        kept = [r for r in old["rows"] if (r["model"], r["domains"], r["variant"]) not in redone]
+        order = {m: i for i, m in enumerate(MODELS)}
+        rows = sorted(
+            kept + rows, key=lambda r: (order.get(r["model"], 99), r["domains"], VARIANTS.index(r["variant"]))
+        )
+        skipped = [s for s in old.get("skipped", []) if (s["model"], s["domains"]) not in redone_pairs] + skipped
     write(rows, skipped, args, args.out)
 
 

@@ -284,24 +284,40 @@ def test_fused_optimizer_switch_with_both_bank_updates(ds):
 
 
 @pytest.mark.parametrize("decoupled", [False, True])
-def test_the_fused_row_kernel_is_the_unfused_rule(decoupled, monkeypatch):
-    """The present rows go through torch's fused kernel in place; the plain-tensor rule gives the same
-    values (within the kernel's rounding), from dense and from sparse gradients; other rows untouched."""
+def test_the_fused_row_kernels_are_the_unfused_rule(decoupled, monkeypatch):
+    """The present rows go through torch's fused kernel, in place row by row (large rows) or gathered in
+    blocks of equal step count (small rows); the plain-tensor rule gives the same values (within the
+    kernel's rounding), from dense and from sparse gradients, with rows whose step counts differ; other
+    rows untouched."""
     import polyrec.training.rowwise as rowwise
     from polyrec.training.rowwise import _update_rows, _update_rows_unfused
 
     torch.manual_seed(0)
-    p0, rows = torch.randn(9, 3, 4), torch.tensor([1, 4, 7])
+    p0 = torch.randn(9, 3, 4)
+    present = [torch.tensor([1, 4, 7]), torch.tensor([4]), torch.tensor([1, 7, 8]), torch.tensor([0, 1, 4, 8])]
     hyper = (1e-2, 0.9, 0.999, 1e-8, 0.1, decoupled)
     assert p0[0].numel() < rowwise.FUSED_MIN_ROW
-    monkeypatch.setattr(rowwise, "FUSED_MIN_ROW", 1)  # these small rows through the fused kernel too
+
+    def in_place(*args):  # these small rows through the per-row kernel, as large rows go
+        monkeypatch.setattr(rowwise, "FUSED_MIN_ROW", 1)
+        try:
+            _update_rows(*args)
+        finally:
+            monkeypatch.undo()
+
     results = []
-    for update, sparse in ((_update_rows_unfused, False), (_update_rows, False), (_update_rows, True)):
+    for update, sparse in (
+        (_update_rows_unfused, False),
+        (_update_rows, False),
+        (_update_rows, True),
+        (in_place, False),
+        (in_place, True),
+    ):
         p, state = p0.clone(), {}
-        _update_rows(p, torch.zeros_like(p), state, rows[:0], hyper)  # creates the state
-        for step in range(3):
+        _update_rows(p, torch.zeros_like(p), state, present[0][:0], hyper)  # creates the state
+        for step, rows in enumerate(present):
             g = torch.zeros_like(p)
-            g[rows] = torch.randn(3, 3, 4, generator=torch.Generator().manual_seed(step))
+            g[rows] = torch.randn(len(rows), 3, 4, generator=torch.Generator().manual_seed(step))
             if sparse:
                 g = torch.sparse_coo_tensor(rows.unsqueeze(0), g[rows], p.shape, check_invariants=False)  # a gather's
             update(p, g, state, rows, hyper)
@@ -310,6 +326,6 @@ def test_the_fused_row_kernel_is_the_unfused_rule(decoupled, monkeypatch):
         torch.testing.assert_close(p, results[0][0], rtol=0, atol=1e-6)
         for k in ("exp_avg", "exp_avg_sq", "step"):
             torch.testing.assert_close(state[k], results[0][1][k], rtol=0, atol=1e-6)
-        absent = torch.tensor([0, 2, 3, 5, 6, 8])
+        absent = torch.tensor([2, 3, 5, 6])
         assert torch.equal(p[absent], p0[absent]) and not state["exp_avg"][absent].any()
-        assert state["step"].tolist() == [0, 3, 0, 0, 3, 0, 0, 3, 0]
+        assert state["step"].tolist() == [1, 3, 0, 0, 3, 0, 0, 2, 2]
