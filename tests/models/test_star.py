@@ -311,3 +311,33 @@ def test_the_binned_many_segment_path_equals_the_loop_with_skewed_segments():
     padded = sum(int(idx.numel()) for idx in bins.index)
     assert padded < 2 * len(domain) and max(seg.counts) > 20 * min(seg.counts)
     assert sorted(bins.order.tolist()) == list(range(seg.num_segments))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_star_layer_many_segments_gather_per_bin_as_the_loop_does(sparse):
+    """With many segments a star layer gathers each bin's domain rows itself: the values and the gradients
+    of x, W, b and the domain banks (dense, or sparse under bank_row_gradients) are those of the loop."""
+    from polyrec.layers.domain import bank_row_gradients
+
+    torch.manual_seed(1)
+    domain = torch.multinomial(1.0 / torch.arange(1, 81, dtype=torch.float64) ** 1.1, 600, replacement=True)
+    seg = DomainSegments.from_domain(domain)
+    assert seg.num_segments > 16 and len(seg.bins().sizes) > 2
+    layer = StarLinear(5, 3, 80).double()
+    with torch.no_grad():
+        layer.domain_weight.add_(0.3 * torch.randn_like(layer.domain_weight))
+        layer.domain_bias.add_(torch.randn_like(layer.domain_bias))
+    x = torch.randn(600, 5, dtype=torch.float64, requires_grad=True)
+    params = (x, layer.weight, layer.bias, layer.domain_weight, layer.domain_bias)
+    results = []
+    for loop_max in (10**9, 0):
+        with bank_row_gradients([layer.domain_weight, layer.domain_bias] if sparse else []):
+            y = layer(seg.sort(x), seg, loop_max=loop_max)
+            grads = torch.autograd.grad((y**3).sum(), params)
+        results.append((y, [g.to_dense() if g.is_sparse else g for g in grads]))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for g1, g0 in zip(results[1][1], results[0][1], strict=True):
+        torch.testing.assert_close(g1, g0)
+    absent = torch.ones(80, dtype=torch.bool)
+    absent[seg.domains] = False
+    assert not results[1][1][3][absent].any()

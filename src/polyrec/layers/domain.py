@@ -191,14 +191,21 @@ class _Bins:
         ``per_segment``: tensors ``[S, ...]`` (one slice per present segment, such as the per-domain weights);
         each bin receives its segments' slices. They are put in bin order by one permutation
         (:class:`_PermuteRows`, whose backward writes every row once, without zero-filling a bank-sized
-        gradient per bin) and split into views.
+        gradient per bin) and split into views. Where the slices are computed from the segments' domains
+        (gathered bank rows), :meth:`run_bins` builds each bin's own instead, without the permutation.
         """
-        x_ext = torch.cat([x, x.new_zeros(1, *x.shape[1:])])
         slices = [_PermuteRows.apply(t, self.order).split(self.sizes) for t in per_segment]
-        parts = [
-            fn(x_ext[idx], *(s[b] for s in slices))[ok]
-            for b, (idx, ok) in enumerate(zip(self.index, self.valid, strict=True))
-        ]
+        return self.run_bins(x, [tuple(s[b] for s in slices) for b in range(len(self.sizes))], fn)
+
+    def segments(self) -> list[Tensor]:
+        """The segments (indices into the present domains, ascending) of each bin."""
+        return list(self.order.split(self.sizes))
+
+    def run_bins(self, x: Tensor, per_bin: list[tuple[Tensor, ...]], fn) -> Tensor:
+        """:meth:`run` with each bin's slices given: ``per_bin[b]`` holds, for the segments of bin ``b``
+        (:meth:`segments`), tensors ``[n_b, ...]``."""
+        x_ext = torch.cat([x, x.new_zeros(1, *x.shape[1:])])
+        parts = [fn(x_ext[idx], *slices)[ok] for idx, ok, slices in zip(self.index, self.valid, per_bin, strict=True)]
         return torch.cat(parts).index_select(0, self.inverse)
 
 
@@ -322,9 +329,15 @@ class StarLinear(nn.Module):
             gather_rows(self.domain_bias, domains, distinct) + self.bias,
         )
 
-    def forward(self, x: Tensor, seg: DomainSegments) -> Tensor:
-        w, b = self.combined(seg.domains, distinct=True)
-        return segment_linear(x, seg, w, b)
+    def forward(self, x: Tensor, seg: DomainSegments, loop_max: int = 16) -> Tensor:
+        if seg.num_segments <= loop_max:
+            w, b = self.combined(seg.domains, distinct=True)
+            return segment_linear(x, seg, w, b, loop_max)
+        # Many segments: each bin of segments gathers its own domains' rows (ascending within a bin), so no
+        # tensor of every present domain's weights is permuted into bin order and split, forward or back.
+        bins = seg.bins()
+        per_bin = [self.combined(seg.domains.index_select(0, s), distinct=True) for s in bins.segments()]
+        return bins.run_bins(x, per_bin, lambda padded, w, b: torch.baddbmm(b.unsqueeze(1), padded, w))
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, out_dim={self.out_dim}, num_domains={self.num_domains}"
