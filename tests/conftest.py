@@ -51,6 +51,17 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("POLYREC_CACHE", str(tmp_path / "polyrec-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _subnormals_restored():
+    """A Trainer flushes subnormal floats process-wide (``train.flush_denormal``); every test starts with
+    the process default (subnormals kept), whatever ran before it (hypothesis refuses to draw floats
+    otherwise)."""
+    yield
+    import torch
+
+    torch.set_flush_denormal(False)
+
+
 @pytest.fixture(scope="session")
 def synthetic_cfg() -> DataConfig:
     """Tiny 3-domain synthetic data config (frozen, safe to share)."""
