@@ -231,14 +231,23 @@ def write(rows: list[dict], skipped: list[dict], args: argparse.Namespace, out: 
         f"Batches of {BATCH:,}; a cell is the median of {args.reps} steps (forward, backward, optimiser update) "
         "after 2 warm-up steps; each (model, D, variant) in its own process.",
         "",
-        "| model | D | variant | parameters | domains per batch (batched / uniform / Zipf) | domain-batched ms | "
-        "mixed-uniform ms | mixed-Zipf ms | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "`mlp@mamdr` (an MLP wrapped with MAMDR's domain-specific offsets θ^d on its dense layers, the "
+        "synthetic-zipf presets' choice): its domain-batched cell is one Domain Regularization step "
+        "(θ^S + θ^d into the model, a training step, the change kept as θ^d), and its mixed cells are the "
+        "time to score the mixed batch (no gradient), since MAMDR trains on single-domain batches only; the "
+        "update variants do not apply to it (the offsets are written by DR, not by an optimiser). "
+        "Per-domain memory: the bank parameters each domain adds, at 4 bytes each (optimiser moments of "
+        "STAR's and MLoRA's banks add twice that under Adam).",
+        "",
+        "| model | D | variant | parameters | bank parameters per domain (KB) | domains per batch (batched / "
+        "uniform / Zipf) | domain-batched ms | mixed-uniform ms | mixed-Zipf ms | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         present = " / ".join(_fmt(r[f"{k} domains present"]) for k in KINDS)
         lines.append(
-            f"| {r['model']} | {r['domains']:,} | {r['variant']} | {r['parameters']:,} | {present} | "
+            f"| {r['model']} | {r['domains']:,} | {r['variant']} | {r['parameters']:,} | "
+            f"{r['bank parameters per domain']:,} ({r['bank parameters per domain'] * 4 / 1024:.1f}) | {present} | "
             f"{r['domain-batched ms']} | {r['mixed-uniform ms']} | {r['mixed-zipf ms']} | {r['peak_rss_mb']:,} |"
         )
     if ratios:
@@ -271,11 +280,18 @@ def main() -> None:
     ap.add_argument(
         "--merge", action="store_true", help="keep the rows of --out's domain_scaling.json that this run does not redo"
     )
+    ap.add_argument("--render", action="store_true", help="rewrite the Markdown from --out's JSON, measuring nothing")
     ap.add_argument("--one", nargs=3, metavar=("MODEL", "D", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         name, d, variant = args.one
         print(json.dumps(run_one(name, int(d), variant, args.reps)))
+        return
+    if args.render:
+        old = json.loads((args.out / "domain_scaling.json").read_text())
+        args.reps = old["reps"]
+        sys.argv = [sys.argv[0], *old["command"].split()[2:]]  # the measuring run's command
+        write(old["rows"], old["skipped"], args, args.out)
         return
     rows, skipped = [], []
     for name in args.models.split(","):

@@ -86,6 +86,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "data.sample.seed": 0,
     "train.bank_update": "dense",  # every parameter updated densely before the row-wise bank update
     "train.optimizer_impl": "default",  # torch's own Adam implementation before the fused option
+    "train.compile": "none",  # eager before the torch.compile option
 }
 #: Strategy options whose default changed, with the default that records made before the change ran with.
 #: Records store the options a config gave (older ones) or all of them, resolved (0.3 on); both are

@@ -198,3 +198,20 @@ def test_non_finite_validation_logits_are_divergence(ds, monkeypatch):
     monkeypatch.setattr(trainer_module, "evaluate", blown)
     with pytest.raises(trainer_module.TrainingDiverged, match="epoch 0: training loss .*, validation logloss inf"):
         Trainer(model_for(ds), ds, cfg(max_epochs=1)).fit()
+
+
+def test_compiled_training_follows_eager_training_and_keeps_the_state_dict(ds, tmp_path):
+    """train.compile: the forward runs through torch.compile in place; the weights after an epoch are the
+    eager run's within kernel rounding, the state dict keeps its keys, and the checkpoint resumes."""
+    eager, compiled = model_for(ds), model_for(ds)
+    Trainer(eager, ds, cfg(max_epochs=1)).fit()
+    Trainer(compiled, ds, cfg(max_epochs=1, compile="static"), out_dir=tmp_path).fit()
+    assert compiled._compiled_call_impl is not None and eager._compiled_call_impl is None  # nn.Module.compile
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    for (k, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=k)
+    assert any(k.startswith("_orig_mod") for k in compiled.state_dict()) is False
+    resumed = model_for(ds)
+    assert Trainer(resumed, ds, cfg(max_epochs=1, compile="static"), out_dir=tmp_path, resume=True).epoch == 1
+    with pytest.raises(ValueError, match="compile"):
+        cfg(compile="max-autotune")
