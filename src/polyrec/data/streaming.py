@@ -1,0 +1,273 @@
+"""Batches from a time-ordered stream: STAR's sliding-window shuffle buffer (Sheng et al., CIKM 2021, §4.4).
+
+Online, the share of each domain in the arriving rows changes through the day (a domain's traffic peaks
+in the morning, another's in the evening); trained in arrival order, a model follows those swings. STAR
+keeps a buffer holding a sliding window of recent rows: a mini-batch is sampled from the shuffled buffer,
+removed from it, and the slots it freed take the next arriving rows. :class:`SlidingWindowShuffle` is that
+buffer; :class:`DomainWindowShuffle` keeps one window per domain and emits single-domain batches (for the
+domain-batched strategies).
+
+A stream is an iterable of chunks, each a mapping of column name to an array whose first dimension is the
+chunk's rows (the encoded columns of a Parquet row group, a day's file, ...); every chunk has the same
+columns with the same dtypes and trailing shapes. Batches are mappings of the same columns.
+
+Readings of the paper made here (it gives the idea, not the procedure):
+
+- The window holds ``capacity`` rows; a batch is ``batch_size`` slots drawn uniformly without replacement
+  from the full window, and the freed slots are refilled in arrival order. So every row waits in the
+  window until drawn: its expected stay is ``capacity / batch_size`` batches, and no row is drawn before
+  it arrived.
+- When the stream ends the window is drained: its rows shuffled and emitted in batches (the last one
+  short unless ``drop_last``), so every row of the stream is emitted exactly once.
+- Sampling is driven by a ``numpy.random.Generator`` seeded with ``seed``: the same stream and seed give
+  the same batches.
+
+Example:
+    >>> import numpy as np
+    >>> stream = [{"id": np.arange(i, i + 4)} for i in range(0, 12, 4)]  # three chunks of four rows
+    >>> buf = SlidingWindowShuffle(capacity=6, batch_size=3, seed=0)
+    >>> batches = [b["id"].tolist() for b in buf.batches(stream)]
+    >>> sorted(i for b in batches for i in b)
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    >>> all(max(b) < 6 + 3 * k for k, b in enumerate(batches))  # never a row before it arrived
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+import numpy as np
+
+__all__ = ["DomainWindowShuffle", "SlidingWindowShuffle"]
+
+Chunk = Mapping[str, np.ndarray]
+
+
+def _check_size(field: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{field} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class _Layout:
+    """The columns of a stream (name → dtype, trailing shape), fixed by its first chunk."""
+
+    def __init__(self, chunk: Chunk) -> None:
+        if not chunk:
+            raise ValueError("a stream chunk must hold at least one column, got an empty mapping")
+        self.columns = {k: (np.asarray(v).dtype, np.asarray(v).shape[1:]) for k, v in chunk.items()}
+
+    def check(self, chunk: Chunk, index: int) -> tuple[dict[str, np.ndarray], int]:
+        arrays = {k: np.asarray(v) for k, v in chunk.items()}
+        if set(arrays) != set(self.columns):
+            raise ValueError(
+                f"stream chunk {index} has the columns {sorted(arrays)}, the stream's first chunk "
+                f"{sorted(self.columns)}; every chunk must hold the same columns"
+            )
+        lengths = {k: (a.shape[0] if a.ndim else None) for k, a in arrays.items()}
+        if len(set(lengths.values())) != 1 or None in lengths.values():
+            raise ValueError(f"stream chunk {index}: its columns' lengths differ ({lengths}); give one row count")
+        for k, a in arrays.items():
+            dtype, shape = self.columns[k]
+            if a.dtype != dtype or a.shape[1:] != shape:
+                raise ValueError(
+                    f"stream chunk {index}, column {k!r}: dtype {a.dtype} shape [n, {', '.join(map(str, a.shape[1:]))}]"
+                    f", but the first chunk has {dtype} [n, {', '.join(map(str, shape))}]; encode every chunk alike"
+                )
+        return arrays, next(iter(lengths.values()))
+
+    def empty(self, rows: int) -> dict[str, np.ndarray]:
+        return {k: np.empty((rows, *shape), dtype=dtype) for k, (dtype, shape) in self.columns.items()}
+
+
+def _rows(source: Iterable[Chunk]) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """The stream's chunks, checked against its first chunk's layout (empty chunks skipped)."""
+    layout: _Layout | None = None
+    for i, chunk in enumerate(source):
+        if layout is None:
+            layout = _Layout(chunk)
+        arrays, n = layout.check(chunk, i)
+        if n:
+            yield arrays, n
+
+
+class SlidingWindowShuffle:
+    """STAR's buffer (§4.4): batches sampled from a sliding window of the stream's most recent rows.
+
+    Args:
+        capacity: rows the window holds (>= ``batch_size``). Larger windows mix more; a row's expected wait
+            is ``capacity / batch_size`` batches.
+        batch_size: rows per batch.
+        seed: seed of the draws.
+        drop_last: drop the short last batch of the drain at the end of the stream.
+    """
+
+    def __init__(self, capacity: int, batch_size: int, seed: int = 0, drop_last: bool = False) -> None:
+        self.batch_size = _check_size("batch_size", batch_size)
+        self.capacity = _check_size("capacity", capacity)
+        if self.capacity < self.batch_size:
+            raise ValueError(
+                f"capacity ({capacity}) must be at least batch_size ({batch_size}): a batch is drawn from the "
+                f"window; raise the window (e.g. capacity={self.batch_size * 16}) or lower the batch size"
+            )
+        self.seed = _check_size("seed", seed, 0)
+        self.drop_last = bool(drop_last)
+
+    def batches(self, stream: Iterable[Chunk]) -> Iterator[dict[str, np.ndarray]]:
+        """The batches of ``stream``, every row once."""
+        rng = np.random.default_rng(self.seed)
+        b, cap = self.batch_size, self.capacity
+        window: dict[str, np.ndarray] | None = None
+        filled = 0
+        pending: list[tuple[dict[str, np.ndarray], int]] = []  # arrived rows not yet in the window
+        offset = 0  # rows of pending[0] already taken
+
+        def take(n: int) -> dict[str, np.ndarray] | None:
+            """Up to ``n`` arriving rows, in order."""
+            nonlocal offset
+            parts: list[dict[str, np.ndarray]] = []
+            got = 0
+            while got < n and pending:
+                arrays, rows = pending[0]
+                k = min(n - got, rows - offset)
+                parts.append({c: a[offset : offset + k] for c, a in arrays.items()})
+                got, offset = got + k, offset + k
+                if offset == rows:
+                    pending.pop(0)
+                    offset = 0
+            if not parts:
+                return None
+            return parts[0] if len(parts) == 1 else {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+
+        def pending_rows() -> int:
+            return sum(n for _, n in pending) - offset
+
+        chunks = _rows(stream)
+        exhausted = False
+        while True:
+            # Read until the window is full and a batch's worth of rows waits to refill it (or the stream ends).
+            while not exhausted and filled + pending_rows() < cap + b:
+                nxt = next(chunks, None)
+                if nxt is None:
+                    exhausted = True
+                else:
+                    pending.append(nxt)
+                    if window is None:
+                        window = _Layout(nxt[0]).empty(cap)
+            if window is None:
+                return  # an empty stream
+            if filled < cap:
+                new = take(cap - filled)
+                if new is not None:
+                    n = len(next(iter(new.values())))
+                    for c, a in new.items():
+                        window[c][filled : filled + n] = a
+                    filled += n
+            if filled < cap:  # the stream ended before the window filled: drain it
+                break
+            slots = np.sort(rng.choice(cap, size=b, replace=False))
+            yield {c: a[slots] for c, a in window.items()}
+            new = take(b)
+            n = 0 if new is None else len(next(iter(new.values())))
+            if n:
+                for c, a in new.items():
+                    window[c][slots[:n]] = a
+            if n < b:  # the stream has ended: move the last rows into the free slots, then drain
+                free = slots[n:]
+                keep = np.setdiff1d(np.arange(cap - len(free), cap), free)
+                holes = free[free < cap - len(free)]
+                for c in window:
+                    window[c][holes] = window[c][keep]
+                filled = cap - len(free)
+                break
+        order = rng.permutation(filled)
+        for start in range(0, filled, b):
+            idx = order[start : start + b]
+            if len(idx) < b and self.drop_last:
+                return
+            yield {c: a[idx] for c, a in window.items()}
+
+
+class DomainWindowShuffle:
+    """One sliding window per domain: single-domain batches, each sampled from its domain's recent rows.
+
+    A row joins its domain's window; when a window holds ``capacity`` rows, a batch of ``batch_size`` is
+    drawn from it (uniformly, without replacement) and emitted, and the window refills as rows of that
+    domain arrive. At the end of the stream every window is drained in shuffled batches, the domains in a
+    random order. Batches therefore come in the order in which domains fill their windows: a domain with more
+    traffic is trained on more often, as its rows arrive.
+
+    Args:
+        capacity: rows each domain's window holds (>= ``batch_size``).
+        batch_size: rows per batch.
+        domain: the column holding each row's domain index.
+        seed: seed of the draws.
+        drop_last: drop each domain's short last batch of the drain.
+    """
+
+    def __init__(
+        self, capacity: int, batch_size: int, domain: str = "domain", seed: int = 0, drop_last: bool = False
+    ) -> None:
+        self.batch_size = _check_size("batch_size", batch_size)
+        self.capacity = _check_size("capacity", capacity)
+        if self.capacity < self.batch_size:
+            raise ValueError(
+                f"capacity ({capacity}) must be at least batch_size ({batch_size}): a batch is drawn from a "
+                f"domain's window; raise the window or lower the batch size"
+            )
+        self.domain, self.seed, self.drop_last = domain, _check_size("seed", seed, 0), bool(drop_last)
+
+    def batches(self, stream: Iterable[Chunk]) -> Iterator[dict[str, np.ndarray]]:
+        rng = np.random.default_rng(self.seed)
+        b, cap = self.batch_size, self.capacity
+        windows: dict[int, dict[str, np.ndarray]] = {}
+        filled: dict[int, int] = {}
+        layout: _Layout | None = None
+        for arrays, _ in _rows(stream):
+            if self.domain not in arrays:
+                raise ValueError(
+                    f"DomainWindowShuffle: the stream has no column {self.domain!r} (columns: {sorted(arrays)}); "
+                    f"name the domain column with domain=..."
+                )
+            if layout is None:
+                layout = _Layout(arrays)
+            dom = arrays[self.domain]
+            if dom.ndim != 1 or dom.dtype.kind not in "iu":
+                raise ValueError(
+                    f"column {self.domain!r} must hold one integer domain index per row, got {dom.dtype} {dom.shape}"
+                )
+            # Each domain's rows of the chunk fill its window in order; a full window emits a batch just
+            # before the row that finds it full. Emissions are yielded in the order of those rows.
+            events: list[tuple[int, int, dict[str, np.ndarray]]] = []
+            order = np.argsort(dom, kind="stable")
+            present, counts = np.unique(dom[order], return_counts=True)
+            for d, rows in zip(present.tolist(), np.split(order, np.cumsum(counts)[:-1]), strict=True):
+                if d not in windows:
+                    windows[d], filled[d] = layout.empty(cap), 0
+                w, k = windows[d], 0
+                while k < len(rows):
+                    if filled[d] == cap:
+                        slots = np.sort(rng.choice(cap, size=b, replace=False))
+                        events.append((int(rows[k]), d, {c: a[slots] for c, a in w.items()}))
+                        # the drawn slots are freed: the window's last rows move into them
+                        keep = np.setdiff1d(np.arange(cap - b, cap), slots)
+                        holes = slots[slots < cap - b]
+                        for c in w:
+                            w[c][holes] = w[c][keep]
+                        filled[d] = cap - b
+                    part = rows[k : k + cap - filled[d]]
+                    for c, a in arrays.items():
+                        w[c][filled[d] : filled[d] + len(part)] = a[part]
+                    filled[d] += len(part)
+                    k += len(part)
+            for _, _, batch in sorted(events, key=lambda e: e[:2]):
+                yield batch
+        for d in rng.permutation(sorted(windows)).tolist() if windows else []:
+            w, m = windows[d], filled[d]
+            order = rng.permutation(m)
+            for start in range(0, m, b):
+                idx = order[start : start + b]
+                if len(idx) < b and self.drop_last:
+                    break
+                yield {c: a[idx] for c, a in w.items()}
