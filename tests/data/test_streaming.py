@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from polyrec.data.streaming import DomainWindowShuffle, SlidingWindowShuffle
@@ -97,3 +98,114 @@ def test_domain_windows_emit_in_arrival_order_of_the_rows_that_found_them_full()
     batches = list(DomainWindowShuffle(4, 2, seed=0).batches([chunk]))
     firsts = [int(x["domain"][0]) for x in batches[:4]]
     assert firsts[:2] == [0, 1]  # domain 0's window is full at row 8 (its 5th row), domain 1's at row 9
+
+
+# ------------------------------------------------------------------ Parquet streams, one-pass fitting, encoding
+def _data_cfg(**domain):
+    from polyrec.config import from_dict
+    from polyrec.data.config import DataConfig
+
+    return from_dict(
+        DataConfig,
+        {
+            "source": {"kind": "parquet", "path": "unused.parquet"},
+            "label": {"column": "label"},
+            "domain": {"column": "domain", "as_feature": True, **domain},
+            "features": [
+                {"name": "user_id"},
+                {"name": "item_id", "min_count": 2},
+                {"name": "tags", "kind": "multi"},
+                {"name": "dense_0", "kind": "dense", "transform": "standard"},
+                {"name": "dense_1", "kind": "dense", "transform": "minmax"},
+            ],
+            "user_feature": "user_id",
+            "split": {"method": "random", "ratios": [0.8, 0.1, 0.1], "seed": 0},
+        },
+        path="data",
+    )
+
+
+@pytest.fixture(scope="module")
+def frame():
+    from polyrec.data.sources.synthetic import make_synthetic
+
+    df = make_synthetic(n_domains=4, n_samples=[900, 500, 300, 77], n_users=120, n_items=90, seed=5)
+    df["user_id"] = df["user_id"].astype("Int64")
+    df.loc[df.index[::97], "user_id"] = pd.NA  # ids with missing cells stay exact integers
+    return df
+
+
+def test_fitting_chunk_by_chunk_is_fitting_the_whole(frame):
+    from polyrec.data.dataset import derive_domain
+    from polyrec.data.processing import fit_processing
+    from polyrec.data.streaming import StreamingFitter
+
+    cfg = _data_cfg()
+    whole = fit_processing(frame, cfg.features, np.arange(len(frame)))
+    fitter = StreamingFitter(cfg)
+    for s in range(0, len(frame), 250):
+        fitter.update(frame.iloc[s : s + 250])
+    fitted, names = fitter.finish()
+    for name, vocab in whole.vocabularies.items():
+        assert fitted.vocabularies[name].tokens == vocab.tokens, name
+    assert fitted.max_lens == whole.max_lens
+    assert fitted.scalers["dense_1"] == whole.scalers["dense_1"]
+    assert fitted.scalers["dense_0"].a == pytest.approx(whole.scalers["dense_0"].a, abs=1e-12)
+    assert fitted.scalers["dense_0"].b == pytest.approx(whole.scalers["dense_0"].b, rel=1e-12)
+    assert names == derive_domain(frame, cfg.domain)[1]
+    with pytest.raises(ValueError, match="no rows were fed"):
+        StreamingFitter(cfg).finish()
+
+
+def test_parquet_streams_in_bounded_frames_and_encodes_as_the_whole_frame(frame, tmp_path):
+    from polyrec.data.dataset import encode_rows
+    from polyrec.data.processing import fit_processing
+    from polyrec.data.schema import FIRST_INDEX
+    from polyrec.data.streaming import StreamingFitter, encode_chunks, parquet_chunks
+
+    folder = tmp_path / "days"
+    folder.mkdir()
+    for day, part in enumerate(np.array_split(np.arange(len(frame)), 3)):
+        frame.iloc[part].to_parquet(folder / f"day={day}.parquet", row_group_size=200)
+    chunks = list(parquet_chunks(folder, id_columns=["user_id"], rows=128))
+    assert max(len(c) for c in chunks) == 128 and sum(len(c) for c in chunks) == len(frame)
+    back = pd.concat(chunks, ignore_index=True)
+    assert str(back["user_id"].dtype) == "Int64" or back["user_id"].isna().sum() == 0
+    pd.testing.assert_frame_equal(back, frame.reset_index(drop=True), check_dtype=False)
+    assert sum(len(c) for c in parquet_chunks(str(folder / "day=*.parquet"), rows=10_000)) == len(frame)
+
+    cfg = _data_cfg()
+    fitter = StreamingFitter(cfg)
+    for c in parquet_chunks(folder, id_columns=["user_id"], rows=300):
+        fitter.update(c)
+    fitted, names = fitter.finish()
+    encoded = list(encode_chunks(parquet_chunks(folder, id_columns=["user_id"], rows=128), cfg, fitted, names))
+    whole, _ = encode_rows(frame, cfg, fit_processing(frame, cfg.features, np.arange(len(frame))))
+    joined = {k: np.concatenate([e[k] for e in encoded]) for k in encoded[0]}
+    np.testing.assert_array_equal(joined["sparse"][:, :-1], whole["sparse"])
+    np.testing.assert_array_equal(joined["sparse"][:, -1], joined["domain"] + FIRST_INDEX)
+    np.testing.assert_allclose(joined["dense"], whole["dense"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(joined["multi.tags"], whole["multi.tags"])
+    np.testing.assert_array_equal(joined["label"], frame["label"].to_numpy(np.float32))
+    np.testing.assert_array_equal(joined["user"], joined["sparse"][:, 0])
+
+    # the encoded chunks feed the window buffer: every row once
+    batches = list(SlidingWindowShuffle(500, 64, seed=0).batches(encoded))
+    assert sum(len(b["label"]) for b in batches) == len(frame)
+
+
+def test_stream_errors_name_the_file_the_column_and_the_domain(frame, tmp_path):
+    from polyrec.data.streaming import StreamingFitter, encode_chunks, parquet_chunks
+
+    path = tmp_path / "a.parquet"
+    frame.to_parquet(path)
+    with pytest.raises(KeyError, match=r"a.parquet' has no column\(s\) \['nope'\]"):
+        next(parquet_chunks(path, columns=["label", "nope"]))
+    with pytest.raises(FileNotFoundError, match="no such file, folder or glob match"):
+        next(parquet_chunks(tmp_path / "missing-*.parquet"))
+    cfg = _data_cfg()
+    fitter = StreamingFitter(cfg)
+    fitter.update(frame[frame["domain"] < 3])
+    fitted, names = fitter.finish()
+    with pytest.raises(ValueError, match=r"domain\(s\) \['3'\] that the fitted processing does not know"):
+        list(encode_chunks([frame], cfg, fitted, names))

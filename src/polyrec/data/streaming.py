@@ -35,11 +35,19 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import glob
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["DomainWindowShuffle", "SlidingWindowShuffle"]
+if TYPE_CHECKING:
+    from .config import DataConfig
+    from .processing import FittedProcessing
+
+__all__ = ["DomainWindowShuffle", "SlidingWindowShuffle", "StreamingFitter", "encode_chunks", "parquet_chunks"]
 
 Chunk = Mapping[str, np.ndarray]
 
@@ -271,3 +279,215 @@ class DomainWindowShuffle:
                 if len(idx) < b and self.drop_last:
                     break
                 yield {c: a[idx] for c, a in w.items()}
+
+
+# ------------------------------------------------------------------------------------------ Parquet streams
+def _parquet_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The files of a Parquet source: a file, a folder (its ``*.parquet`` / ``*.pq``, sorted), a glob, or a
+    list of those, in the order given (a time-ordered stream keeps its order)."""
+    items = [source] if isinstance(source, str | Path) else list(source)
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted([*p.glob("*.parquet"), *p.glob("*.pq")])
+            if not found:
+                raise FileNotFoundError(f"Parquet source folder {str(p)!r} holds no *.parquet or *.pq file")
+            files += found
+        elif p.exists():
+            files.append(p)
+        else:
+            found = sorted(Path(f) for f in glob.glob(str(item)))
+            if not found:
+                raise FileNotFoundError(f"Parquet source {str(item)!r}: no such file, folder or glob match")
+            files += found
+    return files
+
+
+def parquet_chunks(
+    source: str | Path | Sequence[str | Path],
+    columns: Sequence[str] | None = None,
+    id_columns: Sequence[str] = (),
+    rows: int = 65_536,
+) -> Iterator[pd.DataFrame]:
+    """A Parquet data set as frames of at most ``rows`` rows, read record batch by record batch.
+
+    Only one batch of rows is in memory at a time, so a data set larger than memory streams through.
+    Integer ``id_columns`` with missing cells come as pandas' nullable ``Int64`` (not float64, whose
+    rounding would merge ids above 2^53), as :func:`polyrec.data.sources.load_table` reads them.
+
+    Args:
+        source: a file, a folder, a glob, or a list of them (files are read in that order).
+        columns: the columns to read (all by default); a missing one is an error naming the file.
+        id_columns: identifier columns read exactly.
+        rows: rows per frame (>= 1).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = _check_size("rows", rows)
+    for path in _parquet_files(source):
+        handle = pq.ParquetFile(path)
+        names = handle.schema_arrow.names
+        if columns is not None:
+            missing = [c for c in columns if c not in names]
+            if missing:
+                raise KeyError(f"Parquet file {str(path)!r} has no column(s) {missing}; its columns: {names}")
+        wanted = list(columns) if columns is not None else names
+        ints = [
+            c
+            for c in dict.fromkeys(id_columns)
+            if c in wanted and pa.types.is_integer(handle.schema_arrow.field(c).type)
+        ]
+        for batch in handle.iter_batches(batch_size=rows, columns=wanted):
+            frame = batch.to_pandas()
+            for c in ints:
+                col = batch.column(c)
+                if col.null_count:
+                    frame[c] = col.to_pandas(types_mapper={col.type: pd.Int64Dtype()}.get).array
+            yield frame
+
+
+# ------------------------------------------------------------------------------- fitting in one pass
+class StreamingFitter:
+    """The processing of :func:`polyrec.data.processing.fit_processing`, fitted over a stream of frames.
+
+    Feed it frames (:meth:`update`); :meth:`finish` gives the same vocabularies (ids by descending count,
+    ties by their string; ``min_count`` applied to the whole stream's counts), the same multi-valued lengths
+    and the same scalers as fitting the concatenated frames at once (``standard``: to float rounding, the
+    moments merged chunk by chunk), and the domain names (:func:`polyrec.data.dataset.derive_domain`'s).
+    Memory holds the counts of the distinct ids, not the rows. Fit on every row, a sample, or a first
+    period by choosing the frames fed.
+    """
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.cfg = cfg
+        self.counts: dict[str, pd.Series] = {}
+        self.longest: dict[str, int] = {}
+        self.moments: dict[str, tuple[int, float, float, float, float]] = {}  # n, mean, M2, min, max
+        self.domains: dict[str, object] = {}
+        self.rows = 0
+
+    def update(self, frame: pd.DataFrame) -> None:
+        from .processing import DenseScaler, _as_str, _dense_values, split_multi
+
+        for fc in self.cfg.features:
+            if fc.source_column not in frame.columns:
+                raise KeyError(
+                    f"feature {fc.name!r}: column {fc.source_column!r} is not in the data; columns: {list(frame.columns)}"
+                )
+            col = frame[fc.source_column]
+            if fc.kind in ("sparse", "multi"):
+                if fc.kind == "multi":
+                    col = split_multi(col, fc.sep)
+                    if len(col):
+                        self.longest[fc.name] = max(self.longest.get(fc.name, 1), int(col.index.value_counts().max()))
+                counts = _as_str(col).value_counts(sort=False)
+                prev = self.counts.get(fc.name)
+                self.counts[fc.name] = counts if prev is None else prev.add(counts, fill_value=0).astype(np.int64)
+            else:
+                v = DenseScaler._check(fc.name, np.asarray(_dense_values(col), dtype=np.float64))
+                if fc.transform == "log1p_minmax":
+                    if (v < 0).any():
+                        raise ValueError(f"dense feature {fc.name!r}: log1p_minmax needs values >= 0, min is {v.min()}")
+                    v = np.log1p(v)
+                if len(v):
+                    self._merge(fc.name, v)
+        raw = frame[self.cfg.domain.column] if self.cfg.domain.column in frame.columns else None
+        if raw is not None and self.cfg.domain.groups is None:
+            uniq = raw.dropna().unique()
+            for key, value in zip(_as_str(pd.Series(uniq)).tolist(), uniq.tolist(), strict=True):
+                self.domains.setdefault(key, value)
+        self.rows += len(frame)
+
+    def _merge(self, name: str, v: np.ndarray) -> None:
+        n, mean = len(v), float(v.mean())
+        m2, lo, hi = float(((v - mean) ** 2).sum()), float(v.min()), float(v.max())
+        if name in self.moments:  # Chan et al.'s pairwise update of (n, mean, M2)
+            n0, mean0, m20, lo0, hi0 = self.moments[name]
+            total = n0 + n
+            delta = mean - mean0
+            mean, m2 = mean0 + delta * n / total, m20 + m2 + delta * delta * n0 * n / total
+            n, lo, hi = total, min(lo, lo0), max(hi, hi0)
+        self.moments[name] = (n, mean, m2, lo, hi)
+
+    def finish(self) -> tuple[FittedProcessing, tuple[str, ...]]:
+        from .processing import DenseScaler, FittedProcessing, Vocabulary
+
+        if self.rows == 0:
+            raise ValueError("StreamingFitter: no rows were fed; fit on at least one frame")
+        fitted = FittedProcessing()
+        for fc in self.cfg.features:
+            if fc.kind in ("sparse", "multi"):
+                counts = self.counts[fc.name]
+                counts = counts[counts >= fc.min_count]
+                table = pd.DataFrame({"tok": counts.index.astype(str), "n": counts.to_numpy()})
+                table = table.sort_values(["n", "tok"], ascending=[False, True], kind="mergesort")
+                fitted.vocabularies[fc.name] = Vocabulary(fc.name, table["tok"].tolist(), fc.min_count)
+                if fc.kind == "multi":
+                    fitted.max_lens[fc.name] = fc.max_len or max(self.longest.get(fc.name, 1), 1)
+            else:
+                n, mean, m2, lo, hi = self.moments.get(fc.name, (0, 0.0, 0.0, 0.0, 0.0))
+                if fc.transform in ("minmax", "log1p_minmax"):
+                    fitted.scalers[fc.name] = DenseScaler(fc.name, fc.transform, a=lo, b=(hi - lo) or 1.0)
+                elif fc.transform == "standard":
+                    std = float(np.sqrt(m2 / n)) if n else 0.0
+                    fitted.scalers[fc.name] = DenseScaler(fc.name, fc.transform, a=mean, b=std or 1.0)
+                else:
+                    fitted.scalers[fc.name] = DenseScaler.fit(fc.name, np.zeros(1), fc.transform)
+        if self.cfg.domain.groups is not None:
+            names = tuple(self.cfg.domain.groups)
+        elif self.domains and all(isinstance(v, int | float | np.number) for v in self.domains.values()):
+            names = tuple(k for k, _ in sorted(self.domains.items(), key=lambda kv: kv[1]))
+        else:
+            names = tuple(sorted(self.domains))
+        return fitted, names
+
+
+def encode_chunks(
+    frames: Iterable[pd.DataFrame], cfg: DataConfig, fitted: FittedProcessing, domain_names: Sequence[str]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Each frame encoded with frozen processing: the columns of a :class:`~polyrec.data.batch.Batch`.
+
+    ``sparse``, ``dense``, ``multi.<name>``, ``label``, ``domain`` (and ``user``, the user feature's encoded
+    id, where the config names one). A domain outside ``domain_names`` is an error naming it: the domains
+    are fixed when the processing is.
+    """
+    from .dataset import derive_label, encode_rows
+    from .processing import _as_str
+    from .schema import FIRST_INDEX
+
+    index = pd.Index(list(domain_names), dtype=str)
+    mapping = None
+    if cfg.domain.groups is not None:
+        mapping = {
+            key: i
+            for i, vals in enumerate(cfg.domain.groups.values())
+            for key in _as_str(pd.Series(list(vals))).tolist()
+        }
+    sparse = [fc.name for fc in cfg.features if fc.kind == "sparse"]
+    user_col = sparse.index(cfg.user_feature) if cfg.user_feature in sparse else None
+    for k, frame in enumerate(frames):
+        if cfg.domain.column not in frame.columns:
+            raise KeyError(f"data.domain.column {cfg.domain.column!r} is not a column; columns: {list(frame.columns)}")
+        keys = _as_str(frame[cfg.domain.column])
+        if mapping is not None:
+            codes = keys.map(mapping)
+        else:
+            codes = pd.Series(index.get_indexer(keys), index=keys.index)
+        bad = (codes.isna() | (codes < 0)).to_numpy()
+        if bad.any():
+            unknown = sorted(keys[bad].unique().tolist())[:5]
+            raise ValueError(
+                f"stream chunk {k}: {int(bad.sum())} row(s) of domain(s) {unknown} that the fitted processing "
+                f"does not know (domains: {list(domain_names)[:10]}); refit on data that holds them"
+            )
+        domain = codes.to_numpy(np.int64)
+        arrays, _ = encode_rows(frame, cfg, fitted)
+        if cfg.domain.as_feature:
+            arrays["sparse"] = np.concatenate([arrays["sparse"], (domain + FIRST_INDEX)[:, None]], axis=1)
+        arrays["label"] = derive_label(frame, cfg.label)
+        arrays["domain"] = domain
+        if user_col is not None:
+            arrays["user"] = arrays["sparse"][:, user_col].copy()
+        yield arrays
