@@ -191,7 +191,7 @@ def presets() -> None:
 
 @_command()
 def train(
-    model: str = typer.Option(..., help=MODEL_HELP),
+    model: str | None = typer.Option(None, help=MODEL_HELP + " (not with --stream: the run's model trains on)"),
     out: Path | None = typer.Option(None, help="run directory (required unless --print-config)"),
     preset: str | None = typer.Option(None, help=PRESET_HELP),
     config: Path | None = typer.Option(None, help=CONFIG_HELP),
@@ -208,15 +208,36 @@ def train(
         help="print the resolved config (every default, the strategy's options) as "
         "YAML and exit without training; the output is a valid --config file",
     ),
+    stream: Path | None = typer.Option(
+        None,
+        help="online training (STAR §4.4): a folder of days (sub-folders or Parquet files, in name order); "
+        "each day is evaluated, then trained on through a sliding-window shuffle buffer, and written as "
+        "OUT/days/DAY with OUT/latest pointing at the newest. Starts from --from-run, or continues OUT",
+    ),
+    from_run: Path | None = typer.Option(None, "--from-run", help="with --stream: the finished run to start from"),
+    window: int = typer.Option(65_536, help="with --stream: rows the shuffle window holds"),
+    per_domain_window: bool = typer.Option(
+        False, "--per-domain-window", help="with --stream: one window per domain, single-domain batches"
+    ),
+    seed: int = typer.Option(0, help="with --stream: seed of the window's draws"),
 ) -> None:
     """Train a model, evaluate it on the test split and write the run directory.
 
     An existing --out is resumed from its newest checkpoint when it holds a run of the same config and data
     (a finished run is evaluated again); a run of another config or other data is an error that names what
     differs, and the directory is left untouched. --overwrite starts afresh.
+
+    With --stream, the model of --from-run (or of OUT/latest, continuing OUT) trains on the days of a
+    time-ordered Parquet stream, one after the other; days OUT has trained already are skipped.
     """
     from .experiment import make_config, run_experiment
     from .retrieval.experiment import is_retrieval_preset
+
+    if stream is not None:
+        _train_stream(stream, from_run, out, window, per_domain_window, seed, model, preset, config, set_)
+        return
+    if model is None:
+        _fail(ValueError("give --model NAME (see `polyrec models`), or --stream DAYS to train a run on online"))
 
     if is_retrieval_preset(preset):
         _train_retrieval(preset, model, out, config, set_, overwrite, print_config)
@@ -476,6 +497,21 @@ def _print_data(data: dict) -> None:
             value = {d: value[d] for d in display_order(value)}  # integer domain codes in numeric order
         if value:
             typer.echo(f"{label}: {value}")
+
+
+def _train_stream(stream, from_run, out, window, per_domain_window, seed, model, preset, config, set_) -> None:
+    from .training.online import day_sources, train_online
+
+    given = [n for n, v in (("--model", model), ("--preset", preset), ("--config", config), ("--set", set_)) if v]
+    if given:
+        _fail(ValueError(f"--stream trains the run's own model and config; drop {', '.join(given)}"))
+    if out is None:
+        _fail(ValueError("give --out DIR, the folder of the online runs (OUT/days/DAY, OUT/latest)"))
+    records = train_online(
+        from_run, day_sources(stream), out, window=window, per_domain_window=per_domain_window, seed=seed
+    )
+    typer.echo((out / "online.md").read_text() if records else "no day to train")
+    typer.echo(f"latest run: {out / 'latest'}")
 
 
 #: Domains listed on the console; a run with more lists its largest and says where the rest are.

@@ -90,3 +90,28 @@ def test_continuing_with_new_days_equals_one_call_over_all_days(base, tmp_path):
         train_online(base / "base", days, tmp_path / "parts", window=600, batch_size=128)
     with pytest.raises(ValueError, match="holds no online training to continue"):
         train_online(None, days, tmp_path / "empty")
+
+
+def test_polyrec_train_stream_starts_from_a_run_and_continues_its_output(base, tmp_path):
+    from typer.testing import CliRunner
+
+    from polyrec.cli import app
+
+    runner = CliRunner()
+    days = tmp_path / "days"
+    days.mkdir()
+    for name in ("day-0.parquet", "day-1.parquet"):
+        (days / name).write_bytes((base / "stream" / name).read_bytes())
+    out = tmp_path / "online"
+    args = ["train", "--stream", str(days), "--out", str(out), "--window", "600"]
+    first = runner.invoke(app, [*args, "--from-run", str(base / "base")])
+    assert first.exit_code == 0, first.output
+    assert "| day-0 |" in first.output and "| day-1 |" in first.output and "latest run:" in first.output
+    (days / "day-2.parquet").write_bytes((base / "stream" / "day-2.parquet").read_bytes())
+    second = runner.invoke(app, args)  # continues OUT: only day-2 is new
+    assert second.exit_code == 0, second.output
+    assert (out / "latest").resolve().name == "day-2"
+    bad = runner.invoke(app, [*args, "--model", "mlp"])
+    assert bad.exit_code == 2 and "drop --model" in bad.output
+    missing = runner.invoke(app, ["train", "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "give --model NAME" in missing.output
