@@ -57,6 +57,11 @@ def test_each_day_is_evaluated_before_training_and_written_as_a_run(base):
     for d, model in enumerate(before):
         m = _evaluate(model, _encoded(days[d], cfg, fitted, names, 500), names, 1000)
         assert m["auc_overall"] == records[d]["metrics"]["auc_overall"]
+    from polyrec.serving.predictor import Predictor
+
+    served = Predictor.from_run(out / "latest")  # what `polyrec serve OUT/latest` loads
+    row = {"user_id": 3, "item_id": 5, "user_group": 1, "item_cat": 2, "tags": "t1|t2", "dense_0": 0.1, "dense_1": 0.2}
+    assert served.predict([{**row, "domain": 1}]).logits.shape == (1,)
     changed = load_run(out / "days" / "day-0")[1].state_dict()
     assert any(not torch.equal(v, changed[k]) for k, v in base_model.state_dict().items())
 

@@ -74,14 +74,18 @@ def day_sources(stream: str | Path) -> list[Path]:
     return days
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.require(a, requirements=["C", "W"]))  # a read-only Arrow buffer is copied
+
+
 def _batch(arrays: dict[str, np.ndarray]) -> Batch:
     return Batch(
-        sparse=torch.from_numpy(arrays["sparse"]),
-        dense=torch.from_numpy(arrays["dense"]),
-        label=torch.from_numpy(arrays["label"]),
-        domain=torch.from_numpy(arrays["domain"]),
-        multi={k[len("multi.") :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("multi.")},
-        user=torch.from_numpy(arrays["user"]) if "user" in arrays else None,
+        sparse=_tensor(arrays["sparse"]),
+        dense=_tensor(arrays["dense"]),
+        label=_tensor(arrays["label"]),
+        domain=_tensor(arrays["domain"]),
+        multi={k[len("multi.") :]: _tensor(v) for k, v in arrays.items() if k.startswith("multi.")},
+        user=_tensor(arrays["user"]) if "user" in arrays else None,
     )
 
 
