@@ -58,6 +58,16 @@ def _check_size(field: str, value: object, minimum: int = 1) -> int:
     return int(value)
 
 
+def _window_sizes(capacity: object, batch_size: object, window: str) -> tuple[int, int]:
+    b, cap = _check_size("batch_size", batch_size), _check_size("capacity", capacity)
+    if cap < b:
+        raise ValueError(
+            f"capacity ({cap}) must be at least batch_size ({b}): a batch is drawn from {window}; raise the "
+            f"window (e.g. capacity={b * 16}) or lower the batch size"
+        )
+    return cap, b
+
+
 class _Layout:
     """The columns of a stream (name → dtype, trailing shape), fixed by its first chunk."""
 
@@ -112,13 +122,7 @@ class SlidingWindowShuffle:
     """
 
     def __init__(self, capacity: int, batch_size: int, seed: int = 0, drop_last: bool = False) -> None:
-        self.batch_size = _check_size("batch_size", batch_size)
-        self.capacity = _check_size("capacity", capacity)
-        if self.capacity < self.batch_size:
-            raise ValueError(
-                f"capacity ({capacity}) must be at least batch_size ({batch_size}): a batch is drawn from the "
-                f"window; raise the window (e.g. capacity={self.batch_size * 16}) or lower the batch size"
-            )
+        self.capacity, self.batch_size = _window_sizes(capacity, batch_size, "the window")
         self.seed = _check_size("seed", seed, 0)
         self.drop_last = bool(drop_last)
 
@@ -217,13 +221,7 @@ class DomainWindowShuffle:
     def __init__(
         self, capacity: int, batch_size: int, domain: str = "domain", seed: int = 0, drop_last: bool = False
     ) -> None:
-        self.batch_size = _check_size("batch_size", batch_size)
-        self.capacity = _check_size("capacity", capacity)
-        if self.capacity < self.batch_size:
-            raise ValueError(
-                f"capacity ({capacity}) must be at least batch_size ({batch_size}): a batch is drawn from a "
-                f"domain's window; raise the window or lower the batch size"
-            )
+        self.capacity, self.batch_size = _window_sizes(capacity, batch_size, "a domain's window")
         self.domain, self.seed, self.drop_last = domain, _check_size("seed", seed, 0), bool(drop_last)
 
     def batches(self, stream: Iterable[Chunk]) -> Iterator[dict[str, np.ndarray]]:

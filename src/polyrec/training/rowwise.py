@@ -94,6 +94,27 @@ FUSED_MIN_ROW = 1024
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+def _fused_kernel(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list, hyper: tuple) -> None:
+    """torch's fused Adam / AdamW kernel on tensors of equal dtype, each with its own (already advanced) step."""
+    lr, beta1, beta2, eps, weight_decay, decoupled = hyper
+    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    kernel(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        [],
+        steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=weight_decay,
+        eps=eps,
+        amsgrad=False,
+        maximize=False,
+    )
+
+
 @torch.no_grad()
 def _update_rows(p: Tensor, grad: Tensor, state: dict, rows: Tensor, hyper: tuple) -> None:
     """Lazy Adam / AdamW on ``rows`` of ``p``, with a step count per row.
@@ -118,7 +139,6 @@ def _update_rows(p: Tensor, grad: Tensor, state: dict, rows: Tensor, hyper: tupl
     if p[0].numel() < FUSED_MIN_ROW:
         _update_rows_gathered(p, grad, state, rows, hyper)
         return
-    lr, beta1, beta2, eps, weight_decay, decoupled = hyper
     ids = rows.tolist()
     steps = state[ROW_STEP]
     steps.index_add_(0, rows, torch.ones(len(ids), dtype=steps.dtype, device=steps.device))  # rows are distinct
@@ -129,21 +149,13 @@ def _update_rows(p: Tensor, grad: Tensor, state: dict, rows: Tensor, hyper: tupl
     else:
         grads = [grad[i] for i in ids]
     data, exp_avg, exp_avg_sq = p.detach(), state["exp_avg"], state["exp_avg_sq"]
-    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
-    kernel(
+    _fused_kernel(
         [data[i] for i in ids],
         grads,
         [exp_avg[i] for i in ids],
         [exp_avg_sq[i] for i in ids],
-        [],
         [steps[i] for i in ids],
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        weight_decay=weight_decay,
-        eps=eps,
-        amsgrad=False,
-        maximize=False,
+        hyper,
     )
 
 
@@ -157,7 +169,6 @@ def _update_rows_gathered(p: Tensor, grad: Tensor, state: dict, rows: Tensor, hy
     dozen distinct counts where it holds thousands of rows, so this replaces the unfused rule's ten passes
     over the rows by one, without a tensor per row.
     """
-    lr, beta1, beta2, eps, weight_decay, decoupled = hyper
     steps = state[ROW_STEP]
     t = steps.index_select(0, rows) + 1
     order = torch.argsort(t, stable=True)
@@ -168,21 +179,13 @@ def _update_rows_gathered(p: Tensor, grad: Tensor, state: dict, rows: Tensor, hy
     g = _grad_rows(grad, rows).index_select(0, order)
     exp_avg = state["exp_avg"].index_select(0, ordered)
     exp_avg_sq = state["exp_avg_sq"].index_select(0, ordered)
-    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
-    kernel(
+    _fused_kernel(
         list(param.split(sizes)),
         list(g.split(sizes)),
         list(exp_avg.split(sizes)),
         list(exp_avg_sq.split(sizes)),
-        [],
         list(counts.unbind()),
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        weight_decay=weight_decay,
-        eps=eps,
-        amsgrad=False,
-        maximize=False,
+        hyper,
     )
     p.detach().index_copy_(0, ordered, param)
     state["exp_avg"].index_copy_(0, ordered, exp_avg)
