@@ -35,19 +35,13 @@ WINDOW, BATCH = 262_144, 4096
 
 
 def data_config(files: list[str]) -> dict:
+    from polyrec.data.protocols import preset
+
     return {
         "source": {"kind": "parquet", "path": str(Path(files[0]).parent)},
         "label": {"column": "label"},
         "domain": {"column": "domain", "as_feature": True},
-        "features": [
-            {"name": "user_id"},
-            {"name": "item_id"},
-            {"name": "user_group"},
-            {"name": "item_cat"},
-            {"name": "tags", "kind": "multi"},
-            {"name": "dense_0", "kind": "dense"},
-            {"name": "dense_1", "kind": "dense"},
-        ],
+        "features": preset("synthetic-zipf-10k")["data"]["features"],  # the generator's columns
         "user_feature": "user_id",
         "split": {"method": "random", "ratios": [0.8, 0.1, 0.1], "seed": 0},
     }

@@ -58,6 +58,17 @@ def _check_size(field: str, value: object, minimum: int = 1) -> int:
     return int(value)
 
 
+def _drain(window: dict[str, np.ndarray], filled: int, b: int, rng: np.random.Generator, drop_last: bool):
+    """The first ``filled`` rows of a window, shuffled, in batches of ``b`` (the short last one unless
+    ``drop_last``)."""
+    order = rng.permutation(filled)
+    for start in range(0, filled, b):
+        idx = order[start : start + b]
+        if len(idx) < b and drop_last:
+            return
+        yield {c: a[idx] for c, a in window.items()}
+
+
 def _window_sizes(capacity: object, batch_size: object, window: str) -> tuple[int, int]:
     b, cap = _check_size("batch_size", batch_size), _check_size("capacity", capacity)
     if cap < b:
@@ -193,12 +204,7 @@ class SlidingWindowShuffle:
                     window[c][holes] = window[c][keep]
                 filled = cap - len(free)
                 break
-        order = rng.permutation(filled)
-        for start in range(0, filled, b):
-            idx = order[start : start + b]
-            if len(idx) < b and self.drop_last:
-                return
-            yield {c: a[idx] for c, a in window.items()}
+        yield from _drain(window, filled, b, rng, self.drop_last)
 
 
 class DomainWindowShuffle:
@@ -270,13 +276,7 @@ class DomainWindowShuffle:
             for _, _, batch in sorted(events, key=lambda e: e[:2]):
                 yield batch
         for d in rng.permutation(sorted(windows)).tolist() if windows else []:
-            w, m = windows[d], filled[d]
-            order = rng.permutation(m)
-            for start in range(0, m, b):
-                idx = order[start : start + b]
-                if len(idx) < b and self.drop_last:
-                    break
-                yield {c: a[idx] for c, a in w.items()}
+            yield from _drain(windows[d], filled[d], b, rng, self.drop_last)
 
 
 # ------------------------------------------------------------------------------------------ Parquet streams
