@@ -373,3 +373,23 @@ def test_encoding_has_no_per_row_python(monkeypatch):
 def test_feature_config_source_column():
     assert FeatureConfig("a").source_column == "a"
     assert FeatureConfig("a", column="b").source_column == "b"
+
+
+def test_split_multi_is_the_per_row_split_of_every_cell():
+    """The Arrow split gives what splitting each cell in Python gives: ids in order, empty ids dropped,
+    missing cells empty, each id indexed by its row's position (any index of the input)."""
+    import random
+
+    from polyrec.data.processing import split_multi
+
+    rng = random.Random(0)
+    alphabet = ["a", "b", "é", "7", "|", "||", " ", ""]
+    cells = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(400)]
+    cells[::37] = [None] * len(cells[::37])
+    series = pd.Series(cells, index=np.arange(400) * 3 + 5)  # not the row positions
+    got = split_multi(series, "|")
+    expected = [(row, tok) for row, cell in enumerate(cells) for tok in (cell or "").split("|") if tok]
+    assert list(zip(got.index.tolist(), got.tolist(), strict=True)) == expected
+    ints = split_multi(pd.Series([3, None, 12], dtype="Int64"), "|")
+    assert list(zip(ints.index.tolist(), ints.tolist(), strict=True)) == [(0, "3"), (2, "12")]
+    assert split_multi(pd.Series([], dtype=object), "|").empty

@@ -135,11 +135,15 @@ def frame():
     return df
 
 
-def test_fitting_chunk_by_chunk_is_fitting_the_whole(frame):
+@pytest.mark.parametrize("merge_every", [None, 1])  # counts merged at the end, or after every chunk
+def test_fitting_chunk_by_chunk_is_fitting_the_whole(frame, merge_every, monkeypatch):
+    import polyrec.data.streaming as streaming
     from polyrec.data.dataset import derive_domain
     from polyrec.data.processing import fit_processing
     from polyrec.data.streaming import StreamingFitter
 
+    if merge_every is not None:
+        monkeypatch.setattr(streaming, "_MERGE_ENTRIES", merge_every)
     cfg = _data_cfg()
     whole = fit_processing(frame, cfg.features, np.arange(len(frame)))
     fitter = StreamingFitter(cfg)

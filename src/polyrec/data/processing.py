@@ -61,10 +61,19 @@ class Vocabulary:
     name: str
     tokens: list[str]
     min_count: int = 1
+    #: The tokens' hash index, built on the first encode and kept (encoding chunk after chunk of a stream
+    #: rebuilt and re-checked it for every chunk); rebuilt when ``tokens`` is replaced or changes length.
+    _lookup: tuple[list[str], int, pd.Index] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def size(self) -> int:
         return len(self.tokens) + FIRST_INDEX
+
+    def _index(self) -> pd.Index:
+        cached = self._lookup
+        if cached is None or cached[0] is not self.tokens or cached[1] != len(self.tokens):
+            cached = self._lookup = (self.tokens, len(self.tokens), pd.Index(self.tokens, dtype=str))
+        return cached[2]
 
     @classmethod
     def fit(cls, name: str, values: pd.Series, min_count: int = 1) -> Vocabulary:
@@ -80,7 +89,7 @@ class Vocabulary:
         """Map raw ids to indices; returns (indices int64, number of OOV rows)."""
         # A hash lookup; ids not in the vocabulary (and missing values) give -1. (pd.Categorical with
         # unknown values is deprecated and will raise in pandas 4.)
-        codes = pd.Index(self.tokens, dtype=str).get_indexer(_as_str(values))
+        codes = self._index().get_indexer(_as_str(values))
         codes = codes.astype(np.int64)
         oov = codes < 0
         codes += FIRST_INDEX
@@ -93,11 +102,19 @@ def split_multi(values: pd.Series, sep: str) -> pd.Series:
     if pd.api.types.is_integer_dtype(values):
         # A column of single integer ids (read exactly, possibly nullable): their strings, as a sparse id.
         values = _as_str(values)
-    s = values.fillna("").astype(str).reset_index(drop=True)
     if not sep:
         raise ValueError("a multi-valued feature needs a non-empty separator (FeatureConfig.sep)")
-    exploded = s.str.split(sep, regex=False).explode()
-    return exploded[exploded.str.len() > 0]
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # Split in Arrow (vectorised; pandas' str.split runs Python once per row): the ids of each cell in
+    # order, empty ids dropped, each indexed by its row's position.
+    cells = pa.array(values.fillna("").astype(str).to_numpy(dtype=object), type=pa.string())
+    lists = pc.split_pattern(cells, sep)
+    ids, rows = pc.list_flatten(lists), pc.list_parent_indices(lists)
+    keep = pc.greater(pc.utf8_length(ids), 0)
+    ids, rows = ids.filter(keep), rows.filter(keep)
+    return pd.Series(ids.to_numpy(zero_copy_only=False), index=rows.to_numpy().astype(np.int64), dtype=str)
 
 
 def encode_multi(

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 __all__ = ["DomainWindowShuffle", "SlidingWindowShuffle", "StreamingFitter", "encode_chunks", "parquet_chunks"]
 
 Chunk = Mapping[str, np.ndarray]
+#: Per-chunk id counts a :class:`StreamingFitter` holds before merging them (or the vocabulary's size, if
+#: larger).
+_MERGE_ENTRIES = 1_000_000
 
 
 def _check_size(field: str, value: object, minimum: int = 1) -> int:
@@ -361,6 +364,10 @@ class StreamingFitter:
     def __init__(self, cfg: DataConfig) -> None:
         self.cfg = cfg
         self.counts: dict[str, pd.Series] = {}
+        # Per-chunk counts not merged yet: merging them in groups keeps the cost linear in the rows (one
+        # alignment of the running counts per chunk grew with the vocabulary) and the memory bounded.
+        self.pending: dict[str, list[pd.Series]] = {}
+        self.pending_size: dict[str, int] = {}
         self.longest: dict[str, int] = {}
         self.moments: dict[str, tuple[int, float, float, float, float]] = {}  # n, mean, M2, min, max
         self.domains: dict[str, object] = {}
@@ -381,8 +388,10 @@ class StreamingFitter:
                     if len(col):
                         self.longest[fc.name] = max(self.longest.get(fc.name, 1), int(col.index.value_counts().max()))
                 counts = _as_str(col).value_counts(sort=False)
-                prev = self.counts.get(fc.name)
-                self.counts[fc.name] = counts if prev is None else prev.add(counts, fill_value=0).astype(np.int64)
+                self.pending.setdefault(fc.name, []).append(counts)
+                self.pending_size[fc.name] = self.pending_size.get(fc.name, 0) + len(counts)
+                if self.pending_size[fc.name] > max(_MERGE_ENTRIES, len(self.counts.get(fc.name, ()))):
+                    self._merge_counts(fc.name)
             else:
                 v = DenseScaler._check(fc.name, np.asarray(_dense_values(col), dtype=np.float64))
                 if fc.transform == "log1p_minmax":
@@ -397,6 +406,12 @@ class StreamingFitter:
             for key, value in zip(_as_str(pd.Series(uniq)).tolist(), uniq.tolist(), strict=True):
                 self.domains.setdefault(key, value)
         self.rows += len(frame)
+
+    def _merge_counts(self, name: str) -> None:
+        parts = ([self.counts[name]] if name in self.counts else []) + self.pending.pop(name, [])
+        self.pending_size[name] = 0
+        if parts:
+            self.counts[name] = pd.concat(parts).groupby(level=0, sort=False).sum().astype(np.int64)
 
     def _merge(self, name: str, v: np.ndarray) -> None:
         n, mean = len(v), float(v.mean())
@@ -417,6 +432,7 @@ class StreamingFitter:
         fitted = FittedProcessing()
         for fc in self.cfg.features:
             if fc.kind in ("sparse", "multi"):
+                self._merge_counts(fc.name)
                 counts = self.counts[fc.name]
                 counts = counts[counts >= fc.min_count]
                 table = pd.DataFrame({"tok": counts.index.astype(str), "n": counts.to_numpy()})
