@@ -345,3 +345,31 @@ def test_fingerprint_without_the_cache_hashes_the_source(synthetic_cfg):
 def test_fingerprint_is_exported_from_polyrec_data():
     assert polyrec.data.data_fingerprint is data_fingerprint
     assert polyrec.data.source_files is source_files
+
+
+def test_a_memory_mapped_cache_hit_is_the_loaded_data_set_and_is_checked(synthetic_cfg, tmp_path, monkeypatch):
+    """mmap: the arrays are mapped from the entry (no copy), equal to the loaded ones, batches work, and a
+    changed array file is refused as it is for a read."""
+    import numpy as np
+    import torch
+
+    from polyrec.data.dataset import build_dataset, load_dataset_dir
+
+    built = build_dataset(synthetic_cfg, cache_root=tmp_path)
+    mapped = build_dataset(synthetic_cfg, cache_root=tmp_path, mmap=True)
+    assert mapped.report["cache"] == "hit" and mapped.report["mmap"] is True
+    for name in ("sparse", "dense", "label", "domain"):
+        assert torch.equal(getattr(mapped, name), getattr(built, name)), name
+    assert all(torch.equal(mapped.multi[k], v) for k, v in built.multi.items())
+    assert {s: v.tolist() for s, v in mapped.splits.items()} == {s: v.tolist() for s, v in built.splits.items()}
+    rows = mapped.splits["train"][:7]
+    assert torch.equal(mapped.batch(rows).sparse, built.batch(rows).sparse)
+    entry = next(p for p in tmp_path.iterdir() if (p / "manifest.json").exists())
+    assert isinstance(np.load(entry / "sparse.npy", mmap_mode="c"), np.memmap)
+    monkeypatch.setenv("POLYREC_MMAP", "1")
+    assert build_dataset(synthetic_cfg, cache_root=tmp_path).report["mmap"] is True
+    data = bytearray((entry / "dense.npy").read_bytes())
+    data[-1] ^= 1
+    (entry / "dense.npy").write_bytes(bytes(data))
+    with pytest.raises(Exception, match=r"file 'dense.npy' has changed"):
+        load_dataset_dir(entry, mmap=True)

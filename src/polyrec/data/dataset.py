@@ -901,9 +901,10 @@ def _move_into_place(tmp: Path, directory: Path) -> None:
     shutil.rmtree(old.parent, ignore_errors=True)
 
 
-def _verified_files(directory: Path) -> dict[str, bytes]:
+def _verified_files(directory: Path, mapped: tuple[str, ...] = ()) -> dict[str, bytes]:
     """The bytes of every file of the entry, each checked against the manifest (read once, so what is
-    parsed is what was checked)."""
+    parsed is what was checked); files whose name ends with one of ``mapped`` are checked by streaming
+    them and not kept (their value is ``b""``): the caller memory-maps them."""
     label = f"dataset cache entry {str(directory)!r}"
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
@@ -928,14 +929,16 @@ def _verified_files(directory: Path) -> dict[str, bytes]:
         raise CacheEntryError(f"{label}: file {extra[0]!r} is not listed in its manifest")
     out = {}
     for name in sorted(listed):
-        data = (directory / name).read_bytes()
         want = listed[name]
-        if len(data) != want["bytes"]:
+        if mapped and name.endswith(mapped):
+            data, size, got = b"", (directory / name).stat().st_size, sha256_file(directory / name)
+        else:
+            data = (directory / name).read_bytes()
+            size, got = len(data), hashlib.sha256(data).hexdigest()
+        if size != want["bytes"]:
             raise CacheEntryError(
-                f"{label}: file {name!r} has {len(data)} bytes, its manifest says "
-                f"{want['bytes']} (truncated or rewritten)"
+                f"{label}: file {name!r} has {size} bytes, its manifest says {want['bytes']} (truncated or rewritten)"
             )
-        got = hashlib.sha256(data).hexdigest()
         if got != want["sha256"]:
             raise CacheEntryError(
                 f"{label}: file {name!r} has changed (sha256 {got[:16]}..., its manifest says {want['sha256'][:16]}...)"
@@ -944,19 +947,28 @@ def _verified_files(directory: Path) -> dict[str, bytes]:
     return out
 
 
-def load_dataset_dir(directory: Path) -> EncodedDataset:
+def load_dataset_dir(directory: Path, mmap: bool = False) -> EncodedDataset:
     """Load a data set written by :func:`save_dataset`, after checking every file against its manifest.
 
     Nothing is unpickled: arrays are read with ``allow_pickle=False``, everything else is JSON.
+
+    ``mmap``: memory-map the arrays (copy-on-write) instead of reading them whole: batches then read the
+    pages they touch, and the operating system can drop them again, so an encoded data set larger than
+    memory trains. Each array file is checked against the manifest when it is opened (streamed through
+    sha256); a change made to the file afterwards, by another process, is not detected.
 
     Raises:
         CacheEntryError: no manifest (an older format), or a file missing, unlisted or changed (named).
     """
     directory = Path(directory)
-    files = _verified_files(directory)
+    files = _verified_files(directory, (".npy",) if mmap else ())
     schema = DatasetSchema.from_json(files["schema.json"].decode())
     arrays = {
-        name[: -len(".npy")]: np.load(io.BytesIO(data), allow_pickle=False)
+        name[: -len(".npy")]: (
+            np.load(directory / name, mmap_mode="c", allow_pickle=False)
+            if mmap
+            else np.load(io.BytesIO(data), allow_pickle=False)
+        )
         for name, data in files.items()
         if name.endswith(".npy")
     }
@@ -967,7 +979,9 @@ def load_dataset_dir(directory: Path) -> EncodedDataset:
     return _from_arrays(schema, arrays, splits, fitted, report)
 
 
-def build_dataset(cfg: DataConfig, cache: bool = True, cache_root: str | Path | None = None) -> EncodedDataset:
+def build_dataset(
+    cfg: DataConfig, cache: bool = True, cache_root: str | Path | None = None, mmap: bool | None = None
+) -> EncodedDataset:
     """Encoded data set for ``cfg``, from the on-disk cache when an identical build exists.
 
     The source files are hashed once per build, for the cache key; their sums are kept in
@@ -980,8 +994,12 @@ def build_dataset(cfg: DataConfig, cache: bool = True, cache_root: str | Path | 
         cfg: the data config (source, label, domains, features, split).
         cache: read and write the cache (keyed by a hash of ``cfg`` and the source files' contents).
         cache_root: cache folder (default: ``$POLYREC_CACHE/datasets`` or ``~/.cache/polyrec/datasets``).
+        mmap: memory-map a cache hit's arrays (:func:`load_dataset_dir`); default: the environment variable
+            ``POLYREC_MMAP`` set to ``1``. A build (a cache miss) is in memory either way.
     """
     t0 = time.perf_counter()
+    if mmap is None:
+        mmap = os.environ.get("POLYREC_MMAP", "") == "1"
     if not cache:
         return encode_frame(load_rows(cfg), cfg)
     root = Path(cache_root) if cache_root else cache_dir() / "datasets"
@@ -991,11 +1009,13 @@ def build_dataset(cfg: DataConfig, cache: bool = True, cache_root: str | Path | 
     directory = root / key
     if directory.exists():
         try:
-            ds = load_dataset_dir(directory)
+            ds = load_dataset_dir(directory, mmap=mmap)
         except Exception as exc:  # a damaged entry (files changed or deleted, disk error): rebuild it
             warnings.warn(f"dataset cache entry {str(directory)!r} is unreadable ({exc}); rebuilding it", stacklevel=2)
         else:
-            ds.report.update(cache="hit", cache_key=key, source_files=files, load_s=round(time.perf_counter() - t0, 3))
+            ds.report.update(
+                cache="hit", mmap=mmap, cache_key=key, source_files=files, load_s=round(time.perf_counter() - t0, 3)
+            )
             _warn_duplicates(ds.report)
             return ds
     ds = encode_frame(load_rows(cfg), cfg)
