@@ -236,6 +236,8 @@ def train(
     if stream is not None:
         _train_stream(stream, from_run, out, window, per_domain_window, seed, model, preset, config, set_)
         return
+    if from_run is not None or per_domain_window:
+        _fail(ValueError("--from-run and --per-domain-window go with --stream DAYS (online training); add it"))
     if model is None:
         _fail(ValueError("give --model NAME (see `polyrec models`), or --stream DAYS to train a run on online"))
 

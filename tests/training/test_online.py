@@ -118,5 +118,7 @@ def test_polyrec_train_stream_starts_from_a_run_and_continues_its_output(base, t
     assert (out / "latest").resolve().name == "day-2"
     bad = runner.invoke(app, [*args, "--model", "mlp"])
     assert bad.exit_code == 2 and "drop --model" in bad.output
+    alone = runner.invoke(app, ["train", "--model", "mlp", "--from-run", str(base / "base"), "--out", str(tmp_path)])
+    assert alone.exit_code == 2 and "go with --stream" in alone.output
     missing = runner.invoke(app, ["train", "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "give --model NAME" in missing.output
