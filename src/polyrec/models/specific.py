@@ -23,8 +23,8 @@ Readings of the paper made here:
 - ``include="all"`` gives every parameter an offset, as the paper does (its production figure: a new
   domain adds 20M parameters); ``include="dense"`` leaves the embedding tables shared (their offsets are
   D copies of the largest tensors). ``all`` stays the default, on evidence: on P3 (``ml1m-age7``, MLP,
-  paired by seed) ``dense`` gave WAUC ×100 80.77 / 80.74 / 80.73 / 80.73 against ``all``'s 80.83 / 80.81 /
-  80.83 / 80.83 on seeds 0-3 (−0.09 on average; ``benchmarks/results/p3_mamdr_dense_offsets/`` against
+  paired by seed) ``dense`` gave WAUC ×100 80.74 ± 0.02 against ``all``'s 80.82 ± 0.01 over 5 seeds,
+  lower on every seed (Δ −0.082 ± 0.022, paired t = −8.3; ``benchmarks/results/p3_mamdr_dense_offsets/`` against
   ``benchmarks/results/p3_mamdr/``), for 47,617 instead of 125,233 parameters per domain. With thousands of
   domains ``all`` copies the embedding tables thousands of times, so the ``synthetic-zipf-*`` presets
   use ``dense`` (74 KB per domain there, ``benchmarks/results/domain_scaling.md``).
